@@ -25,7 +25,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from scipy import stats
 
 from llmscope.interventions import Intervention, intervene, patch
 from llmscope.result import Result
@@ -186,6 +185,8 @@ def _compare(rows: pd.DataFrame, n_boot: int, seed: int) -> dict:
                ratio=hit / base if base != 0 else np.nan, ci_low=np.nan, ci_high=np.nan, p=np.nan,
                n=int(per_seq["n"].sum()), n_seqs=len(per_seq))
     if len(per_seq) >= 2:
+        from scipy import stats  # imported here: it costs a second at `import llmscope`
+
         delta, count = (per_seq["i"] - per_seq["b"]).to_numpy(), per_seq["n"].to_numpy()
         ci = stats.bootstrap((delta, count), lambda d, c, axis=-1: d.sum(axis) / c.sum(axis), paired=True,
                              vectorized=True, n_resamples=n_boot, method="percentile",

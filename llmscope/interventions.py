@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Se
 
 import numpy as np
 import torch
-from transformer_lens import ActivationCache
 
 from llmscope.recording import record
 from llmscope.sites import Site, SiteError, site, sites
@@ -40,6 +39,7 @@ from llmscope.stimuli.core import Stimuli
 from llmscope.tokens import tokenize
 
 if TYPE_CHECKING:
+    from transformer_lens import ActivationCache
     from transformer_lens.hook_points import HookPoint
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -291,7 +291,7 @@ class steer(Intervention):
         return f"steer({name!r}, <vector {tuple(self.vector.shape)}>, alpha={self.alpha})"
 
 
-Source = Union[str, Sequence[str], torch.Tensor, Stimuli, Mapping[str, torch.Tensor], ActivationCache]
+Source = Union[str, Sequence[str], torch.Tensor, Stimuli, Mapping[str, torch.Tensor], "ActivationCache"]
 
 
 class patch(Intervention):
@@ -322,6 +322,8 @@ class patch(Intervention):
         self._acts = _PerModel()
 
     def _source_acts(self, model: "TransformerBridge", hooks: list[str]) -> dict[str, torch.Tensor]:
+        from transformer_lens import ActivationCache
+
         src = self.source
         if isinstance(src, (Mapping, ActivationCache)):
             missing = [h for h in hooks if h not in src]

@@ -6,12 +6,13 @@ aligned row for row with the trial table ``stimuli.tokens``.
 
 A recording lives in a zarr v3 group, in memory (``store=None``) or on disk (a path):
 
-===================  ===============================================================
-``zarr.json``        attrs ``llmscope`` (model name + fingerprint, sites, dtype, stimuli
-                     name and size, llmscope version) and ``done_seqs``
-``responses/<site>`` ``[n_tokens, *shape]``, fp16 by default, chunked along tokens, raw
-``tokens/<column>``  the trial table, one 1-D array per column
-===================  ===============================================================
+============================  ===================================================================
+``zarr.json``                 attrs ``llmscope`` (model name + fingerprint, sites, dtype, stimuli
+                              name and size, llmscope version) and ``done_seqs``
+``responses/<site>``          ``[n_tokens, *shape]``, fp16 by default, chunked along tokens, raw
+``tokens/<column>``           the trial table, one 1-D array per column
+``.llmscope-recording.lock``  locked while :func:`record` writes: a second recorder is refused
+============================  ===================================================================
 
 On disk, each batch is written before ``done_seqs`` is advanced, and zarr writes each
 chunk atomically, so an interrupted recording resumes where it stopped when ``record`` is
@@ -33,8 +34,9 @@ import importlib.metadata
 import math
 import os
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -55,6 +57,7 @@ FORMAT = 1
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 CHUNK_BYTES = 1 << 20  # about 1 MB of activations per chunk
 _TABLE_CHUNK = 1 << 16
+_LOCK = ".llmscope-recording.lock"  # held inside a store on disk while record() writes to it
 
 
 class RecordingError(ValueError):
@@ -285,6 +288,41 @@ def _resume_point(group: zarr.Group, meta: dict[str, Any], stimuli: Stimuli,
     return done
 
 
+def _fresh(path: Path) -> bool:
+    """No store yet: the folder is missing or holds nothing but the lock file."""
+    return not path.exists() or all(p.name == _LOCK for p in path.iterdir())
+
+
+@contextmanager
+def _exclusive(store: str | os.PathLike | None) -> Iterator[None]:
+    """Hold a store's lock while recording into it, so that a second recorder (another
+    kernel, another student on a shared folder) gets a clear error instead of interleaving
+    its writes. The lock is the kernel's (flock): a killed recorder releases it."""
+    if store is None:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    path = Path(store).expanduser()
+    if path.exists() and not path.is_dir():
+        raise RecordingError(f"{path} is a file; give record() a folder path for its zarr store.")
+    if not _fresh(path):  # checked before the lock file is made: a foreign folder stays untouched
+        group = _open_group(path, "r") if (path / "zarr.json").is_file() else None
+        if group is None or "llmscope" not in group.attrs:
+            raise RecordingError(f"{path} holds something that is not an llmscope recording; choose another path.")
+    path.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path / _LOCK))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise RecordingError(f"something else is recording into {path} right now; wait for it to "
+                             "finish (then record() resumes or returns it), or use another path.") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def _store(store: str | os.PathLike | None, meta: dict[str, Any], stimuli: Stimuli,
            model: "TransformerBridge") -> tuple[zarr.Group, int]:
     """The group to record into and the first sequence still to record."""
@@ -293,15 +331,11 @@ def _store(store: str | os.PathLike | None, meta: dict[str, Any], stimuli: Stimu
         _create(group, meta, stimuli)
         return group, 0
     path = Path(store).expanduser()
-    if path.exists() and not path.is_dir():
-        raise RecordingError(f"{path} is a file; give record() a folder path for its zarr store.")
-    if not path.exists() or not any(path.iterdir()):
+    if _fresh(path):
         group = _open_group(path, "a")
         done = 0
     else:
-        group = _open_group(path, "r+") if (path / "zarr.json").is_file() else None
-        if group is None or "llmscope" not in group.attrs:
-            raise RecordingError(f"{path} holds something that is not an llmscope recording; choose another path.")
+        group = _open_group(path, "r+")
         done = _resume_point(group, meta, stimuli, model)
         for junk in path.rglob("*.partial"):  # temporary files of chunk writes cut short by a kill
             junk.unlink()
@@ -361,7 +395,8 @@ def record(
         PromptError: empty stimuli, or a sequence longer than the model's context (before
             the store is touched).
         SiteError: an unknown site.
-        RecordingError: ``store`` holds something else (another model, stimuli or sites).
+        RecordingError: ``store`` holds something else (another model, stimuli or sites),
+            or another process is recording into it now.
 
     Example:
         >>> stim = induction(model, n_seqs=32, half_len=10)                   # doctest: +SKIP
@@ -376,8 +411,9 @@ def record(
     resolved = resolve_sites(model, sites)
     _check_stimuli(model, stimuli)
     meta = _metadata(model, stimuli, resolved, dtype)
-    group, done = _store(store, meta, stimuli, model)
-    _stream(model, stimuli, resolved, group, done, batch_size, DTYPES[dtype], progress)
+    with _exclusive(store):
+        group, done = _store(store, meta, stimuli, model)
+        _stream(model, stimuli, resolved, group, done, batch_size, DTYPES[dtype], progress)
     return Recording(group)
 
 

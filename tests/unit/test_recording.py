@@ -161,6 +161,32 @@ def test_foreign_folder_is_refused_and_left_alone(tiny, stim, tmp_path):
         Recording.open(tmp_path / "nothing.zarr")
 
 
+def test_file_path_is_refused(tiny, stim, tmp_path):
+    (tmp_path / "x.zarr").write_text("mine")
+    with pytest.raises(RecordingError, match="is a file"):
+        record(tiny, stim, "mlp.0", store=tmp_path / "x.zarr")
+    assert (tmp_path / "x.zarr").read_text() == "mine"
+
+
+def test_second_recorder_is_refused_until_the_first_dies(tiny, stim, tmp_path):
+    store = tmp_path / "shared.zarr"
+    store.mkdir()
+    holder = subprocess.Popen(  # another process holding the lock record() takes
+        [sys.executable, "-c", "import sys, time; from filelock import FileLock; lock = FileLock(sys.argv[1]); lock.acquire(); "
+         "print('held', flush=True); time.sleep(120)", str(store / ".llmscope-recording.lock")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RecordingError, match="something else is recording into"):
+            record(tiny, stim, SITES, store=store, progress=False)
+        assert [p.name for p in store.iterdir()] == [".llmscope-recording.lock"]  # nothing written
+    finally:
+        holder.kill()  # SIGKILL: the kernel drops its lock
+        holder.wait()
+    rec = record(tiny, stim, SITES, store=store, progress=False)
+    assert rec.complete and Recording.open(store).complete
+
+
 # ---------------------------------------------------------------- another model, other stimuli
 
 
