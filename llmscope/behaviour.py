@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 Metric = Union[str, Callable[["TransformerBridge", Stimuli], pd.DataFrame]]
 By = Union[str, Sequence[str], None]
+_PATCH_TOKENS = 1024  # tokens per patching pass: the logits of 1024 SmolLM2 tokens are 200 MB
 
 
 def _logit_batches(model: "TransformerBridge", stimuli: Stimuli,
@@ -283,8 +284,13 @@ def patching(model: "TransformerBridge", clean: Stimuli, corrupt: Stimuli, metri
 
     ``value`` is the normalized effect ``(patched - corrupt) / (clean - corrupt)`` of the mean
     metric (1 = the clean behaviour is fully restored, 0 = no change). The metric is always
-    read with clean's labels (e.g. its ``good_id``/``bad_id``). All sequences run as one batch;
-    one forward pass per site x position. Defaults: every ``resid.L`` site, every position.
+    read with clean's labels (e.g. its ``good_id``/``bad_id``). Defaults: every ``resid.L``
+    site, every position.
+
+    Several positions run in one forward pass: the corrupt sequences are stacked once per
+    position (up to about 1024 tokens a pass), each copy patched at its own position. That is
+    exact because patching one site leaves everything upstream of it as in the corrupt run.
+    A callable metric must therefore score all the stimuli it is given in one pass.
 
     Returns:
         Result with ``df`` columns ``site``, ``layer``, ``pos``, ``text`` (the clean token there,
@@ -299,30 +305,39 @@ def patching(model: "TransformerBridge", clean: Stimuli, corrupt: Stimuli, metri
 
     target = _corrupt_run(clean, corrupt)
     targets = resolve_sites(model, sites or [f"resid.{L}" for L in range(model.cfg.n_layers + 1)])
-    max_len = clean.ids.shape[1]
-    positions = list(range(max_len)) if positions is None else [int(p) for p in positions]
-    if any(not -max_len <= p < max_len for p in positions):
-        raise ValueError(f"positions {positions} must lie in -{max_len}..{max_len - 1} (the longest clean sequence).")
-    positions = [p % max_len for p in positions]
-    batch = clean.n_seqs
+    n, width = clean.n_seqs, int(clean.lengths.max())
+    positions = list(range(width)) if positions is None else [int(p) for p in positions]
+    if any(not -width <= p < width for p in positions):
+        raise ValueError(f"positions {positions} must lie in -{width}..{width - 1} (the longest clean sequence).")
+    positions = [p % width for p in positions]
 
-    def score() -> float:
-        return float(_per_row(model, target, metric, batch)["value"].mean())
-
-    clean_value = float(_per_row(model, clean, metric, batch)["value"].mean())
-    corrupt_value = score()
+    clean_value = float(_per_row(model, clean, metric, n)["value"].mean())
+    corrupt_value = float(_per_row(model, target, metric, n)["value"].mean())
     if np.isclose(clean_value, corrupt_value):
         raise ValueError(f"clean and corrupt give the same {_metric_name(metric)} ({clean_value:.4g}): "
                          "there is nothing for patching to restore; choose a metric that tells them apart.")
+    hooks = [s.hook for s in targets]
     with torch.no_grad():
-        _, cache = model.run_with_cache(clean.ids, names_filter=[s.hook for s in targets])
+        _, source = model.run_with_cache(clean.ids[:, :width], names_filter=hooks)
+        _, base = model.run_with_cache(target.ids[:, :width], names_filter=hooks)
     text = clean.tokens.drop_duplicates("pos").set_index("pos")["text"]  # first sequence that has the position
+    per_pass = max(1, _PATCH_TOKENS // (n * width))
+    chunks = [positions[i:i + per_pass] for i in range(0, len(positions), per_pass)]
     rows = []
-    for s, p in tqdm([(s, p) for s in targets for p in positions], desc="patching", leave=False):
-        with intervene(model, patch(cache, s, positions=[p])):
-            value = score()
-        rows.append(dict(site=s.name, layer=s.layer, pos=p, text=text[p], metric=value,
-                         value=(value - corrupt_value) / (clean_value - corrupt_value)))
+    with tqdm(total=len(targets) * len(positions), desc="patching", leave=False) as bar:
+        for s in targets:
+            for chunk in chunks:
+                k = len(chunk)
+                mixed = base[s.hook].repeat(k, *[1] * (base[s.hook].ndim - 1))
+                for j, p in enumerate(chunk):  # copy j is the corrupt run with clean's activation at p
+                    mixed[j * n:(j + 1) * n, p] = source[s.hook][:, p]
+                with intervene(model, patch({s.hook: mixed}, s)):
+                    scored = _per_row(model, target.select_seqs(np.tile(np.arange(n), k)), metric, k * n)
+                means = scored.groupby(scored["seq"].to_numpy() // n)["value"].mean()
+                rows += [dict(site=s.name, layer=s.layer, pos=p, text=text[p], metric=float(means[j]),
+                              value=(float(means[j]) - corrupt_value) / (clean_value - corrupt_value))
+                         for j, p in enumerate(chunk)]
+                bar.update(k)
     meta = dict(metric=_metric_name(metric), clean=clean_value, corrupt=corrupt_value,
                 sites=[s.name for s in targets])
     return Result(pd.DataFrame(rows), kind="patching", meta=meta, plotter=_plot_patching)

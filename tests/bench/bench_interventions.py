@@ -1,6 +1,8 @@
 """Intervention overhead: a slider move (a new gain on 10 neurons, entered, one forward, exited)
-vs a bare forward of SmolLM2 at 1x64 tokens, timed side by side (interleaved); and the cost of
-entering and leaving the ``with`` block alone, which is all an intervention adds besides its hook."""
+vs a bare forward of SmolLM2 at 1x64 tokens, timed side by side (interleaved); the cost of
+entering and leaving the ``with`` block alone, which is all an intervention adds besides its hook;
+and an activation-patching map (``patching``, positions stacked into one pass) vs the same map
+run the plain way, one intervened forward per site x position."""
 
 from __future__ import annotations
 
@@ -10,14 +12,17 @@ import time
 import torch
 
 import llmscope
-from llmscope.interventions import gain, intervene
+from llmscope.behaviour import logit_diff, patching
+from llmscope.interventions import gain, intervene, patch
+from llmscope.stimuli import Stimuli, ioi
 from tests.bench.bench_forward import interleaved_medians
 
 REPEATS = 7
 BLOCKS = 200
+PATCH_SITES = ["resid.0", "resid.6", "resid.12", "resid.18", "resid.24", "resid.30"]
 
 
-def run() -> list[dict]:
+def slider() -> list[dict]:
     model = llmscope.load("smollm2-135m")
     ids = torch.randint(100, model.cfg.d_vocab, (1, 64), generator=torch.Generator().manual_seed(0))
     factors = itertools.cycle([0.0, 0.5, 2.0, 4.0])
@@ -42,3 +47,47 @@ def run() -> list[dict]:
         dict(benchmark="intervene enter + exit (new gain)", case="no forward", value=block * 1e6,
              unit="µs (mean)", goal=""),
     ]
+
+
+def ioi_pair(model) -> tuple[Stimuli, Stimuli]:
+    """One IOI prompt, and its corrupt twin: the repeated name (S2) replaced by the other (IO)."""
+    clean = ioi(model, n=1, seed=0)
+    table = clean.tokens.copy()
+    s2 = table.index[table["role"] == "S2"]
+    table.loc[s2, "token"] = table["io_id"][s2]
+    ids = clean.ids.clone()
+    ids[0, table["pos"][s2].to_numpy()] = torch.as_tensor(table["io_id"][s2].to_numpy())
+    return clean, Stimuli(ids, clean.lengths, table, name="ioi corrupt")
+
+
+def ioi_diff(model, stim: Stimuli):
+    return logit_diff(model, stim, good="io_id", bad="s_id", batch_size=stim.n_seqs)
+
+
+def patching_speed() -> list[dict]:
+    model = llmscope.load("smollm2-135m")
+    clean, corrupt = ioi_pair(model)
+    width = int(clean.lengths.max())
+
+    def plain() -> None:  # the definition: one intervened forward per site x position
+        _, source = model.run_with_cache(clean.ids)
+        target = Stimuli(corrupt.ids, corrupt.lengths, clean.tokens.assign(token=corrupt.tokens["token"]))
+        for s in PATCH_SITES:
+            for p in range(width):
+                with intervene(model, patch(source, s, positions=[p])):
+                    ioi_diff(model, target)
+
+    with torch.no_grad():
+        med = interleaved_medians({"plain": plain, "stacked": lambda: patching(model, clean, corrupt, ioi_diff,
+                                                                             sites=PATCH_SITES)}, 1)
+    case = f"1 IOI prompt x {width} positions x {len(PATCH_SITES)} resid sites"
+    row = dict(case=case, unit="s (median)", goal="")
+    return [
+        dict(row, benchmark="patching map, one forward per site x position", value=med["plain"]),
+        dict(row, benchmark="patching map, positions stacked (patching())", value=med["stacked"]),
+        dict(row, benchmark="patching speed-up", value=med["plain"] / med["stacked"], unit="x"),
+    ]
+
+
+def run() -> list[dict]:
+    return slider() + patching_speed()

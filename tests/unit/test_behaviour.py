@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from llmscope.behaviour import effect, logit_diff, metric, patching, token_loss
-from llmscope.interventions import gain, lesion
+from llmscope.interventions import gain, intervene, lesion, patch
 from llmscope.result import Result
 from llmscope.sites import SiteError
 from llmscope.stimuli.core import Stimuli
@@ -149,6 +149,22 @@ def test_patching_map_over_layers_and_positions(tiny, pair):
 def test_patching_chosen_sites_and_positions(tiny, pair):
     r = patching(tiny, *pair, "logit_diff", sites=["attn.0", "mlp.1"], positions=[2, -2])
     assert r.df[["site", "pos"]].values.tolist() == [["attn.0", 2], ["attn.0", 4], ["mlp.1", 2], ["mlp.1", 4]]
+
+
+def test_stacked_patching_equals_one_pass_per_position(tiny):
+    """The batched map against the definition: one intervened run per site x position."""
+    clean_seqs = [[1, 5, 9, 14, 22, 31, 7], [1, 60, 3, 3, 17], [1, 8, 8, 12, 30, 41]]  # unequal lengths
+    corrupt_seqs = [[s[0], 44, 45, *s[3:]] for s in clean_seqs]
+    clean = Stimuli.from_ids(tiny, clean_seqs, labels=labels(clean_seqs))
+    corrupt = Stimuli.from_ids(tiny, corrupt_seqs, labels=labels(clean_seqs))
+    r = patching(tiny, clean, corrupt, "logit_diff", sites=["resid.1", "attn.1", "mlp.0"])
+    target = Stimuli(corrupt.ids, corrupt.lengths, clean.tokens.assign(token=corrupt.tokens["token"]))
+    _, source = tiny.run_with_cache(clean.ids)
+    for row in r.df.itertuples():
+        with intervene(tiny, patch(source, row.site, positions=[row.pos])):
+            expected = logit_diff(tiny, target)["logit_diff"].mean()
+        assert row.metric == pytest.approx(expected, abs=1e-4), (row.site, row.pos)
+    assert r.df["value"].abs().max() > 0.1  # the map is not flat: the comparison means something
 
 
 # ---------------------------------------------------------------- bad input: clear errors, model pristine
