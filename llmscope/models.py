@@ -150,9 +150,18 @@ def smollm2_folder() -> Path:
 
 
 def _boot(folder: Path, device: str) -> "TransformerBridge":
+    """Boot a local folder, without transformers' per-tensor "Loading weights" bar (a load
+    takes about a second; the bar is clutter under every notebook cell that loads)."""
     from transformer_lens.model_bridge import TransformerBridge
+    from transformers.utils import logging as hf_logging
 
-    return TransformerBridge.boot_transformers(str(folder), device=device)
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return TransformerBridge.boot_transformers(str(folder), device=device)
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
 
 
 def _check_model_folder(folder: Path) -> None:

@@ -23,6 +23,14 @@ def test_local_folder_loads_as_hookable_bridge(tiny):
     assert not tiny.training
 
 
+def test_load_prints_no_weight_bar_and_leaves_the_setting(tiny_dir, capfd):
+    from transformers.utils import logging as hf_logging
+
+    llmscope.load(str(tiny_dir))
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # the user's transformers setting is as it was
+
+
 def test_available_lists_offline_models():
     table = llmscope.available()
     assert {"name", "kind", "params", "size_mb", "offline", "ready"} <= set(table.columns)
