@@ -11,9 +11,18 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install lab test test-unit test-notebooks bench clean-cache
+.PHONY: install lab test bench clean-cache
 
 install: $(STAMP)
+
+# The browser tests drive Debian's Chromium with Playwright (Playwright's own download needs a
+# network we do not have). Installed once, with apt, when missing.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+$(CHROMIUM):
+	@command -v apt-get >/dev/null || { echo "The browser tests need Chromium at $(CHROMIUM) (Debian: apt-get install chromium chromium-driver)."; exit 1; }
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,8 +41,8 @@ LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
 lab: install
 	$(BIN)/jupyter lab $(LAB_ARGS) notebooks/
 
-test: install
-	$(BIN)/python -m pytest tests/unit notebooks --nbval-lax -p no:cacheprovider
+test: install $(CHROMIUM)
+	$(BIN)/python -m pytest tests/unit tests/browser notebooks --nbval-lax -p no:cacheprovider
 
 bench: install
 	$(BIN)/python -m tests.bench $(ONLY)
