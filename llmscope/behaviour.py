@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from llmscope.interventions import Intervention, intervene, patch
+from llmscope.interventions import Intervention, InterventionError, intervene, patch
 from llmscope.result import Result
 from llmscope.sites import Site, sites as resolve_sites
 from llmscope.stimuli.core import Stimuli
@@ -332,7 +332,15 @@ def patching(model: "TransformerBridge", clean: Stimuli, corrupt: Stimuli, metri
                 for j, p in enumerate(chunk):  # copy j is the corrupt run with clean's activation at p
                     mixed[j * n:(j + 1) * n, p] = source[s.hook][:, p]
                 with intervene(model, patch({s.hook: mixed}, s)):
-                    scored = _per_row(model, target.select_seqs(np.tile(np.arange(n), k)), metric, k * n)
+                    try:
+                        scored = _per_row(model, target.select_seqs(np.tile(np.arange(n), k)), metric, k * n)
+                    except InterventionError as exc:
+                        if not callable(metric):
+                            raise
+                        raise InterventionError(
+                            f"{exc} patching() gives a callable metric {k * n} sequences ({k} copies of the "
+                            "corrupt stimuli) to score in one forward pass; run all it is given as one batch, "
+                            "e.g. token_loss(model, stim, batch_size=stim.n_seqs).") from None
                 means = scored.groupby(scored["seq"].to_numpy() // n)["value"].mean()
                 rows += [dict(site=s.name, layer=s.layer, pos=p, text=text[p], metric=float(means[j]),
                               value=(float(means[j]) - corrupt_value) / (clean_value - corrupt_value))

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from llmscope.behaviour import effect, logit_diff, metric, patching, token_loss
-from llmscope.interventions import gain, intervene, lesion, patch
+from llmscope.interventions import InterventionError, gain, intervene, lesion, patch
 from llmscope.result import Result
 from llmscope.sites import SiteError
 from llmscope.stimuli.core import Stimuli
@@ -187,6 +187,8 @@ def test_bad_behaviour_input_raises_and_leaves_the_model_pristine(tiny, stim, pa
         (lambda: patching(tiny, pair[0], stim, "logit_diff"), ValueError, "pair up"),
         (lambda: patching(tiny, pair[0], pair[0], "logit_diff"), ValueError, "nothing for patching"),
         (lambda: patching(tiny, *pair, "logit_diff", positions=[6]), ValueError, "positions"),
+        (lambda: patching(tiny, *pair, lambda m, s: logit_diff(m, s, batch_size=2)), InterventionError,
+         "as one batch"),
         (lambda: metric(tiny, Stimuli.from_ids(tiny, [[1], [5]]), "loss"), ValueError, "no row has a value"),
     ]
     for call, error, match in cases:
