@@ -2,28 +2,37 @@
 
 A model is shown stimuli, its units are recorded, the recording is analysed, and results are
 seen as figures and live widgets; interventions change the model only inside a ``with`` block.
+Every error llmscope raises is an :class:`LLMScopeError`.
 
 Example:
     >>> import llmscope
-    >>> model = llmscope.load("grammar-2l")               # doctest: +SKIP
-    >>> llmscope.site(model, "mlp.1")                     # doctest: +SKIP
+    >>> model = llmscope.load("grammar-2l")
+    >>> llmscope.site(model, "mlp.1")
+    Site('mlp.1', hook='blocks.1.mlp.hook_post', 512 neurons, shape=(512,))
 """
 
-from llmscope import models, stimuli
-from llmscope.behaviour import effect, logit_diff, metric, patching, token_loss
-from llmscope.interventions import InterventionError, gain, intervene, lesion, patch, steer
-from llmscope.models import ModelNotAvailable, available, load
-from llmscope.recording import IncompleteRecordingWarning, Recording, RecordingError, record
+from llmscope import analysis, models, stimuli
+from llmscope.analysis.effect import effect
+from llmscope.analysis.patching import patching
+from llmscope.behaviour import evaluate, logit_diff, metric, token_loss
+from llmscope.errors import (AnalysisError, ColumnError, InterventionError, LLMScopeError, ModelNotAvailable,
+                             PromptError, RecordingError, SiteError)
+from llmscope.interventions import gain, intervene, lesion, patch, steer
+from llmscope.models import available, load
+from llmscope.recording import IncompleteRecordingWarning, Recording, record
 from llmscope.result import Result
-from llmscope.sites import Site, SiteError, site, sites
+from llmscope.sites import Site, site, unit_index
 from llmscope.stimuli import Stimuli
-from llmscope.tokens import PromptError, tokenize
+from llmscope.tokens import tokenize
 
 __all__ = [
-    "models", "load", "available", "ModelNotAvailable",
-    "Site", "SiteError", "site", "sites",
-    "stimuli", "Stimuli", "PromptError", "tokenize",
-    "intervene", "lesion", "gain", "steer", "patch", "InterventionError",
-    "record", "Recording", "RecordingError", "IncompleteRecordingWarning",
-    "token_loss", "logit_diff", "metric", "effect", "patching", "Result",
+    "models", "load", "available",
+    "Site", "site", "unit_index",
+    "stimuli", "Stimuli", "tokenize",
+    "intervene", "lesion", "gain", "steer", "patch",
+    "record", "Recording", "IncompleteRecordingWarning",
+    "token_loss", "logit_diff", "metric", "evaluate", "Result",
+    "analysis", "effect", "patching",
+    "LLMScopeError", "SiteError", "PromptError", "InterventionError", "RecordingError", "ModelNotAvailable",
+    "AnalysisError", "ColumnError",
 ]

@@ -9,18 +9,22 @@ sets ``.factor`` / ``.alpha`` on the old one, even inside the block):
 * :class:`steer` — add ``alpha * vector`` at every position of a site;
 * :class:`patch` — activation patching: put a source run's activations into the target run.
 
-Units are named by a site and indices: ``("mlp.1", [3, 7])`` (neurons), ``("attn.0", [2])``
-(heads: the head's ``hook_z`` slice), a list of such pairs, ``(site, unit)`` tuples, or a
-``(site, unit)`` MultiIndex as the analysis tables use.
+Units follow the one convention of :mod:`llmscope.sites`: ``lesion("mlp.1", [3, 7])``
+(neurons), ``gain("attn.0", [2], factor=2.0)`` (heads: the head's ``hook_z`` slice), a list of
+``(site, indices)`` pairs, or any table indexed by ``(site, unit)``, such as an analysis's
+top units: ``lesion(tuning(rec, "mlp.0", "pos_tag").top(8))``.
 
 :func:`intervene` validates every intervention against the model *before* attaching a hook,
-attaches TransformerLens forward hooks directly to the hook points, and removes them on exit,
-even on error. Weights are never touched. Each intervention also exposes TL-style hooks, so
-``model.run_with_hooks(tokens, fwd_hooks=gain(...).fwd_hooks(model))`` works as well.
+then attaches them with TransformerLens's own ``model.hooks(...)`` context, which removes them
+on exit, even on error. Weights are never touched. Each intervention also exposes TL-style
+hooks, so ``model.run_with_hooks(tokens, fwd_hooks=gain(...).fwd_hooks(model))`` works as well.
 
 Example:
-    >>> with intervene(model, lesion(("mlp.1", [3, 7])), gain(("attn.0", [2]), 2.0)):  # doctest: +SKIP
+    >>> tokens = model.to_tokens("the dog runs .")
+    >>> with intervene(model, lesion("mlp.1", [3, 7]), gain("attn.0", [2], factor=2.0)):
     ...     logits = model(tokens)
+    >>> logits.shape[:2]
+    torch.Size([1, 5])
 """
 
 from __future__ import annotations
@@ -33,8 +37,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Se
 import numpy as np
 import torch
 
-from llmscope.recording import record
-from llmscope.sites import Site, SiteError, site, sites
+from llmscope.errors import InterventionError
+from llmscope.recording import Recording, record
+from llmscope.sites import Site, UnitsLike, parse_units, resolve_units, site, sites
 from llmscope.stimuli.core import Stimuli
 from llmscope.tokens import tokenize
 
@@ -44,12 +49,6 @@ if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
 HookFn = Callable[[torch.Tensor, "HookPoint"], torch.Tensor]
-Units = Union[tuple, Sequence[tuple], Mapping[str, Any]]
-_UNITS_HELP = "units are (site, indices) such as ('mlp.1', [3, 7]), or a list of such pairs"
-
-
-class InterventionError(ValueError):
-    """An intervention that cannot apply to this model or input (raised before any hook)."""
 
 
 class Intervention(abc.ABC):
@@ -63,39 +62,6 @@ class Intervention(abc.ABC):
 # ---------------------------------------------------------------- units and references
 
 
-def _parse_units(units: Units) -> list[tuple[str | Site, Any]]:
-    """``units`` -> ``[(site, indices), ...]`` with one entry per site, in first-seen order."""
-    if isinstance(units, Mapping):
-        pairs = list(units.items())
-    elif isinstance(units, tuple) and len(units) == 2 and isinstance(units[0], (str, Site)):
-        pairs = [units]
-    elif isinstance(units, Iterable) and not isinstance(units, (str, Site)):
-        pairs = list(units)
-    else:
-        raise InterventionError(f"{_UNITS_HELP}; got {units!r}.")
-    grouped: dict[str | Site, list[int] | None] = {}  # None = every unit of the site
-    for pair in pairs:
-        if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], (str, Site))):
-            raise InterventionError(f"{_UNITS_HELP}; got the item {pair!r}.")
-        spec, idx = pair
-        if idx is None or (spec in grouped and grouped[spec] is None):
-            grouped[spec] = None
-        else:
-            grouped[spec] = grouped.get(spec, []) + np.atleast_1d(np.asarray(idx)).tolist()
-    if not grouped:
-        raise InterventionError(f"no units given; {_UNITS_HELP}.")
-    return list(grouped.items())
-
-
-def _resolve_units(model: "TransformerBridge", units: list[tuple[str | Site, Any]]) -> list[tuple[Site, torch.Tensor]]:
-    out = []
-    for spec, idx in units:
-        s = site(model, spec)
-        checked = s.check_units(None if idx is None else np.asarray(idx))
-        out.append((s, torch.as_tensor(np.unique(checked))))
-    return out
-
-
 def _reference_pools(model: "TransformerBridge", reference: Any,
                      resolved: list[tuple[Site, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Reference activations of the chosen units, ``hook -> [n_tokens, n_sel, ...]`` float32.
@@ -107,6 +73,10 @@ def _reference_pools(model: "TransformerBridge", reference: Any,
         reference = record(model, reference, [s for s, _ in resolved], dtype="float32", progress=False)
     if not (hasattr(reference, "responses") and hasattr(reference, "sites")):
         raise InterventionError(f"reference must be a Recording or Stimuli, got {type(reference).__name__}.")
+    if isinstance(reference, Recording) and not reference.made_by(model):
+        raise InterventionError(
+            f"the reference recording was made by model {reference.model_name!r}, not by this model: its "
+            "means would not be this model's. Record a reference with this model, or pass Stimuli.")
     have = set(map(str, reference.sites))
     pools = {}
     for s, idx in resolved:
@@ -144,11 +114,11 @@ class _PerModel:
 class _UnitIntervention(Intervention):
     """Replace the selected units' activations by new values (one hook per site)."""
 
-    def __init__(self, units: Units):
-        self.units = _parse_units(units)
+    def __init__(self, units: UnitsLike, indices: Any = None):
+        self.units = parse_units(units, indices)
 
     def fwd_hooks(self, model: "TransformerBridge") -> list[tuple[str, HookFn]]:
-        resolved = _resolve_units(model, self.units)
+        resolved = [(s, torch.as_tensor(idx)) for s, idx in resolve_units(model, self.units)]
         new_values = self._value_fns(model, resolved)
         return [(s.hook, _replace_units(idx, fn)) for (s, idx), fn in zip(resolved, new_values)]
 
@@ -173,7 +143,9 @@ class lesion(_UnitIntervention):
     """Silence units: set them to zero, to their reference mean, or to a resampled value.
 
     Args:
-        units: ``("mlp.1", [3, 7])``, ``("attn.0", [2])`` (heads), or a list of such pairs.
+        units: a site (``"mlp.1"``, with ``indices``), a ``(site, indices)`` pair, a list of
+            pairs, or a table indexed by ``(site, unit)`` (see :mod:`llmscope.sites`).
+        indices: unit indices of the site named by ``units`` (None = all its units).
         mode: ``"zero"``; ``"mean"`` (each unit's mean over the reference tokens); or
             ``"resample"`` (at every position, all lesioned units of a site take their values
             from one random reference token; the draw is seeded at each ``with`` entry).
@@ -182,15 +154,16 @@ class lesion(_UnitIntervention):
         seed: random seed of ``"resample"``.
 
     Example:
-        >>> with intervene(model, lesion(("mlp.1", [3]), mode="mean", reference=stim)):  # doctest: +SKIP
-        ...     logits = model(tokens)
+        >>> with intervene(model, lesion("mlp.1", [3], mode="mean", reference=stim)):
+        ...     logits = model(stim.ids)
     """
 
     MODES = ("zero", "mean", "resample")
 
-    def __init__(self, units: Units, mode: str = "zero", reference: Any = None, seed: int = 0):
-        super().__init__(units)
-        if mode not in self.MODES:
+    def __init__(self, units: UnitsLike, indices: Any = None, *, mode: str = "zero", reference: Any = None,
+                 seed: int = 0):
+        super().__init__(units, indices)
+        if not isinstance(mode, str) or mode not in self.MODES:
             raise InterventionError(f"unknown lesion mode {mode!r}; choose one of {self.MODES}.")
         if (mode == "zero") != (reference is None):
             need = "takes no reference" if mode == "zero" else "needs reference=Recording or Stimuli"
@@ -224,17 +197,28 @@ def _resampler(pool: torch.Tensor, gen: torch.Generator) -> Callable[[torch.Tens
 class gain(_UnitIntervention):
     """Multiply units' activations by ``factor`` (``0`` = zero lesion, ``> 1`` = microstimulation).
 
-    ``factor`` may be changed between forward passes, even inside the ``with`` block.
+    ``factor`` may be changed between forward passes, even inside the ``with`` block; a value
+    that is not a finite number is refused when it is set.
 
     Example:
-        >>> g = gain(("mlp.1", range(10)), 2.0)
-        >>> with intervene(model, g):                    # doctest: +SKIP
-        ...     g.factor = 3.0; logits = model(tokens)
+        >>> g = gain("mlp.1", range(10), factor=2.0)
+        >>> with intervene(model, g):
+        ...     g.factor = 3.0
+        ...     logits = model(stim.ids)
     """
 
-    def __init__(self, units: Units, factor: float):
-        super().__init__(units)
-        self.factor = _real(factor, "factor")
+    def __init__(self, units: UnitsLike, indices: Any = None, *, factor: float = 1.0):
+        super().__init__(units, indices)
+        self.factor = factor
+
+    @property
+    def factor(self) -> float:
+        """The gain: 0 silences, 1 leaves intact, above 1 stimulates."""
+        return self._factor
+
+    @factor.setter
+    def factor(self, value: float) -> None:
+        self._factor = _real(value, "gain factor")
 
     def _value_fns(self, model, resolved):
         return [lambda x: x * self.factor for _ in resolved]
@@ -268,10 +252,23 @@ class steer(Intervention):
 
     def __init__(self, site: str | Site, vector: Any, alpha: float = 1.0):
         self.site = site
-        self.vector = torch.as_tensor(np.asarray(vector, dtype=np.float32))
-        self.alpha = _real(alpha, "alpha")
+        try:
+            self.vector = torch.as_tensor(np.asarray(vector, dtype=np.float32))
+        except (TypeError, ValueError):
+            raise InterventionError(f"a steering vector is an array of numbers, got {type(vector).__name__} "
+                                    f"{str(vector)[:40]!r}.") from None
+        self.alpha = alpha
         if not torch.isfinite(self.vector).all():
             raise InterventionError("the steering vector holds NaN or infinite values.")
+
+    @property
+    def alpha(self) -> float:
+        """The steering strength; may be changed between forward passes (finite numbers only)."""
+        return self._alpha
+
+    @alpha.setter
+    def alpha(self, value: float) -> None:
+        self._alpha = _real(value, "steering alpha")
 
     def fwd_hooks(self, model):
         s = site(model, self.site)
@@ -380,20 +377,10 @@ def _flatten(interventions: Iterable[Any]) -> list[Intervention]:
         elif isinstance(iv, (list, tuple)):
             out.extend(_flatten(iv))
         else:
-            raise TypeError(
+            raise InterventionError(
                 f"intervene takes lesion(...), gain(...), steer(...) or patch(...) objects; got {type(iv).__name__}."
             )
     return out
-
-
-def _hook_point(model: "TransformerBridge", name: str, fn: HookFn) -> "HookPoint":
-    point = model.get_hook_point(name)
-    if point is None:
-        point = model.hook_dict.get(name)
-    if point is None:
-        raise SiteError(f"hook {name!r} does not exist on this model.")
-    model.check_hooks_to_add(point, name, fn)  # raises for gated-off hooks that would never fire
-    return point
 
 
 @contextmanager
@@ -411,16 +398,8 @@ def intervene(model: "TransformerBridge",
         ...     logits = m(tokens)
     """
     hooks = [pair for iv in _flatten(interventions) for pair in iv.fwd_hooks(model)]
-    points = [(_hook_point(model, name, fn), fn) for name, fn in hooks]
-    attached = []
-    try:
-        for point, fn in points:
-            attached.append((point, point.add_hook(fn, dir="fwd")))
+    with model.hooks(fwd_hooks=hooks):
         yield model
-    finally:
-        for point, handle in reversed(attached):
-            handle.hook.remove()
-            point.fwd_hooks[:] = [h for h in point.fwd_hooks if h is not handle]
 
 
 __all__ = ["Intervention", "InterventionError", "intervene", "lesion", "gain", "steer", "patch"]

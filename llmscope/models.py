@@ -24,9 +24,11 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+
+from llmscope.errors import ModelNotAvailable
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -34,10 +36,6 @@ if TYPE_CHECKING:
 SMOLLM2 = "smollm2-135m"
 ORGANISMS_DIR = Path(__file__).parent / "organisms"
 _COMPLETE = "llmscope-complete.json"  # written last into a converted folder: its absence = broken
-
-
-class ModelNotAvailable(LookupError):
-    """A model name that cannot be loaded here (unknown, offline, or not a model)."""
 
 
 def cache_dir() -> Path:
@@ -219,6 +217,7 @@ def load(name: str, device: str = "cpu") -> "TransformerBridge":
     """
     if not isinstance(name, (str, os.PathLike)) or not str(name).strip():
         raise ModelNotAvailable(f"a model name must be a non-empty string; choose from {offline_names()}")
+    _check_device(device)
     path = Path(name).expanduser()
     if str(name) == SMOLLM2:
         model = _boot_cached_smollm2(device)
@@ -232,7 +231,22 @@ def load(name: str, device: str = "cpu") -> "TransformerBridge":
     else:
         model = _from_hub(str(name), device)
     model.eval()
+    if str(name) == SMOLLM2 or str(name) in organisms():
+        model.cfg.model_name = str(name)  # the zoo name, not the cache folder it was booted from
     return model
+
+
+def _check_device(device: Any) -> None:
+    """A device torch knows and this machine has, or a ModelNotAvailable naming the choices."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ModelNotAvailable(f"unknown device {device!r}; use 'cpu' (or 'cuda' where a GPU exists).") from None
+    if dev.type != "cpu" and not (dev.type == "cuda" and torch.cuda.is_available()) and not (
+            dev.type == "mps" and torch.backends.mps.is_available()):
+        raise ModelNotAvailable(f"device {device!r} is not available on this machine; use 'cpu'.")
 
 
 def _boot_cached_smollm2(device: str) -> "TransformerBridge":

@@ -14,33 +14,48 @@ resid.L    ``blocks.L.hook_resid_pre``             ``(d_model,)``              d
 ``resid.{n_layers}`` (``blocks.{n_layers-1}.hook_resid_post``) is what the unembedding reads.
 Any other hook name of ``model.hook_dict`` whose activation is ``[batch, pos, ...]`` is a site too.
 
+Units — one convention everywhere
+---------------------------------
 A unit is one index along the first axis of the per-token shape: a neuron of ``mlp.L``, a
-head of ``attn.L``. Tables index units with a ``MultiIndex`` of ``(site, unit)``.
+head of ``attn.L``, a dimension of ``resid.L``. Indices run ``0..n_units-1``; a negative
+index is an error (it never wraps), so ``-1`` cannot silently mean the last neuron.
+
+Every function that takes units (``lesion``, ``gain``, the decoders, the widgets) reads them
+with :func:`resolve_units`, which accepts:
+
+* a site and indices: ``("mlp.1", [3, 7])``, or as two arguments ``lesion("mlp.1", [3, 7])``;
+  a bare site ``"attn.0"`` (or indices ``None``) means all its units;
+* a list of such pairs: ``[("mlp.0", [1]), ("attn.1", [0])]``;
+* anything indexed by units, as every analysis returns them: a ``(site, unit)``
+  ``MultiIndex``, a DataFrame or Series with that index (``tuning(...).top(8)``), or a
+  ``Result`` whose ``.df`` has it.
+
+Tables index units with that ``MultiIndex`` (:func:`unit_index` builds one from any of the above).
 
 Example:
-    >>> s = site(model, "mlp.1")                         # doctest: +SKIP
-    >>> s.hook, s.n_units                                 # doctest: +SKIP
+    >>> s = site(model, "mlp.1")
+    >>> s.hook, s.n_units
     ('blocks.1.mlp.hook_post', 512)
+    >>> unit_index(model, [("mlp.1", [7, 3]), ("attn.0", 2)]).tolist()
+    [('mlp.1', 3), ('mlp.1', 7), ('attn.0', 2)]
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence, Union
 
 import numpy as np
 import pandas as pd
+
+from llmscope.errors import SiteError
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
 _SHORT = re.compile(r"^(mlp|attn|resid)\.(-?\d+)$")
 _PROBE_LEN = 7  # tokens in the shape probe of a raw hook; an odd length few axes share
-
-
-class SiteError(ValueError):
-    """An unknown site, a layer out of range, or a unit index out of range."""
 
 
 @dataclass(frozen=True)
@@ -78,22 +93,27 @@ class Site:
     def check_units(self, units: int | Iterable[int] | None = None) -> np.ndarray:
         """Validate unit indices and return them as an int array (``None`` = all units).
 
-        Negative indices count from the end, as in numpy.
+        Indices must be integers in ``0..n_units-1``; negative ones are refused, not wrapped.
         """
         if units is None:
             return np.arange(self.n_units)
+        if isinstance(units, (str, bytes)):
+            raise SiteError(f"unit indices of {self.name} are integers, got the string {units!r}.")
         idx = np.atleast_1d(np.asarray(units))
         if idx.size == 0:
             raise SiteError(f"no units given for {self.name}; pass indices in 0..{self.n_units - 1}.")
-        if not np.issubdtype(idx.dtype, np.integer):
-            raise SiteError(f"unit indices of {self.name} must be integers, got {idx.dtype}.")
-        bad = idx[(idx < -self.n_units) | (idx >= self.n_units)]
+        if idx.dtype == object and all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in idx.ravel()):
+            idx = idx.astype(np.int64)
+        if not np.issubdtype(idx.dtype, np.integer) or idx.ndim != 1:
+            raise SiteError(f"unit indices of {self.name} must be a list of integers in 0..{self.n_units - 1}, "
+                            f"got {np.asarray(units).tolist()!r}.")
+        bad = idx[(idx < 0) | (idx >= self.n_units)]
         if bad.size:
             raise SiteError(
                 f"{self.unit} {bad.tolist()} out of range for {self.name}: it has "
-                f"{self.n_units} {self.unit}s, indices 0..{self.n_units - 1}."
+                f"{self.n_units} {self.unit}s, indices 0..{self.n_units - 1} (negative indices are not allowed)."
             )
-        return idx % self.n_units
+        return idx.astype(np.int64)
 
     def unit_index(self, units: int | Iterable[int] | None = None) -> pd.MultiIndex:
         """A ``(site, unit)`` MultiIndex for the given units (all by default)."""
@@ -192,3 +212,75 @@ def sites(model: "TransformerBridge", specs: "str | Site | Sequence[str | Site]"
         s = site(model, spec)
         out.setdefault(s.hook, s)
     return list(out.values())
+
+
+# ---------------------------------------------------------------- units
+
+UnitsLike = Union[str, Site, tuple, Sequence[tuple], pd.Index, pd.DataFrame, pd.Series, Any]
+UNITS_HELP = ("units are a site and indices ('mlp.1', [3, 7]), a list of such pairs, or a table indexed "
+              "by (site, unit) such as tuning(...).top(8)")
+
+
+def _table_index(units: Any) -> pd.MultiIndex | None:
+    """The ``(site, unit)`` index of a unit table, Series, Result or MultiIndex; None if it is none."""
+    if hasattr(units, "df") and isinstance(getattr(units, "df"), pd.DataFrame):  # a Result
+        units = units.df
+    if isinstance(units, (pd.DataFrame, pd.Series)):
+        units = units.index
+    if not isinstance(units, pd.Index):
+        return None
+    if not (isinstance(units, pd.MultiIndex) and units.nlevels == 2):
+        raise SiteError(f"a unit table is indexed by (site, unit); this one's index is {list(units.names)}. {UNITS_HELP}.")
+    return units
+
+
+def parse_units(units: UnitsLike, indices: Any = None) -> list[tuple[str | Site, Any]]:
+    """Any accepted form of units -> ``[(site, indices or None), ...]``, one entry per site in
+    first-seen order (nothing checked against a model yet)."""
+    if isinstance(units, (str, Site)):
+        pairs = [(units, indices)]
+    elif indices is not None:
+        raise SiteError(f"indices are given as a second argument only after a site name such as 'mlp.1'; "
+                        f"got units={units!r} and indices={indices!r}. {UNITS_HELP}.")
+    elif (table := _table_index(units)) is not None:
+        pairs = [(s, table.get_level_values(1)[table.get_level_values(0) == s].to_numpy())
+                 for s in dict.fromkeys(table.get_level_values(0))]
+    elif isinstance(units, tuple) and len(units) == 2 and isinstance(units[0], (str, Site)):
+        pairs = [units]
+    elif isinstance(units, Iterable) and not isinstance(units, (str, bytes, dict)):
+        pairs = list(units)
+    else:
+        raise SiteError(f"{UNITS_HELP}; got {units!r}.")
+    grouped: dict[str | Site, list | None] = {}
+    for pair in pairs:
+        if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], (str, Site))):
+            raise SiteError(f"{UNITS_HELP}; got the item {pair!r}.")
+        spec, idx = pair
+        if idx is None or (spec in grouped and grouped[spec] is None):
+            grouped[spec] = None
+        else:
+            if isinstance(idx, (str, bytes)):
+                raise SiteError(f"unit indices of {spec!r} are integers, got the string {idx!r}.")
+            grouped[spec] = grouped.get(spec, []) + np.atleast_1d(np.asarray(idx, dtype=object)).tolist()
+    if not grouped:
+        raise SiteError(f"no units given; {UNITS_HELP}.")
+    return list(grouped.items())
+
+
+def resolve_units(model: "TransformerBridge", units: UnitsLike, indices: Any = None) -> list[tuple[Site, np.ndarray]]:
+    """Units resolved against ``model``: ``[(Site, sorted unique indices), ...]``; a SiteError
+    names a bad site or index and the valid range."""
+    out: dict[str, tuple[Site, np.ndarray]] = {}
+    for spec, idx in parse_units(units, indices):
+        s = site(model, spec)
+        checked = s.check_units(idx)
+        if s.hook in out:
+            checked = np.concatenate([out[s.hook][1], checked])
+        out[s.hook] = (s, np.unique(checked))
+    return list(out.values())
+
+
+def unit_index(model: "TransformerBridge", units: UnitsLike, indices: Any = None) -> pd.MultiIndex:
+    """The ``(site, unit)`` MultiIndex of any accepted form of units (see the module docstring)."""
+    resolved = resolve_units(model, units, indices)
+    return pd.MultiIndex.from_tuples([(s.name, int(i)) for s, idx in resolved for i in idx], names=["site", "unit"])

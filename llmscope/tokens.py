@@ -13,12 +13,10 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
+from llmscope.errors import PromptError
+
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
-
-
-class PromptError(ValueError):
-    """An empty prompt, or one longer than the model's context."""
 
 
 def check_tokens(model: "TransformerBridge", tokens: torch.Tensor, truncate: bool = False) -> torch.Tensor:
@@ -27,6 +25,11 @@ def check_tokens(model: "TransformerBridge", tokens: torch.Tensor, truncate: boo
     With ``truncate=True`` a sequence longer than the context keeps its *last* ``n_ctx``
     tokens (the ones nearest the prediction) and a warning says how many were dropped.
     """
+    if not isinstance(tokens, torch.Tensor):
+        raise PromptError(f"tokens are a [batch, pos] tensor of integer ids, got {type(tokens).__name__}.")
+    if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+        raise PromptError(f"token ids must be an integer tensor, got {tokens.dtype}: ids are not "
+                          "rounded or cast; build them with model.to_tokens or tokenize(...).")
     if tokens.ndim == 1:
         tokens = tokens[None]
     if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] == 0:
@@ -59,8 +62,13 @@ def tokenize(
     """
     if isinstance(prompt, torch.Tensor):
         return check_tokens(model, prompt, truncate)
+    if not isinstance(prompt, (str, list, tuple)):
+        raise PromptError(f"a prompt is a string, a list of strings or a token tensor; got {type(prompt).__name__}.")
     texts = [prompt] if isinstance(prompt, str) else list(prompt)
-    if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
+    bad = [t for t in texts if not isinstance(t, str)]
+    if bad:
+        raise PromptError(f"prompts must be strings; got {type(bad[0]).__name__} {bad[0]!r}.")
+    if not texts or any(not t.strip() for t in texts):
         raise PromptError("empty prompt: give at least one non-blank string.")
     tokens = model.to_tokens(texts, prepend_bos=prepend_bos, truncate=False)
     return check_tokens(model, tokens, truncate)

@@ -1,8 +1,10 @@
 """Stimuli: token batches plus a trial table with one row per token.
 
 The trial table (``Stimuli.tokens``) has the columns ``seq`` (which sequence), ``pos`` (position
-in it, as the model sees it, BOS included), ``token`` (id), ``text`` (the token's string) and any
-label columns a paradigm adds (``pos_tag``, ``number``, ``is_repeat``...). Its rows are in
+in it, as the model sees it, BOS included), ``token`` (id), ``text`` (the token's string),
+``is_bos`` (true on the tokens the model prepends, such as ``<|im_start|>``: analyses and
+metrics leave those rows out unless asked) and any label columns a paradigm adds
+(``pos_tag``, ``number``, ``is_repeat``...). Its rows are in
 ``(seq, pos)`` order, and every recording made from these stimuli is aligned to them row for row.
 
 ``Stimuli.ids`` holds the sequences as one right-padded ``[n_seqs, max_len]`` LongTensor; a
@@ -10,8 +12,9 @@ padded position has no row in the table. Right padding never changes a real toke
 activations in a causal model.
 
 Example:
-    >>> stim = Stimuli.from_ids(model, [[1, 5, 6], [1, 7]], labels={"kind": ["a", "a", "a", "b", "b"]})  # doctest: +SKIP
-    >>> stim.tokens.head()                                                   # doctest: +SKIP
+    >>> stim = Stimuli.from_ids(model, [[1, 5, 6], [1, 7]], labels={"kind": list("aaabb")}, n_bos=1)
+    >>> stim.tokens.columns.tolist()
+    ['seq', 'pos', 'token', 'text', 'is_bos', 'kind']
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ class Stimuli:
         seqs: Sequence[Sequence[int]],
         labels: pd.DataFrame | Mapping[str, Sequence] | None = None,
         name: str = "stimuli",
+        n_bos: int = 0,
     ) -> "Stimuli":
         """Build stimuli from token-id sequences (BOS already included, if wanted).
 
@@ -81,11 +85,19 @@ class Stimuli:
             seqs: one list of token ids per sequence.
             labels: optional per-token label columns, one entry per token, in (seq, pos) order.
             name: the paradigm's name, shown in reprs and stored in recordings.
+            n_bos: how many leading tokens of each sequence the model prepends (marked ``is_bos``).
 
         Raises:
             PromptError: no sequences, an empty sequence, or one longer than the context.
         """
-        seqs = [list(map(int, s)) for s in seqs]
+        if isinstance(seqs, (str, bytes)) or not all(isinstance(s, (Sequence, np.ndarray, torch.Tensor)) for s in seqs):
+            raise PromptError("stimuli are built from lists of token ids, one list per sequence; "
+                              f"got {type(seqs).__name__}. For text use llmscope.stimuli.from_texts.")
+        arrays = [np.asarray(torch.as_tensor(s) if isinstance(s, torch.Tensor) else s) for s in seqs]
+        if any(a.dtype.kind not in "iu" and a.size for a in arrays):
+            raise PromptError("token ids must be integers; got "
+                              f"{next(a.dtype for a in arrays if a.dtype.kind not in 'iu' and a.size)}.")
+        seqs = [list(map(int, a.ravel())) for a in arrays]
         if not seqs or any(len(s) == 0 for s in seqs):
             raise PromptError("empty stimuli: give at least one sequence of at least one token.")
         lengths = [len(s) for s in seqs]
@@ -101,6 +113,7 @@ class Stimuli:
             "pos": np.concatenate([np.arange(n) for n in lengths]),
             "token": flat,
             "text": token_texts(model, flat),
+            "is_bos": np.concatenate([np.arange(n) < n_bos for n in lengths]),
         })
         if labels is not None:
             labels = pd.DataFrame(labels).reset_index(drop=True)

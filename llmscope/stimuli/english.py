@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Sequence
 import pandas as pd
 
 from llmscope.stimuli.core import Stimuli
-from llmscope.stimuli.subwords import encode_words, word_labels, word_starts
+from llmscope.stimuli.subwords import encode_words, prefix_ids, word_labels, word_starts
 from llmscope.tokens import PromptError
 
 if TYPE_CHECKING:
@@ -54,10 +54,11 @@ def spacy_pipeline() -> "spacy.language.Language":
 
 
 def tagged_table(
-    model: "TransformerBridge", text: str, spans: Sequence[tuple[int, int]], tags: Sequence[str]
+    model: "TransformerBridge", text: str, spans: Sequence[tuple[int, int]], tags: Sequence[str],
+    bos: bool = True,
 ) -> tuple[list[int], pd.DataFrame]:
     """Ids of ``text`` and its word-label columns, from word spans and one tag per word."""
-    ids, n_pre, word_of = encode_words(model, text, spans)
+    ids, n_pre, word_of = encode_words(model, text, spans, bos)
     words = [text[s:e] for s, e in spans]
     pos_tag = word_labels(word_of, tags, "SPACE")
     pos_tag[:n_pre] = ["BOS"] * n_pre
@@ -70,7 +71,7 @@ def tagged_table(
 
 
 def from_texts(model: "TransformerBridge", texts: str | Sequence[str], tag: bool = True,
-               name: str = "texts") -> Stimuli:
+               name: str = "texts", bos: bool = True) -> Stimuli:
     """Free English texts, one sequence each, optionally tagged with spaCy parts of speech.
 
     Args:
@@ -78,25 +79,28 @@ def from_texts(model: "TransformerBridge", texts: str | Sequence[str], tag: bool
         texts: one string or a list of strings; each becomes one sequence.
         tag: add ``pos_tag``, ``word``, ``word_index``, ``word_start`` (needs spaCy).
         name: the stimuli's name.
+        bos: start each sequence with what the model prepends (SmolLM2-Instruct: ``<|im_start|>``),
+            marked ``is_bos`` and left out of analyses; False starts at the first word, which
+            then has no next-token loss (nothing predicts it).
 
     Raises:
         PromptError: no texts, a blank text, or a text longer than the model's context.
 
     Example:
-        >>> stim = from_texts(model, ["The cat sat on the mat.", "Dogs bark."])   # doctest: +SKIP
-        >>> stim.tokens.query("pos_tag == 'NOUN'").text.tolist()                 # doctest: +SKIP
+        >>> stim = from_texts(smol, ["The cat sat on the mat.", "Dogs bark."])
+        >>> stim.tokens.query("pos_tag == 'NOUN'").text.tolist()
         [' cat', ' mat', 'D', 'ogs']
     """
     texts = [texts] if isinstance(texts, str) else list(texts)
     if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
         raise PromptError("empty stimuli: give at least one non-blank text.")
+    n_bos = len(prefix_ids(model)) if bos else 0
     if not tag:
-        return Stimuli.from_ids(model, [model.to_tokens(t, truncate=False)[0].tolist() for t in texts],
-                                name=name)
+        return Stimuli.from_ids(model, [encode_words(model, t, [], bos)[0] for t in texts], name=name, n_bos=n_bos)
     seqs, tables = [], []
     for doc in spacy_pipeline().pipe(texts):
         spans = [(t.idx, t.idx + len(t.text)) for t in doc]
-        ids, table = tagged_table(model, doc.text, spans, [t.pos_ for t in doc])
+        ids, table = tagged_table(model, doc.text, spans, [t.pos_ for t in doc], bos)
         seqs.append(ids)
         tables.append(table)
-    return Stimuli.from_ids(model, seqs, pd.concat(tables, ignore_index=True), name=name)
+    return Stimuli.from_ids(model, seqs, pd.concat(tables, ignore_index=True), name=name, n_bos=n_bos)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from llmscope.analysis.stats import count
 from llmscope.stimuli.core import Stimuli
 from llmscope.stimuli.subwords import prefix_ids
 from llmscope.tokens import PromptError
@@ -58,8 +59,8 @@ def induction(model: "TransformerBridge", n_seqs: int = 32, half_len: int = 20, 
         >>> stim.ids.shape                                                  # doctest: +SKIP
         torch.Size([4, 11])
     """
-    if n_seqs < 1 or half_len < 1:
-        raise PromptError(f"induction needs n_seqs >= 1 and half_len >= 1, got {n_seqs} and {half_len}.")
+    count(n_seqs, "n_seqs", error=PromptError)
+    count(half_len, "half_len", error=PromptError)
     vocab = ordinary_vocab(model)
     if half_len > vocab.size:
         raise PromptError(f"half_len {half_len} exceeds the {vocab.size} ordinary tokens of this model.")
@@ -72,4 +73,5 @@ def induction(model: "TransformerBridge", n_seqs: int = 32, half_len: int = 20, 
     half_pos = np.concatenate([np.full(n_pre, -1), np.arange(half_len), np.arange(half_len)])
     repeat_of = np.where(half == 2, np.arange(half.size) - half_len, -1)
     one = pd.DataFrame({"half": half, "is_repeat": half == 2, "half_pos": half_pos, "repeat_of": repeat_of})
-    return Stimuli.from_ids(model, seqs, pd.concat([one] * n_seqs, ignore_index=True), name="induction")
+    return Stimuli.from_ids(model, seqs, pd.concat([one] * n_seqs, ignore_index=True), name="induction",
+                            n_bos=n_pre)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from llmscope.analysis.stats import count
 from llmscope.stimuli.core import Stimuli
 from llmscope.stimuli.subwords import encode_words, single_token_id
 from llmscope.tokens import PromptError
@@ -70,13 +71,18 @@ def _fill(template: str, names: dict[str, str], place: str, obj: str) -> tuple[s
     return text, spans, keys
 
 
-def ioi(model: "TransformerBridge", n: int = 32, seed: int = 0) -> Stimuli:
+def ioi(model: "TransformerBridge", n: int = 32, seed: int = 0,
+        corrupt: bool = False) -> "Stimuli | tuple[Stimuli, Stimuli]":
     """``n`` IOI prompts, alternating the IO named first ("ABB") and second ("BAB").
 
     Args:
         model: an English model; at least two of :data:`NAMES` must be single tokens in it.
         n: number of prompts (sequences).
         seed: seeds names, places, objects and templates.
+        corrupt: also return the corrupted twin, ``(clean, corrupt)``: each prompt with the
+            second mention of S replaced by the IO's name, so the answer is no longer given by
+            who was named twice. Same lengths and labels (``io_id``, ``s_id`` of the clean
+            prompt), ready for :func:`llmscope.patching`.
 
     Raises:
         PromptError: fewer than two names are single tokens in this model's vocabulary.
@@ -92,8 +98,7 @@ def ioi(model: "TransformerBridge", n: int = 32, seed: int = 0) -> Stimuli:
             "IOI needs English first names that are one token each; this model's tokenizer "
             f"has {len(names)} of {len(NAMES)} (use an English model such as 'smollm2-135m')."
         )
-    if n < 1:
-        raise PromptError(f"ioi needs n >= 1 sequences, got {n}.")
+    count(n, "ioi's n (sequences)", error=PromptError)
     rng = np.random.default_rng(seed)
     seqs, tables = [], []
     for i in range(n):
@@ -103,7 +108,7 @@ def ioi(model: "TransformerBridge", n: int = 32, seed: int = 0) -> Stimuli:
         t = int(rng.integers(len(TEMPLATES)))
         text, spans, keys = _fill(TEMPLATES[t], {**cast, "s": s},
                                   str(rng.choice(PLACES)), str(rng.choice(OBJECTS)))
-        ids, _, word_of = encode_words(model, text, spans)
+        ids, n_bos, word_of = encode_words(model, text, spans)
         roles = ["S2" if k == "s" else ("IO" if cast[k] == io else "S1") for k in keys]
         io_id, s_id = single_token_id(model, " " + io), single_token_id(model, " " + s)
         name_ids = [ids[j] for j in np.flatnonzero(word_of >= 0)]
@@ -115,4 +120,10 @@ def ioi(model: "TransformerBridge", n: int = 32, seed: int = 0) -> Stimuli:
             "role": [roles[w] if w >= 0 else "" for w in word_of],
             "is_target": np.arange(len(ids)) == len(ids) - 1,
         }))
-    return Stimuli.from_ids(model, seqs, pd.concat(tables, ignore_index=True), name="ioi")
+    table = pd.concat(tables, ignore_index=True)
+    clean = Stimuli.from_ids(model, seqs, table, name="ioi", n_bos=n_bos)
+    if not corrupt:
+        return clean
+    flat = table["io_id"].where(table["role"] == "S2", np.concatenate(seqs)).to_numpy()
+    twins = np.split(flat, np.cumsum([len(q) for q in seqs])[:-1])
+    return clean, Stimuli.from_ids(model, twins, table, name="ioi (S2 -> IO)", n_bos=n_bos)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
+from llmscope.analysis.stats import count
 from llmscope.stimuli.core import Stimuli
 from llmscope.stimuli.subwords import prefix_ids, single_token_id
 from llmscope.tokens import PromptError
@@ -72,12 +73,13 @@ def grammar(model: "TransformerBridge", n_docs: int = 16, seed: int = 0,
         >>> stim.tokens.loc[0, ["text", "pos_tag"]].tolist()                 # doctest: +SKIP
         ['<bos>', 'BOS']
     """
+    count(n_docs, "n_docs", error=PromptError)
     max_tokens = max_tokens or min(128, model.cfg.n_ctx)
     df = _grammar(grammar_seed).sample(n_docs, seed, max_tokens=max_tokens)
     ids = df.word.map(word_ids(model, df.word)).to_numpy()
     seqs = np.split(ids, np.cumsum(df.groupby("doc").size().to_numpy())[:-1])  # rows are in doc order
     labels = df.drop(columns=["doc", "pos", "token"])
-    return Stimuli.from_ids(model, seqs, labels, name="grammar")
+    return Stimuli.from_ids(model, seqs, labels, name="grammar", n_bos=1)
 
 
 def agreement(model: "TransformerBridge", n: int = 64, seed: int = 0, grammar_seed: int = 0) -> Stimuli:
@@ -91,8 +93,7 @@ def agreement(model: "TransformerBridge", n: int = 64, seed: int = 0, grammar_se
         >>> len(t), t.attractor.sum()                                        # doctest: +SKIP
         (8, 4)
     """
-    if n < 1:
-        raise PromptError(f"agreement needs n >= 1 pairs, got {n}.")
+    count(n, "agreement's n (pairs)", error=PromptError)
     pairs = _grammar(grammar_seed).minimal_pairs(n, seed)
     prefixes = [p.split() for p in pairs.prefix]
     lookup = word_ids(model, [w for p in prefixes for w in p] + list(pairs.good) + list(pairs.bad))
@@ -103,4 +104,4 @@ def agreement(model: "TransformerBridge", n: int = 64, seed: int = 0, grammar_se
         good_id=pairs.good.map(lookup), bad_id=pairs.bad.map(lookup))
     labels = per_seq.loc[np.repeat(per_seq.index, lengths)].reset_index(drop=True)
     labels["is_target"] = np.isin(np.arange(lengths.sum()), np.cumsum(lengths) - 1)
-    return Stimuli.from_ids(model, seqs, labels, name="agreement")
+    return Stimuli.from_ids(model, seqs, labels, name="agreement", n_bos=len(bos))

@@ -30,8 +30,9 @@ if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
 
-def _tokenize(model: "TransformerBridge", text: str) -> tuple[list[int], int, list[tuple[int, int]]]:
-    """``model.to_tokens`` ids, how many of them the model prepends, and the others' offsets."""
+def _tokenize(model: "TransformerBridge", text: str, bos: bool = True) -> tuple[list[int], int, list[tuple[int, int]]]:
+    """``model.to_tokens`` ids, how many of them the model prepends, and the others' offsets
+    (with ``bos=False``, the ids without the prepended tokens, and 0)."""
     if not text.strip():
         raise PromptError("empty text: every text must hold at least one non-blank character.")
     full = model.to_tokens(text, truncate=False)[0].tolist()
@@ -42,11 +43,13 @@ def _tokenize(model: "TransformerBridge", text: str) -> tuple[list[int], int, li
             f"the tokenizer of this model splits {text[:40]!r} differently with offsets than "
             "model.to_tokens does, so labels cannot be placed on its tokens."
         )
+    if not bos:
+        return full[n_pre:], 0, body["offset_mapping"]
     return full, n_pre, body["offset_mapping"]
 
 
 def encode_words(
-    model: "TransformerBridge", text: str, spans: Sequence[tuple[int, int]]
+    model: "TransformerBridge", text: str, spans: Sequence[tuple[int, int]], bos: bool = True
 ) -> tuple[list[int], int, np.ndarray]:
     """Token ids of ``text`` (as ``model.to_tokens`` gives them) and each token's word.
 
@@ -54,6 +57,7 @@ def encode_words(
         model: the model whose tokenizer splits the text.
         text: one string.
         spans: ``(start, end)`` character spans of the words, sorted and not overlapping.
+        bos: keep the tokens the model prepends (BOS); False drops them.
 
     Returns:
         ``(ids, n_pre, word_of)``: the ids; how many of them the model prepends (BOS); for
@@ -64,7 +68,7 @@ def encode_words(
         PromptError: a blank text.
         ValueError: the tokenizer's offsets disagree with ``model.to_tokens``.
     """
-    full, n_pre, offsets = _tokenize(model, text)
+    full, n_pre, offsets = _tokenize(model, text, bos)
     starts = np.asarray([s for s, _ in spans], dtype=np.int64)
     ends = np.asarray([e for _, e in spans], dtype=np.int64)
     word_of = np.full(len(full), -1, dtype=np.int64)

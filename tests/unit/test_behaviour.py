@@ -10,12 +10,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmscope.behaviour import effect, logit_diff, metric, patching, token_loss
-from llmscope.interventions import InterventionError, gain, intervene, lesion, patch
+from functools import partial
+
+from llmscope.analysis.effect import effect
+from llmscope.analysis.patching import patching
+from llmscope.behaviour import evaluate, logit_diff, metric, token_loss
+from llmscope.errors import AnalysisError, ColumnError, InterventionError, LLMScopeError, PromptError, SiteError
+from llmscope.interventions import gain, intervene, lesion, patch
 from llmscope.result import Result
-from llmscope.sites import SiteError
+from llmscope.stimuli import grammar
 from llmscope.stimuli.core import Stimuli
-from llmscope.tokens import PromptError
 
 SEQS = [[1, 5, 9, 14, 22, 31, 40], [1, 60, 3, 3, 17], [1, 8, 8, 12, 30, 41, 50, 62, 7], [1, 20, 21]]
 GOOD, BAD = 10, 11
@@ -51,18 +55,23 @@ def assert_pristine(model, stimuli: Stimuli, baseline: pd.DataFrame) -> None:
 def test_token_loss_matches_a_manual_cross_entropy(tiny, stim):
     table = token_loss(tiny, stim, batch_size=3)
     assert list(table.columns) == [*stim.tokens.columns, "loss", "correct"] and len(table) == len(stim)
+    after = token_loss(tiny, stim, batch_size=3, align="context")
     for q, seq in enumerate(SEQS):
-        rows = table[table["seq"] == q]
+        rows, ctx = table[table["seq"] == q], after[after["seq"] == q]
         logits = logits_of(tiny, seq)
         manual = F.cross_entropy(logits[:-1], torch.tensor(seq[1:]), reduction="none").numpy()
-        np.testing.assert_allclose(rows["loss"].to_numpy()[:-1], manual, rtol=1e-5)
-        assert np.isnan(rows["loss"].iloc[-1]) and rows["correct"].isna().iloc[-1]
+        # the loss belongs to the predicted token: row pos holds the loss of predicting token pos
+        np.testing.assert_allclose(rows["loss"].to_numpy()[1:], manual, rtol=1e-5)
+        assert np.isnan(rows["loss"].iloc[0]) and rows["correct"].isna().iloc[0]
+        np.testing.assert_allclose(ctx["loss"].to_numpy()[:-1], manual, rtol=1e-5)
+        assert np.isnan(ctx["loss"].iloc[-1])
         hits = (logits[:-1].argmax(-1) == torch.tensor(seq[1:])).numpy()
-        assert rows["correct"].iloc[:-1].to_numpy(dtype=bool).tolist() == hits.tolist()
+        assert rows["correct"].iloc[1:].to_numpy(dtype=bool).tolist() == hits.tolist()
 
 
 def test_logit_diff_reads_good_minus_bad_at_targets(tiny, stim):
-    rows = logit_diff(tiny, stim)
+    table = evaluate(tiny, stim, "logit_diff")
+    rows = table.dropna(subset=["logit_diff"])
     assert len(rows) == len(SEQS) and rows["is_target"].all()
     for (_, row), seq in zip(rows.iterrows(), SEQS):
         logits = logits_of(tiny, seq)[row["pos"]]
@@ -78,8 +87,28 @@ def test_metric_groups_by_any_trial_table_column(tiny, stim):
     assert by_kind["n"].tolist() == expected["count"].tolist()
     overall = metric(tiny, stim, "correct")
     assert overall["n"].item() == len(stim) - len(SEQS)
-    two = metric(tiny, stim, lambda m, s: logit_diff(m, s), by=["kind", "seq"])
+    two = metric(tiny, stim, partial(logit_diff, good="good_id"), by=["kind", "seq"])
     assert two["n"].sum() == len(SEQS)
+
+
+def test_loss_on_nouns_is_not_loss_after_nouns(organism):
+    """The default groups a loss under the predicted token's tag; the other alignment differs."""
+    stim = grammar(organism, n_docs=24, seed=3)
+    on = metric(organism, stim, "loss", by="pos_tag").set_index("pos_tag")
+    after = metric(organism, stim, "loss", by="pos_tag", align="context").set_index("pos_tag")
+    table = token_loss(organism, stim)
+    nouns = table[table.pos_tag == "NOUN"]
+    assert on.loc["NOUN", "mean"] == pytest.approx(nouns["loss"].mean())
+    assert abs(on.loc["NOUN", "mean"] - after.loc["NOUN", "mean"]) > 0.5
+    # a determiner is hard to predict less often than what follows it (a noun or an adjective)
+    assert on.loc["DET", "mean"] < after.loc["DET", "mean"]
+
+
+def test_bos_rows_stay_out_unless_asked(tiny):
+    bos = Stimuli.from_ids(tiny, SEQS, n_bos=1)
+    ctx = metric(tiny, bos, "loss", align="context")
+    with_bos = metric(tiny, bos, "loss", align="context", include_bos=True)
+    assert ctx["n"].item() == len(bos) - 2 * len(SEQS) and with_bos["n"].item() == len(bos) - len(SEQS)
 
 
 # ---------------------------------------------------------------- effect
@@ -100,7 +129,7 @@ def test_effect_table_and_figure(tiny, stim):
 
 
 def test_effect_of_a_null_intervention_is_exactly_zero(tiny, stim):
-    df = effect(tiny, stim, gain(("mlp.0", [1, 2]), 1.0), metric="logit_diff").df
+    df = effect(tiny, stim, gain(("mlp.0", [1, 2]), factor=1.0), metric="logit_diff").df
     assert df.loc[0, "difference"] == 0 and df.loc[0, "ci_low"] == 0 == df.loc[0, "ci_high"]
 
 
@@ -135,7 +164,7 @@ def test_patching_map_over_layers_and_positions(tiny, pair):
     r = patching(tiny, clean, corrupt, "logit_diff")
     df = r.df
     assert r.kind == "patching" and len(df) == 3 * 6
-    assert list(df.columns) == ["site", "layer", "pos", "text", "metric", "value"]
+    assert list(df.columns) == ["site", "layer", "head", "pos", "text", "metric", "value"]
     grid = df.pivot(index="layer", columns="pos", values="value")
     np.testing.assert_allclose(grid.loc[0], [0, 0, 1, 0, 0, 0], atol=1e-5)  # the changed token restores all
     np.testing.assert_allclose(grid.loc[2], [0, 0, 0, 0, 1, 0], atol=1e-5)  # the last residual at the target
@@ -147,8 +176,24 @@ def test_patching_map_over_layers_and_positions(tiny, pair):
 
 
 def test_patching_chosen_sites_and_positions(tiny, pair):
-    r = patching(tiny, *pair, "logit_diff", sites=["attn.0", "mlp.1"], positions=[2, -2])
+    r = patching(tiny, *pair, "logit_diff", sites=["attn.0", "mlp.1"], positions=[2, -2], progress=False)
     assert r.df[["site", "pos"]].values.tolist() == [["attn.0", 2], ["attn.0", 4], ["mlp.1", 2], ["mlp.1", 4]]
+
+
+def test_head_level_patching_patches_one_head_at_a_time(tiny, pair):
+    clean, corrupt = pair
+    r = patching(tiny, clean, corrupt, "logit_diff", sites=["attn.1"], positions=[4], per_head=True, progress=False)
+    assert r.df["head"].tolist() == [0, 1, 2, 3] and r.meta["per_head"]
+    target = Stimuli(corrupt.ids, corrupt.lengths, clean.tokens.assign(token=corrupt.tokens["token"]))
+    _, source = tiny.run_with_cache(clean.ids)
+    _, base = tiny.run_with_cache(target.ids)
+    for row in r.df.itertuples():
+        mixed = base["blocks.1.attn.hook_z"].clone()
+        mixed[:, 4, row.head] = source["blocks.1.attn.hook_z"][:, 4, row.head]
+        with intervene(tiny, patch({"blocks.1.attn.hook_z": mixed}, "attn.1")):
+            expected = evaluate(tiny, target, "logit_diff")["logit_diff"].mean()
+        assert row.metric == pytest.approx(expected, abs=1e-4)
+    assert r.df["value"].std() > 0  # heads differ: the cells are not one patch repeated
 
 
 def test_stacked_patching_equals_one_pass_per_position(tiny):
@@ -162,7 +207,7 @@ def test_stacked_patching_equals_one_pass_per_position(tiny):
     _, source = tiny.run_with_cache(clean.ids)
     for row in r.df.itertuples():
         with intervene(tiny, patch(source, row.site, positions=[row.pos])):
-            expected = logit_diff(tiny, target)["logit_diff"].mean()
+            expected = evaluate(tiny, target, "logit_diff")["logit_diff"].mean()
         assert row.metric == pytest.approx(expected, abs=1e-4), (row.site, row.pos)
     assert r.df["value"].abs().max() > 0.1  # the map is not flat: the comparison means something
 
@@ -178,22 +223,31 @@ def test_bad_behaviour_input_raises_and_leaves_the_model_pristine(tiny, stim, pa
     cases = [
         (lambda: token_loss(tiny, empty), PromptError, "empty"),
         (lambda: effect(tiny, too_long, lesion(("mlp.0", [1]))), PromptError, "context"),
-        (lambda: metric(tiny, stim, "loss", by="pos_tag"), KeyError, "cannot group by"),
-        (lambda: metric(tiny, stim, "perplexity"), ValueError, "unknown metric"),
-        (lambda: logit_diff(tiny, stim, good="io_id"), KeyError, "io_id"),
+        (lambda: metric(tiny, stim, "loss", by="pos_tag"), ColumnError, "no column to group by 'pos_tag'"),
+        (lambda: metric(tiny, stim, "perplexity"), AnalysisError, "unknown metric"),
+        (lambda: metric(tiny, stim, 3), AnalysisError, "a metric is a name"),
+        (lambda: metric(tiny, stim, "loss", align="next"), AnalysisError, "align must be one of"),
+        (lambda: evaluate(tiny, stim, partial(logit_diff, good="io_id")), ColumnError, "io_id"),
         (lambda: effect(tiny, stim, lesion(("mlp.1", [99]))), SiteError, "out of range"),
-        (lambda: effect(tiny, stim, gain(("mlp.1", [1]), 3.0), metric=lambda m, s: 1 / 0),
+        (lambda: effect(tiny, stim, gain(("mlp.1", [1]), factor=3.0), metric=lambda lg, s: 1 / 0),
          ZeroDivisionError, "division"),
-        (lambda: patching(tiny, pair[0], stim, "logit_diff"), ValueError, "pair up"),
-        (lambda: patching(tiny, pair[0], pair[0], "logit_diff"), ValueError, "nothing for patching"),
-        (lambda: patching(tiny, *pair, "logit_diff", positions=[6]), ValueError, "positions"),
-        (lambda: patching(tiny, *pair, lambda m, s: logit_diff(m, s, batch_size=2)), InterventionError,
-         "as one batch"),
-        (lambda: metric(tiny, Stimuli.from_ids(tiny, [[1], [5]]), "loss"), ValueError, "no row has a value"),
+        (lambda: effect(tiny, stim, gain(("mlp.1", [1]), factor=3.0), metric=lambda lg, s: "high"),
+         AnalysisError, "one number per trial row"),
+        (lambda: effect(tiny, stim, lesion(("mlp.1", [1])), metric=lambda lg, s: np.zeros(3)),
+         AnalysisError, "shape \\(3,\\)"),
+        (lambda: effect(tiny, stim, lesion(("mlp.1", [1])), n_boot=0), AnalysisError, "n_boot"),
+        (lambda: effect(tiny, stim, ("mlp.1", [1])), InterventionError, "takes an intervention"),
+        (lambda: metric(tiny, stim, batch_size=2.5), AnalysisError, "batch_size"),
+        (lambda: patching(tiny, pair[0], stim, "logit_diff"), AnalysisError, "pair up"),
+        (lambda: patching(tiny, pair[0], pair[0], "logit_diff"), AnalysisError, "nothing for patching"),
+        (lambda: patching(tiny, *pair, "logit_diff", positions=[6]), AnalysisError, "positions"),
+        (lambda: metric(tiny, Stimuli.from_ids(tiny, [[1], [5]]), "loss"), AnalysisError, "no row has a value"),
     ]
     for call, error, match in cases:
-        with pytest.raises(error, match=match):
+        with pytest.raises(error, match=match) as info:
             call()
+        assert isinstance(info.value, LLMScopeError) or error is ZeroDivisionError
+        assert "'" != str(info.value)[:1] or "no column" not in str(info.value)  # KeyError text unquoted
         assert_pristine(tiny, stim, baseline)
 
 

@@ -10,9 +10,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from llmscope.errors import LLMScopeError
 from llmscope.interventions import InterventionError, gain, intervene, lesion, patch, steer
 from llmscope.recording import Recording, record
-from llmscope.sites import SiteError
+from llmscope.result import Result
+from llmscope.sites import SiteError, unit_index
+from llmscope.stimuli import grammar
 from llmscope.stimuli.core import Stimuli
 from llmscope.tokens import PromptError
 
@@ -91,9 +94,9 @@ def test_head_lesion_zeroes_only_that_heads_z(tiny, base):
 
 def test_gain_one_is_the_baseline_and_gain_zero_the_zero_lesion(tiny, base):
     units = [("mlp.0", [1, 2, 60]), ("attn.1", [3])]
-    with intervene(tiny, gain(units, 1.0)):
+    with intervene(tiny, gain(units, factor=1.0)):
         assert torch.equal(run(tiny), base)
-    with intervene(tiny, gain(units, 0.0)):
+    with intervene(tiny, gain(units, factor=0.0)):
         silenced = run(tiny)
     with intervene(tiny, lesion(units)):
         assert torch.equal(run(tiny), silenced)
@@ -101,7 +104,7 @@ def test_gain_one_is_the_baseline_and_gain_zero_the_zero_lesion(tiny, base):
 
 
 def test_gain_factor_can_move_inside_the_block(tiny, base):
-    g = gain(("mlp.1", range(10)), 3.0)
+    g = gain(("mlp.1", range(10)), factor=3.0)
     clean = acts(tiny, "blocks.1.mlp.hook_post")
     with intervene(tiny, g):
         assert torch.equal(acts(tiny, "blocks.1.mlp.hook_post")[:, :, :10], clean[:, :, :10] * 3.0)
@@ -193,7 +196,7 @@ def test_composition_equals_nesting_and_hooks_export(tiny, base):
     with torch.no_grad():
         exported = tiny.run_with_hooks(TOKENS, fwd_hooks=a.fwd_hooks(tiny) + b.fwd_hooks(tiny))
     assert torch.equal(exported, both)
-    with intervene(tiny, gain(("mlp.1", [3]), 2.0), gain(("mlp.1", [3]), 3.0)):  # same site: in turn
+    with intervene(tiny, gain(("mlp.1", [3]), factor=2.0), gain(("mlp.1", [3]), factor=3.0)):  # same site: in turn
         stacked = acts(tiny, "blocks.1.mlp.hook_post")
     assert torch.equal(stacked[:, :, 3], acts(tiny, "blocks.1.mlp.hook_post")[:, :, 3] * 2.0 * 3.0)
     assert_pristine(tiny, base)
@@ -202,10 +205,52 @@ def test_composition_equals_nesting_and_hooks_export(tiny, base):
 def test_units_forms(tiny, base):
     with intervene(tiny, lesion([("mlp.1", 3), ("mlp.1", 7)])):
         pairs = run(tiny)
-    with intervene(tiny, lesion({"mlp.1": [7, 3, 3]})):
+    with intervene(tiny, lesion("mlp.1", [7, 3, 3])):
         assert torch.equal(run(tiny), pairs)
+    table = pd.DataFrame({"score": [0.9, 0.1]}, index=unit_index(tiny, "mlp.1", [7, 3]))
+    with intervene(tiny, lesion(table)):  # a unit table, as analyses return them
+        assert torch.equal(run(tiny), pairs)
+    with intervene(tiny, lesion(Result(table))):
+        assert torch.equal(run(tiny), pairs)
+    with intervene(tiny, lesion("attn.0")):
+        assert (acts(tiny, "blocks.0.attn.hook_z") == 0).all()
     with intervene(tiny, lesion(("attn.0", None))):
         assert (acts(tiny, "blocks.0.attn.hook_z") == 0).all()
+    assert_pristine(tiny, base)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda: lesion("mlp.1", [-1]), "negative indices are not allowed"),
+    (lambda: lesion("mlp.1", [-5000]), "negative indices are not allowed"),
+    (lambda: gain("mlp.1", [3.0], factor=2.0), "integers"),
+    (lambda: lesion("mlp.1", "3"), "string"),
+    (lambda: lesion(("mlp.1", [3]), [4]), "second argument only after a site name"),
+    (lambda: lesion(pd.DataFrame({"x": [1]})), "indexed by \\(site, unit\\)"),
+])
+def test_one_unit_rule_everywhere(tiny, base, bad, match):
+    with pytest.raises(SiteError, match=match):
+        with intervene(tiny, bad()):
+            pytest.fail("the block must not run")
+    assert_pristine(tiny, base)
+
+
+def test_live_factor_and_alpha_refuse_non_finite(tiny, base):
+    g, st = gain("mlp.1", [3], factor=2.0), steer("resid.1", torch.ones(32), 1.0)
+    with intervene(tiny, g, st):
+        for bad in (float("nan"), float("inf"), "2"):
+            with pytest.raises(InterventionError, match="finite"):
+                g.factor = bad
+            with pytest.raises(InterventionError, match="finite"):
+                st.alpha = bad
+        assert g.factor == 2.0 and st.alpha == 1.0 and torch.isfinite(run(tiny)).all()
+    assert_pristine(tiny, base)
+
+
+def test_mean_reference_from_another_model_is_refused(tiny, base, organism):
+    other = record(organism, grammar(organism, n_docs=2, seed=0), ["mlp.1"], progress=False)
+    with pytest.raises(InterventionError, match="made by model .*not by this model"):
+        with intervene(tiny, lesion("mlp.1", [0], mode="mean", reference=other)):
+            pytest.fail("the block must not run")
     assert_pristine(tiny, base)
 
 
@@ -213,7 +258,7 @@ def test_units_forms(tiny, base):
 def test_smollm2_head_lesion_and_neuron_gain(smol):
     tokens = smol.to_tokens("The capital of France is")
     baseline = run(smol, tokens)
-    with intervene(smol, lesion(("attn.3", [0, 4])), gain(("mlp.2", range(10)), 4.0)), torch.no_grad():
+    with intervene(smol, lesion(("attn.3", [0, 4])), gain(("mlp.2", range(10)), factor=4.0)), torch.no_grad():
         logits, cache = smol.run_with_cache(tokens, names_filter=["blocks.3.attn.hook_z"])
     assert (cache["blocks.3.attn.hook_z"][:, :, [0, 4]] == 0).all() and not torch.equal(logits, baseline)
     assert smol.list_hooks() == {} and torch.equal(run(smol, tokens), baseline)
@@ -224,7 +269,7 @@ def test_smollm2_head_lesion_and_neuron_gain(smol):
 
 @pytest.mark.parametrize("make, error, match", [
     (lambda: lesion(("mlp.1", [64])), SiteError, "out of range"),
-    (lambda: gain(("attn.0", [-5]), 2.0), SiteError, "out of range"),
+    (lambda: gain(("attn.0", [-5]), factor=2.0), SiteError, "out of range"),
     (lambda: lesion(("mlp.9", [0])), SiteError, "valid sites"),
     (lambda: steer("resid.nope", torch.zeros(32)), SiteError, "unknown site"),
     (lambda: steer("resid.1", torch.zeros(31)), InterventionError, "shape"),
@@ -240,7 +285,7 @@ def test_smollm2_head_lesion_and_neuron_gain(smol):
     (lambda: patch(torch.ones((1, 40), dtype=torch.long), "resid.1"), PromptError, "context"),
 ])
 def test_bad_input_raises_before_any_hook(tiny, base, make, error, match):
-    good = gain(("mlp.0", [1]), 5.0)
+    good = gain(("mlp.0", [1]), factor=5.0)
     with pytest.raises(error, match=match):
         with intervene(tiny, good, make()):
             pytest.fail("the block must not run")
@@ -250,13 +295,13 @@ def test_bad_input_raises_before_any_hook(tiny, base, make, error, match):
 @pytest.mark.parametrize("make, match", [
     (lambda: lesion(("mlp.1", [0]), mode="median"), "unknown lesion mode"),
     (lambda: lesion(("mlp.1", [0]), mode="mean"), "needs reference"),
-    (lambda: gain(("mlp.1", [0]), float("nan")), "finite"),
-    (lambda: lesion("mlp.1"), "units are"),
+    (lambda: gain(("mlp.1", [0]), factor=float("nan")), "finite"),
     (lambda: lesion([("mlp.1", [0]), "mlp.2"]), "units are"),
+    (lambda: steer("resid.1", "up"), "array of numbers"),
     (lambda: patch(TOKENS, "resid.1", positions=[]), "positions"),
 ])
 def test_malformed_interventions_fail_at_construction(make, match):
-    with pytest.raises(InterventionError, match=match):
+    with pytest.raises(LLMScopeError, match=match):
         make()
 
 
@@ -271,7 +316,7 @@ def test_a_site_missing_from_a_real_recording(tiny, base, rec):
 
 
 def test_not_an_intervention(tiny, base):
-    with pytest.raises(TypeError, match="intervene takes"):
+    with pytest.raises(InterventionError, match="intervene takes"):
         with intervene(tiny, ("mlp.1", [3])):
             pass
     assert_pristine(tiny, base)
@@ -286,7 +331,7 @@ def _valid(kind: str, layer: int, units: list[int], ref: Recording):
     if kind == "head":
         return lesion((f"attn.{layer}", [u % 4 for u in units]))
     if kind == "gain":
-        return gain((f"mlp.{layer}", units), 1.0 + len(units))
+        return gain((f"mlp.{layer}", units), factor=1.0 + len(units))
     if kind == "mean":
         return lesion((f"mlp.{layer}", units), mode="mean", reference=ref)
     if kind == "resample":

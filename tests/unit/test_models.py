@@ -96,7 +96,7 @@ def test_smollm2_greedy_paris(smol):
 
 @pytest.mark.smollm2
 def test_smollm2_is_a_llama_bridge(smol):
-    assert smol.cfg.n_layers == 30 and smol.cfg.d_mlp == 1536
+    assert smol.cfg.n_layers == 30 and smol.cfg.d_mlp == 1536 and smol.cfg.model_name == "smollm2-135m"
     assert "blocks.29.mlp.hook_post" in smol.hook_dict
 
 
@@ -160,3 +160,14 @@ def test_corrupted_cache_header_is_detected(tmp_path, monkeypatch):
 def test_cache_dir_follows_env(monkeypatch, tmp_path):
     monkeypatch.setenv("LLMSCOPE_CACHE", str(tmp_path / "c"))
     assert cache_dir() == tmp_path / "c"
+
+
+@pytest.mark.parametrize("device, match", [("gpu:7", "unknown device 'gpu:7'"), ("cuda", "not available"),
+                                           (3.5, "unknown device")])
+def test_a_device_that_does_not_exist(tiny_dir, device, match):
+    with pytest.raises(ModelNotAvailable, match=match):
+        llmscope.load(str(tiny_dir), device=device)
+
+
+def test_zoo_models_are_named_by_their_zoo_name(organism):
+    assert organism.cfg.model_name == "grammar-2l"

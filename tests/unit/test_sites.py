@@ -46,7 +46,9 @@ def test_unknown_or_out_of_range_sites_list_choices(tiny, bad):
 
 def test_units_checked(tiny):
     s = site(tiny, "mlp.0")
-    assert s.check_units([0, 63, -1]).tolist() == [0, 63, 63]
+    assert s.check_units([0, 63, 5]).tolist() == [0, 63, 5]
+    with pytest.raises(SiteError, match="out of range.*negative indices are not allowed"):
+        s.check_units([0, -1])
     with pytest.raises(SiteError, match="out of range.*0..63"):
         s.check_units([64])
     with pytest.raises(SiteError, match="integers"):

@@ -235,3 +235,46 @@ def test_grammar_2l_prefers_the_agreeing_verb():
     assert (diff > 0).float().mean() > 0.8
     stim = grammar(model, n_docs=2, seed=0)
     assert (stim.tokens.text == stim.tokens.word).all()
+
+
+# ---------------------------------------------------------------- BOS, twins, counts
+
+
+@pytest.mark.smollm2
+def test_from_texts_bos_choice(smol):
+    texts = ["The cat sat on the mat.", "Dogs bark."]
+    with_bos, without = from_texts(smol, texts), from_texts(smol, texts, bos=False)
+    first = with_bos.tokens[with_bos.tokens.pos == 0]
+    assert first["is_bos"].all() and (first["text"] == "<|im_start|>").all()
+    assert with_bos.tokens["is_bos"].sum() == 2 and not without.tokens["is_bos"].any()
+    assert len(with_bos) - len(without) == 2
+    assert without.tokens["text"].tolist() == with_bos.tokens.loc[~with_bos.tokens.is_bos, "text"].tolist()
+    assert without.tokens["pos_tag"].tolist()[:2] == ["DET", "NOUN"]
+
+
+def test_every_paradigm_marks_bos(tiny, organism):
+    assert induction(tiny, n_seqs=2, half_len=4).tokens.query("pos == 0")["is_bos"].all()
+    g = grammar(organism, n_docs=2, seed=0).tokens
+    assert (g["is_bos"] == (g["pos_tag"] == "BOS")).all() and g["is_bos"].sum() == 2
+    assert agreement(organism, n=4, seed=0).tokens["is_bos"].sum() == 4
+
+
+@pytest.mark.smollm2
+def test_ioi_corrupted_twin(smol):
+    clean, corrupt = ioi(smol, n=6, seed=1, corrupt=True)
+    assert np.array_equal(clean.lengths, corrupt.lengths)
+    changed = clean.tokens["token"].to_numpy() != corrupt.tokens["token"].to_numpy()
+    s2 = (clean.tokens["role"] == "S2").to_numpy()
+    assert np.array_equal(changed, s2) and s2.sum() == 6
+    assert (corrupt.tokens.loc[s2, "token"] == clean.tokens.loc[s2, "io_id"]).all()
+    assert ioi(smol, n=6, seed=1).tokens.equals(clean.tokens)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda m: induction(m, n_seqs=2.5), "n_seqs must be an integer >= 1, got 2.5"),
+    (lambda m: induction(m, n_seqs=2, half_len=0), "half_len must be an integer >= 1"),
+    (lambda m: induction(m, n_seqs="4"), "n_seqs must be an integer"),
+])
+def test_counts_are_checked(tiny, call, match):
+    with pytest.raises(PromptError, match=match):
+        call(tiny)

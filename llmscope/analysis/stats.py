@@ -1,0 +1,61 @@
+"""Statistics every analysis shares: cluster bootstrap over sequences, FDR, argument checks.
+
+Example:
+    >>> import numpy as np
+    >>> fdr(np.array([0.001, 0.02, 0.5])).round(3).tolist()
+    [0.003, 0.03, 0.5]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from llmscope.errors import AnalysisError
+
+
+def count(value: Any, name: str, minimum: int = 1, error: type[Exception] = AnalysisError) -> int:
+    """``value`` as an int ``>= minimum``, or an ``error`` (AnalysisError) naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise error(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def fraction(value: Any, name: str, low: float = 0.0, high: float = 1.0) -> float:
+    """``value`` as a float in the open interval ``(low, high)``, or an AnalysisError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not low < value < high:
+        raise AnalysisError(f"{name} must be a number strictly between {low} and {high}, got {value!r}.")
+    return float(value)
+
+
+def fdr(p: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (scipy); NaN p-values stay NaN and are not counted."""
+    from scipy import stats
+
+    p = np.asarray(p, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    if ok.any():
+        out[ok] = stats.false_discovery_control(p[ok], method="bh")
+    return out
+
+
+def ratio_ci(delta: np.ndarray, n: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap CI of ``sum(delta) / sum(n)``, resampling clusters (sequences).
+
+    ``delta[i]`` is cluster i's summed difference and ``n[i]`` its number of rows.
+    """
+    from scipy import stats
+
+    n_boot = count(n_boot, "n_boot")
+    if len(delta) < 2:
+        return np.nan, np.nan
+    ci = stats.bootstrap((np.asarray(delta, float), np.asarray(n, float)),
+                         lambda d, c, axis=-1: d.sum(axis) / c.sum(axis), paired=True, vectorized=True,
+                         n_resamples=n_boot, method="percentile",
+                         random_state=np.random.default_rng(seed)).confidence_interval
+    return float(ci.low), float(ci.high)
+
+
+__all__ = ["count", "fraction", "fdr", "ratio_ci"]
