@@ -42,7 +42,7 @@ lab: install
 	$(BIN)/jupyter lab $(LAB_ARGS) notebooks/
 
 test: install $(CHROMIUM)
-	$(BIN)/python -m pytest tests/unit tests/browser notebooks --nbval-lax -p no:cacheprovider
+	$(BIN)/python -m pytest tests/unit tests/browser notebooks llmscope --nbval-lax --doctest-modules -p no:cacheprovider
 
 bench: install
 	$(BIN)/python -m tests.bench $(ONLY)

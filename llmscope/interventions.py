@@ -246,8 +246,9 @@ class steer(Intervention):
         alpha: scale; may be changed between forward passes.
 
     Example:
-        >>> with intervene(model, steer("resid.6", direction, alpha=4.0)):   # doctest: +SKIP
-        ...     logits = model(tokens)
+        >>> direction = torch.randn(model.cfg.d_model)
+        >>> with intervene(model, steer("resid.1", direction, alpha=4.0)):
+        ...     logits = model(stim.ids)
     """
 
     def __init__(self, site: str | Site, vector: Any, alpha: float = 1.0):
@@ -304,8 +305,8 @@ class patch(Intervention):
             match the source batch, or the source has batch 1 and is broadcast.
 
     Example:
-        >>> with intervene(model, patch("The key is", "resid.2", positions=[2])):  # doctest: +SKIP
-        ...     logits = model(model.to_tokens("The keys is"))
+        >>> with intervene(model, patch("the dog runs", "resid.2", positions=[2])):
+        ...     logits = model(model.to_tokens("the dogs runs"))
     """
 
     def __init__(self, source: Source, sites: str | Site | Sequence[str | Site],
@@ -394,8 +395,8 @@ def intervene(model: "TransformerBridge",
     when the block raises.
 
     Example:
-        >>> with intervene(model, lesion(("mlp.0", [1, 2])), steer("resid.1", v, 2.0)) as m:  # doctest: +SKIP
-        ...     logits = m(tokens)
+        >>> with intervene(model, lesion("mlp.0", [1, 2]), steer("resid.1", torch.ones(128), 2.0)) as m:
+        ...     logits = m(stim.ids)
     """
     hooks = [pair for iv in _flatten(interventions) for pair in iv.fwd_hooks(model)]
     with model.hooks(fwd_hooks=hooks):

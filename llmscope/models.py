@@ -11,8 +11,9 @@ Three kinds of name are understood by :func:`load`:
 
 Example:
     >>> import llmscope
-    >>> model = llmscope.load("smollm2-135m")          # doctest: +SKIP
-    >>> llmscope.models.available()                    # doctest: +SKIP
+    >>> model = llmscope.load("smollm2-135m")
+    >>> "grammar-2l" in llmscope.models.available()["name"].tolist()
+    True
 """
 
 from __future__ import annotations
@@ -211,8 +212,8 @@ def load(name: str, device: str = "cpu") -> "TransformerBridge":
         ModelNotAvailable: unknown name offline, a folder that is not a model.
 
     Example:
-        >>> model = load("grammar-2l")                    # doctest: +SKIP
-        >>> model.cfg.n_layers                            # doctest: +SKIP
+        >>> model = load("grammar-2l")
+        >>> model.cfg.n_layers
         2
     """
     if not isinstance(name, (str, os.PathLike)) or not str(name).strip():
@@ -295,7 +296,8 @@ def available() -> pd.DataFrame:
     disk, so loading needs no conversion).
 
     Example:
-        >>> available()[["name", "offline"]]             # doctest: +SKIP
+        >>> available().columns.tolist()[:2]
+        ['name', 'kind']
     """
     rows = []
     for org in organisms():

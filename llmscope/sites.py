@@ -182,7 +182,7 @@ def site(model: "TransformerBridge", spec: "str | Site") -> Site:
     """Resolve a site name for ``model``; raise :class:`SiteError` listing valid choices.
 
     Example:
-        >>> site(model, "attn.0").shape                   # doctest: +SKIP
+        >>> site(model, "attn.0").shape
         (4, 32)
     """
     if isinstance(spec, Site):

@@ -1,8 +1,8 @@
 """Prompts -> token batches, with the checks every entry point shares.
 
 Example:
-    >>> tokens = tokenize(model, ["The cat sat", "A dog ran"])   # doctest: +SKIP
-    >>> tokens.shape                                               # doctest: +SKIP
+    >>> tokens = tokenize(smol, ["The cat sat", "A dog ran"])
+    >>> tokens.shape
     torch.Size([2, 4])
 """
 

@@ -1,8 +1,10 @@
 """Activation patching: run corrupt stimuli with one site x position (x head) taken from clean ones.
 
 Example:
-    >>> clean, corrupt = agreement(model, n_pairs=8, seed=0, corrupt=True)
-    >>> r = patching(model, clean, corrupt, "logit_diff", sites=["resid.1"], progress=False)
+    >>> from functools import partial
+    >>> clean, corrupt = ioi(smol, n=4, seed=0, corrupt=True)
+    >>> io_vs_s = partial(logit_diff, good="io_id", bad="s_id")
+    >>> r = patching(smol, clean, corrupt, io_vs_s, sites=["attn.9"], positions=[-1], per_head=True, progress=False)
     >>> r.df.columns.tolist()
     ['site', 'layer', 'head', 'pos', 'text', 'metric', 'value']
 """

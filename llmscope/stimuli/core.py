@@ -40,8 +40,9 @@ def token_table(model: "TransformerBridge", ids: Sequence[int] | torch.Tensor, *
     """A small table of token ids, their text, and any extra per-token columns.
 
     Example:
-        >>> top = model(tokens)[0, -1].softmax(-1).topk(5)          # doctest: +SKIP
-        >>> token_table(model, top.indices, probability=top.values)  # doctest: +SKIP
+        >>> top = model(model.to_tokens("the dog"))[0, -1].softmax(-1).topk(3)
+        >>> token_table(model, top.indices, probability=top.values).columns.tolist()
+        ['token', 'text', 'probability']
     """
     ids = np.asarray(torch.as_tensor(ids).detach().cpu()).ravel()
     extra = {k: np.asarray(torch.as_tensor(v).detach().cpu()).ravel() for k, v in columns.items()}

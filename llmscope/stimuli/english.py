@@ -13,8 +13,8 @@ Which word a subword token belongs to follows :mod:`llmscope.stimuli.subwords`: 
 characters overlap most, the first on a tie.
 
 Example:
-    >>> stim = from_texts(model, ["The quick brown fox jumped."])        # doctest: +SKIP
-    >>> stim.tokens[["text", "pos_tag", "word_start"]].head(3)            # doctest: +SKIP
+    >>> stim = from_texts(smol, ["The quick brown fox jumped."])
+    >>> stim.tokens[["text", "pos_tag", "word_start"]].head(3)
                text pos_tag  word_start
     0  <|im_start|>     BOS       False
     1           The     DET        True
@@ -89,7 +89,7 @@ def from_texts(model: "TransformerBridge", texts: str | Sequence[str], tag: bool
     Example:
         >>> stim = from_texts(smol, ["The cat sat on the mat.", "Dogs bark."])
         >>> stim.tokens.query("pos_tag == 'NOUN'").text.tolist()
-        [' cat', ' mat', 'D', 'ogs']
+        [' cat', ' mat', ' bark']
     """
     texts = [texts] if isinstance(texts, str) else list(texts)
     if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):

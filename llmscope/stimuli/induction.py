@@ -12,8 +12,8 @@ Trial-table columns added by :func:`induction`:
 * ``repeat_of``: for a repeated token, the position of its first occurrence (-1 otherwise).
 
 Example:
-    >>> stim = induction(model, n_seqs=8, half_len=10, seed=0)            # doctest: +SKIP
-    >>> stim.tokens.groupby("half").size().tolist()                       # doctest: +SKIP
+    >>> stim = induction(model, n_seqs=8, half_len=10, seed=0)
+    >>> stim.tokens.groupby("half").size().tolist()
     [8, 80, 80]
 """
 
@@ -55,8 +55,8 @@ def induction(model: "TransformerBridge", n_seqs: int = 32, half_len: int = 20, 
             has, or sequences longer than the context.
 
     Example:
-        >>> stim = induction(model, n_seqs=4, half_len=5, seed=1)           # doctest: +SKIP
-        >>> stim.ids.shape                                                  # doctest: +SKIP
+        >>> stim = induction(model, n_seqs=4, half_len=5, seed=1)
+        >>> stim.ids.shape
         torch.Size([4, 11])
     """
     count(n_seqs, "n_seqs", error=PromptError)

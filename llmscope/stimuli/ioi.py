@@ -15,8 +15,9 @@ Trial-table columns added by :func:`ioi`:
   ``logits[io_id] - logits[s_id]`` there measures the behaviour.
 
 Example:
-    >>> stim = ioi(model, n=16, seed=0)                                   # doctest: +SKIP
-    >>> stim.tokens.query("is_target")[["text", "io", "s"]].head(2)       # doctest: +SKIP
+    >>> stim = ioi(smol, n=16, seed=0)
+    >>> stim.tokens.query("is_target")[["text", "io", "s"]].head(2).values.tolist()
+    [[' to', 'Amy', 'Daniel'], [' to', 'Mary', 'Tom']]
 """
 
 from __future__ import annotations
@@ -88,8 +89,8 @@ def ioi(model: "TransformerBridge", n: int = 32, seed: int = 0,
         PromptError: fewer than two names are single tokens in this model's vocabulary.
 
     Example:
-        >>> stim = ioi(model, n=4, seed=0)                                    # doctest: +SKIP
-        >>> stim.tokens.query("role != ''").role.tolist()[:3]                 # doctest: +SKIP
+        >>> stim = ioi(smol, n=4, seed=0)
+        >>> stim.tokens.query("role != ''").role.tolist()[:3]
         ['IO', 'S1', 'S2']
     """
     names = single_token_names(model)

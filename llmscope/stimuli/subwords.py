@@ -13,8 +13,8 @@ tags, IOI names):
 * the first token of each word is its ``word_start``.
 
 Example:
-    >>> ids, n_pre, word_of = encode_words(model, "The cat sat", [(0, 3), (4, 7), (8, 11)])  # doctest: +SKIP
-    >>> word_of                                                                       # doctest: +SKIP
+    >>> ids, n_pre, word_of = encode_words(smol, "The cat sat", [(0, 3), (4, 7), (8, 11)])
+    >>> word_of
     array([-1,  0,  1,  2])
 """
 

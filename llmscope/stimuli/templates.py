@@ -10,8 +10,9 @@ tokens), ``word``, ``word_index``, ``word_start`` (as in ``from_texts``) and ``t
 (which of :data:`TEMPLATES` made the sentence).
 
 Example:
-    >>> stim = templates(model, n=4, seed=0)                              # doctest: +SKIP
-    >>> stim.tokens.query("word_start")[["word", "pos_tag"]].head(4)      # doctest: +SKIP
+    >>> stim = templates(smol, n=4, seed=0)
+    >>> stim.tokens.query("word_start")[["word", "pos_tag"]].head(4).values.tolist()
+    [['Every', 'DET'], ['green', 'ADJ'], ['car', 'NOUN'], ['chased', 'VERB']]
 """
 
 from __future__ import annotations
@@ -82,8 +83,8 @@ def templates(model: "TransformerBridge", n: int = 64, seed: int = 0, bos: bool 
         bos: start each sentence with what the model prepends (marked ``is_bos``); see ``from_texts``.
 
     Example:
-        >>> stim = templates(model, n=7, seed=0)                             # doctest: +SKIP
-        >>> sorted(stim.tokens.pos_tag.unique())                             # doctest: +SKIP
+        >>> stim = templates(smol, n=7, seed=0)
+        >>> sorted(stim.tokens.pos_tag.unique())
         ['ADJ', 'ADP', 'ADV', 'AUX', 'BOS', 'CCONJ', 'DET', 'NOUN', 'PRON', 'PUNCT', 'VERB']
     """
     count(n, "templates' n (sentences)", error=PromptError)
