@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
@@ -29,6 +28,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
+from llmscope.behaviour import next_token_loss
 from llmscope.organisms.grammar import PAD_ID, Grammar, predictable_repeats
 
 if TYPE_CHECKING:
@@ -184,13 +184,6 @@ class _Run:
         """`[doc, pos, ...]` values at the rows of `tokens`."""
         return matrix[self.doc, self.pos].numpy()
 
-    @staticmethod
-    def _token_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """Loss of each token given its prefix, `[batch, pos]` (0 at position 0)."""
-        loss = torch.zeros(ids.shape)
-        loss[:, 1:] = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), ids[:, 1:], reduction="none")
-        return loss
-
     @torch.no_grad()
     def _record(self) -> None:
         cfg = self.model.cfg
@@ -200,7 +193,7 @@ class _Run:
         names = lambda n: n.endswith("attn.hook_pattern") or n.endswith("mlp.hook_post")
         for sl in self._batches("record"):
             logits, cache = self.model.run_with_cache(self.ids[sl], names_filter=names)
-            loss[sl] = self._token_loss(logits, self.ids[sl])
+            loss[sl] = next_token_loss(logits, self.ids[sl])
             for layer in range(cfg.n_layers):
                 neurons[layer, sl] = cache[f"blocks.{layer}.mlp.hook_post"]
                 s, c = attention_scores(cache[f"blocks.{layer}.attn.hook_pattern"], self.ids[sl],
@@ -233,7 +226,7 @@ class _Run:
         loss = torch.zeros(self.ids.shape)
         for sl in self._batches("lesion"):
             logits = self.model.run_with_hooks(self.ids[sl], fwd_hooks=[(f"blocks.{layer}.attn.hook_z", zero)])
-            loss[sl] = self._token_loss(logits, self.ids[sl])
+            loss[sl] = next_token_loss(logits, self.ids[sl])
         rise = self._rows(loss) - self.loss
         repeat = predictable_repeats(self.tokens.repeat_of.values)
         fresh = ~self.tokens.is_repeat.values & (self.pos > 0)
@@ -242,7 +235,8 @@ class _Run:
 
 
 def _losses(tokens: pd.DataFrame, loss: np.ndarray) -> dict:
-    """Held-out loss overall, per POS class, and on repeats against their first occurrence."""
+    """Held-out loss overall, per POS class (the predicted token's, as in TransformerLens), and
+    on repeats against their first occurrence. `loss` is aligned with the rows of `tokens`."""
     real = tokens.pos.values > 0
     repeat = predictable_repeats(tokens.repeat_of.values)
     first = loss[tokens.index.values[repeat] - tokens.pos.values[repeat] + tokens.repeat_of.values[repeat]]

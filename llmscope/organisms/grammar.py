@@ -28,8 +28,12 @@ import pandas as pd
 
 from llmscope.organisms import lexicon as lx
 
-TAGS = ("BOS", "DET", "ADJ", "NOUN", "VERB", "ADV", "PREP", "PRON", "CONJ", "PUNCT")
-BOS, DET, ADJ, NOUN, VERB, ADV, PREP, PRON, CONJ, PUNCT = range(len(TAGS))
+# Universal POS tags (https://universaldependencies.org/u/pos/, the set spaCy uses), so an
+# analysis written on the organism runs unchanged on English; "BOS" marks `<bos>`. The classes
+# are coarser than UD's: names are NOUN (UD: PROPN), "is"/"are" VERB (AUX), subordinators
+# such as "because" CCONJ (SCONJ), and every determiner slot DET ("two": NUM, "my": PRON).
+TAGS = ("BOS", "DET", "ADJ", "NOUN", "VERB", "ADV", "ADP", "PRON", "CCONJ", "PUNCT")
+BOS, DET, ADJ, NOUN, VERB, ADV, ADP, PRON, CCONJ, PUNCT = range(len(TAGS))
 NUMBERS = ("", "sg", "pl")
 SG, PL = 1, 2
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
@@ -231,11 +235,11 @@ class Grammar:
                                  for n, k in ((SG, "sg"), (PL, "pl"))}
         self._object_pronoun = [self._word(p, PRON) for p in lx.PRONOUNS_OBJECT]
         self._relative = self._word(lx.RELATIVE_PRONOUN, PRON)
-        front = [self._word(p, PREP) for p in lx.PREPOSITIONS_FRONTABLE]
-        other = [self._word(p, PREP) for p in lx.PREPOSITIONS_OTHER]
+        front = [self._word(p, ADP) for p in lx.PREPOSITIONS_FRONTABLE]
+        other = [self._word(p, ADP) for p in lx.PREPOSITIONS_OTHER]
         self._front_prep = _Pool([(front, self._weights(len(front)), 1.0)])
         self._prep = _Pool([(front + other, self._weights(len(front) + len(other)), 1.0)])
-        conj = [self._word(c, CONJ) for c in lx.CONJUNCTIONS]
+        conj = [self._word(c, CCONJ) for c in lx.CONJUNCTIONS]
         self._conjunction = _Pool([(conj, self._weights(len(conj)), 1.0)])
         self._period, self._exclaim, self._comma = (
             self._word(lx.PUNCTUATION[k], PUNCT) for k in ("end", "exclaim", "comma"))
@@ -266,7 +270,7 @@ class Grammar:
             self._noun_phrase(rng, s, self._number(rng))
 
     def _prep_phrase(self, rng: random.Random, s: list, pool: _Pool) -> None:
-        s.append([pool.draw(rng), PREP, 0, -1])
+        s.append([pool.draw(rng), ADP, 0, -1])
         self._noun_phrase(rng, s, self._number(rng))
 
     def _verb_phrase(self, rng: random.Random, s: list, subject: int, full: bool = True) -> None:
@@ -316,7 +320,7 @@ class Grammar:
         s: list[list[int]] = []
         self._clause(rng, s, front=True)
         if rng.random() < self.rates.conjunction:
-            s.append([self._conjunction.draw(rng), CONJ, 0, -1])
+            s.append([self._conjunction.draw(rng), CCONJ, 0, -1])
             self._clause(rng, s, front=False)
         s.append([self._exclaim if rng.random() < self.rates.exclaim else self._period, PUNCT, 0, -1])
         return s

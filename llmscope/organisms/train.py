@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from llmscope.behaviour import next_token_loss
 from llmscope.organisms.facts import attention_scores, failures, verify
 from llmscope.organisms.grammar import BOS_ID, PAD_ID, Grammar, predictable_repeats
 from llmscope.organisms.tokenizer import word_tokenizer
@@ -84,9 +84,9 @@ def new_model(cfg: TrainConfig, vocab_size: int) -> GPT2LMHeadModel:
 
 
 def token_losses(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Loss of each token given its prefix, `[batch, pos - 1]` (0 at padding)."""
-    return F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], ignore_index=PAD_ID,
-                           reduction="none")
+    """Loss of each token given its prefix, `[batch, pos - 1]` (0 at padding): the project's
+    one per-token loss (:func:`llmscope.behaviour.next_token_loss`) without its empty first column."""
+    return next_token_loss(logits, ids)[:, 1:] * (ids[:, 1:] != PAD_ID)
 
 
 @torch.no_grad()

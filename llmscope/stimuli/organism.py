@@ -1,7 +1,7 @@
 """Stimuli in the organisms' toy English, with the grammar's gold labels on every token.
 
 :func:`grammar` samples documents; its trial table carries the grammar's own labels:
-``word``, ``pos_tag`` (BOS DET ADJ NOUN VERB ADV PREP PRON CONJ PUNCT), ``number``
+``word``, ``pos_tag`` (BOS DET ADJ NOUN VERB ADV ADP PRON CCONJ PUNCT, Universal POS tags), ``number``
 ("sg"/"pl" on nouns and verbs, else ""), ``is_repeat`` and ``repeat_of`` (verbatim copies of
 earlier spans), ``sent_pos``, ``controller`` (a verb's subject position), ``ambiguous``.
 

@@ -6,10 +6,14 @@ import pandas as pd
 import pytest
 
 from llmscope.organisms import lexicon as lx
-from llmscope.organisms.grammar import SPECIALS, Grammar, predictable_repeats
+from llmscope.organisms.grammar import SPECIALS, TAGS, Grammar, predictable_repeats
 from llmscope.organisms.tokenizer import word_tokenizer
+from llmscope.stimuli.templates import LEXICON
 
-CLASSES = {"DET", "ADJ", "NOUN", "VERB", "ADV", "PREP", "PRON", "CONJ", "PUNCT"}
+CLASSES = {"DET", "ADJ", "NOUN", "VERB", "ADV", "ADP", "PRON", "CCONJ", "PUNCT"}
+# The 17 Universal POS tags, https://universaldependencies.org/u/pos/
+UPOS = {"ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON",
+        "PROPN", "PUNCT", "SCONJ", "SYM", "VERB", "X"}
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +38,17 @@ def test_lexicon_size_and_classes(grammar):
     assert grammar.vocab[: len(SPECIALS)] == list(SPECIALS)
     assert len(set(grammar.vocab)) == len(grammar.vocab)
     assert set(grammar.lexicon.word) == set(grammar.vocab) - set(SPECIALS)
+
+
+def test_tags_are_universal_pos(grammar, words):
+    """The organism's tags are Universal POS tags, which the English stimuli use too: a query
+    such as `pos_tag == "ADP"` selects the prepositions on the organism and on SmolLM2 alike."""
+    assert set(TAGS) == CLASSES | {"BOS"} and CLASSES <= UPOS
+    assert set(words.pos_tag) == CLASSES
+    assert CLASSES <= {slot.split("_")[0] for slot in LEXICON}
+    lex = grammar.lexicon.groupby("pos_tag").word.agg(set)
+    assert lex["ADP"] == set(lx.PREPOSITIONS_FRONTABLE + lx.PREPOSITIONS_OTHER)
+    assert lex["CCONJ"] == set(lx.CONJUNCTIONS)
 
 
 def test_inflection():
@@ -87,7 +102,7 @@ def test_shortcuts_fail_agreement(tokens):
     verbs = (t.pos_tag == "VERB") & first.notna()
     assert (first[verbs] != t.number[verbs]).mean() > 0.05
     assert (last[verbs] != t.number[verbs]).mean() > 0.05
-    fronted = (t.sent_pos == 0) & (t.pos_tag == "PREP")
+    fronted = (t.sent_pos == 0) & (t.pos_tag == "ADP")
     assert fronted.sum() / (t.sent_pos == 0).sum() > 0.2
 
 
