@@ -33,7 +33,8 @@ class InterventionError(LLMScopeError, ValueError):
 
 
 class RecordingError(LLMScopeError, ValueError):
-    """A store that is not a recording, is damaged, or belongs to other model/stimuli/sites."""
+    """A store that is not a recording, is damaged, or belongs to other model/stimuli/sites; or an
+    argument that record() or a Recording cannot use."""
 
 
 class ModelNotAvailable(LLMScopeError, LookupError):

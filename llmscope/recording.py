@@ -4,26 +4,48 @@
 activation of every real (unpadded) token: one array ``[n_tokens, *site.shape]`` per site,
 aligned row for row with the trial table ``stimuli.tokens``.
 
-A recording lives in a zarr v3 group, in memory (``store=None``) or on disk (a path):
+A recording lives in a zarr v3 group, in memory (``store=None``) or on disk (a path). Every
+array sits at the root and names its axes (zarr ``dimension_names``), so the store is an
+xarray Dataset as it stands:
 
 ============================  ===================================================================
 ``zarr.json``                 attrs ``llmscope`` (model name + fingerprint, sites, dtype, stimuli
-                              name and size, llmscope version) and ``done_seqs``
-``responses/<site>``          ``[n_tokens, *shape]``, fp16 by default, chunked along tokens, raw
-``tokens/<column>``           the trial table, one 1-D array per column
+                              name and size, llmscope version), ``done_seqs`` and ``columns``
+                              (each trial-table column and how it is stored); once :func:`record`
+                              returns, also the consolidated metadata of every array
+``<site>``                    ``[n_tokens, *shape]``, fp16 by default, chunked along tokens, raw;
+                              dims ``("token", "<site>.<unit>", ...)``
+``<site>.<unit>``, ...        the indices ``0..n-1`` along each unit axis of a site (coordinates)
+``<column>``                  the trial table, one 1-D array per column, dims ``("token",)``
 ``.llmscope-recording.lock``  locked while :func:`record` writes: a second recorder is refused
 ============================  ===================================================================
 
 On disk, each batch is written before ``done_seqs`` is advanced, and zarr writes each
 chunk atomically, so an interrupted recording resumes where it stopped when ``record`` is
 called again with the same path: no row is written twice or missed. Memory stays bounded by
-one batch whatever the number of stimuli. Dask and xarray read the arrays in parallel.
+one batch whatever the number of stimuli.
+
+Dimensions: rows are ``token``, one per trial-table row, indexed by the token ids (the
+``token`` column): ``ds.sel(token=id)`` picks every occurrence of a token, ``ds.isel(token=...)``
+picks rows. Each site has unit axes of its own, named after it: ``mlp.L.neuron``,
+``resid.L.dim``, ``attn.L.head`` and ``attn.L.d_head`` (a raw hook: ``<hook>.dim``,
+``<hook>.axis1``, ...). Per-site axes never clash whatever the sites' sizes, and a reduced
+array still says where its units live; to stack sites of one kind, rename their axis, e.g.
+``xr.concat([ds[s].rename({f"{s}.neuron": "neuron"}) for s in sites], "site")``.
+
+Dask and xarray read a store in parallel, without llmscope: ``xarray.open_zarr(path)`` opens a
+finished store as one lazy Dataset (the sites its variables, the trial-table columns its
+coordinates on ``token``). Load a label before grouping by it, as dask cannot group by a lazy
+array: ``ds["mlp.0"].groupby(ds.pos_tag.load()).mean("token")``. While a store is being
+recorded, or after it stopped early, rows past ``attrs["done_seqs"]`` sequences are NaN;
+:meth:`Recording.to_xarray` gives the recorded rows only.
 
 Example:
     >>> rec = record(model, induction(model, 64), ["mlp.0", "attn.1"], store="ind.zarr")  # doctest: +SKIP
     >>> rec.responses("mlp.0").shape                                                    # doctest: +SKIP
     (2624, 512)
     >>> Recording.open("ind.zarr").select("is_repeat").responses("attn.1", units=[0, 3])  # doctest: +SKIP
+    >>> xarray.open_zarr("ind.zarr")["mlp.0"].mean("token").compute()                 # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -36,32 +58,31 @@ import os
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence, overload
 
 import numpy as np
 import pandas as pd
 import torch
 import zarr
 from tqdm.auto import tqdm
+from zarr.errors import ZarrUserWarning
 from zarr.storage import MemoryStore
 
+from llmscope.errors import ColumnError, RecordingError
 from llmscope.sites import Site, SiteError
 from llmscope.sites import sites as resolve_sites
 from llmscope.stimuli.core import Stimuli
 from llmscope.tokens import PromptError, check_tokens
 
 if TYPE_CHECKING:
+    import xarray as xr
     from transformer_lens.model_bridge import TransformerBridge
 
-FORMAT = 1
+FORMAT = 2  # 2: every array at the root with dimension_names (1 had responses/ and tokens/ groups)
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 CHUNK_BYTES = 1 << 20  # about 1 MB of activations per chunk
 _TABLE_CHUNK = 1 << 16
 _LOCK = ".llmscope-recording.lock"  # held inside a store on disk while record() writes to it
-
-
-class RecordingError(ValueError):
-    """A store that is not a recording, is damaged, or belongs to other model/stimuli/sites."""
 
 
 class IncompleteRecordingWarning(UserWarning):
@@ -90,6 +111,13 @@ def fingerprint(model: "TransformerBridge") -> dict[str, Any]:
 def _site_meta(s: Site) -> dict[str, Any]:
     return {"name": s.name, "hook": s.hook, "kind": s.kind, "layer": s.layer,
             "shape": list(s.shape), "unit": s.unit}
+
+
+def _unit_dims(s: dict[str, Any]) -> list[str]:
+    """The names of a site's per-token axes: ``<site>.<unit>``, then ``<site>.d_head`` for the
+    values of a head, or ``<site>.axis<i>`` for further axes of a raw hook."""
+    rest = ["d_head"] if s["kind"] == "attn" else [f"axis{i}" for i in range(1, len(s["shape"]))]
+    return [f"{s['name']}.{axis}" for axis in [s["unit"], *rest]]
 
 
 def _chunk_rows(shape: Sequence[int], dtype: str, n_tokens: int) -> int:
@@ -121,6 +149,9 @@ def _valid_meta(meta: Any) -> bool:
 
 def _check_meta(meta: Any, where: str) -> dict[str, Any]:
     """The ``llmscope`` attrs of a store, or a RecordingError saying they are damaged."""
+    if isinstance(meta, dict) and isinstance(meta.get("format"), int) and meta["format"] != FORMAT:
+        raise RecordingError(f"the recording at {where} is in store format {meta['format']}; this llmscope "
+                             f"({_version()}) reads format {FORMAT}: record it again into a new path.")
     try:
         ok = _valid_meta(meta)
     except (KeyError, TypeError):
@@ -147,19 +178,27 @@ def _stored(col: pd.Series) -> tuple[str, np.ndarray]:
     return kind, col.astype(str if kind == "str" else kind).to_numpy()
 
 
-def _write_table(group: zarr.Group, table: pd.DataFrame) -> None:
-    bad = [c for c in table.columns if not isinstance(c, str) or "/" in c or c.startswith((".", "__"))]
+def _check_columns(table: pd.DataFrame, meta: dict[str, Any]) -> None:
+    """Column names become array names beside the sites' and, in xarray, coordinate names
+    (listed with spaces): they must be plain and distinct from the site and unit arrays."""
+    taken = {s["name"] for s in meta["sites"]} | {d for s in meta["sites"] for d in _unit_dims(s)}
+    bad = [c for c in table.columns if not isinstance(c, str) or not c or "/" in c or c == "zarr.json"
+           or any(ch.isspace() for ch in c) or c.startswith((".", "__")) or c in taken]
     if bad:
-        raise RecordingError(f"trial-table column names must be plain strings; rename {bad}.")
-    tokens = group.create_group("tokens", overwrite=True)
+        raise RecordingError(f"trial-table column names must be plain strings (no '/', no spaces, no leading "
+                             f"'.' or '__') and not the name of a site's array ({sorted(taken)}); rename {bad}.")
+
+
+def _write_table(group: zarr.Group, table: pd.DataFrame) -> None:
     kinds = []
     for name in table.columns:
         kind, values = _stored(table[name])
-        arr = tokens.create_array(name, shape=(len(table),), dtype=str if kind == "str" else kind,
-                                  chunks=(min(len(table), _TABLE_CHUNK),))
+        arr = group.create_array(name, shape=(len(table),), dtype=str if kind == "str" else kind,
+                                 chunks=(min(len(table), _TABLE_CHUNK),), dimension_names=("token",),
+                                 overwrite=True)
         arr[:] = values
         kinds.append([name, kind])
-    tokens.attrs["columns"] = kinds
+    group.attrs["columns"] = kinds
 
 
 def _same_table(stored: pd.DataFrame, table: pd.DataFrame) -> bool:
@@ -169,10 +208,9 @@ def _same_table(stored: pd.DataFrame, table: pd.DataFrame) -> bool:
 
 def _read_table(group: zarr.Group, n_tokens: int, where: str) -> pd.DataFrame:
     try:
-        tokens = group["tokens"]
         cols = {}
-        for name, kind in tokens.attrs["columns"]:
-            data = tokens[name][:]
+        for name, kind in group.attrs["columns"]:
+            data = group[name][:]
             cols[name] = data.astype(object) if kind == "str" else data.astype(kind)
         table = pd.DataFrame(cols)
     except Exception as exc:  # missing group/array, damaged chunk, bad attrs: all mean damaged
@@ -197,7 +235,7 @@ def _check_arrays(group: zarr.Group, meta: dict[str, Any], done_rows: int) -> No
     first ``done_rows`` rows exists at its full size (chunks are stored uncompressed)."""
     where, n = _where(group), meta["stimuli"]["n_tokens"]
     for s in meta["sites"]:
-        key = f"responses/{s['name']}"
+        key = s["name"]
         try:
             arr = group[key]
         except KeyError:
@@ -227,8 +265,10 @@ def _check_chunks(folder: Path, chunks: tuple[int, ...], dtype: str, done_rows: 
 
 
 def _open_group(path: str | os.PathLike, mode: str) -> zarr.Group:
+    """The store's root group, read from each array's own metadata (never the consolidated
+    copy, which would hide an array lost since)."""
     try:
-        return zarr.open_group(str(path), mode=mode, zarr_format=3)
+        return zarr.open_group(str(path), mode=mode, zarr_format=3, use_consolidated=False)
     except Exception as exc:
         raise RecordingError(f"{path} is not a zarr v3 recording ({type(exc).__name__}: {exc}).") from None
 
@@ -236,14 +276,26 @@ def _open_group(path: str | os.PathLike, mode: str) -> zarr.Group:
 def _create(group: zarr.Group, meta: dict[str, Any], stimuli: Stimuli) -> None:
     """Lay out a fresh store: metadata (with done_seqs 0) first, then arrays and the table."""
     group.attrs.update({"llmscope": meta, "done_seqs": 0})
-    responses = group.create_group("responses", overwrite=True)
-    n = len(stimuli)
+    n, coords = len(stimuli), " ".join(stimuli.tokens.columns)  # CF "coordinates": xarray's coords
     for s in meta["sites"]:
-        responses.create_array(
+        dims = _unit_dims(s)
+        group.create_array(
             s["name"], shape=(n, *s["shape"]), chunks=(s["chunk_rows"], *s["shape"]),
             dtype=meta["dtype"], fill_value=np.nan, compressors=None, overwrite=True,
-            config={"write_empty_chunks": True})
+            config={"write_empty_chunks": True}, dimension_names=("token", *dims),
+            attributes={"coordinates": coords})
+        for dim, size in zip(dims, s["shape"]):
+            group.create_array(dim, data=np.arange(size), dimension_names=(dim,), overwrite=True)
     _write_table(group, stimuli.tokens)
+
+
+def _consolidate(group: zarr.Group) -> None:
+    """Copy every array's metadata into the root ``zarr.json``, so that ``xarray.open_zarr``
+    opens the store at once, without listing its folder or warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Consolidated metadata is currently not part", ZarrUserWarning)
+        warnings.filterwarnings("ignore", f"Object at {_LOCK} is not recognized", ZarrUserWarning)
+        zarr.consolidate_metadata(group.store)
 
 
 def _same_model(meta: dict[str, Any], model: "TransformerBridge", where: str) -> None:
@@ -349,7 +401,7 @@ def _store(store: str | os.PathLike | None, meta: dict[str, Any], stimuli: Stimu
 
 def _check_stimuli(model: "TransformerBridge", stimuli: Stimuli) -> None:
     if not isinstance(stimuli, Stimuli):
-        raise TypeError(f"record() takes a Stimuli (see llmscope.stimuli), got {type(stimuli).__name__}.")
+        raise RecordingError(f"record() takes a Stimuli (see llmscope.stimuli), got {type(stimuli).__name__}.")
     if stimuli.n_seqs == 0 or len(stimuli) == 0:
         raise PromptError("empty stimuli: nothing to record.")
     if len(stimuli) != int(stimuli.lengths.sum()):
@@ -395,8 +447,9 @@ def record(
         PromptError: empty stimuli, or a sequence longer than the model's context (before
             the store is touched).
         SiteError: an unknown site.
-        RecordingError: ``store`` holds something else (another model, stimuli or sites),
-            or another process is recording into it now.
+        RecordingError: a bad argument (``dtype``, ``batch_size``, ``store``, a trial-table
+            column named like a site array), ``store`` holds something else (another
+            model, stimuli or sites), or another process is recording into it now.
 
     Example:
         >>> stim = induction(model, n_seqs=32, half_len=10)                   # doctest: +SKIP
@@ -404,16 +457,22 @@ def record(
         >>> rec.responses("mlp.1").shape                                       # doctest: +SKIP
         (672, 512)
     """
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise RecordingError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise RecordingError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
+    if store is not None and not isinstance(store, (str, os.PathLike)):
+        raise RecordingError(f"store must be None (in memory) or a folder path, got {type(store).__name__}.")
+    if not isinstance(progress, (bool, np.bool_)):
+        raise RecordingError(f"progress must be True or False, got {progress!r}.")
     resolved = resolve_sites(model, sites)
     _check_stimuli(model, stimuli)
     meta = _metadata(model, stimuli, resolved, dtype)
+    _check_columns(stimuli.tokens, meta)
     with _exclusive(store):
         group, done = _store(store, meta, stimuli, model)
-        _stream(model, stimuli, resolved, group, done, batch_size, DTYPES[dtype], progress)
+        _stream(model, stimuli, resolved, group, done, int(batch_size), DTYPES[dtype], progress)
+        _consolidate(group)
     return Recording(group)
 
 
@@ -421,7 +480,7 @@ def _stream(model: "TransformerBridge", stimuli: Stimuli, sites: list[Site], gro
             start: int, batch_size: int, dtype: torch.dtype, progress: bool) -> None:
     """Run the batches from sequence ``start`` on, write each, then advance ``done_seqs``."""
     offsets = stimuli.offsets()
-    arrays = {s.name: group[f"responses/{s.name}"] for s in sites}
+    arrays = {s.name: group[s.name] for s in sites}
     hooks = [s.hook for s in sites]
     stop = _stop_at_layer(model, sites)
     overflow = False
@@ -452,7 +511,8 @@ def _stream(model: "TransformerBridge", stimuli: Stimuli, sites: list[Site], gro
 class Recording:
     """Unit responses to stimuli, aligned row for row with the trial table ``tokens``.
 
-    Made by :func:`record` or :meth:`Recording.open`; :meth:`select` makes a view of some rows.
+    Made by :func:`record` or :meth:`Recording.open`; :meth:`select` makes a view of some rows;
+    :meth:`to_xarray` gives it as a lazy xarray Dataset.
 
     Attributes:
         tokens: the trial table (one row per recorded token).
@@ -461,6 +521,8 @@ class Recording:
         name: the stimuli's name.
         dtype: how the responses are stored (``"float16"`` or ``"float32"``).
         path: the store's folder, or None in memory.
+        done_seqs, n_seqs, complete: how many of the stimuli's sequences were recorded, of
+            how many, and whether that is all of them (analyses put these in ``.meta``).
 
     Example:
         >>> rec = Recording.open("induction.zarr", model=model)              # doctest: +SKIP
@@ -498,6 +560,8 @@ class Recording:
         An interrupted recording opens with an :class:`IncompleteRecordingWarning` and holds
         the sequences recorded so far; call ``record`` again with the same path to finish it.
         """
+        if not isinstance(path, (str, os.PathLike)):
+            raise RecordingError(f"Recording.open takes the path of a store's folder, got {type(path).__name__}.")
         path = Path(path).expanduser()
         if not path.is_dir():
             raise RecordingError(f"no recording at {path}: it is not a folder.")
@@ -540,9 +604,23 @@ class Recording:
         return self._meta["dtype"]
 
     @property
+    def done_seqs(self) -> int:
+        """How many sequences of the stimuli were recorded (a selection reports its recording's)."""
+        return self._done
+
+    @property
+    def n_seqs(self) -> int:
+        """How many sequences the stimuli hold."""
+        return self._meta["stimuli"]["n_seqs"]
+
+    @property
     def complete(self) -> bool:
         """True when every sequence of the stimuli was recorded."""
-        return self._done == self._meta["stimuli"]["n_seqs"]
+        return self._done == self.n_seqs
+
+    def made_by(self, model: "TransformerBridge") -> bool:
+        """True when ``model`` has the weights that made this recording (same fingerprint)."""
+        return self._meta["model"]["fingerprint"] == fingerprint(model)
 
     def __len__(self) -> int:
         """Number of recorded tokens (rows)."""
@@ -555,46 +633,124 @@ class Recording:
                 return s
         raise SiteError(f"site {name!r} was not recorded; this recording holds {', '.join(self._sites)}.")
 
-    def responses(self, site: str, units: int | Sequence[int] | None = None) -> np.ndarray:
+    def _row_index(self) -> slice | np.ndarray:
+        """This view's rows of the store: a slice when they are contiguous (faster to read)."""
+        if len(self._rows) == 0:
+            return self._rows
+        first, last = int(self._rows[0]), int(self._rows[-1])
+        return slice(first, last + 1) if last - first + 1 == len(self._rows) else self._rows
+
+    @overload
+    def responses(self, site: str, units: int | Sequence[int] | None = None,
+                  labelled: Literal[False] = False) -> np.ndarray: ...
+
+    @overload
+    def responses(self, site: str, units: int | Sequence[int] | None = None, *,
+                  labelled: Literal[True]) -> pd.DataFrame: ...
+
+    def responses(self, site: str, units: int | Sequence[int] | None = None,
+                  labelled: bool = False) -> np.ndarray | pd.DataFrame:
         """Responses of ``site``'s units, float32 ``[n_tokens, n_units, ...]``, rows as ``tokens``.
 
         Args:
             site: a recorded site (``"mlp.1"`` or its hook name).
             units: unit indices (neurons, heads...), None for all.
+            labelled: False for the bare array; True for a DataFrame ``[n_tokens, n_units]``
+                indexed like ``tokens``, its columns the ``(site, unit)`` MultiIndex of unit
+                tables. Only for sites with one value per unit (``mlp.L``, ``resid.L``): a head
+                of ``attn.L`` has ``d_head`` values, read them with :meth:`to_xarray` (or one
+                number per head with ``llmscope.analysis.responses.scalar``).
+
+        Raises:
+            SiteError: a site not recorded, a unit out of range, or ``labelled`` on a site
+                with several values per unit.
 
         Example:
             >>> rec.responses("attn.0", units=[1]).shape                         # doctest: +SKIP
             (672, 1, 32)
+            >>> rec.responses("mlp.0", units=[3, 7], labelled=True).columns[0]   # doctest: +SKIP
+            ('mlp.0', 3)
         """
+        if not isinstance(labelled, (bool, np.bool_)):
+            raise RecordingError(f"labelled must be True or False, got {labelled!r}.")
         s = self.site(site)
-        cols = slice(None) if units is None else s.check_units(units)
+        idx = s.check_units(units)
+        if labelled and len(s.shape) > 1:
+            raise SiteError(
+                f"{s.name} has {math.prod(s.shape[1:])} values per {s.unit} (shape {s.shape}), and a labelled "
+                f"table holds one value per unit. Use rec.to_xarray()[{s.name!r}] for all of them, or "
+                f"llmscope.analysis.responses.scalar(rec, {s.name!r}) for one number per {s.unit} (its L2 norm).")
         if len(self._rows) == 0:
-            return np.empty((0, len(s.check_units(units)), *s.shape[1:]), dtype=np.float32)
-        first, last = int(self._rows[0]), int(self._rows[-1])
-        rows = slice(first, last + 1) if last - first + 1 == len(self._rows) else self._rows
-        try:
-            data = self._group[f"responses/{s.name}"].get_orthogonal_selection((rows, cols))
-        except Exception as exc:  # a chunk damaged after opening
-            raise RecordingError(
-                f"the responses of {s.name} cannot be read ({type(exc).__name__}: {exc}): the store "
-                "is damaged; record it again into a new path.") from None
-        return np.asarray(data, dtype=np.float32)
+            data = np.empty((0, len(idx), *s.shape[1:]), dtype=np.float32)
+        else:
+            cols = slice(None) if units is None else idx
+            try:
+                data = self._group[s.name].get_orthogonal_selection((self._row_index(), cols))
+            except Exception as exc:  # a chunk damaged after opening
+                raise RecordingError(
+                    f"the responses of {s.name} cannot be read ({type(exc).__name__}: {exc}): the store "
+                    "is damaged; record it again into a new path.") from None
+            data = np.asarray(data, dtype=np.float32)
+        if labelled:
+            return pd.DataFrame(data, index=self.tokens.index, columns=s.unit_index(idx))
+        return data
 
     def select(self, mask: str | np.ndarray | pd.Series | Sequence[bool]) -> "Recording":
-        """A view of some rows: a boolean mask over ``tokens`` or a query on its columns.
+        """A view of some rows: a boolean mask over ``tokens`` or a query on its columns
+        (``DataFrame.eval`` syntax; ``@name`` is a variable of the caller).
 
         No data is read until :meth:`responses` is called.
+
+        Raises:
+            ColumnError: the query names a column the trial table lacks.
+            RecordingError: a query that is not a boolean expression of the columns, or a
+                mask that is not boolean or not one value per row.
 
         Example:
             >>> nouns = rec.select("pos_tag == 'NOUN'")                          # doctest: +SKIP
             >>> late = rec.select(rec.tokens.pos.to_numpy() > 10)              # doctest: +SKIP
         """
-        keep = self.tokens.eval(mask) if isinstance(mask, str) else mask
-        keep = np.asarray(keep)
+        columns = list(self.tokens.columns)
+        if isinstance(mask, str):
+            try:
+                mask = self.tokens.eval(mask, level=1)  # level 1: "@name" is looked up where select() was called
+            except pd.errors.UndefinedVariableError as exc:
+                raise ColumnError(f"select({mask!r}): {exc}; the trial table's columns are {columns} "
+                                  "(a Python variable is written @name).") from None
+            except Exception as exc:  # pandas raises SyntaxError, TypeError, ValueError... for a bad query
+                raise RecordingError(
+                    f"select({mask!r}) is not a query on the trial table ({type(exc).__name__}: {exc}); write a "
+                    f"boolean expression of its columns {columns}, such as \"pos > 2 and seq == 0\".") from None
+        keep = np.asarray(mask)
         if keep.dtype != bool or keep.shape != (len(self),):
-            raise ValueError(f"select() takes a query string or a boolean mask of {len(self)} rows; "
-                             f"got {keep.dtype} of shape {keep.shape}.")
+            raise RecordingError(f"select() takes a query string or a boolean mask of {len(self)} rows; "
+                                 f"got {keep.dtype} of shape {keep.shape}.")
         return Recording(self._group, self._rows[keep], self.tokens[keep])
+
+    def to_xarray(self) -> "xr.Dataset":
+        """This recording as an xarray Dataset backed by dask arrays: nothing is read until computed.
+
+        One float32 variable per site, dims ``("token", "<site>.<unit>", ...)`` as in the store
+        (see the module's docstring); the trial-table columns as coordinates on ``token``
+        (loaded, as grouping needs them in memory; the ``token`` ids index it); the unit
+        indices as coordinates of the unit axes; the store's attrs (``llmscope``,
+        ``done_seqs``, ``columns``) as ``attrs``. The rows are this Recording's: a
+        selection's, or those recorded so far of an incomplete recording.
+
+        Example:
+            >>> ds = rec.to_xarray()                                               # doctest: +SKIP
+            >>> ds["mlp.0"].groupby("pos_tag").mean("token").compute().shape      # doctest: +SKIP
+            (12, 512)
+        """
+        import xarray as xr
+
+        with warnings.catch_warnings():  # zarr names the lock file while it lists the folder: harmless
+            warnings.filterwarnings("ignore", f"Object at {_LOCK} is not recognized", ZarrUserWarning)
+            ds = xr.open_zarr(self._group.store, consolidated=False)
+        if len(self._rows) != ds.sizes["token"]:
+            ds = ds.isel(token=self._row_index())
+        ds = ds.assign({s: ds[s].astype(np.float32) for s in self._sites})
+        return ds.assign_coords({c: ds[c].compute() for c in self.tokens.columns})
 
     @property
     def stimuli(self) -> Stimuli:

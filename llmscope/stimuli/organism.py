@@ -83,10 +83,24 @@ def grammar(model: "TransformerBridge", n_docs: int = 16, seed: int = 0,
     return Stimuli.from_ids(model, seqs, labels, name="grammar", n_bos=1)
 
 
-def agreement(model: "TransformerBridge", n: int = 64, seed: int = 0, grammar_seed: int = 0) -> Stimuli:
+def _other_noun(grammar_seed: int) -> dict[str, str]:
+    """Each common noun form -> the same noun in the other number ("dog" <-> "dogs")."""
+    lex = _grammar(grammar_seed).lexicon
+    nouns = lex[(lex.pos_tag == "NOUN") & lex.number.isin(["sg", "pl"])].drop_duplicates(["lemma", "number"])
+    forms = nouns.pivot(index="lemma", columns="number", values="word").dropna()
+    return {**dict(zip(forms.sg, forms.pl)), **dict(zip(forms.pl, forms.sg))}
+
+
+def agreement(model: "TransformerBridge", n: int = 64, seed: int = 0, grammar_seed: int = 0,
+              corrupt: bool = False) -> "Stimuli | tuple[Stimuli, Stimuli]":
     """Subject-verb agreement minimal pairs: the prefix up to the verb, one sequence per pair.
 
     Half the pairs have an attractor (a noun of the other number between subject and verb).
+    With ``corrupt=True`` the result is ``(clean, corrupt)``: in the corrupted twin the subject
+    noun takes the other number ("the dog" -> "the dogs"), so the agreeing verb changes, while
+    lengths and labels (``good_id``/``bad_id`` of the clean pair) stay, as
+    :func:`llmscope.patching` needs. Only pairs whose subject is a common noun are drawn then
+    (names and pronouns have no other-number form here), so the attractor split may be uneven.
 
     Example:
         >>> stim = agreement(model, n=8, seed=0)
@@ -95,9 +109,15 @@ def agreement(model: "TransformerBridge", n: int = 64, seed: int = 0, grammar_se
         (8, 4)
     """
     count(n, "agreement's n (pairs)", error=PromptError)
-    pairs = _grammar(grammar_seed).minimal_pairs(n, seed)
+    pairs = _grammar(grammar_seed).minimal_pairs(n * (4 if corrupt else 1), seed)
     prefixes = [p.split() for p in pairs.prefix]
-    lookup = word_ids(model, [w for p in prefixes for w in p] + list(pairs.good) + list(pairs.bad))
+    if corrupt:
+        other = _other_noun(grammar_seed)
+        keep = [i for i, (p, d) in enumerate(zip(prefixes, pairs.distance)) if p[len(p) - d] in other][:n]
+        pairs, prefixes = pairs.iloc[keep].reset_index(drop=True), [prefixes[i] for i in keep]
+        twins = [p[:len(p) - d] + [other[p[len(p) - d]]] + p[len(p) - d + 1:] for p, d in zip(prefixes, pairs.distance)]
+    lookup = word_ids(model, [w for p in prefixes for w in p] + list(pairs.good) + list(pairs.bad)
+                      + ([w for p in twins for w in p] if corrupt else []))
     bos = prefix_ids(model)
     seqs = [bos + [lookup[w] for w in p] for p in prefixes]
     lengths = np.array([len(s) for s in seqs])
@@ -105,4 +125,8 @@ def agreement(model: "TransformerBridge", n: int = 64, seed: int = 0, grammar_se
         good_id=pairs.good.map(lookup), bad_id=pairs.bad.map(lookup))
     labels = per_seq.loc[np.repeat(per_seq.index, lengths)].reset_index(drop=True)
     labels["is_target"] = np.isin(np.arange(lengths.sum()), np.cumsum(lengths) - 1)
-    return Stimuli.from_ids(model, seqs, labels, name="agreement", n_bos=len(bos))
+    clean = Stimuli.from_ids(model, seqs, labels, name="agreement", n_bos=len(bos))
+    if not corrupt:
+        return clean
+    twin_ids = [bos + [lookup[w] for w in p] for p in twins]
+    return clean, Stimuli.from_ids(model, twin_ids, labels, name="agreement (subject number flipped)", n_bos=len(bos))

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import llmscope
+from llmscope.errors import ColumnError, LLMScopeError
 from llmscope.recording import IncompleteRecordingWarning, Recording, RecordingError, record
 from llmscope.sites import SiteError
 from llmscope.stimuli import Stimuli, from_texts, induction
@@ -121,6 +122,39 @@ def test_units_and_select(tiny, stim, saved):
         sub.stimuli
 
 
+def test_labelled_responses_are_a_unit_table(saved):
+    rec = Recording.open(saved)
+    table = rec.responses("mlp.0", units=[3, 1], labelled=True)
+    assert isinstance(table, pd.DataFrame) and table.columns.names == ["site", "unit"]
+    assert table.columns.tolist() == [("mlp.0", 3), ("mlp.0", 1)]
+    assert table.index.equals(rec.tokens.index)
+    assert np.array_equal(table.to_numpy(), rec.responses("mlp.0")[:, [3, 1]])
+    whole = rec.responses("resid.2", labelled=True)
+    assert whole.shape == (21, 32) and whole.columns[-1] == ("resid.2", 31)
+    sub = rec.select(rec.tokens.seq.to_numpy() == 2)
+    part = sub.responses("mlp.0", labelled=True)
+    assert part.index.equals(sub.tokens.index) and np.array_equal(part.to_numpy(), sub.responses("mlp.0"))
+    with pytest.raises(SiteError, match=r"attn.1 has 8 values per head.*to_xarray"):
+        rec.responses("attn.1", labelled=True)
+    with pytest.raises(RecordingError, match="labelled must be True or False, got 'yes'"):
+        rec.responses("mlp.0", labelled="yes")
+
+
+def test_select_errors_name_the_columns(saved):
+    rec = Recording.open(saved)
+    with pytest.raises(ColumnError, match=r"'nope' is not defined; the trial table's columns are \['seq', 'pos'") as err:
+        rec.select("nope == 1")
+    assert isinstance(err.value, LLMScopeError) and not str(err.value).startswith(("'", '"'))
+    with pytest.raises(RecordingError, match=r"select\('pos >'\) is not a query .*SyntaxError.*\['seq', 'pos'"):
+        rec.select("pos >")
+    with pytest.raises(RecordingError, match="boolean mask of 21 rows; got int64 of shape \\(21,\\)"):
+        rec.select("pos + 1")
+    with pytest.raises(RecordingError, match="boolean mask of 21 rows; got bool of shape \\(20,\\)"):
+        rec.select(np.ones(20, bool))
+    first = 2
+    assert len(rec.select("pos >= @first")) == int((rec.tokens.pos >= 2).sum()) > 0  # @name: the caller's variable
+
+
 def test_missing_site_lists_recorded_ones(saved):
     with pytest.raises(SiteError, match="mlp.0, attn.1, resid.2"):
         Recording.open(saved).responses("mlp.1")
@@ -150,6 +184,31 @@ def test_empty_and_too_long_stimuli_fail_before_the_store(tiny, tmp_path):
     with pytest.raises(SiteError):
         record(tiny, induction(tiny, 1, 3), "mlp.9", store=path)
     assert not path.exists()
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(dtype=["float16"]), "dtype must be one of"),
+    (dict(batch_size=1.5), "batch_size must be an integer >= 1, got 1.5"),
+    (dict(batch_size=0), "batch_size must be an integer >= 1, got 0"),
+    (dict(progress="no"), "progress must be True or False"),
+    (dict(store=3), "store must be None .* got int"),
+])
+def test_bad_record_arguments_are_clear_errors(tiny, stim, kwargs, message):
+    with pytest.raises(RecordingError, match=message):
+        record(tiny, stim, "mlp.0", **kwargs)
+    with pytest.raises(RecordingError, match="takes a Stimuli"):
+        record(tiny, "w1 w2", "mlp.0")
+
+
+def test_columns_named_like_arrays_are_refused_before_the_store(tiny, stim, tmp_path):
+    path = tmp_path / "never.zarr"
+    for name in ("mlp.0", "mlp.0.neuron", "my label"):
+        bad = Stimuli(stim.ids, stim.lengths, stim.tokens.assign(**{name: 1}), name=stim.name)
+        with pytest.raises(RecordingError, match=f"rename \\[{name!r}\\]"):
+            record(tiny, bad, "mlp.0", store=path)
+    assert not path.exists()
+    with pytest.raises(RecordingError, match="not a Recording|got int"):
+        Recording.open(3)
 
 
 def test_foreign_folder_is_refused_and_left_alone(tiny, stim, tmp_path):
@@ -198,6 +257,14 @@ def test_store_of_another_model_is_refused(tiny, stim, saved, tmp_path):
         record(other, stim, SITES, store=damaged(saved, tmp_path))
 
 
+def test_recording_names_a_zoo_model_by_its_name(organism, tiny, tmp_path):
+    stim = llmscope.stimuli.grammar(organism, n_docs=2, seed=0)
+    rec = record(organism, stim, "mlp.0", store=tmp_path / "g.zarr", progress=False)
+    assert rec.model_name == "grammar-2l" and "by 'grammar-2l'" in repr(rec)
+    with pytest.raises(RecordingError, match="made by model 'grammar-2l', not by this model"):
+        Recording.open(tmp_path / "g.zarr", model=tiny)
+
+
 def test_store_of_other_stimuli_or_sites_is_refused(tiny, stim, saved, tmp_path):
     path = damaged(saved, tmp_path)
     with pytest.raises(RecordingError, match="other sites"):
@@ -212,20 +279,20 @@ def test_store_of_other_stimuli_or_sites_is_refused(tiny, stim, saved, tmp_path)
 
 
 def _delete_chunk(p: Path) -> None:
-    (p / "responses" / "mlp.0" / "c" / "0" / "0").unlink()
+    (p / "mlp.0" / "c" / "0" / "0").unlink()
 
 
 def _truncate_chunk(p: Path) -> None:
-    chunk = p / "responses" / "attn.1" / "c" / "0" / "0" / "0"
+    chunk = p / "attn.1" / "c" / "0" / "0" / "0"
     chunk.write_bytes(chunk.read_bytes()[:100])
 
 
 def _delete_array(p: Path) -> None:
-    shutil.rmtree(p / "responses" / "resid.2")
+    shutil.rmtree(p / "resid.2")
 
 
 def _truncate_table(p: Path) -> None:
-    chunk = p / "tokens" / "text" / "c" / "0"
+    chunk = p / "text" / "c" / "0"
     chunk.write_bytes(chunk.read_bytes()[:5])
 
 
@@ -235,6 +302,10 @@ def _wrong_shape(p: Path) -> None:
 
 def _bad_metadata(p: Path) -> None:
     edit_meta(p, lambda a: a["llmscope"].pop("dtype"))
+
+
+def _old_format(p: Path) -> None:
+    edit_meta(p, lambda a: a["llmscope"].update(format=1))
 
 
 def _bad_json(p: Path) -> None:
@@ -248,6 +319,7 @@ def _bad_json(p: Path) -> None:
     (_truncate_table, "trial table .* cannot be read"),
     (_wrong_shape, "site mlp.0 .* not \\(21, 65\\)"),
     (_bad_metadata, "metadata .* damaged"),
+    (_old_format, "in store format 1; .* reads format 2"),
     (_bad_json, "not a zarr v3 recording"),
 ])
 def test_damaged_store_is_a_clear_error(tiny, stim, saved, tmp_path, damage, message):
@@ -270,18 +342,21 @@ def test_damage_after_opening_is_a_clear_error(saved, tmp_path):
 def test_incomplete_store_warns_then_resumes(tiny, stim, saved, tmp_path):
     path = damaged(saved, tmp_path)
     edit_meta(path, lambda a: a.update(done_seqs=2))  # as if stopped after the first batch
-    chunk = path / "responses" / "mlp.0" / "c" / "0" / "0"  # rows 7.. (not done) may hold anything
+    chunk = path / "mlp.0" / "c" / "0" / "0"  # rows 7.. (not done) may hold anything
     rows = np.frombuffer(chunk.read_bytes(), np.float16).reshape(21, 64).copy()
     rows[7:] = np.nan
     chunk.write_bytes(rows.tobytes())
     with pytest.warns(IncompleteRecordingWarning, match="2 of 5 sequences.*call record"):
         part = Recording.open(path)
     assert len(part) == 7 and not part.complete and "incomplete" in repr(part)
+    assert (part.done_seqs, part.n_seqs) == (2, 5)
+    assert np.array_equal(part.to_xarray()["mlp.0"].values, part.responses("mlp.0"))  # recorded rows only
     rec = record(tiny, stim, SITES, store=path, batch_size=2, progress=False)
     full = Recording.open(saved)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         reopened = Recording.open(path)
+    assert (reopened.done_seqs, reopened.n_seqs) == (5, 5) and reopened.complete
     for name in SITES:
         assert np.array_equal(rec.responses(name), full.responses(name))
         assert np.array_equal(reopened.responses(name), full.responses(name))
@@ -336,3 +411,74 @@ def test_resume_refuses_other_labels(tiny, stim, saved, tmp_path):
     relabelled = Stimuli(stim.ids, stim.lengths, stim.tokens.assign(text="x"), name=stim.name)
     with pytest.raises(RecordingError, match="other tokens or labels"):
         record(tiny, relabelled, SITES, store=path, batch_size=2, progress=False)
+
+
+# ---------------------------------------------------------------- xarray and dask
+
+
+def test_arrays_name_their_dimensions(saved, stim):
+    import zarr
+
+    group = zarr.open_group(str(saved), mode="r")
+    assert group["mlp.0"].metadata.dimension_names == ("token", "mlp.0.neuron")
+    assert group["attn.1"].metadata.dimension_names == ("token", "attn.1.head", "attn.1.d_head")
+    assert group["resid.2"].metadata.dimension_names == ("token", "resid.2.dim")
+    for column in stim.tokens.columns:
+        assert group[column].metadata.dimension_names == ("token",)
+    assert np.array_equal(group["attn.1.head"][:], np.arange(4))
+
+
+def test_plain_open_zarr_sees_the_recording(saved, stim):
+    import dask.array
+    import xarray as xr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # consolidated metadata: no fallback warning, lock file unseen
+        ds = xr.open_zarr(saved)
+    assert set(ds.data_vars) == set(SITES)
+    assert ds["attn.1"].dims == ("token", "attn.1.head", "attn.1.d_head") and ds.sizes["token"] == 21
+    assert set(stim.tokens.columns) <= set(ds.coords)
+    assert all(isinstance(ds[name].data, dask.array.Array) for name in SITES)
+    assert ds["token"].values.tolist() == stim.tokens.token.tolist()
+    assert ds["seq"].values.tolist() == stim.tokens.seq.tolist()
+    assert ds.attrs["done_seqs"] == 5 and ds.attrs["llmscope"]["sites"][0]["name"] == "mlp.0"
+
+
+def test_dask_reduces_a_store_as_numpy_does(organism, tmp_path):
+    import xarray as xr
+
+    stim = llmscope.stimuli.grammar(organism, n_docs=12, seed=1)
+    rec = record(organism, stim, ["mlp.0", "attn.1"], store=tmp_path / "g.zarr", dtype="float32", progress=False)
+    ds = xr.open_zarr(tmp_path / "g.zarr")
+    assert ds["mlp.0"].data.numblocks[0] >= 2  # the reduction spans several chunks
+    means = ds["mlp.0"].groupby(ds.pos_tag.load()).mean("token").compute()
+    tags, x = rec.tokens.pos_tag.to_numpy(), rec.responses("mlp.0")
+    assert len(means.pos_tag) >= 5
+    for tag in means.pos_tag.values:
+        np.testing.assert_allclose(means.sel(pos_tag=tag).values, x[tags == tag].mean(0), rtol=1e-5, atol=1e-6)
+    head_norm = np.sqrt((ds["attn.1"].astype("float64") ** 2).sum("attn.1.d_head")).max("token").compute()
+    np.testing.assert_allclose(head_norm.values, np.linalg.norm(rec.responses("attn.1"), axis=2).max(0), rtol=1e-5)
+
+
+def test_to_xarray_is_lazy_and_matches_responses(tiny, stim, saved, tmp_path):
+    import dask.array
+
+    for rec in (record(tiny, stim, SITES, progress=False), Recording.open(saved)):  # in memory, on disk
+        ds = rec.to_xarray()
+        for name in SITES:
+            assert isinstance(ds[name].data, dask.array.Array) and ds[name].dtype == np.float32
+            assert np.array_equal(ds[name].values, rec.responses(name))
+        assert ds["attn.1"].dims == ("token", "attn.1.head", "attn.1.d_head")
+        assert ds["mlp.0.neuron"].values.tolist() == list(range(64))
+        for column in rec.tokens.columns:
+            assert not isinstance(ds[column].data, dask.array.Array)
+            assert ds[column].values.tolist() == rec.tokens[column].tolist()
+        mask = rec.tokens.pos.to_numpy() % 2 == 1
+        part = rec.select(mask).to_xarray()
+        assert part.sizes["token"] == mask.sum() and np.array_equal(part["attn.1"].values, rec.responses("attn.1")[mask])
+        assert part["pos"].values.tolist() == rec.tokens.pos[mask].tolist()
+        assert rec.select(np.zeros(len(rec), bool)).to_xarray()["mlp.0"].shape == (0, 64)
+    rec = Recording.open(damaged(saved, tmp_path))
+    ds = rec.to_xarray()
+    _delete_chunk(Path(rec.path))  # nothing was read yet: the missing chunk reads as its fill value
+    assert np.isnan(ds["mlp.0"].values).all() and not np.isnan(rec.to_xarray()["resid.2"].values).any()
