@@ -13,6 +13,7 @@ Example:
 
 from llmscope import analysis, models, stimuli
 from llmscope.analysis.effect import effect
+from llmscope.analysis.heads import confirm_by_lesion, localize_heads
 from llmscope.analysis.patching import patching
 from llmscope.behaviour import evaluate, logit_diff, metric, token_loss
 from llmscope.errors import (AnalysisError, ColumnError, InterventionError, LLMScopeError, ModelNotAvailable,
@@ -32,7 +33,7 @@ __all__ = [
     "intervene", "lesion", "gain", "steer", "patch",
     "record", "Recording", "IncompleteRecordingWarning",
     "token_loss", "logit_diff", "metric", "evaluate", "Result",
-    "analysis", "effect", "patching",
+    "analysis", "effect", "patching", "localize_heads", "confirm_by_lesion",
     "LLMScopeError", "SiteError", "PromptError", "InterventionError", "RecordingError", "ModelNotAvailable",
     "AnalysisError", "ColumnError",
 ]

@@ -22,6 +22,13 @@ def count(value: Any, name: str, minimum: int = 1, error: type[Exception] = Anal
     return int(value)
 
 
+def flag(value: Any, name: str) -> bool:
+    """``value`` as a bool, or an AnalysisError naming it (no truthy strings or numbers)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise AnalysisError(f"{name} must be True or False, got {value!r}.")
+    return bool(value)
+
+
 def fraction(value: Any, name: str, low: float = 0.0, high: float = 1.0) -> float:
     """``value`` as a float in the open interval ``(low, high)``, or an AnalysisError naming it."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not low < value < high:
@@ -58,4 +65,4 @@ def ratio_ci(delta: np.ndarray, n: np.ndarray, n_boot: int = 2000, seed: int = 0
     return float(ci.low), float(ci.high)
 
 
-__all__ = ["count", "fraction", "fdr", "ratio_ci"]
+__all__ = ["count", "flag", "fraction", "fdr", "ratio_ci"]

@@ -22,13 +22,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from llmscope.analysis.stats import flag
 from llmscope.errors import AnalysisError, ColumnError
 
 
 def rows(tokens: pd.DataFrame, include_bos: bool = False) -> np.ndarray:
     """Boolean mask of the trial-table rows an analysis uses (BOS rows out unless asked)."""
-    if not isinstance(include_bos, (bool, np.bool_)):
-        raise AnalysisError(f"include_bos must be True or False, got {include_bos!r}.")
+    flag(include_bos, "include_bos")
     keep = np.ones(len(tokens), dtype=bool)
     if not include_bos and "is_bos" in tokens.columns:
         keep &= ~tokens["is_bos"].astype("boolean").fillna(False).to_numpy(dtype=bool)

@@ -1,0 +1,352 @@
+"""Head localizers: which attention heads look at the previous token, at earlier copies of the
+current token, or at the token after such a copy (induction), and whether lesioning them hurts.
+
+* :func:`localize_heads` reads attention patterns (``blocks.L.attn.hook_pattern``) and scores
+  every head (layer x head). Three scores, each the mean over query tokens that have a target
+  of the attention the head pays to the target keys:
+
+  - ``previous_token``: the key at ``query - 1``;
+  - ``duplicate_token``: every earlier key holding the same token as the query;
+  - ``induction``: every key right after an earlier occurrence of the query's token (where an
+    induction head looks to copy what came next last time).
+
+  Targets come from the token ids alone, so the scores run on any stimuli; the duplicate and
+  induction scores need repeated tokens (``induction(...)`` paradigm, organism documents with
+  ``is_repeat``, or any text with repeats). Beside each score, ``<score>_control`` is the
+  attention the same head pays to as many *other* causal keys of the same queries (the
+  expected score of a shuffled-key control): a head that spreads its attention evenly scores
+  the same on both; a head tuned to the target scores far above its control.
+* :func:`confirm_by_lesion` runs the model: it zero-lesions each given head and measures the
+  change in loss on the rows of interest (``is_repeat`` by default), against the same lesion
+  of random other heads (a null distribution: percentile and p-value).
+
+Example:
+    >>> stim = llmscope.stimuli.grammar(model, n_docs=8, seed=0)
+    >>> heads = localize_heads(model, stim, progress=False)
+    >>> heads.top("induction", 1).index.tolist()
+    [('attn.1', 0)]
+    >>> confirm_by_lesion(model, stim, heads.top("induction", 1), progress=False).df["percentile"].tolist()
+    [100.0]
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from llmscope.analysis import trials
+from llmscope.analysis.stats import count, flag
+from llmscope.behaviour import check_stimuli
+from llmscope.errors import AnalysisError, SiteError
+from llmscope.result import Result
+from llmscope.sites import UnitsLike, site, unit_index
+from llmscope.stimuli.core import Stimuli
+from llmscope.tokens import check_tokens
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+    from transformer_lens.model_bridge import TransformerBridge
+
+SCORES = ("previous_token", "duplicate_token", "induction")
+METRICS = {"loss": 1.0, "correct": -1.0}  # the sign that turns a change of the metric into harm
+
+
+def _kept_grid(stimuli: Stimuli, keep: np.ndarray) -> torch.Tensor:
+    """The trial-table mask ``keep`` laid out as ``[n_seqs, max_len]`` (padding False)."""
+    grid = torch.zeros(stimuli.ids.shape, dtype=torch.bool)
+    t = stimuli.tokens
+    grid[t["seq"].to_numpy(copy=True), t["pos"].to_numpy(copy=True)] = torch.tensor(keep)
+    return grid
+
+
+def _targets(ids: torch.Tensor, keep: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each score's target keys, ``[batch, query, key]`` bool; only kept queries and keys."""
+    n = ids.shape[1]
+    pos = torch.arange(n)
+    earlier = pos[None, :] < pos[:, None]                       # [query, key]: key before query
+    same = ids[:, :, None] == ids[:, None, :]                   # [b, query, key]: same token
+    previous = (pos[None, :] == pos[:, None] - 1).expand_as(same)
+    induction = torch.zeros_like(same)
+    induction[:, :, 1:] = same[:, :, :-1] & earlier[:, :-1]     # key k follows an earlier copy at k-1
+    both = keep[:, :, None] & keep[:, None, :]
+    return {"previous_token": previous & both, "duplicate_token": same & earlier & both,
+            "induction": induction & both}
+
+
+def _n_queries(stimuli: Stimuli, grid: torch.Tensor, batch_size: int) -> dict[str, int]:
+    """How many query tokens have at least one target key, per score (no forward pass)."""
+    counts = dict.fromkeys(SCORES, 0)
+    for lo, ids in stimuli.batches(batch_size):
+        for name, mask in _targets(ids, grid[lo:lo + len(ids), : ids.shape[1]]).items():
+            counts[name] += int(mask.any(-1).sum())
+    return counts
+
+
+class _Accumulator:
+    """Sums of each head's attention on target keys (and its shuffled-key control) over queries."""
+
+    def __init__(self, n_layers: int, n_heads: int):
+        self.score = {name: torch.zeros(n_layers, n_heads, dtype=torch.float64) for name in SCORES}
+        self.control = {name: torch.zeros(n_layers, n_heads, dtype=torch.float64) for name in SCORES}
+        self.masks: dict[str, torch.Tensor] = {}
+
+    def hook(self, layer: int) -> Callable[[torch.Tensor, Any], None]:
+        def read(pattern: torch.Tensor, hook: Any) -> None:  # pattern [batch, head, query, key]
+            # reduced here, one layer at a time, and None returned: the activation flows on
+            # unchanged and no [layers, batch, head, pos, pos] cache is ever held
+            p = pattern.detach().to("cpu", torch.float32)
+            n_keys = torch.arange(1, p.shape[-1] + 1, dtype=torch.float64)  # causal keys per query
+            for name, mask in self.masks.items():
+                hit = torch.einsum("bhqk,bqk->bhq", p, mask.float()).double()  # attention on targets
+                n_t = mask.sum(-1).to(torch.float64)[:, None]                    # [b, 1, query]
+                counted = n_t > 0
+                other = (n_keys - n_t).clamp(min=1)
+                self.score[name][layer] += torch.where(counted, hit, 0).sum((0, 2))
+                self.control[name][layer] += torch.where(counted, n_t * (1 - hit) / other, 0).sum((0, 2))
+
+        return read
+
+
+class HeadScores(Result):
+    """What :func:`localize_heads` returns: a :class:`Result` with :meth:`top`."""
+
+    def top(self, score: str = "induction", n: int = 1) -> pd.DataFrame:
+        """The ``n`` heads with the highest ``score``: a unit table ready for ``lesion()``.
+
+        Example:
+            >>> localize_heads(model, stim, progress=False).top("previous_token", 1).index.tolist()
+            [('attn.0', 2)]
+        """
+        if not isinstance(score, str) or score not in SCORES:
+            raise AnalysisError(f"unknown head score {score!r}; choose one of {list(SCORES)}.")
+        n = count(n, "n")
+        if self.df[score].isna().all():
+            raise AnalysisError(f"no head has a {score} score: no query of these stimuli has a target "
+                                f"for it (induction and duplicate scores need repeated tokens).")
+        return self.df.nlargest(n, score)
+
+
+def _plot_scores(result: Result, score: str | None = None) -> "go.Figure":
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    if score is not None and score not in SCORES:
+        raise AnalysisError(f"unknown head score {score!r}; choose one of {list(SCORES)} or None (all).")
+    names = list(SCORES) if score is None else [score]
+    df = result.df
+    layers = [f"attn.{L}" for L in sorted(df["layer"].unique())]
+    heads = [str(h) for h in sorted(df["head"].unique())]
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=[s.replace("_", " ") for s in names],
+                        horizontal_spacing=0.08)
+    for i, name in enumerate(names, start=1):
+        grid = df.pivot(index="layer", columns="head", values=name)
+        ctrl = df.pivot(index="layer", columns="head", values=f"{name}_control")
+        fig.add_trace(go.Heatmap(
+            z=grid.to_numpy(), x=heads, y=layers, customdata=ctrl.to_numpy(), zmin=0, zmax=1,
+            colorscale="Viridis", showscale=i == len(names), colorbar=dict(title="attention"),
+            hovertemplate=f"%{{y}}:%{{x}}<br>{name} %{{z:.3f}}<br>control %{{customdata:.3f}}<extra></extra>",
+        ), row=1, col=i)
+        fig.update_xaxes(type="category", title_text="head", row=1, col=i)
+        fig.update_yaxes(type="category", row=1, col=i, title_text="site" if i == 1 else None)
+    return fig.update_layout(title=f"head scores on {result.meta['stimuli']}")
+
+
+def localize_heads(model: "TransformerBridge", stimuli: Stimuli, *, batch_size: int = 8,
+                   include_bos: bool = False, progress: bool = True) -> HeadScores:
+    """Previous-token, duplicate-token and induction scores of every attention head.
+
+    Reads the attention patterns ``blocks.L.attn.hook_pattern`` ``[batch, head, query, key]``
+    from one forward pass per batch, with no intervention: the model is not changed. Queries
+    and target keys are trial rows (BOS rows out unless ``include_bos=True``); a query counts
+    toward a score when it has at least one target key. Stimuli with no repeated token leave
+    the duplicate and induction scores NaN, with a warning (the previous-token score is still
+    measured); stimuli where no score has a single target raise an AnalysisError.
+
+    Returns:
+        HeadScores, whose ``df`` is indexed by ``(site, unit)`` (``"attn.L"``, head) with
+        columns ``layer``, ``head``, and for each score in ``previous_token``,
+        ``duplicate_token``, ``induction``: the score and ``<score>_control`` (the mean
+        attention on as many other causal keys of the same queries). All are fractions of
+        attention in 0..1. ``meta``: ``model``, ``stimuli``, ``include_bos``, ``n_queries``
+        (queries scored, per score). ``.top(score, n)`` gives the best heads as a unit table;
+        ``.plot(score=None)`` draws a layers x heads heatmap per score.
+
+    Example:
+        >>> heads = localize_heads(model, llmscope.stimuli.grammar(model, n_docs=8), progress=False)
+        >>> heads.df.nlargest(1, "previous_token")[["layer", "head"]].values.tolist()
+        [[0, 2]]
+    """
+    from tqdm.auto import tqdm
+
+    stimuli = check_stimuli(model, stimuli)
+    batch_size = count(batch_size, "batch_size")
+    progress = flag(progress, "progress")
+    grid = _kept_grid(stimuli, trials.rows(stimuli.tokens, include_bos))
+    n_queries = _n_queries(stimuli, grid, batch_size)
+    if not any(n_queries.values()):
+        raise AnalysisError("no query token of these stimuli has a target for any head score: each "
+                            "sequence needs at least two tokens besides BOS.")
+    missing = [name for name, n in n_queries.items() if n == 0]
+    if missing:
+        warnings.warn(f"no token of these stimuli repeats an earlier one, so the scores {missing} are NaN; "
+                      "use stimuli with repeats, e.g. llmscope.stimuli.induction(model).", stacklevel=2)
+    cfg = model.cfg
+    acc = _Accumulator(cfg.n_layers, cfg.n_heads)
+    hooks = [(f"blocks.{L}.attn.hook_pattern", acc.hook(L)) for L in range(cfg.n_layers)]
+    with torch.no_grad(), tqdm(total=stimuli.n_seqs, desc="localize heads", unit="seq",
+                               disable=not progress, leave=False) as bar:
+        for lo, ids in stimuli.batches(batch_size):
+            acc.masks = _targets(ids, grid[lo:lo + len(ids), : ids.shape[1]])
+            model.run_with_hooks(check_tokens(model, ids).to(cfg.device), fwd_hooks=hooks)
+            bar.update(len(ids))
+    layer, head = np.divmod(np.arange(cfg.n_layers * cfg.n_heads), cfg.n_heads)
+    columns: dict[str, np.ndarray] = {"layer": layer, "head": head}
+    for name in SCORES:
+        n = n_queries[name] or np.nan
+        columns[name] = acc.score[name].numpy().ravel() / n
+        columns[f"{name}_control"] = acc.control[name].numpy().ravel() / n
+    index = pd.MultiIndex.from_arrays([[f"attn.{L}" for L in layer], head], names=["site", "unit"])
+    meta = dict(model=str(cfg.model_name), stimuli=stimuli.name, include_bos=include_bos, n_queries=n_queries)
+    return HeadScores(pd.DataFrame(columns, index=index), kind="heads", meta=meta, plotter=_plot_scores)
+
+
+# ---------------------------------------------------------------- confirmation by lesion
+
+
+def _head_index(model: "TransformerBridge", heads: UnitsLike) -> pd.MultiIndex:
+    """``heads`` as a ``(site, unit)`` index of attention heads, or a SiteError."""
+    index = unit_index(model, heads)
+    bad = sorted({s for s in index.get_level_values(0) if site(model, s).kind != "attn"})
+    if bad:
+        raise SiteError(f"confirm_by_lesion lesions attention heads; {bad} are not attention sites "
+                        f"(use attn.0..attn.{model.cfg.n_layers - 1}).")
+    return index
+
+
+def _rows_of_interest(stimuli: Stimuli, where: str | None) -> np.ndarray:
+    keep = trials.rows(stimuli.tokens)
+    if where is None:
+        return keep
+    col = trials.column(stimuli.tokens, where, "where column")
+    if not (pd.api.types.is_bool_dtype(col) or col.dropna().isin([True, False]).all()):
+        raise AnalysisError(f"where={where!r} must name a boolean column (such as 'is_repeat'); "
+                            f"it holds {col.dtype} values such as {col.dropna().unique()[:3].tolist()}.")
+    keep &= col.astype("boolean").fillna(False).to_numpy(dtype=bool)
+    if not keep.any():
+        raise AnalysisError(f"no trial row has {where}=True (BOS rows left out); nothing to measure.")
+    return keep
+
+
+def _metric_mean(model: "TransformerBridge", stimuli: Stimuli, metric: str, keep: np.ndarray,
+                 batch_size: int) -> float:
+    from llmscope.behaviour import token_loss
+
+    values = token_loss(model, stimuli, batch_size=batch_size)[metric].astype(float).to_numpy()[keep]
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        raise AnalysisError(f"no row of interest has a {metric} (the first token of a sequence has none).")
+    return float(values.mean())
+
+
+def _plot_lesions(result: Result) -> "go.Figure":
+    import plotly.graph_objects as go
+
+    df, meta = result.df, result.meta
+    col = f"delta_{meta['metric']}"
+    labels = [f"{s}:{u}" for s, u in df.index]
+    fig = go.Figure([
+        go.Bar(x=labels, y=df[col], name="tested heads", customdata=df[["percentile", "p"]].to_numpy(),
+               hovertemplate="%{x}<br>Δ %{y:.4g}<br>percentile %{customdata[0]:.0f}, p %{customdata[1]:.3g}"
+                             "<extra></extra>"),
+        go.Box(x=["random heads"] * len(meta["null_deltas"]), y=meta["null_deltas"], name="random heads",
+               boxpoints="all", text=meta["null_heads"], hovertemplate="%{text}<br>Δ %{y:.4g}<extra></extra>"),
+    ])
+    fig.add_hline(y=float(df["null_p95"].iloc[0]), line_dash="dash", line_color="grey",
+                  annotation_text="95th percentile of random heads")
+    fig.update_xaxes(type="category", categoryorder="array", categoryarray=[*labels, "random heads"])
+    where = meta["where"] or "all rows"
+    return fig.update_layout(title=f"zero lesion: change in {meta['metric']} on {where}", showlegend=False,
+                             xaxis_title="head", yaxis_title=f"Δ {meta['metric']}")
+
+
+def confirm_by_lesion(model: "TransformerBridge", stimuli: Stimuli, heads: UnitsLike, *,
+                      metric: str = "loss", where: str | None = "is_repeat", n_random: int = 20,
+                      seed: int = 0, batch_size: int = 8, progress: bool = True) -> Result:
+    """Lesion each head and compare the harm with lesions of random heads (runs the model).
+
+    For every head of ``heads`` (a unit table such as ``localize_heads(...).top("induction", 3)``,
+    or ``(site, head)`` pairs), the head is zero-lesioned (``lesion`` + ``intervene``) and the
+    stimuli run again; ``delta`` is the change in the mean ``metric`` of
+    :func:`llmscope.behaviour.token_loss` over the rows where ``where`` is true (``"loss"``:
+    the loss of predicting those tokens, so ``is_repeat`` gives the loss on repeated tokens;
+    ``where=None`` takes every row). The control lesions, one at a time, ``n_random`` distinct
+    heads drawn at random (seeded) from the heads not tested (all of them when fewer remain):
+    their deltas are the null distribution. Harm is a rise in loss or a fall in ``correct``.
+
+    Returns:
+        Result whose ``df`` is indexed by ``(site, unit)``, one row per tested head, most
+        harmful first, with columns ``layer``, ``head``, ``delta_<metric>`` (lesioned - intact),
+        ``null_mean`` (mean delta of the random heads), ``null_p95`` (their 95th percentile of
+        harm, as a delta), ``percentile`` (of the head's harm among the random heads', ties
+        half) and ``p`` (``(1 + #random heads at least as harmful) / (1 + n_null)``).
+        ``meta``: ``model``, ``stimuli``, ``metric``, ``where``, ``baseline`` (intact mean),
+        ``n_rows``, ``n_null``, ``null_heads`` (``"attn.L:h"`` labels), ``null_deltas``, ``seed``.
+        ``.plot()`` draws the tested heads' deltas beside the random heads'.
+
+    Example:
+        >>> r = confirm_by_lesion(model, stim, [("attn.1", 0)], n_random=7, progress=False)
+        >>> r.df["p"].tolist()
+        [0.125]
+    """
+    from scipy import stats
+    from tqdm.auto import tqdm
+
+    from llmscope.interventions import intervene, lesion
+
+    stimuli = check_stimuli(model, stimuli)
+    if not isinstance(metric, str) or metric not in METRICS:
+        raise AnalysisError(f"unknown metric {metric!r}; choose one of {list(METRICS)}.")
+    n_random, seed = count(n_random, "n_random"), count(seed, "seed", minimum=0)
+    batch_size = count(batch_size, "batch_size")
+    progress = flag(progress, "progress")
+    keep = _rows_of_interest(stimuli, where)
+    tested = _head_index(model, heads)
+    every = pd.MultiIndex.from_product([[f"attn.{L}" for L in range(model.cfg.n_layers)],
+                                        range(model.cfg.n_heads)], names=["site", "unit"])
+    pool = every.difference(tested, sort=False)
+    if len(pool) == 0:
+        raise AnalysisError(f"all {len(every)} heads are tested, so no head is left for the random-head "
+                            "control; test fewer heads.")
+    rng = np.random.default_rng(seed)
+    null = pool[np.sort(rng.choice(len(pool), size=min(n_random, len(pool)), replace=False))]
+    sign = METRICS[metric]
+    with tqdm(total=1 + len(tested) + len(null), desc="lesion heads", disable=not progress, leave=False) as bar:
+        baseline = _metric_mean(model, stimuli, metric, keep, batch_size)
+        bar.update()
+        deltas = {}
+        for unit in [*tested, *null]:
+            with intervene(model, lesion(unit[0], [unit[1]])):
+                deltas[unit] = _metric_mean(model, stimuli, metric, keep, batch_size) - baseline
+            bar.update()
+    null_delta = np.array([deltas[u] for u in null])
+    null_harm = sign * null_delta
+    rows = []
+    for s, h in tested:
+        harm = sign * deltas[(s, h)]
+        rows.append({"layer": site(model, s).layer, "head": h, f"delta_{metric}": deltas[(s, h)],
+                     "null_mean": float(null_delta.mean()), "null_p95": sign * float(np.percentile(null_harm, 95)),
+                     "percentile": float(stats.percentileofscore(null_harm, harm, kind="mean")),
+                     "p": (1 + int((null_harm >= harm).sum())) / (1 + len(null))})
+    df = pd.DataFrame(rows, index=tested)
+    df = df.iloc[np.argsort(-sign * df[f"delta_{metric}"].to_numpy(), kind="stable")]
+    meta = dict(model=str(model.cfg.model_name), stimuli=stimuli.name, metric=metric, where=where,
+                baseline=baseline, n_rows=int(keep.sum()), n_null=len(null),
+                null_heads=[f"{s}:{h}" for s, h in null], null_deltas=null_delta.tolist(), seed=seed)
+    return Result(df, kind="head lesions", meta=meta, plotter=_plot_lesions)
+
+
+__all__ = ["localize_heads", "confirm_by_lesion", "HeadScores", "SCORES", "METRICS"]
