@@ -49,6 +49,18 @@ def token_table(model: "TransformerBridge", ids: Sequence[int] | torch.Tensor, *
     return pd.DataFrame({"token": ids, "text": token_texts(model, ids), **extra})
 
 
+def onsets(flags: Sequence[bool] | np.ndarray, seq: Sequence[int] | np.ndarray) -> np.ndarray:
+    """True where ``flags`` turns on within a sequence (the first token of each flagged span).
+
+    Example:
+        >>> onsets([False, True, True, False, True], [0, 0, 0, 0, 1]).tolist()
+        [False, True, False, False, True]
+    """
+    flags, seq = np.asarray(flags, dtype=bool), np.asarray(seq)
+    before = np.concatenate([[False], flags[:-1] & (seq[1:] == seq[:-1])])
+    return flags & ~before
+
+
 class Stimuli:
     """Token sequences shown to a model, with a per-token trial table.
 

@@ -7,7 +7,7 @@ that copies from context can predict the second ``r``: induction heads do.
 Trial-table columns added by :func:`induction`:
 
 * ``half``: 0 on BOS, 1 on the first copy, 2 on the second;
-* ``is_repeat``: True on the second copy;
+* ``is_repeat``: True on the second copy; ``repeat_onset``: True on its first token;
 * ``half_pos``: position within the half (-1 on BOS);
 * ``repeat_of``: for a repeated token, the position of its first occurrence (-1 otherwise).
 
@@ -72,6 +72,7 @@ def induction(model: "TransformerBridge", n_seqs: int = 32, half_len: int = 20, 
     half = np.repeat([0, 1, 2], [n_pre, half_len, half_len])
     half_pos = np.concatenate([np.full(n_pre, -1), np.arange(half_len), np.arange(half_len)])
     repeat_of = np.where(half == 2, np.arange(half.size) - half_len, -1)
-    one = pd.DataFrame({"half": half, "is_repeat": half == 2, "half_pos": half_pos, "repeat_of": repeat_of})
+    one = pd.DataFrame({"half": half, "is_repeat": half == 2, "repeat_onset": (half == 2) & (half_pos == 0),
+                        "half_pos": half_pos, "repeat_of": repeat_of})
     return Stimuli.from_ids(model, seqs, pd.concat([one] * n_seqs, ignore_index=True), name="induction",
                             n_bos=n_pre)

@@ -3,7 +3,8 @@
 :func:`grammar` samples documents; its trial table carries the grammar's own labels:
 ``word``, ``pos_tag`` (BOS DET ADJ NOUN VERB ADV ADP PRON CCONJ PUNCT, Universal POS tags), ``number``
 ("sg"/"pl" on nouns and verbs, else ""), ``is_repeat`` and ``repeat_of`` (verbatim copies of
-earlier spans), ``sent_pos``, ``controller`` (a verb's subject position), ``ambiguous``.
+earlier spans; ``repeat_onset`` on the first token of each copy), ``sent_pos``, ``controller``
+(a verb's subject position), ``ambiguous``.
 
 :func:`agreement` turns number-agreement minimal pairs into stimuli: one sequence per pair
 holding BOS + the sentence up to the verb; every row carries the pair's ``good`` / ``bad``
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Iterable
 import numpy as np
 
 from llmscope.analysis.stats import count
-from llmscope.stimuli.core import Stimuli
+from llmscope.stimuli.core import Stimuli, onsets
 from llmscope.stimuli.subwords import prefix_ids, single_token_id
 from llmscope.tokens import PromptError
 
@@ -80,6 +81,7 @@ def grammar(model: "TransformerBridge", n_docs: int = 16, seed: int = 0,
     ids = df.word.map(word_ids(model, df.word)).to_numpy()
     seqs = np.split(ids, np.cumsum(df.groupby("doc").size().to_numpy())[:-1])  # rows are in doc order
     labels = df.drop(columns=["doc", "pos", "token"])
+    labels["repeat_onset"] = onsets(labels["is_repeat"], df["doc"])
     return Stimuli.from_ids(model, seqs, labels, name="grammar", n_bos=1)
 
 

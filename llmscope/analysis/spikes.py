@@ -1,0 +1,499 @@
+"""Spikes, rasters and peri-stimulus time histograms (PSTH).
+
+A unit *spikes* at a token where its scalar response (:mod:`~llmscope.analysis.responses`:
+a neuron's activation, a head's ``hook_z`` norm) is strictly above a per-unit threshold,
+computed over the rows analysed (BOS rows out unless asked):
+
+* ``method="zscore"``: threshold = mean + ``threshold`` x std (population std) of the unit;
+* ``method="quantile"``: threshold = the unit's ``threshold``-quantile (numpy's linear
+  interpolation), so about ``1 - threshold`` of its tokens spike.
+
+The raster is units x tokens. It is kept sparse, as the list of ``(unit_row, token_col)``
+pairs in a scipy CSR matrix (int32 indices, uint8 ones): 5 bytes per spike, where a dense
+uint8 raster costs a byte per cell (1e6 cells = 1 MB) whatever the rate. Spikes are rare by
+definition, so the list wins whenever fewer than 1 cell in 5 spikes: 4x smaller at q = 0.95,
+10x at the ~2% rate of z = 3 on grammar-2l's mlp.0 (a SmolLM2 MLP site over 20,000 tokens:
+31 MB dense, ~3 MB as a list). Reordering units or taking one unit's spikes is a row slice.
+A canvas gets :meth:`Spikes.pairs` (int32 ``[n_spikes, 2]``, 8 bytes per spike) for the
+whole raster, or :meth:`Spikes.window` (dense uint8) for the part on screen only.
+
+Example:
+    >>> sp = spikes(rec, "attn.1", method="quantile", threshold=0.9, sort_by="pos_tag", progress=False)
+    >>> sp.matrix.shape == (4, len(sp.tokens))
+    True
+    >>> p = psth(sp, "pos_tag == 'NOUN'", window=3, n_shuffle=20)
+    >>> sorted(p.df.offset.unique().tolist())
+    [-3, -2, -1, 0, 1, 2, 3]
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import warnings
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Iterator
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+from tqdm.auto import tqdm
+
+from llmscope.analysis import responses, trials
+from llmscope.analysis.stats import count
+from llmscope.errors import AnalysisError, ColumnError, SiteError
+from llmscope.recording import Recording
+from llmscope.result import Result
+from llmscope.sites import Site, parse_units
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+METHODS = ("zscore", "quantile")
+CONTROLS = ("shuffle", None)
+
+
+# ---------------------------------------------------------------- shared helpers
+
+
+def _labels(index: pd.MultiIndex) -> list[str]:
+    """Categorical axis labels of units: ``"attn.1:0"``."""
+    return [f"{s}:{u}" for s, u in index]
+
+
+def _site_units(units: Any, name: str) -> Any:
+    """The unit indices of a ``(site, unit)`` table / index / Result, which must hold units of
+    site ``name`` only; any other form (ints, None) is returned as given."""
+    if not isinstance(units, (pd.Index, pd.DataFrame, pd.Series, Result)):
+        return units
+    pairs = parse_units(units)
+    other = [spec for spec, _ in pairs if spec != name]
+    if other:
+        raise SiteError(f"these units belong to {other}, not to {name}; pass units of {name} only.")
+    return pairs[0][1]
+
+
+def _kept_blocks(recording: Recording, site: str, units: np.ndarray, keep: np.ndarray,
+                 bar: tqdm) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(first analysed column, responses [n_kept_rows, n_units])`` block by block."""
+    before = np.concatenate([[0], np.cumsum(keep)])
+    for rows, block in responses.blocks(recording, site, units, block_bytes=responses.BLOCK_BYTES):
+        bar.update(rows.stop - rows.start)
+        yield int(before[rows.start]), block[keep[rows]]
+
+
+def _check_threshold(method: Any, threshold: Any) -> float:
+    if method not in METHODS:
+        raise AnalysisError(f"unknown spike method {method!r}; choose one of {list(METHODS)}.")
+    ok = (not isinstance(threshold, bool) and isinstance(threshold, (int, float, np.number))
+          and math.isfinite(threshold))
+    if method == "zscore" and not (ok and threshold > 0):
+        raise AnalysisError(f"a z-score threshold must be a finite number > 0 (standard deviations "
+                            f"above the mean), got {threshold!r}.")
+    if method == "quantile" and not (ok and 0 < threshold < 1):
+        raise AnalysisError(f"a quantile threshold must be a number strictly between 0 and 1 "
+                            f"(0.95 = the top 5% of tokens spike), got {threshold!r}.")
+    return float(threshold)
+
+
+# ---------------------------------------------------------------- thresholds (pass 1)
+
+
+def _zscore_thresholds(blocks: Iterator[tuple[int, np.ndarray]], n_units: int, z: float) -> np.ndarray:
+    """mean + z * std per unit, merging block moments (Chan et al.) so memory stays one block."""
+    n, mean, m2 = 0, np.zeros(n_units), np.zeros(n_units)
+    for _, x in blocks:
+        if len(x) == 0:
+            continue
+        b, bmean = len(x), x.mean(0, dtype=np.float64)
+        bm2 = np.square(x - bmean.astype(np.float32)).sum(0, dtype=np.float64)
+        delta = bmean - mean
+        mean = mean + delta * b / (n + b)
+        m2 = m2 + bm2 + np.square(delta) * n * b / (n + b)
+        n += b
+    return mean + z * np.sqrt(m2 / n)
+
+
+def _quantile_thresholds(blocks: Iterator[tuple[int, np.ndarray]], n_units: int, n: int, q: float) -> np.ndarray:
+    """The q-quantile per unit (as ``np.quantile``), keeping only the top ``n - floor((n-1)q)``
+    values of each unit: about as many floats as the spikes it will find."""
+    h = (n - 1) * q
+    lo = math.floor(h)
+    k = n - lo
+    top = np.full((k, n_units), -np.inf, dtype=np.float32)
+    for _, x in blocks:
+        both = np.concatenate([top, x])
+        top = np.partition(both, len(both) - k, axis=0)[len(both) - k:]
+    low = np.partition(top, 1, axis=0)[:2].astype(np.float64)  # k >= 2 since q < 1
+    return low[0] + (h - lo) * (low[1] - low[0])
+
+
+# ---------------------------------------------------------------- Spikes
+
+
+@dataclass(repr=False, eq=False)
+class Spikes(Result):
+    """Spikes of a site's units over the analysed tokens: a unit table plus a sparse raster.
+
+    Attributes:
+        df: one row per unit, indexed by ``(site, unit)`` in raster order: ``threshold`` (the
+            response level a spike must exceed), ``n_spikes``, ``rate`` (spikes per analysed
+            token); with ``sort_by``, also ``preferred`` and ``auc`` from
+            :func:`~llmscope.analysis.tuning.tuning`.
+        matrix: scipy CSR ``[n_units, n_tokens]`` uint8, 1 where a unit spikes; row i is
+            ``df.index[i]``, column j is ``tokens.iloc[j]``.
+        tokens: the analysed rows of the trial table, one per raster column; its index is
+            the row number in the recording.
+        meta: ``site``, ``method``, ``threshold`` (the argument), ``include_bos``,
+            ``sort_by``, ``n_tokens``, ``n_spikes``, ``recording`` (stimuli name), ``model``,
+            ``complete`` (False: an interrupted recording, analysed as far as it goes).
+
+    ``.plot(units=slice, tokens=slice)`` draws the raster (or a window of it) with plotly.
+
+    Example:
+        >>> sp = spikes(rec, "attn.1", progress=False)
+        >>> sp.window(slice(0, 2), slice(0, 5)).shape, sp.pairs().dtype
+        ((2, 5), dtype('int32'))
+    """
+
+    matrix: sparse.csr_matrix = field(default=None, repr=False)
+    tokens: pd.DataFrame = field(default=None, repr=False)
+
+    def pairs(self) -> np.ndarray:
+        """All spikes as int32 ``[n_spikes, 2]`` ``(unit_row, token_col)`` pairs, row-major."""
+        coo = self.matrix.tocoo()
+        return np.stack([coo.row, coo.col], axis=1).astype(np.int32)
+
+    def window(self, units: slice = slice(None), tokens: slice = slice(None)) -> np.ndarray:
+        """The dense uint8 ``[n_units, n_tokens]`` raster of a window (rows and columns as slices)."""
+        if not isinstance(units, slice) or not isinstance(tokens, slice):
+            raise AnalysisError(f"window() takes two slices (unit rows, token columns), got {units!r}, {tokens!r}.")
+        return self.matrix[units, tokens].toarray().astype(np.uint8)
+
+    def reorder(self, units: Any) -> "Spikes":
+        """The same spikes with rows in the order of ``units`` (a ``(site, unit)`` index,
+        a unit table such as a sorted tuning ``.df``, or a list of unit indices of this site)."""
+        name = self.meta["site"]
+        rows = _rows_of(self.df.index, _site_units(units, name), name)
+        return replace(self, df=self.df.iloc[rows], matrix=self.matrix[rows])
+
+
+def _rows_of(index: pd.MultiIndex, units: Any, name: str) -> np.ndarray:
+    """Positions in ``index`` of the given unit indices; a SiteError names the missing ones."""
+    have = index.get_level_values("unit").to_numpy()
+    want = np.atleast_1d(np.asarray(units))
+    if isinstance(units, (str, bytes)) or want.size == 0 or not np.issubdtype(want.dtype, np.integer):
+        raise SiteError(f"units of {name} are integer indices among {have.tolist()[:10]}..., got {units!r}.")
+    pos = pd.Index(have).get_indexer(want)
+    if (pos < 0).any():
+        raise SiteError(f"units {want[pos < 0].tolist()} of {name} are not in these spikes "
+                        f"(they hold {len(have)} units: {have.tolist()[:10]}...).")
+    return pos
+
+
+def _raster_figure(sp: Spikes, units: slice = slice(None), tokens: slice = slice(None)) -> "go.Figure":
+    """Scattergl raster: one marker per spike, a categorical unit axis in raster order."""
+    import plotly.graph_objects as go
+
+    labels = np.array(_labels(sp.df.index))[units]
+    part = sp.matrix[units, tokens].tocoo()
+    first = range(len(sp.tokens))[tokens]
+    cols = np.asarray(first)[part.col]
+    text = np.array([html.escape(str(t)) for t in sp.tokens["text"].to_numpy()[cols]], dtype=object)
+    fig = go.Figure(go.Scattergl(
+        x=cols, y=labels[part.row], mode="markers", marker=dict(symbol="line-ns-open", size=8),
+        customdata=text, hovertemplate="%{y} at token %{x}: %{customdata}<extra></extra>"))
+    m = sp.meta
+    fig.update_yaxes(type="category", categoryorder="array", categoryarray=list(labels), autorange="reversed",
+                     title="unit")
+    fig.update_xaxes(title="token (analysed rows)")
+    return fig.update_layout(title=f"spikes of {m['site']} ({m['method']} > {m['threshold']:g})"
+                                   + (f", sorted by {m['sort_by']}" if m["sort_by"] else ""))
+
+
+def _selectivity(recording: Recording, s: Site, index: pd.MultiIndex, label: str,
+                 include_bos: bool) -> pd.DataFrame:
+    """``preferred`` and ``auc`` of the units, in raster order: by preferred category, then
+    AUC descending (the tuning module's one-vs-rest AUC)."""
+    from llmscope.analysis.tuning import tuning
+
+    table = tuning(recording, s.name, label, include_bos=include_bos, progress=False).df
+    sel = table.loc[index, ["preferred", "auc"]]
+    return sel.sort_values(["preferred", "auc"], ascending=[True, False], kind="mergesort")
+
+
+def spikes(recording: Recording, site: str, units: Any = None, *, threshold: float = 3.0,
+           method: str = "zscore", include_bos: bool = False, sort_by: str | None = None,
+           progress: bool = True) -> Spikes:
+    """Where each unit of ``site`` spikes: its response strictly above a per-unit threshold.
+
+    Streams the recording twice (thresholds, then crossings), one block at a time; memory is
+    one block plus the spikes (and, for a quantile, about as many floats as spikes).
+
+    Args:
+        recording: a :class:`~llmscope.Recording`.
+        site: a recorded site (``"attn.1"``).
+        units: unit indices of ``site``, or a ``(site, unit)`` table; None for all.
+        threshold: for ``"zscore"`` standard deviations above the mean (> 0); for
+            ``"quantile"`` the quantile in (0, 1).
+        method: ``"zscore"`` or ``"quantile"`` (see the module docstring).
+        include_bos: analyse BOS rows too.
+        sort_by: a label column (``"pos_tag"``): order raster rows by each unit's preferred
+            category, then by its one-vs-rest AUC, descending (from ``tuning``).
+        progress: show a progress bar.
+
+    Returns:
+        :class:`Spikes`.
+
+    Raises:
+        AnalysisError: an unknown method, a threshold outside its range, fewer than 2 tokens.
+        SiteError: a site the recording lacks, a unit index out of range.
+        ColumnError: a ``sort_by`` column the trial table lacks.
+
+    Example:
+        >>> sp = spikes(rec, "mlp.0", method="quantile", threshold=0.99, progress=False)
+        >>> bool((sp.df.rate < 0.02).all())
+        True
+    """
+    threshold = _check_threshold(method, threshold)
+    name = responses.check_site(recording, site)
+    s = recording.site(name)
+    idx = s.check_units(_site_units(units, name))
+    keep = trials.rows(recording.tokens, include_bos)
+    if sort_by is not None:
+        trials.labels(recording.tokens, sort_by, keep)
+    n = int(keep.sum())
+    if n < 2:
+        raise AnalysisError(f"spikes need at least 2 analysed tokens; this recording has {n}.")
+    with tqdm(total=2 * len(recording), unit="tok", desc=f"spikes {name}", disable=not progress) as bar:
+        blocks = _kept_blocks(recording, name, idx, keep, bar)
+        thr = (_zscore_thresholds(blocks, len(idx), threshold) if method == "zscore"
+               else _quantile_thresholds(blocks, len(idx), n, threshold))
+        cols, rows = [], []
+        for c0, x in _kept_blocks(recording, name, idx, keep, bar):
+            token, unit = np.nonzero(x > thr)
+            cols.append((token + c0).astype(np.int32))
+            rows.append(unit.astype(np.int32))
+    cols, rows = np.concatenate(cols), np.concatenate(rows)
+    matrix = sparse.csr_matrix((np.ones(len(cols), np.uint8), (rows, cols)), shape=(len(idx), n))
+    n_spikes = np.asarray(matrix.sum(1)).ravel()
+    df = pd.DataFrame({"threshold": thr, "n_spikes": n_spikes, "rate": n_spikes / n}, index=s.unit_index(idx))
+    meta = {"site": name, "method": method, "threshold": threshold, "include_bos": include_bos,
+            "sort_by": sort_by, "n_tokens": n, "n_spikes": int(n_spikes.sum()),
+            "recording": recording.name, "model": recording.model_name, "complete": recording.complete}
+    sp = Spikes(df, kind="spikes", meta=meta, plotter=_raster_figure, matrix=matrix,
+                tokens=recording.tokens[keep])
+    if sort_by is None:
+        return sp
+    sel = _selectivity(recording, s, df.index, sort_by, include_bos)
+    sp = sp.reorder(sel.index)
+    sp.df = sp.df.join(sel)
+    return sp
+
+
+# ---------------------------------------------------------------- PSTH
+
+
+def _events(tokens: pd.DataFrame, event: Any) -> np.ndarray:
+    """Boolean mask of event rows: a boolean column's name or a query on the trial table."""
+    if not isinstance(event, str) or not event.strip():
+        raise AnalysisError(f"an event is a boolean column name or a query string such as "
+                            f"\"pos_tag == 'NOUN'\", got {event!r}.")
+    if event in tokens.columns:
+        mask = tokens[event]
+    else:
+        try:
+            mask = tokens.eval(event)
+        except pd.errors.UndefinedVariableError as exc:
+            raise ColumnError(f"the event {event!r} names a column the trial table lacks ({exc}); "
+                              f"its columns are {list(tokens.columns)}.") from None
+        except Exception as exc:  # a syntax error or a query pandas cannot evaluate
+            raise AnalysisError(f"the event {event!r} is not a valid query on the trial table "
+                                f"({type(exc).__name__}: {exc}).") from None
+    if not isinstance(mask, pd.Series) or not pd.api.types.is_bool_dtype(mask):
+        raise AnalysisError(f"the event {event!r} must select rows (a boolean column or a comparison "
+                            f"such as \"pos_tag == 'NOUN'\"), but it gives {getattr(mask, 'dtype', mask)!r}.")
+    mask = mask.astype("boolean").fillna(False).to_numpy(dtype=bool)
+    if not mask.any():
+        raise AnalysisError(f"the event {event!r} matches none of the {len(tokens)} tokens analysed.")
+    return mask
+
+
+def _shuffled(seq: np.ndarray, events: np.ndarray, n_shuffle: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Event columns moved to random distinct positions of their own sequences, ``n_shuffle`` times."""
+    _, code = np.unique(seq, return_inverse=True)
+    starts = np.concatenate([[0], np.cumsum(np.bincount(code))])[:-1]
+    per_seq = np.bincount(code[events], minlength=len(starts))
+    rank = np.arange(len(seq)) - starts[code]  # rows are grouped by sequence, as the trial table is
+    for _ in range(n_shuffle):
+        perm = np.argsort(code + rng.random(len(seq)))  # each sequence's rows, in random order
+        yield np.sort(perm[rank < per_seq[code]])
+
+
+def _weights(tokens: pd.DataFrame, event_sets: list[np.ndarray], window: int) -> tuple[sparse.csc_matrix, np.ndarray]:
+    """Sparse ``[n_sets * n_offsets, n_tokens]`` float32 whose row ``set * K + k`` marks the
+    analysed columns at offset ``k - window`` from that set's events, within their sequences,
+    and the number of such columns per row. CSC: a block of token columns is a cheap slice,
+    and the product with responses keeps the output rows in cache."""
+    seq, pos = tokens["seq"].to_numpy(np.int64), tokens["pos"].to_numpy(np.int64)
+    key = seq * (int(pos.max()) + window + 1) + pos  # offsets never reach another sequence's keys
+    if np.any(np.diff(key) <= 0):
+        raise AnalysisError("the trial table is not in (seq, pos) order, one row per token; "
+                            "psth needs the rows as a recording stores them.")
+    offsets = np.arange(-window, window + 1)[:, None]
+    targets = []
+    for ev in event_sets:
+        want = key[ev][None, :] + offsets  # [n_offsets, n_events]
+        at = np.minimum(np.searchsorted(key, want), len(key) - 1)
+        hit = key[at] == want
+        targets += [row[h] for row, h in zip(at, hit)]  # ascending, since the events are
+    counts = np.array([len(t) for t in targets])
+    indices = np.concatenate(targets)
+    w = sparse.csr_matrix((np.ones(len(indices), np.float32), indices, np.concatenate([[0], np.cumsum(counts)])),
+                          shape=(len(targets), len(tokens)))
+    return w.tocsc(), counts
+
+
+def _psth_figure(result: Result, max_units: int = 8) -> "go.Figure":
+    """Lines of the rate per unit against offset, with the shuffled mean (dotted) and 95% band."""
+    import plotly.colors
+    import plotly.graph_objects as go
+
+    df = result.df
+    units = list(dict.fromkeys(zip(df.site, df.unit)))[:max_units]
+    palette = plotly.colors.qualitative.Plotly
+    fig = go.Figure()
+    for i, (s, u) in enumerate(units):
+        d, color, label = df[(df.site == s) & (df.unit == u)], palette[i % len(palette)], f"{s}:{u}"
+        if d.rate_shuffled.notna().any():
+            fig.add_scatter(x=np.concatenate([d.offset, d.offset[::-1]]),
+                            y=np.concatenate([d.shuffled_high, d.shuffled_low[::-1]]), fill="toself",
+                            fillcolor=color, opacity=0.2, line=dict(width=0), hoverinfo="skip",
+                            legendgroup=label, showlegend=False)
+            fig.add_scatter(x=d.offset, y=d.rate_shuffled, mode="lines", line=dict(color=color, dash="dot"),
+                            legendgroup=label, name=f"{label} shuffled")
+        fig.add_scatter(x=d.offset, y=d.rate, mode="lines+markers", line=dict(color=color),
+                        legendgroup=label, name=label)
+    fig.add_vline(x=0, line=dict(color="grey", dash="dash"))
+    m = result.meta
+    return fig.update_layout(title=f"PSTH of {m['site']} on {html.escape(m['event'])} ({m['n_events']} events)",
+                             xaxis_title="offset from event (tokens)", yaxis_title=m["measure"])
+
+
+def _psth_source(source: Any, site: str | None, units: Any, include_bos: bool | None,
+                 progress: bool) -> tuple[str, pd.MultiIndex, pd.DataFrame, bool, Any]:
+    """Check a PSTH's source; return its site, units, analysed rows, BOS choice and
+    ``summed(w) -> [n_rows of w, n_units]``: the spikes or responses summed under weights ``w``."""
+    if isinstance(source, Spikes):
+        name = source.meta["site"]
+        if site is not None and site != name:
+            raise SiteError(f"these spikes are of {name}, not of {site!r}; leave site out.")
+        if include_bos is not None:
+            raise AnalysisError("include_bos applies to a Recording; Spikes keep the rows they were found on.")
+        rows = slice(None) if units is None else _rows_of(source.df.index, _site_units(units, name), name)
+        return (name, source.df.index[rows], source.tokens, source.meta["include_bos"],
+                lambda w: (source.matrix[rows] @ w.T).toarray().T)
+    if not isinstance(source, Recording):
+        raise AnalysisError(f"psth takes Spikes or a Recording, got {type(source).__name__}.")
+    if site is None:
+        raise SiteError(f"psth of a Recording needs site=, one of {source.sites}.")
+    name = responses.check_site(source, site)
+    idx = source.site(name).check_units(_site_units(units, name))
+    include_bos = False if include_bos is None else include_bos
+    keep = trials.rows(source.tokens, include_bos)
+
+    def summed(w: sparse.csc_matrix) -> np.ndarray:
+        out = np.zeros((w.shape[0], len(idx)))
+        with tqdm(total=len(source), unit="tok", desc=f"psth {name}", disable=not progress) as bar:
+            for c0, x in _kept_blocks(source, name, idx, keep, bar):
+                out += (w if len(x) == w.shape[1] else w[:, c0:c0 + len(x)]) @ x
+        return out
+
+    return name, source.site(name).unit_index(idx), source.tokens[keep], include_bos, summed
+
+
+def _psth_table(index: pd.MultiIndex, rate: np.ndarray, n_events: np.ndarray, window: int) -> pd.DataFrame:
+    """The long-form PSTH table from ``rate [1 + n_shuffle, n_offsets, n_units]`` (set 0 = real events)."""
+    real, shuf = rate[0].T, rate[1:].transpose(2, 1, 0)  # [unit, offset], [unit, offset, shuffle]
+    k = real.shape[1]
+    if len(shuf[0, 0]):
+        with warnings.catch_warnings():  # an offset no shuffled event reaches is NaN, and says so
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean, (low, high) = np.nanmean(shuf, axis=2), np.nanpercentile(shuf, [2.5, 97.5], axis=2)
+    else:
+        mean = low = high = np.full(real.shape, np.nan)
+    return pd.DataFrame({
+        "site": np.repeat(index.get_level_values("site"), k),
+        "unit": np.repeat(index.get_level_values("unit"), k),
+        "offset": np.tile(np.arange(-window, window + 1), len(index)),
+        "rate": real.ravel(), "rate_shuffled": mean.ravel(),
+        "shuffled_low": low.ravel(), "shuffled_high": high.ravel(),
+        "n_events": np.tile(n_events.astype(np.int64), len(index)),
+    })
+
+
+def psth(source: "Spikes | Recording", event: str, window: int = 5, *, site: str | None = None,
+         units: Any = None, include_bos: bool | None = None, control: str | None = "shuffle",
+         n_shuffle: int = 100, seed: int = 0, progress: bool = True) -> Result:
+    """Peri-stimulus time histogram: each unit's activity at offsets ``-window..+window`` tokens
+    around the events, within the event's own sequence.
+
+    From :class:`Spikes` the measure is the spike rate (the fraction of events whose token at
+    that offset spikes); from a Recording it is the mean scalar response there. An offset that
+    falls outside the sequence (or on a row not analysed, such as BOS) is not counted, so
+    ``n_events`` can shrink near the edges. The control moves the events of each sequence to
+    as many random distinct positions of that sequence, ``n_shuffle`` times, and measures them
+    the same way. Memory: one block of responses, plus ``(1 + n_shuffle) x (2 window + 1)``
+    event weights per event and as many sums per unit.
+
+    Args:
+        source: :class:`Spikes` (from :func:`spikes`) or a Recording.
+        event: a boolean trial-table column (``"is_onset"``) or a query (``"pos_tag == 'NOUN'"``).
+        window: offsets ``-window..+window`` (>= 1).
+        site: the site, for a Recording (Spikes know theirs).
+        units: a subset of the units (indices of the site, or a ``(site, unit)`` table).
+        include_bos: for a Recording, analyse BOS rows too (default False); Spikes keep the
+            rows they were found on.
+        control: ``"shuffle"`` or None (no control).
+        n_shuffle: shuffles of the control (>= 1).
+        seed: seeds the shuffles.
+        progress: show a progress bar (Recording only: it streams the responses once).
+
+    Returns:
+        A Result whose ``.df`` is long form, one row per unit and offset: ``site``, ``unit``,
+        ``offset``, ``rate``, ``rate_shuffled`` (mean over shuffles), ``shuffled_low`` and
+        ``shuffled_high`` (its 2.5 and 97.5 percentiles), ``n_events`` (events counted at that
+        offset). ``.meta``: ``site``, ``event``, ``window``, ``measure`` (``"spike rate"`` or
+        ``"mean response"``), ``spikes`` (the method and threshold of Spikes, else None),
+        ``control``, ``n_shuffle``, ``seed``, ``n_events``, ``include_bos``, ``complete``.
+
+    Example:
+        >>> p = psth(rec, "is_repeat", window=3, site="attn.1", n_shuffle=20, progress=False)
+        >>> p.df.columns[:4].tolist()
+        ['site', 'unit', 'offset', 'rate']
+    """
+    window = count(window, "window")
+    if control not in CONTROLS:
+        raise AnalysisError(f"unknown control {control!r}; choose one of {list(CONTROLS)}.")
+    n_shuffle = count(n_shuffle, "n_shuffle") if control else 0
+    seed = count(seed, "seed", minimum=0)
+    name, index, tokens, include_bos, summed = _psth_source(source, site, units, include_bos, progress)
+    events = _events(tokens, event)
+    sets = [np.flatnonzero(events),
+            *_shuffled(tokens["seq"].to_numpy(), events, n_shuffle, np.random.default_rng(seed))]
+    w, counts = _weights(tokens, sets, window)
+    k = 2 * window + 1
+    counts = counts.reshape(len(sets), k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rate = summed(w).reshape(len(sets), k, len(index)) / counts[:, :, None]  # [set, offset, unit]
+    df = _psth_table(index, rate, counts[0], window)
+    from_spikes = isinstance(source, Spikes)
+    meta = {"site": name, "event": event, "window": window,
+            "measure": "spike rate" if from_spikes else "mean response",
+            "spikes": {key: source.meta[key] for key in ("method", "threshold")} if from_spikes else None,
+            "complete": source.meta["complete"] if from_spikes else source.complete, "control": control,
+            "n_shuffle": n_shuffle, "seed": seed, "n_events": int(events.sum()), "include_bos": include_bos}
+    return Result(df, kind="psth", meta=meta, plotter=_psth_figure)
+
+
+__all__ = ["spikes", "Spikes", "psth", "METHODS"]
