@@ -66,7 +66,7 @@ def read_card(name: str | Path) -> dict:
     wall time, losses, the induction onset and the training curve), `facts`, `thresholds`.
 
     Example:
-        >>> read_card("grammar-2l")["training"]["config"]["n_layer"]   # doctest: +SKIP
+        >>> read_card("grammar-2l")["training"]["config"]["n_layer"]
         2
     """
     return json.loads((organism_folder(name) / "card.json").read_text())
@@ -98,7 +98,7 @@ def failures(facts: dict) -> list[str]:
     """The facts that miss their thresholds, one line each; empty when all pass.
 
     Example:
-        >>> failures(read_card("grammar-2l")["facts"])                 # doctest: +SKIP
+        >>> failures(read_card("grammar-2l")["facts"])
         []
     """
     t, bad = THRESHOLDS, []
