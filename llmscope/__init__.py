@@ -13,8 +13,10 @@ Example:
 
 from llmscope import analysis, models, stimuli
 from llmscope.analysis.effect import effect
+from llmscope.analysis.examples import ExamplesResult, top_examples
 from llmscope.analysis.heads import confirm_by_lesion, localize_heads
 from llmscope.analysis.spikes import Spikes, psth, spikes
+from llmscope.analysis.tuning import TuningResult, tuning
 from llmscope.analysis.patching import patching
 from llmscope.behaviour import evaluate, logit_diff, metric, token_loss
 from llmscope.errors import (AnalysisError, ColumnError, InterventionError, LLMScopeError, ModelNotAvailable,
@@ -35,6 +37,7 @@ __all__ = [
     "record", "Recording", "IncompleteRecordingWarning",
     "token_loss", "logit_diff", "metric", "evaluate", "Result",
     "analysis", "effect", "patching", "localize_heads", "confirm_by_lesion", "spikes", "psth", "Spikes",
+    "tuning", "TuningResult", "top_examples", "ExamplesResult",
     "LLMScopeError", "SiteError", "PromptError", "InterventionError", "RecordingError", "ModelNotAvailable",
     "AnalysisError", "ColumnError",
 ]

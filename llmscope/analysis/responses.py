@@ -12,14 +12,14 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator, Sequence
+import warnings
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from llmscope.errors import SiteError
+from llmscope.errors import AnalysisError, SiteError
 
-if TYPE_CHECKING:
-    from llmscope.recording import Recording
+from llmscope.recording import IncompleteRecordingWarning, Recording
 
 BLOCK_BYTES = 64 << 20  # float32 bytes held per block: bounded memory whatever the recording's size
 
@@ -28,6 +28,20 @@ def _reduce(data: np.ndarray) -> np.ndarray:
     if data.ndim == 2:
         return data
     return np.sqrt(np.square(data).reshape(*data.shape[:2], -1).sum(-1))
+
+
+def check_recording(recording: Any, analysis: str) -> dict[str, Any]:
+    """``recording``'s provenance for an analysis's ``.meta`` (model, stimuli, how complete);
+    an AnalysisError if it is not a Recording, an IncompleteRecordingWarning if it is incomplete."""
+    if not isinstance(recording, Recording):
+        raise AnalysisError(f"{analysis}() reads a Recording (llmscope.record or Recording.open); "
+                            f"got {type(recording).__name__}.")
+    if not recording.complete:
+        warnings.warn(f"{analysis}: the recording {recording.name!r} is incomplete ({recording.done_seqs} of "
+                      f"{recording.n_seqs} sequences); analysing the {len(recording)} tokens it holds. Finish it "
+                      "with record(...) on the same store.", IncompleteRecordingWarning, stacklevel=3)
+    return {"model": recording.model_name, "stimuli": recording.name, "complete": recording.complete,
+            "recorded_seqs": recording.done_seqs, "stimuli_seqs": recording.n_seqs}
 
 
 def check_site(recording: "Recording", site: str) -> str:
@@ -60,6 +74,8 @@ def _mask(n: int, rows: slice) -> np.ndarray:
 def scalar(recording: "Recording", site: str, units: Sequence[int] | None = None) -> np.ndarray:
     """All responses of ``site``'s units as one float32 array ``[n_tokens, n_units]``."""
     s = recording.site(site)
+    if len(s.shape) == 1:  # one value per unit: the responses are the answer, read once
+        return recording.responses(s.name, units=units)
     n = len(s.check_units(units))
     out = np.empty((len(recording), n), dtype=np.float32)
     for rows, block in blocks(recording, site, units):
@@ -67,4 +83,4 @@ def scalar(recording: "Recording", site: str, units: Sequence[int] | None = None
     return out
 
 
-__all__ = ["scalar", "blocks", "check_site", "BLOCK_BYTES"]
+__all__ = ["scalar", "blocks", "check_site", "check_recording", "BLOCK_BYTES"]

@@ -44,7 +44,7 @@ from llmscope.analysis.stats import count
 from llmscope.errors import AnalysisError, ColumnError, SiteError
 from llmscope.recording import Recording
 from llmscope.result import Result
-from llmscope.sites import Site, parse_units
+from llmscope.sites import Site, parse_units, unit_labels
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -54,11 +54,6 @@ CONTROLS = ("shuffle", None)
 
 
 # ---------------------------------------------------------------- shared helpers
-
-
-def _labels(index: pd.MultiIndex) -> list[str]:
-    """Categorical axis labels of units: ``"attn.1:0"``."""
-    return [f"{s}:{u}" for s, u in index]
 
 
 def _site_units(units: Any, name: str) -> Any:
@@ -146,7 +141,8 @@ class Spikes(Result):
             the row number in the recording.
         meta: ``site``, ``method``, ``threshold`` (the argument), ``include_bos``,
             ``sort_by``, ``n_tokens``, ``n_spikes``, ``recording`` (stimuli name), ``model``,
-            ``complete`` (False: an interrupted recording, analysed as far as it goes).
+            ``model``, ``stimuli``, ``complete`` (False: an interrupted recording, analysed as far as
+            it goes; a warning says so), ``recorded_seqs``, ``stimuli_seqs``.
 
     ``.plot(units=slice, tokens=slice)`` draws the raster (or a window of it) with plotly.
 
@@ -195,7 +191,7 @@ def _raster_figure(sp: Spikes, units: slice = slice(None), tokens: slice = slice
     """Scattergl raster: one marker per spike, a categorical unit axis in raster order."""
     import plotly.graph_objects as go
 
-    labels = np.array(_labels(sp.df.index))[units]
+    labels = np.array(unit_labels(sp.df.index))[units]
     part = sp.matrix[units, tokens].tocoo()
     first = range(len(sp.tokens))[tokens]
     cols = np.asarray(first)[part.col]
@@ -255,6 +251,7 @@ def spikes(recording: Recording, site: str, units: Any = None, *, threshold: flo
         >>> bool((sp.df.rate < 0.02).all())
         True
     """
+    provenance = responses.check_recording(recording, "spikes")
     threshold = _check_threshold(method, threshold)
     name = responses.check_site(recording, site)
     s = recording.site(name)
@@ -280,7 +277,7 @@ def spikes(recording: Recording, site: str, units: Any = None, *, threshold: flo
     df = pd.DataFrame({"threshold": thr, "n_spikes": n_spikes, "rate": n_spikes / n}, index=s.unit_index(idx))
     meta = {"site": name, "method": method, "threshold": threshold, "include_bos": include_bos,
             "sort_by": sort_by, "n_tokens": n, "n_spikes": int(n_spikes.sum()),
-            "recording": recording.name, "model": recording.model_name, "complete": recording.complete}
+            **provenance}
     sp = Spikes(df, kind="spikes", meta=meta, plotter=_raster_figure, matrix=matrix,
                 tokens=recording.tokens[keep])
     if sort_by is None:
