@@ -280,6 +280,11 @@ def resolve_units(model: "TransformerBridge", units: UnitsLike, indices: Any = N
     return list(out.values())
 
 
+def unit_labels(index: pd.MultiIndex) -> list[str]:
+    """Categorical axis labels of a ``(site, unit)`` index: ``["mlp.0:12", "attn.1:0"]``."""
+    return [f"{s}:{u}" for s, u in index]
+
+
 def unit_index(model: "TransformerBridge", units: UnitsLike, indices: Any = None) -> pd.MultiIndex:
     """The ``(site, unit)`` MultiIndex of any accepted form of units (see the module docstring)."""
     resolved = resolve_units(model, units, indices)
