@@ -12,7 +12,8 @@ import time
 import torch
 
 import llmscope
-from llmscope.behaviour import logit_diff, patching
+from llmscope.analysis.patching import patching
+from llmscope.behaviour import evaluate, logit_diff
 from llmscope.interventions import gain, intervene, patch
 from llmscope.stimuli import Stimuli, ioi
 from tests.bench.bench_forward import interleaved_medians
@@ -28,14 +29,14 @@ def slider() -> list[dict]:
     factors = itertools.cycle([0.0, 0.5, 2.0, 4.0])
 
     def slider_move() -> None:
-        with intervene(model, gain(("mlp.15", range(10)), factor=next(factors))):
+        with intervene(model, gain("mlp.15", range(10), factor=next(factors))):
             model(ids)
 
     with torch.no_grad():
         med = interleaved_medians({"bare forward": lambda: model(ids), "gain forward": slider_move}, REPEATS)
     t = time.perf_counter()
     for _ in range(BLOCKS):
-        with intervene(model, gain(("mlp.15", range(10)), factor=next(factors))):
+        with intervene(model, gain("mlp.15", range(10), factor=next(factors))):
             pass
     block = (time.perf_counter() - t) / BLOCKS
     ratio = med["gain forward"] / med["bare forward"]
@@ -49,24 +50,13 @@ def slider() -> list[dict]:
     ]
 
 
-def ioi_pair(model) -> tuple[Stimuli, Stimuli]:
-    """One IOI prompt, and its corrupt twin: the repeated name (S2) replaced by the other (IO)."""
-    clean = ioi(model, n=1, seed=0)
-    table = clean.tokens.copy()
-    s2 = table.index[table["role"] == "S2"]
-    table.loc[s2, "token"] = table["io_id"][s2]
-    ids = clean.ids.clone()
-    ids[0, table["pos"][s2].to_numpy()] = torch.as_tensor(table["io_id"][s2].to_numpy())
-    return clean, Stimuli(ids, clean.lengths, table, name="ioi corrupt")
-
-
-def ioi_diff(model, stim: Stimuli):
-    return logit_diff(model, stim, good="io_id", bad="s_id", batch_size=stim.n_seqs)
+def ioi_diff(logits, stim: Stimuli):
+    return logit_diff(logits, stim, good="io_id", bad="s_id")
 
 
 def patching_speed() -> list[dict]:
     model = llmscope.load("smollm2-135m")
-    clean, corrupt = ioi_pair(model)
+    clean, corrupt = ioi(model, n=1, seed=0, corrupt=True)
     width = int(clean.lengths.max())
 
     def plain() -> None:  # the definition: one intervened forward per site x position
@@ -75,11 +65,11 @@ def patching_speed() -> list[dict]:
         for s in PATCH_SITES:
             for p in range(width):
                 with intervene(model, patch(source, s, positions=[p])):
-                    ioi_diff(model, target)
+                    evaluate(model, target, ioi_diff, batch_size=target.n_seqs)
 
     with torch.no_grad():
         med = interleaved_medians({"plain": plain, "stacked": lambda: patching(model, clean, corrupt, ioi_diff,
-                                                                             sites=PATCH_SITES)}, 1)
+                                                                             sites=PATCH_SITES, progress=False)}, 1)
     case = f"1 IOI prompt x {width} positions x {len(PATCH_SITES)} resid sites"
     row = dict(case=case, unit="s (median)", goal="")
     return [
