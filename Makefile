@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install lab test bench clean-cache
+.PHONY: install lab test bench clean-cache bundle widgets-test
 
 install: $(STAMP)
 
@@ -41,7 +41,18 @@ LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
 lab: install
 	$(BIN)/jupyter lab $(LAB_ARGS) notebooks/
 
-test: install $(CHROMIUM)
+# The widgets' front end: widgets/src/ bundled into llmscope/static/ by the esbuild locked in
+# widgets/package-lock.json. The bundle is committed, so installing llmscope needs no Node.
+bundle:
+	cd widgets && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build
+
+# Rebuilt on every test run: a bundle that differs from the committed one fails (commit it).
+widgets-test: bundle
+	@test -z "$$(git status --porcelain -- llmscope/static)" || { git status --short -- llmscope/static; \
+	  echo "llmscope/static/ differs from the committed bundle: commit what make bundle built."; exit 1; }
+	node --test widgets/test/
+
+test: install $(CHROMIUM) widgets-test
 	$(BIN)/python -m pytest tests/unit tests/browser notebooks llmscope --nbval-lax --doctest-modules -p no:cacheprovider
 
 bench: install

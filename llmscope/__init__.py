@@ -20,7 +20,7 @@ from llmscope.analysis.tuning import TuningResult, tuning
 from llmscope.analysis.patching import patching
 from llmscope.behaviour import evaluate, logit_diff, metric, token_loss
 from llmscope.errors import (AnalysisError, ColumnError, InterventionError, LLMScopeError, ModelNotAvailable,
-                             PromptError, RecordingError, SiteError)
+                             PromptError, RecordingError, SiteError, WidgetError)
 from llmscope.interventions import gain, intervene, lesion, patch, steer
 from llmscope.models import available, load
 from llmscope.recording import IncompleteRecordingWarning, Recording, record
@@ -28,6 +28,7 @@ from llmscope.result import Result
 from llmscope.sites import Site, site, unit_index
 from llmscope.stimuli import Stimuli
 from llmscope.tokens import tokenize
+from llmscope.widgets import AttentionMap
 
 __all__ = [
     "models", "load", "available",
@@ -39,5 +40,6 @@ __all__ = [
     "analysis", "effect", "patching", "localize_heads", "confirm_by_lesion", "spikes", "psth", "Spikes",
     "tuning", "TuningResult", "top_examples", "ExamplesResult",
     "LLMScopeError", "SiteError", "PromptError", "InterventionError", "RecordingError", "ModelNotAvailable",
-    "AnalysisError", "ColumnError",
+    "AnalysisError", "ColumnError", "WidgetError",
+    "AttentionMap",
 ]

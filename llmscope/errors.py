@@ -45,6 +45,10 @@ class AnalysisError(LLMScopeError, ValueError):
     """Arguments an analysis cannot work with: a wrong type, a value out of range, too little data."""
 
 
+class WidgetError(LLMScopeError, ValueError):
+    """A malformed message from a widget's page, or a widget that cannot be built (missing bundle)."""
+
+
 class ColumnError(LLMScopeError, KeyError):
     """A trial-table column that does not exist (or cannot be used as asked)."""
 
@@ -53,4 +57,4 @@ class ColumnError(LLMScopeError, KeyError):
 
 
 __all__ = ["LLMScopeError", "SiteError", "PromptError", "InterventionError", "RecordingError",
-           "ModelNotAvailable", "AnalysisError", "ColumnError"]
+           "ModelNotAvailable", "AnalysisError", "ColumnError", "WidgetError"]

@@ -1,0 +1,711 @@
+/* Built by esbuild from widgets/src (cd widgets && npm run build); do not edit. */
+
+// src/dom.js
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (/^on/i.test(key)) throw new TypeError(`h() does not set event-handler attributes (${key})`);
+    if (value === false || value === null || value === void 0) continue;
+    if (key === "class") el.className = String(value);
+    else el.setAttribute(key, value === true ? "" : String(value));
+  }
+  el.append(...children.filter((c) => c !== null && c !== void 0 && c !== false && c !== ""));
+  return el;
+}
+function indexIn(target, root, selector) {
+  const hit = target instanceof Element ? target.closest(selector) : null;
+  return hit && root.contains(hit) ? Number(hit.getAttribute("data-index")) : null;
+}
+
+// src/wire.js
+var WireError = class extends Error {
+  name = "WireError";
+};
+var KernelError = class extends Error {
+  name = "KernelError";
+  /** @param {{type?: string, message?: string, traceback?: string}} error */
+  constructor(error) {
+    super(String(error?.message ?? "the kernel reported an error without a message"));
+    this.type = String(error?.type ?? "Error");
+    this.traceback = error?.traceback ? String(error.traceback) : "";
+  }
+};
+var KernelTimeout = class extends Error {
+  name = "KernelTimeout";
+  /** @param {string} command @param {number} ms */
+  constructor(command, ms) {
+    super(`the kernel did not answer "${command}" within ${Math.round(ms / 1e3)} s: it may still be busy, or it was restarted (run the widget's cell again)`);
+  }
+};
+function asBytes(buffer) {
+  if (buffer instanceof ArrayBuffer) return new Uint8Array(buffer);
+  if (ArrayBuffer.isView(buffer)) return new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.byteLength);
+  throw new WireError(`expected a binary buffer, got ${typeof buffer}`);
+}
+function putBuffers(data, paths, buffers) {
+  if (paths.length !== buffers.length) {
+    throw new WireError(`the reply names ${paths.length} buffer paths but carries ${buffers.length} buffers`);
+  }
+  paths.forEach((path, i) => {
+    let node = data;
+    for (const key of path.slice(0, -1)) node = node?.[key];
+    if (node === null || typeof node !== "object" || path.length === 0) {
+      throw new WireError(`buffer path ${JSON.stringify(path)} does not exist in the reply`);
+    }
+    node[path[path.length - 1]] = buffers[i];
+  });
+  return data;
+}
+function float16ToFloat32(halves) {
+  const out = new Float32Array(halves.length);
+  for (let i = 0; i < halves.length; i++) {
+    const h2 = halves[i];
+    const sign = h2 & 32768 ? -1 : 1;
+    const exponent = h2 >> 10 & 31;
+    const fraction = h2 & 1023;
+    if (exponent === 0) out[i] = sign * fraction * 2 ** -24;
+    else if (exponent === 31) out[i] = fraction ? NaN : sign * Infinity;
+    else out[i] = sign * (1 + fraction / 1024) * 2 ** (exponent - 15);
+  }
+  return out;
+}
+var DTYPES = {
+  uint8: { size: 1, view: (b) => b },
+  int32: { size: 4, view: (b) => new Int32Array(b.buffer, b.byteOffset, b.byteLength / 4) },
+  float32: { size: 4, view: (b) => new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4) },
+  float16: {
+    size: 2,
+    view: (b) => float16ToFloat32(new Uint16Array(b.buffer, b.byteOffset, b.byteLength / 2))
+  }
+};
+function unpackTril(packed, n, count) {
+  const per = n * (n + 1) / 2;
+  if (packed.length !== per * count) {
+    throw new WireError(`a lower triangle of ${count} x ${n} x ${n} holds ${per * count} values, got ${packed.length}`);
+  }
+  const full = (
+    /** @type {T} */
+    new /** @type {any} */
+    packed.constructor(count * n * n)
+  );
+  let src = 0;
+  for (let m = 0; m < count; m++) {
+    for (let row = 0; row < n; row++) {
+      const start = m * n * n + row * n;
+      full.set(packed.subarray(src, src + row + 1), start);
+      src += row + 1;
+    }
+  }
+  return full;
+}
+async function inflate(bytes) {
+  const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("deflate"));
+  return new Uint8Array(await new Response(stream).arrayBuffer());
+}
+async function decodeArray(payload) {
+  const { dtype, shape, layout, compression } = payload;
+  const kind = Object.hasOwn(DTYPES, dtype) ? DTYPES[
+    /** @type {keyof typeof DTYPES} */
+    dtype
+  ] : null;
+  if (!kind) throw new WireError(`unsupported dtype ${JSON.stringify(dtype)}; expected one of ${Object.keys(DTYPES)}`);
+  if (!Array.isArray(shape) || !shape.every((d) => Number.isInteger(d) && d >= 0)) {
+    throw new WireError(`bad shape ${JSON.stringify(shape)}`);
+  }
+  if (compression !== void 0 && compression !== "deflate") throw new WireError(`unknown compression ${compression}`);
+  if (layout !== void 0 && layout !== "tril") throw new WireError(`unknown layout ${layout}`);
+  let bytes = asBytes(payload.buffer);
+  if (compression === "deflate") bytes = await inflate(bytes);
+  if (bytes.byteLength % kind.size) throw new WireError(`${bytes.byteLength} bytes is not a whole number of ${dtype}`);
+  let data = kind.view(bytes.byteOffset % kind.size ? bytes.slice() : bytes);
+  const size = shape.reduce((a, b) => a * b, 1);
+  if (layout === "tril") {
+    const n = shape[shape.length - 1];
+    if (shape.length < 2 || shape[shape.length - 2] !== n) throw new WireError(`a tril layout needs [..., n, n], got [${shape}]`);
+    data = unpackTril(data, n, n ? size / (n * n) : 0);
+  }
+  if (data.length !== size) throw new WireError(`shape [${shape}] holds ${size} values, got ${data.length}`);
+  return { data, shape };
+}
+var SUPERSEDED = /* @__PURE__ */ Symbol("superseded");
+var MAX_REQUEST_BYTES = 8 * 2 ** 20;
+var Channel = class {
+  /** @param {Invoke} invoke @param {string} command @param {{timeoutMs?: number}} [options] */
+  constructor(invoke, command, { timeoutMs = 6e4 } = {}) {
+    this.invoke = invoke;
+    this.command = command;
+    this.timeoutMs = timeoutMs;
+    this.seq = 0;
+    this.inFlight = null;
+  }
+  /**
+   * Ask the kernel. Resolves to the reply's data (buffers in place), or to null when a newer
+   * request made this one stale; rejects with a KernelError, KernelTimeout or WireError (also
+   * for a request too large to send).
+   * @param {object} [fields]
+   * @returns {Promise<any>}
+   */
+  async request(fields = {}) {
+    this.inFlight?.abort(SUPERSEDED);
+    const seq = ++this.seq;
+    const size = new TextEncoder().encode(JSON.stringify(fields)).length;
+    if (size > MAX_REQUEST_BYTES) {
+      throw new WireError(`a request to "${this.command}" of ${(size / 2 ** 20).toFixed(1)} MB is more than the ${MAX_REQUEST_BYTES / 2 ** 20} MB the kernel's websocket takes`);
+    }
+    const controller = new AbortController();
+    this.inFlight = controller;
+    const timer = AbortSignal.timeout(this.timeoutMs);
+    let reply, buffers;
+    try {
+      [reply, buffers] = await this.invoke(
+        this.command,
+        { ...fields, seq },
+        { signal: AbortSignal.any([controller.signal, timer]) }
+      );
+    } catch (error) {
+      if (controller.signal.aborted) return null;
+      if (timer.aborted) throw new KernelTimeout(this.command, this.timeoutMs);
+      throw error;
+    } finally {
+      if (this.inFlight === controller) this.inFlight = null;
+    }
+    if (seq !== this.seq) return null;
+    return openReply(reply, buffers ?? [], seq);
+  }
+  /** Abort the request in flight, and drop any answer still to come. */
+  cancel() {
+    this.inFlight?.abort(SUPERSEDED);
+    this.seq++;
+  }
+};
+function openReply(reply, buffers, seq) {
+  if (reply === null || typeof reply !== "object") throw new WireError(`the kernel's reply is not an object: ${reply}`);
+  if (reply.ok === false) throw new KernelError(reply.error);
+  if (reply.ok !== true) throw new WireError("the kernel's reply has no ok field");
+  if (reply.seq !== seq) throw new WireError(`the answer to request ${seq} came back as ${reply.seq}`);
+  return putBuffers(reply.data, reply.buffer_paths ?? [], buffers);
+}
+
+// src/alert.js
+function describe(error) {
+  if (error instanceof KernelError) return { summary: `${error.type}: ${error.message}`, detail: error.traceback };
+  if (error instanceof Error) return { summary: `${error.name}: ${error.message}`, detail: "" };
+  return { summary: `Error: ${String(error)}`, detail: "" };
+}
+var ErrorBox = class {
+  constructor() {
+    this.el = h("div", { class: "llmscope-errors", role: "alert" });
+    this.el.hidden = true;
+    this.slots = /* @__PURE__ */ new Map();
+  }
+  /** @param {string} slot @param {any} error */
+  show(slot, error) {
+    this.slots.set(slot, describe(error));
+    this.render();
+  }
+  /** @param {string} slot */
+  clear(slot) {
+    if (this.slots.delete(slot)) this.render();
+  }
+  render() {
+    this.el.replaceChildren(...[...this.slots.values()].map(({ summary, detail }) => h(
+      "div",
+      { class: "llmscope-error" },
+      summary,
+      detail && h("details", {}, h("summary", {}, "traceback"), h("pre", {}, detail))
+    )));
+    this.el.hidden = this.slots.size === 0;
+  }
+};
+
+// src/colormap.js
+var MAPS = {
+  /** @type {Stops} */
+  blues: [[247, 251, 255], [198, 219, 239], [107, 174, 214], [33, 113, 181], [8, 48, 107]],
+  /** @type {Stops} */
+  oranges: [[255, 245, 235], [253, 208, 162], [253, 141, 60], [217, 72, 1], [127, 39, 4]],
+  /** @type {Stops} */
+  viridis: [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]]
+};
+var LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+function pack(r, g, b, a = 255) {
+  return (LITTLE_ENDIAN ? a << 24 | b << 16 | g << 8 | r : r << 24 | g << 16 | b << 8 | a) >>> 0;
+}
+function colourAt(stops, x) {
+  const t = Math.min(Math.max(Number.isFinite(x) ? x : 0, 0), 1) * (stops.length - 1);
+  const i = Math.min(Math.floor(t), stops.length - 2);
+  const f = t - i;
+  return (
+    /** @type {[number, number, number]} */
+    stops[i].map((c, k) => Math.round(c + f * (stops[i + 1][k] - c)))
+  );
+}
+function lut(stops, { gamma = 1 } = {}) {
+  const table = new Uint32Array(256);
+  for (let v = 0; v < 256; v++) table[v] = pack(...colourAt(stops, (v / 255) ** gamma));
+  return table;
+}
+function css(stops, x, alpha = 1) {
+  const [r, g, b] = colourAt(stops, x);
+  return `rgba(${r}, ${g}, ${b}, ${alpha})`;
+}
+
+// src/heatmap.js
+function fillPixels(pixels, codes, table, width, { causal = false } = {}) {
+  if (pixels.length !== codes.length) throw new RangeError(`${codes.length} codes for ${pixels.length} pixels`);
+  for (let i = 0; i < codes.length; i++) pixels[i] = table[codes[i]];
+  if (causal) {
+    for (let row = 0; row * width < pixels.length; row++) pixels.fill(0, row * width + row + 1, (row + 1) * width);
+  }
+  return pixels;
+}
+function drawHeatmap(canvas, codes, width, height, table, options = {}) {
+  canvas.width = Math.max(width, 1);
+  canvas.height = Math.max(height, 1);
+  const context = (
+    /** @type {CanvasRenderingContext2D} */
+    canvas.getContext("2d")
+  );
+  const image = context.createImageData(canvas.width, canvas.height);
+  if (width * height) fillPixels(new Uint32Array(image.data.buffer), codes, table, width, options);
+  context.putImageData(image, 0, 0);
+}
+function cellAt(event, box, width, height) {
+  const col = Math.floor(event.offsetX / box.clientWidth * width);
+  const row = Math.floor(event.offsetY / box.clientHeight * height);
+  return row >= 0 && row < height && col >= 0 && col < width ? { row, col } : null;
+}
+
+// src/timing.js
+function debounce(fn, ms) {
+  let timer = null;
+  let pending = null;
+  const run = () => {
+    const args = pending;
+    timer = null;
+    pending = null;
+    if (args) fn(...args);
+  };
+  const debounced = (...args) => {
+    pending = args;
+    if (timer !== null) clearTimeout(timer);
+    timer = setTimeout(run, ms);
+  };
+  debounced.cancel = () => {
+    if (timer !== null) clearTimeout(timer);
+    timer = null;
+    pending = null;
+  };
+  debounced.flush = () => {
+    if (timer !== null) clearTimeout(timer);
+    run();
+  };
+  return debounced;
+}
+
+// src/tokens.js
+function displayText(text) {
+  const shown = String(text).replace(/\r?\n/g, "↵").replace(/\t/g, "⇥");
+  return shown === "" ? "∅" : shown;
+}
+function stepToken(index, key, n) {
+  const from = index ?? -1;
+  const to = { ArrowLeft: from - 1, ArrowRight: from + 1, Home: 0, End: n - 1 }[key];
+  return to === void 0 || n === 0 ? null : Math.min(Math.max(to, 0), n - 1);
+}
+var TokenStrip = class {
+  /** @param {{label: string, onActive: (index: number | null) => void}} options */
+  constructor({ label, onActive }) {
+    this.el = h("div", { class: "llmscope-tokens", role: "group", "aria-label": label });
+    this.spans = [];
+    this.active = null;
+    this.onActive = onActive;
+    this.el.addEventListener("mouseover", (e) => {
+      const i = indexIn(e.target, this.el, ".llmscope-token");
+      if (i !== null && i !== this.active) this.setActive(i);
+    });
+    this.el.addEventListener("keydown", (e) => {
+      const i = stepToken(this.active, e.key, this.spans.length);
+      if (i === null) return;
+      e.preventDefault();
+      this.setActive(i);
+      this.spans[i].focus();
+    });
+    this.el.addEventListener("focusin", (e) => {
+      const i = indexIn(e.target, this.el, ".llmscope-token");
+      if (i !== null && i !== this.active) this.setActive(i);
+    });
+  }
+  /** @param {string[]} texts @param {number} nBos how many leading tokens the model prepended */
+  setTokens(texts, nBos) {
+    this.spans = texts.map((text, i) => h("span", {
+      class: i < nBos ? "llmscope-token is-bos" : "llmscope-token",
+      "data-index": i,
+      tabindex: i === 0 ? 0 : -1,
+      title: `position ${i}: ${JSON.stringify(text)}`
+    }, displayText(text)));
+    this.el.replaceChildren(...this.spans);
+    this.active = null;
+  }
+  /** @param {number | null} index */
+  setActive(index) {
+    if (this.active !== null) {
+      this.spans[this.active]?.classList.remove("is-active");
+      this.spans[this.active]?.setAttribute("tabindex", "-1");
+    }
+    this.active = index;
+    if (index !== null) {
+      this.spans[index].classList.add("is-active");
+      this.spans[index].setAttribute("tabindex", "0");
+    }
+    this.onActive(index);
+  }
+  /** @param {Array<string | null>} colours one CSS background per token (null: none) */
+  shade(colours) {
+    this.spans.forEach((span, i) => {
+      span.style.backgroundColor = colours[i] ?? "";
+    });
+  }
+};
+
+// src/attention_map.js
+var PROMPT_DEBOUNCE_MS = 400;
+var FOCUS_DEBOUNCE_MS = 40;
+var FETCH_TIMEOUT_MS = 6e4;
+var RUN_TIMEOUT_MS = 3e5;
+var TABLE = lut(MAPS.blues, { gamma: 0.5 });
+function moveFocus([layer, head], key, nLayers, nHeads) {
+  const clamp = (v, n) => Math.min(Math.max(v, 0), n - 1);
+  const moves = {
+    ArrowLeft: [layer, head - 1],
+    ArrowRight: [layer, head + 1],
+    ArrowUp: [layer - 1, head],
+    ArrowDown: [layer + 1, head],
+    Home: [layer, 0],
+    End: [layer, nHeads - 1],
+    PageUp: [0, head],
+    PageDown: [nLayers - 1, head]
+  };
+  const to = moves[key];
+  return to ? [clamp(to[0], nLayers), clamp(to[1], nHeads)] : null;
+}
+function formatScore(x) {
+  return Number.isFinite(x) ? x.toFixed(2).replace(/^0\./, ".") : "–";
+}
+function tokenShades(pattern, n, i) {
+  const attends = new Float32Array(n);
+  const attendedBy = new Float32Array(n);
+  for (let j = 0; j <= i; j++) attends[j] = pattern[i * n + j] / 255;
+  for (let j = i; j < n; j++) attendedBy[j] = pattern[j * n + i] / 255;
+  return { attends, attendedBy };
+}
+function shadeColours({ attends, attendedBy }, i) {
+  return Array.from(attends, (a, j) => {
+    const v = j <= i ? a : attendedBy[j];
+    return v > 0 ? css(j <= i ? MAPS.blues : MAPS.oranges, 0.75, Math.sqrt(v)) : null;
+  });
+}
+var AttentionView = class {
+  /** @param {any} model @param {HTMLElement} el @param {import("./wire.js").Invoke} invoke */
+  constructor(model, el, invoke) {
+    this.model = model;
+    this.channels = {
+      overview: new Channel(invoke, "_overview", { timeoutMs: FETCH_TIMEOUT_MS }),
+      head: new Channel(invoke, "_head", { timeoutMs: FETCH_TIMEOUT_MS }),
+      run: new Channel(invoke, "_run", { timeoutMs: RUN_TIMEOUT_MS })
+    };
+    this.errors = new ErrorBox();
+    this.shown = {
+      version: -1,
+      nLayers: 0,
+      nHeads: 0,
+      tokens: (
+        /** @type {string[]} */
+        []
+      ),
+      scores: new Float32Array(0),
+      scoreNames: (
+        /** @type {string[]} */
+        []
+      )
+    };
+    this.pattern = null;
+    this.cells = [];
+    this.build(el);
+    this.submitSoon = debounce((text) => this.submit(text), PROMPT_DEBOUNCE_MS);
+    this.fetchHeadSoon = debounce(() => this.fetchHead(), FOCUS_DEBOUNCE_MS);
+    this.listeners = {
+      "change:version": () => this.refresh(),
+      "change:focus": () => {
+        this.markFocus();
+        this.fetchHeadSoon();
+      },
+      "change:prompt": () => this.syncPrompt()
+    };
+    for (const [event, fn] of Object.entries(this.listeners)) model.on(event, fn);
+    this.syncPrompt();
+    this.refresh();
+  }
+  /** @param {HTMLElement} el */
+  build(el) {
+    this.promptBox = /** @type {HTMLTextAreaElement} */
+    h("textarea", {
+      class: "llmscope-prompt",
+      rows: 3,
+      spellcheck: "false",
+      placeholder: "a prompt: the model reads it as you type",
+      "aria-label": "prompt: editing it runs the model again"
+    });
+    this.status = h("div", { class: "llmscope-status", role: "status" });
+    this.grid = h("div", {
+      class: "llmscope-grid",
+      role: "grid",
+      "aria-label": "attention heads, a row per layer and a column per head: click one, or move with the arrow keys"
+    });
+    this.title = h("div", { class: "llmscope-title" });
+    this.canvas = /** @type {HTMLCanvasElement} */
+    h("canvas", { class: "llmscope-heatmap", role: "img" });
+    this.readout = h("div", { class: "llmscope-readout", "aria-live": "polite" });
+    this.tokens = new TokenStrip({
+      label: "tokens of the prompt: hover one, or move with the arrow keys, to see where it attends",
+      onActive: () => this.shadeTokens()
+    });
+    const swatch = (map, text) => h(
+      "span",
+      { class: "llmscope-swatch" },
+      h("i", { style: `background: ${css(map, 0.75, 0.8)}` }),
+      text
+    );
+    el.replaceChildren(h(
+      "div",
+      { class: "llmscope llmscope-attention" },
+      this.errors.el,
+      h(
+        "div",
+        { class: "llmscope-columns" },
+        h("div", { class: "llmscope-column" }, this.promptBox, this.status, this.grid),
+        h(
+          "div",
+          { class: "llmscope-column llmscope-focus" },
+          this.title,
+          h("div", { class: "llmscope-axes" }, "rows: query token · columns: key token it attends to"),
+          this.canvas,
+          this.readout,
+          h(
+            "div",
+            { class: "llmscope-legend" },
+            swatch(MAPS.blues, "where the token attends"),
+            swatch(MAPS.oranges, "what attends to it")
+          ),
+          this.tokens.el
+        )
+      )
+    ));
+    this.promptBox.addEventListener("input", () => this.submitSoon(this.promptBox.value));
+    this.grid.addEventListener("click", (e) => {
+      const cell = e.target instanceof Element ? e.target.closest(".llmscope-cell") : null;
+      if (cell) this.setFocus(Number(cell.getAttribute("data-layer")), Number(cell.getAttribute("data-head")));
+    });
+    this.grid.addEventListener("keydown", (e) => {
+      const to = moveFocus(this.model.get("focus"), e.key, this.shown.nLayers, this.shown.nHeads);
+      if (!to) return;
+      e.preventDefault();
+      this.setFocus(...to);
+      this.cells[to[0]]?.[to[1]]?.focus();
+    });
+    this.canvas.addEventListener("mousemove", (e) => this.hoverCell(e));
+  }
+  /** Run `work`, showing its error (in `slot`) inside the widget instead of losing it. */
+  async guard(slot, work) {
+    try {
+      await work();
+    } catch (error) {
+      this.errors.show(slot, error);
+      this.status.textContent = "";
+    }
+  }
+  syncPrompt() {
+    const prompt = this.model.get("prompt");
+    if (this.promptBox.value !== prompt && document.activeElement !== this.promptBox) this.promptBox.value = prompt;
+  }
+  /** Ask for the thumbnails, scores and tokens of the kernel's current prompt; redraw. */
+  refresh() {
+    return this.guard("overview", async () => {
+      this.status.textContent = "loading…";
+      const data = await this.channels.overview.request();
+      if (data === null) return;
+      const [thumbs, scores] = await Promise.all([decodeArray(data.thumbs), decodeArray(data.scores)]);
+      if (data.version !== this.model.get("version")) return;
+      const [nLayers, nHeads] = thumbs.shape;
+      if (nLayers !== this.shown.nLayers || nHeads !== this.shown.nHeads) this.buildGrid(nLayers, nHeads);
+      this.shown = {
+        version: data.version,
+        nLayers,
+        nHeads,
+        tokens: data.tokens,
+        scores: (
+          /** @type {Float32Array} */
+          scores.data
+        ),
+        scoreNames: data.score_names
+      };
+      this.paintThumbs(
+        /** @type {Uint8Array} */
+        thumbs.data,
+        thumbs.shape[2]
+      );
+      this.tokens.setTokens(data.tokens, data.n_bos);
+      this.readout.textContent = "";
+      this.status.textContent = `${data.model}: ${data.tokens.length} tokens`;
+      this.errors.clear("overview");
+      this.markFocus();
+      await this.fetchHead();
+    });
+  }
+  /** @param {number} nLayers @param {number} nHeads */
+  buildGrid(nLayers, nHeads) {
+    this.grid.style.setProperty("--heads", String(nHeads));
+    const header = h(
+      "div",
+      { class: "llmscope-grid-row", role: "row" },
+      h("span", { role: "columnheader" }),
+      ...Array.from({ length: nHeads }, (_, head) => h("span", { class: "llmscope-axis", role: "columnheader" }, `head ${head}`))
+    );
+    this.cells = Array.from({ length: nLayers }, (_, layer) => Array.from({ length: nHeads }, (_2, head) => h(
+      "div",
+      {
+        class: "llmscope-cell",
+        role: "gridcell",
+        tabindex: -1,
+        "data-layer": layer,
+        "data-head": head,
+        "aria-selected": "false"
+      },
+      h("canvas", { "aria-hidden": "true" }),
+      h("span", { class: "llmscope-cell-label" })
+    )));
+    this.grid.replaceChildren(header, ...this.cells.map((row, layer) => h(
+      "div",
+      { class: "llmscope-grid-row", role: "row" },
+      h("span", { class: "llmscope-axis", role: "rowheader" }, `attn.${layer}`),
+      ...row
+    )));
+  }
+  /** @param {Uint8Array} thumbs [layers, heads, t, t] @param {number} t */
+  paintThumbs(thumbs, t) {
+    const { nHeads, scores, scoreNames } = this.shown;
+    const [previous, induction] = ["previous_token", "induction"].map((name) => scoreNames.indexOf(name));
+    this.cells.forEach((row, layer) => row.forEach((cell, head) => {
+      const at = layer * nHeads + head;
+      drawHeatmap(
+        /** @type {HTMLCanvasElement} */
+        cell.firstChild,
+        thumbs.subarray(at * t * t, (at + 1) * t * t),
+        t,
+        t,
+        TABLE
+      );
+      const p = scores[at * scoreNames.length + previous];
+      const i = scores[at * scoreNames.length + induction];
+      cell.lastChild.textContent = `P ${formatScore(p)} I ${formatScore(i)}`;
+      cell.setAttribute("aria-label", `layer ${layer}, head ${head}: previous-token score ${formatScore(p)}, induction score ${formatScore(i)}`);
+    }));
+  }
+  /** Show which head is focused in the grid (a roving tab stop: the focused cell takes Tab). */
+  markFocus() {
+    const [layer, head] = this.model.get("focus");
+    this.cells.forEach((row, l) => row.forEach((cell, hd) => {
+      const on = l === layer && hd === head;
+      cell.classList.toggle("is-focused", on);
+      cell.setAttribute("aria-selected", String(on));
+      cell.setAttribute("tabindex", on ? "0" : "-1");
+    }));
+  }
+  /** @param {number} layer @param {number} head */
+  setFocus(layer, head) {
+    const [l, hd] = this.model.get("focus");
+    if (l === layer && hd === head) return;
+    this.model.set("focus", [layer, head]);
+    this.model.save_changes();
+  }
+  /** Ask for the focused head's pattern and draw it. */
+  fetchHead() {
+    return this.guard("head", async () => {
+      const [layer, head] = this.model.get("focus");
+      const data = await this.channels.head.request({ layer, head });
+      if (data === null) return;
+      const pattern = await decodeArray(data.pattern);
+      const [l, hd] = this.model.get("focus");
+      if (data.version !== this.shown.version || data.layer !== l || data.head !== hd) return;
+      const n = pattern.shape[0];
+      this.pattern = { data: (
+        /** @type {Uint8Array} */
+        pattern.data
+      ), n, layer, head };
+      drawHeatmap(this.canvas, this.pattern.data, n, n, TABLE, { causal: true });
+      const at = (layer * this.shown.nHeads + head) * this.shown.scoreNames.length;
+      const scores = this.shown.scoreNames.map((name, k) => `${name.replace("_", "-")} ${formatScore(this.shown.scores[at + k])}`);
+      this.title.textContent = `attn.${layer} head ${head}: ${scores.join(", ")}`;
+      this.canvas.setAttribute("aria-label", `attention pattern of layer ${layer} head ${head}: ${n} query rows by ${n} key columns`);
+      this.canvas.dataset.focus = `${layer},${head}`;
+      this.canvas.dataset.version = String(data.version);
+      this.errors.clear("head");
+      this.shadeTokens();
+    });
+  }
+  /** @param {MouseEvent} event */
+  hoverCell(event) {
+    if (!this.pattern) return;
+    const { n, data } = this.pattern;
+    const cell = cellAt(event, this.canvas, n, n);
+    if (!cell || cell.col > cell.row) return;
+    if (this.tokens.active !== cell.row) this.tokens.setActive(cell.row);
+    const { tokens } = this.shown;
+    this.readout.textContent = `query ${cell.row} ${JSON.stringify(tokens[cell.row])} → key ${cell.col} ${JSON.stringify(tokens[cell.col])}: ${(data[cell.row * n + cell.col] / 255).toFixed(3)}`;
+  }
+  /** Shade the token strip for the active token and the focused head. */
+  shadeTokens() {
+    const i = this.tokens.active;
+    if (!this.pattern || i === null || i >= this.pattern.n) {
+      this.tokens.shade([]);
+      return;
+    }
+    const shades = tokenShades(this.pattern.data, this.pattern.n, i);
+    this.tokens.shade(shadeColours(shades, i));
+    let top = 0;
+    shades.attends.forEach((v, j) => {
+      if (v > shades.attends[top]) top = j;
+    });
+    this.readout.textContent = `${JSON.stringify(this.shown.tokens[i])} (position ${i}) attends most to ${JSON.stringify(this.shown.tokens[top])} (position ${top}): ${shades.attends[top].toFixed(3)}`;
+  }
+  /** Send an edited prompt; the kernel bumps `version` when it took it, and refresh() follows. */
+  submit(text) {
+    return this.guard("run", async () => {
+      this.status.textContent = "running the model…";
+      const data = await this.channels.run.request({ prompt: text });
+      if (data === null) return;
+      this.errors.clear("run");
+      if (data.version === this.shown.version) this.status.textContent = `${data.n_tokens} tokens (unchanged)`;
+    });
+  }
+  destroy() {
+    for (const [event, fn] of Object.entries(this.listeners)) this.model.off(event, fn);
+    this.submitSoon.cancel();
+    this.fetchHeadSoon.cancel();
+    Object.values(this.channels).forEach((channel) => channel.cancel());
+  }
+};
+var attention_map_default = {
+  /** @param {{model: any, el: HTMLElement, experimental: {invoke: import("./wire.js").Invoke}}} props */
+  render({ model, el, experimental }) {
+    const view = new AttentionView(model, el, experimental.invoke);
+    return () => view.destroy();
+  }
+};
+export {
+  attention_map_default as default,
+  formatScore,
+  moveFocus,
+  shadeColours,
+  tokenShades
+};

@@ -1,0 +1,12 @@
+"""Live widgets: two-way anywidget components that ask the kernel only for what they show.
+
+* :class:`AttentionMap` — every attention head on a prompt; a focused head; token shading.
+
+Widgets are built on :mod:`llmscope.widgets.base` (commands that never crash, a ``version``
+the page follows) and :mod:`llmscope.widgets.wire` (arrays as binary buffers); their
+front-end sources are in the repository's ``widgets/`` folder, built into ``llmscope/static/``.
+"""
+
+from llmscope.widgets.attention import AttentionMap
+
+__all__ = ["AttentionMap"]

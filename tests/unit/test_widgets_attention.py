@@ -1,0 +1,273 @@
+"""AttentionMap without a browser: what the page is sent, what it may ask, and the model left as it was."""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import llmscope
+from llmscope.analysis.heads import localize_heads
+from llmscope.errors import AnalysisError, SiteError
+from llmscope.widgets import AttentionMap, attention, wire
+
+REPEATED = "the dog runs . the dog runs ."
+HOSTILE = "<img src=x onerror=alert(1)>"
+
+
+def ask(amap: AttentionMap, name: str, seq: int = 1, **fields) -> tuple[dict, list]:
+    return getattr(amap, name)({"seq": seq, **fields}, [])
+
+
+def opened(reply: dict, buffers: list) -> dict:
+    """The reply's data with each array decoded, as the page sees it (from JSON and buffers)."""
+    assert reply["ok"], reply.get("error")
+    data = json.loads(json.dumps(reply["data"]))
+    for path, buffer in zip(reply["buffer_paths"], buffers):
+        node = data
+        for key in path[:-2]:
+            node = node[key]
+        node[path[-2]] = wire.decode({**node[path[-2]], "buffer": buffer})
+    return data
+
+
+def true_patterns(model, ids: torch.Tensor) -> list[torch.Tensor]:
+    """Every layer's ``[head, query, key]`` pattern, from TransformerLens's own cache."""
+    _, cache = model.run_with_cache(ids)
+    return [cache[f"blocks.{L}.attn.hook_pattern"][0] for L in range(model.cfg.n_layers)]
+
+
+def hooks_left(model) -> int:
+    return sum(len(hp._forward_hooks) for hp in model.hook_dict.values())
+
+
+@pytest.fixture(scope="module")
+def amap(organism) -> AttentionMap:
+    return AttentionMap(organism, REPEATED)
+
+
+def test_a_prompt_is_shown_with_its_best_induction_head_in_focus(amap: AttentionMap) -> None:
+    assert amap.prompt == REPEATED
+    assert amap.focus == (1, 0)  # the organism's induction head (card.json)
+    assert amap.unit == ("attn.1", 0)
+    assert llmscope.unit_index(amap._model, amap.unit).tolist() == [("attn.1", 0)]  # ready for lesion()
+
+
+def test_the_overview_sends_thumbnails_scores_and_tokens(amap: AttentionMap, organism) -> None:
+    reply, buffers = ask(amap, "_overview")
+    data = opened(reply, buffers)
+    stim = llmscope.stimuli.from_texts(organism, REPEATED, tag=False)
+    assert data["tokens"] == stim.tokens["text"].tolist() and data["n_bos"] == 1
+    assert data["version"] == amap.version and data["model"] == "grammar-2l"
+    n = len(data["tokens"])
+    thumbs = data["thumbs"]
+    assert thumbs.dtype == np.uint8 and thumbs.shape == (2, 4, n, n)  # 9 tokens: no pooling below THUMB
+    patterns = true_patterns(organism, stim.ids)
+    for layer in range(2):
+        np.testing.assert_array_equal(thumbs[layer], attention._codes(patterns[layer]).numpy())
+    scores = localize_heads(organism, stim, progress=False).df
+    assert data["score_names"] == ["previous_token", "induction"]
+    assert data["scores"].dtype == np.float16 and data["scores"].shape == (2, 4, 2)
+    np.testing.assert_array_equal(data["scores"].reshape(8, 2),
+                                  scores[["previous_token", "induction"]].to_numpy().astype(np.float16))
+    assert reply["buffer_paths"] == [["thumbs", "buffer"], ["scores", "buffer"]]
+
+
+def test_thumbnails_of_a_long_prompt_are_max_pooled_in_the_kernel(organism) -> None:
+    stim = llmscope.stimuli.grammar(organism, n_docs=1, seed=0)
+    amap = AttentionMap(organism, stim)
+    data = opened(*ask(amap, "_overview"))
+    t = attention.THUMB
+    assert data["thumbs"].shape == (2, 4, t, t)
+    patterns = true_patterns(organism, stim.ids)
+    expected = attention._codes(F.adaptive_max_pool2d(patterns[1].float(), t)).numpy()
+    np.testing.assert_array_equal(data["thumbs"][1], expected)
+    # the previous-token head shows its diagonal even pooled from 127 to 24 cells
+    prev = data["thumbs"][0, 2]
+    assert np.diag(prev).mean() > 3 * np.tril(prev, -2).mean()
+
+
+def test_a_focused_head_is_its_pattern_as_byte_codes_of_the_lower_triangle(amap: AttentionMap, organism) -> None:
+    reply, buffers = ask(amap, "_head", layer=0, head=2)
+    data = opened(reply, buffers)
+    assert (data["layer"], data["head"], data["version"]) == (0, 2, amap.version)
+    pattern = data["pattern"]
+    true = true_patterns(organism, amap._view.ids)[0][2].numpy()
+    assert pattern.dtype == np.uint8 and pattern.shape == true.shape
+    assert np.abs(pattern / 255 - true).max() <= 1 / 510 + 1e-6
+    assert not np.triu(pattern, 1).any()
+    meta = reply["data"]["pattern"]
+    assert (meta["layout"], meta["compression"]) == ("tril", "deflate")
+    n = true.shape[0]
+    assert len(zlib.decompress(bytes(buffers[0]))) == n * (n + 1) // 2
+
+
+def test_a_head_out_of_range_is_a_site_error_in_the_page(amap: AttentionMap) -> None:
+    reply, buffers = ask(amap, "_head", layer=2, head=0)
+    assert reply["ok"] is False and buffers == []
+    assert reply["error"]["type"] == "SiteError"
+    assert "focus (2, 0) is not a head of this model: layers 0..1, heads 0..3" in reply["error"]["message"]
+    assert ask(amap, "_head", layer=0, head=-1)[0]["error"]["type"] == "SiteError"
+
+
+@pytest.mark.parametrize("fields", [{"layer": "0", "head": 1}, {"layer": 0}, {"layer": 0, "head": 1, "x": 2}])
+def test_a_malformed_head_request_is_answered_not_raised(amap: AttentionMap, fields: dict) -> None:
+    reply, _ = ask(amap, "_head", seq=9, **fields)
+    assert reply["seq"] == 9 and reply["ok"] is False
+    assert reply["error"]["type"] == "WidgetError" and "malformed message" in reply["error"]["message"]
+
+
+def test_a_new_prompt_runs_the_model_and_bumps_the_version(organism) -> None:
+    amap = AttentionMap(organism, "the dog runs .")
+    version = amap.version
+    reply, _ = ask(amap, "_run", prompt=REPEATED)
+    assert reply["ok"] and reply["data"] == {"version": version + 1, "n_tokens": 9}
+    assert amap.prompt == REPEATED and amap.version == version + 1
+    assert opened(*ask(amap, "_overview"))["tokens"][-4:] == ["the", "dog", "runs", "."]
+    same, _ = ask(amap, "_run", prompt=REPEATED)
+    assert same["data"]["version"] == version + 1  # the same prompt does not run again
+
+
+@pytest.mark.parametrize("prompt, message", [
+    ("", "empty prompt"),
+    ("   \n", "empty prompt"),
+    ("the dog runs . " * 40, "the prompt is 161 tokens but grammar-2l reads at most 128: shorten it."),
+])
+def test_an_empty_or_too_long_prompt_is_refused_and_nothing_changes(organism, prompt: str, message: str) -> None:
+    amap = AttentionMap(organism, REPEATED)
+    before = (amap.prompt, amap.version, amap._view, amap.focus)
+    reply, _ = ask(amap, "_run", prompt=prompt)
+    assert reply["ok"] is False and reply["error"]["type"] == "PromptError"
+    assert message in reply["error"]["message"]
+    assert (amap.prompt, amap.version, amap._view, amap.focus) == before
+    assert amap.last_error.startswith("PromptError: ")
+    with pytest.raises(llmscope.PromptError, match="empty prompt"):
+        amap.prompt = ""  # the same rule from Python
+
+
+def test_focus_is_python_state_set_by_the_page_or_by_python(organism) -> None:
+    amap = AttentionMap(organism, REPEATED)
+    amap.set_state({"focus": [0, 2]})  # what the page's click sends
+    assert amap.focus == (0, 2) and amap.unit == ("attn.0", 2)
+    amap.focus = (1, 3)
+    assert json.loads(json.dumps(amap.get_state("focus"))) == {"focus": [1, 3]}  # what the page receives
+    for bad in [(2, 0), (0, 4), (-1, 0)]:
+        with pytest.raises(SiteError, match=r"is not a head of this model: layers 0..1, heads 0..3"):
+            amap.focus = bad
+    assert amap.focus == (1, 3)
+
+
+def test_stimuli_show_one_sequence_with_their_token_text(organism) -> None:
+    stim = llmscope.stimuli.grammar(organism, n_docs=3, seed=1)
+    amap = AttentionMap(organism, stim, seq=2)
+    seq = stim.tokens[stim.tokens["seq"] == 2]
+    data = opened(*ask(amap, "_overview"))
+    assert data["tokens"] == seq["text"].tolist() and data["n_bos"] == int(seq["is_bos"].sum())
+    assert amap.prompt.split() == seq["text"].tolist()[1:]  # the decoded text, BOS left out
+
+
+def test_hostile_token_text_is_sent_as_data_and_escaped_in_the_figure(organism) -> None:
+    stim = llmscope.Stimuli.from_ids(organism, [[1, 973, 4, 973, 4]], name="hostile", n_bos=1)
+    stim.tokens["text"] = ["<bos>", HOSTILE, "<script>alert(2)</script>", "the", "dog"]
+    amap = AttentionMap(organism, stim)
+    data = opened(*ask(amap, "_overview"))
+    assert data["tokens"][1] == HOSTILE  # unchanged text: the page writes it with textContent
+    ticks = [t for axis in ("xaxis", "yaxis") for t in amap.figure().layout[axis].ticktext]
+    assert "1 &lt;img src=x onerror=alert(1)&gt;" in ticks
+    assert not any("<img" in t or "<script" in t for t in ticks)
+    reply, _ = ask(amap, "_run", prompt=HOSTILE + " the dog")
+    assert reply["ok"] and amap.prompt == HOSTILE + " the dog"  # a prompt is only text, whatever it says
+
+
+def test_the_figure_is_the_current_view(amap: AttentionMap) -> None:
+    amap.focus = (0, 2)
+    fig = amap.figure()
+    assert fig.layout.title.text == "attn.0 head 2 on 9 tokens of grammar-2l"
+    pattern, prev_grid, _, ind_grid, _ = fig.data
+    z = np.array(pattern.z, dtype=float)
+    assert z.shape == (9, 9) and np.isnan(z[0, 1]) and np.nansum(z, axis=1) == pytest.approx(1, abs=0.02)
+    assert np.array(prev_grid.z).shape == (2, 4) and list(prev_grid.y) == ["attn.0", "attn.1"]
+    assert fig.data[2].x == ("2",) and fig.data[2].y == ("attn.0",)  # the focus is marked
+    assert fig.layout.xaxis2.type == "category"
+    amap.focus = (1, 0)
+
+
+def test_a_focus_change_costs_no_model_run(organism, monkeypatch) -> None:
+    amap = AttentionMap(organism, llmscope.stimuli.grammar(organism, n_docs=1, seed=0))
+    monkeypatch.setattr(organism, "run_with_hooks", lambda *a, **k: pytest.fail("the model ran for a focus change"))
+    for layer in range(2):
+        for head in range(4):
+            assert opened(*ask(amap, "_head", layer=layer, head=head))["pattern"].shape == (127, 127)
+
+
+def test_the_model_is_left_as_it_was(organism) -> None:
+    ids = organism.to_tokens(REPEATED)
+    before = organism(ids)
+    amap = AttentionMap(organism, REPEATED)
+    ask(amap, "_overview")
+    ask(amap, "_head", layer=1, head=0)
+    ask(amap, "_run", prompt="")
+    ask(amap, "_run", prompt="the cat runs .")
+    amap.figure()
+    assert hooks_left(organism) == 0
+    assert torch.equal(organism(ids), before)
+
+
+def test_bad_arguments_are_refused_before_any_work(organism, tiny) -> None:
+    with pytest.raises(AnalysisError, match="shows a TransformerBridge .* got str"):
+        AttentionMap("grammar-2l", REPEATED)
+    with pytest.raises(AnalysisError, match="a prompt .str. or Stimuli; got int"):
+        AttentionMap(organism, 5)
+    stim = llmscope.stimuli.grammar(organism, n_docs=2, seed=0)
+    with pytest.raises(AnalysisError, match="seq=2 is out of range: these stimuli have sequences 0..1"):
+        AttentionMap(organism, stim, seq=2)
+    with pytest.raises(AnalysisError, match="seq=1 picks a sequence of Stimuli"):
+        AttentionMap(organism, REPEATED, seq=1)
+    with pytest.raises(AnalysisError, match="an int; got True"):
+        AttentionMap(organism, stim, seq=True)
+    with pytest.raises(llmscope.PromptError, match="empty prompt"):
+        AttentionMap(organism, "")
+    with pytest.raises(llmscope.PromptError, match="token ids must lie in 0..62"):
+        AttentionMap(tiny, stim)  # the organism's stimuli, shown to another model
+
+
+def test_the_tiny_gpt2_works_too(tiny) -> None:
+    amap = AttentionMap(tiny, "w1 w2 w3 w1 w2 w3")
+    data = opened(*ask(amap, "_overview"))
+    assert data["thumbs"].shape == (2, 4, 7, 7) and len(data["tokens"]) == 7
+    head = opened(*ask(amap, "_head", layer=1, head=3))["pattern"]
+    assert head.shape == (7, 7) and np.abs(head.sum(1) / 255 - 1).max() < 0.02
+
+
+@pytest.mark.smollm2
+def test_smollm2_all_270_heads_at_128_tokens(smol, record_property) -> None:
+    """Grouped-query attention (3 key-value heads) still gives one pattern per query head (9)."""
+    text = " ".join(["The quick brown fox jumps over the lazy dog, and then it runs away."] * 9)
+    ids = smol.to_tokens(text)[:, :128]
+    prompt = smol.tokenizer.decode(ids[0, 1:])
+    start = time.perf_counter()
+    amap = AttentionMap(smol, prompt)
+    first_run = time.perf_counter() - start
+    n = len(amap._view.tokens)
+    assert 120 <= n <= 128
+    overview = ask(amap, "_overview")
+    data = opened(*overview)
+    assert data["thumbs"].shape == (30, 9, attention.THUMB, attention.THUMB)
+    assert data["scores"].shape == (30, 9, 2) and np.isfinite(data["scores"]).all()  # the text repeats
+    start = time.perf_counter()
+    head = ask(amap, "_head", layer=amap.focus[0], head=amap.focus[1])
+    head_s = time.perf_counter() - start
+    pattern = opened(*head)["pattern"]
+    assert pattern.shape == (n, n) and np.abs(pattern.sum(1) / 255 - 1).max() < 0.05
+    first_paint, per_head = wire.reply_bytes(*overview), wire.reply_bytes(*head)
+    record_property("tokens", n)
+    record_property("first_paint_bytes", first_paint)
+    record_property("focused_head_bytes", per_head)
+    print(f"\nSmolLM2, {n} tokens: first paint {first_paint} B, focused head {per_head} B; "
+          f"first run {first_run:.2f} s, head reply {head_s * 1000:.1f} ms, focus {amap.focus}")
+    assert first_paint < 200_000 and per_head < 20_000
