@@ -99,7 +99,8 @@ def correct(logits: torch.Tensor, stimuli: Stimuli, align: str = "target") -> np
     return _per_row(hit, stimuli, _check_align(align))
 
 
-def _check_logit_diff(stimuli: Stimuli, good: str, bad: str, at: str, d_vocab: int | None = None) -> None:
+def check_logit_diff(stimuli: Stimuli, good: str, bad: str, at: str, d_vocab: int | None = None) -> None:
+    """The columns :func:`logit_diff` reads exist and hold token ids at some ``at`` row, or a clear error."""
     table = stimuli.tokens
     missing = [c for c in (good, bad, at) if c not in table.columns]
     if missing:
@@ -119,7 +120,7 @@ def logit_diff(logits: torch.Tensor, stimuli: Stimuli, good: str = "good_id", ba
                at: str = "is_target") -> np.ndarray:
     """``logit[good] - logit[bad]`` of the prediction made after each row where ``at`` is true
     (NaN on the other rows); ``good``/``bad`` name trial-table columns of token ids."""
-    _check_logit_diff(stimuli, good, bad, at, logits.shape[-1])
+    check_logit_diff(stimuli, good, bad, at, logits.shape[-1])
     table = stimuli.tokens
     out = np.full(len(table), np.nan)
     flag = _flag(table[at])
@@ -211,7 +212,7 @@ def evaluate(model: "TransformerBridge", stimuli: Stimuli, metrics: Metric | Map
     check_stimuli(model, stimuli)
     for col, m in named.items():
         if m == "logit_diff":
-            _check_logit_diff(stimuli, "good_id", "bad_id", "is_target", model.cfg.d_vocab)
+            check_logit_diff(stimuli, "good_id", "bad_id", "is_target", model.cfg.d_vocab)
     out: dict[str, list[np.ndarray]] = {col: [] for col in fns}
     for part, logits in batches(model, stimuli, batch_size):
         for col, fn in fns.items():

@@ -221,7 +221,7 @@ UNITS_HELP = ("units are a site and indices ('mlp.1', [3, 7]), a list of such pa
               "by (site, unit) such as tuning(...).top(8)")
 
 
-def _table_index(units: Any) -> pd.MultiIndex | None:
+def table_index(units: Any) -> pd.MultiIndex | None:
     """The ``(site, unit)`` index of a unit table, Series, Result or MultiIndex; None if it is none."""
     if hasattr(units, "df") and isinstance(getattr(units, "df"), pd.DataFrame):  # a Result
         units = units.df
@@ -242,7 +242,7 @@ def parse_units(units: UnitsLike, indices: Any = None) -> list[tuple[str | Site,
     elif indices is not None:
         raise SiteError(f"indices are given as a second argument only after a site name such as 'mlp.1'; "
                         f"got units={units!r} and indices={indices!r}. {UNITS_HELP}.")
-    elif (table := _table_index(units)) is not None:
+    elif (table := table_index(units)) is not None:
         pairs = [(s, table.get_level_values(1)[table.get_level_values(0) == s].to_numpy())
                  for s in dict.fromkeys(table.get_level_values(0))]
     elif isinstance(units, tuple) and len(units) == 2 and isinstance(units[0], (str, Site)):

@@ -1,0 +1,357 @@
+"""AblationPanel: lesion and stimulate units with sliders, and watch the model's behaviour change.
+
+One slider per unit, head or named group of units, each a gain from 0 to 2 (0 lesions, 1
+leaves the units intact, above 1 is microstimulation), and a zero / mean-ablation switch. In
+``"zero"`` mode a slider at ``g`` multiplies its units by ``g``; in ``"mean"`` mode it scales
+their deviation from their mean over the stimuli themselves, ``mean + g * (x - mean)``, so 0
+is a mean ablation (exactly :class:`~llmscope.interventions.lesion` with ``mode="mean"``).
+
+Each slider move in the page (debounced there; stale answers dropped by sequence number) asks
+the kernel to run the model once with :func:`~llmscope.interventions.intervene`, and the
+page redraws the next-token distribution (top ``k`` tokens, baseline beside intervened) and
+a behaviour metric against its baseline: the mean next-token loss on the stimuli, or, for
+minimal-pair stimuli (columns ``good_id``, ``bad_id``, ``is_target``), the mean logit
+difference. Hooks live only inside one command: the model is pristine between moves, when no
+slider is off 1 (no hook is attached at all), after an error and after the widget is closed.
+
+Example:
+    >>> panel = AblationPanel(model, "the dog runs . the dog", units=[("attn.1", 0), ("attn.0", 2)])
+    >>> panel.gains
+    {('attn.1', 0): 1.0, ('attn.0', 2): 1.0}
+    >>> reply, _ = panel._move({"seq": 1, "factors": [0.0, 1.0], "mode": "zero"}, [])
+    >>> panel.gains[("attn.1", 0)]
+    0.0
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Hashable, Mapping
+
+import numpy as np
+import torch
+import traitlets
+
+from llmscope.analysis import trials
+from llmscope.behaviour import check_logit_diff, check_stimuli, logit_diff, loss
+from llmscope.errors import AnalysisError, InterventionError, PromptError
+from llmscope.interventions import Intervention, gain, intervene, steer
+from llmscope.recording import record
+from llmscope.sites import Site, UnitsLike, table_index, resolve_units, unit_index
+from llmscope.stimuli.core import Stimuli
+from llmscope.stimuli.english import from_texts
+from llmscope.widgets import wire
+from llmscope.widgets.base import LiveWidget, command, static
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+    from transformer_lens.model_bridge import TransformerBridge
+
+MODES = ("zero", "mean")
+GAIN_RANGE = (0.0, 2.0)
+PAIRED = ("good_id", "bad_id", "is_target")
+METRICS = ("loss", "logit_diff")
+
+
+@dataclass
+class _Slider:
+    """One slider: its key in ``gains``, its label, and its units resolved against the model."""
+
+    key: Hashable
+    label: str
+    units: list[tuple[Site, np.ndarray]]
+    mean: dict[str, torch.Tensor] | None = None  # hook -> a site-shaped vector, zero off the units
+
+
+def _sliders(model: "TransformerBridge", units: Any) -> list[_Slider]:
+    """A dict ``name -> units`` gives one slider per name; anything else, one per unit (a
+    table's in its row order)."""
+    if isinstance(units, Mapping):
+        if not units:
+            raise AnalysisError("units={} names no group: give {name: units, ...} or a unit table.")
+        out = []
+        for name, group in units.items():
+            if not isinstance(name, str) or not name:
+                raise AnalysisError(f"a group of units is named by a non-empty string, got {name!r}.")
+            out.append(_Slider(name, name, resolve_units(model, group)))
+        return out
+    index = unit_index(model, units)  # checks every unit; sorted within each site
+    table = table_index(units)
+    if table is not None:  # a table's rows keep their order (an analysis's best unit first)
+        index = table.drop_duplicates()
+    return [_Slider((s, int(u)), f"{s}:{int(u)}", resolve_units(model, [(s, [int(u)])])) for s, u in index]
+
+
+def _mean(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else float("nan")
+
+
+class AblationPanel(LiveWidget):
+    """Sliders that lesion (0), keep (1) or stimulate (up to 2) units of ``model``, live.
+
+    Args:
+        model: a TransformerBridge (``llmscope.load(...)``).
+        source: a prompt (a string; the model's BOS is prepended) or Stimuli. The metric is
+            computed on all of it; the distribution is the prediction after the last token of
+            sequence ``seq`` (at its first ``is_target`` row, for minimal pairs). The mean of
+            ``"mean"`` mode is taken over it.
+        units: one slider per row of a unit table (``tuning(...).top(8)``,
+            ``localize_heads(...).top("induction", 2)``, a ``(site, unit)`` MultiIndex), per
+            unit of ``("mlp.0", [3, 7])`` or a list of pairs; or a dict ``{name: units}``, one
+            slider per named group.
+        mode: ``"zero"`` or ``"mean"`` (see the module docstring).
+        metric: ``"loss"`` or ``"logit_diff"``; None picks ``"logit_diff"`` when the stimuli
+            have ``good_id``, ``bad_id`` and ``is_target``, else ``"loss"``.
+        k: how many top tokens of each distribution are shown (1..50).
+        seq: the sequence of ``source`` whose next-token distribution is shown.
+
+    Attributes:
+        gains: ``{key: factor}``, a key per slider (``("attn.1", 0)`` for a unit, the name for a
+            group); read-only, follows the page. ``.reset()`` sets every gain back to 1.
+        mode: ``"zero"`` or ``"mean"``; settable here (the page follows) or in the page.
+        version: bumped when the kernel changed what the page shows (a reset or mode from Python).
+
+    ``.figure()`` is the current view as a static plotly figure.
+
+    Raises:
+        AnalysisError: a bad model, source, metric, k or seq; InterventionError: a bad mode;
+        SiteError: bad units; PromptError: an empty or too long prompt; ColumnError:
+        ``metric="logit_diff"`` on stimuli without its columns.
+
+    Example:
+        >>> heads = localize_heads(model, stim, progress=False).top("induction", 2)
+        >>> panel = AblationPanel(model, agreement(model, n=16), units=heads)
+        >>> panel.metric_name, list(panel.gains)[0]
+        ('logit_diff', ('attn.1', 0))
+    """
+
+    _esm = static("ablation_panel.js")
+    _css = static("ablation_panel.css")
+    gains = traitlets.Dict(read_only=True)
+    mode = traitlets.Unicode("zero")
+
+    def __init__(self, model: "TransformerBridge", source: str | Stimuli, units: UnitsLike | Mapping[str, UnitsLike],
+                 *, mode: str = "zero", metric: str | None = None, k: int = 10, seq: int = 0, **kwargs: Any):
+        from transformer_lens.model_bridge import TransformerBridge
+
+        if not isinstance(model, TransformerBridge):
+            raise AnalysisError(f"AblationPanel drives a TransformerBridge (llmscope.load(name)); got {type(model).__name__}.")
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 50:
+            raise AnalysisError(f"k is how many top tokens to show, an int in 1..50; got {k!r}.")
+        if isinstance(seq, bool) or not isinstance(seq, int):
+            raise AnalysisError(f"seq is the index of a sequence of the stimuli, an int; got {seq!r}.")
+        self._model, self._quiet = model, False
+        self._stim = self._stimuli(source)
+        if not 0 <= seq < self._stim.n_seqs:
+            raise AnalysisError(f"seq={seq} is out of range: the stimuli have sequences 0..{self._stim.n_seqs - 1}.")
+        self._metric = self._check_metric(metric)
+        self._check_mode(mode)
+        self._sliders = _sliders(model, units)
+        self._k, self._seq = k, seq
+        self._pos = self._position()
+        self._keep = trials.rows(self._stim.tokens, include_bos=False)
+        self._base_logits = self._forward([])
+        self._base = self._measure(self._base_logits)
+        self._now = self._base
+        self._quiet = True
+        super().__init__(mode=mode, **kwargs)
+        self.set_trait("gains", {s.key: 1.0 for s in self._sliders})
+        self._quiet = False
+
+    # ------------------------------------------------------------------ arguments
+
+    def _stimuli(self, source: Any) -> Stimuli:
+        if isinstance(source, str):
+            if not source.strip():
+                raise PromptError("empty prompt: type some text for the model to read.")
+            n = self._model.to_tokens(source, truncate=False).shape[1]
+            if n > self._model.cfg.n_ctx:
+                raise PromptError(f"the prompt is {n} tokens but {self._model.cfg.model_name} reads at most "
+                                  f"{self._model.cfg.n_ctx}: shorten it.")
+            return from_texts(self._model, source, tag=False, name="prompt")
+        if isinstance(source, Stimuli):
+            return check_stimuli(self._model, source)
+        raise AnalysisError(f"AblationPanel runs a prompt (str) or Stimuli; got {type(source).__name__}.")
+
+    def _check_metric(self, metric: str | None) -> str:
+        paired = all(c in self._stim.tokens.columns for c in PAIRED)
+        if metric is None:
+            return "logit_diff" if paired else "loss"
+        if not isinstance(metric, str) or metric not in METRICS:
+            raise AnalysisError(f"unknown metric {metric!r}; choose one of {list(METRICS)} (or None: automatic).")
+        if metric == "logit_diff":
+            check_logit_diff(self._stim, *PAIRED, self._model.cfg.d_vocab)
+        return metric
+
+    @staticmethod
+    def _check_mode(mode: Any) -> str:
+        if not isinstance(mode, str) or mode not in MODES:
+            raise InterventionError(f"unknown ablation mode {mode!r}; choose one of {list(MODES)}.")
+        return mode
+
+    @traitlets.validate("mode")
+    def _validate_mode(self, proposal: dict[str, Any]) -> str:
+        return self._check_mode(proposal["value"])
+
+    @traitlets.observe("mode")
+    def _mode_changed(self, change: dict[str, Any]) -> None:
+        """A mode set from Python: run the current gains in it, and the page follows."""
+        if hasattr(self, "_now") and not self._quiet:
+            self._now = self._run(self._factors(), self.mode)
+            self._changed()
+
+    def _check_factors(self, factors: Any) -> list[float]:
+        """Every factor finite and in 0..2, one per slider (checked before anything changes)."""
+        n = len(self._sliders)
+        if not isinstance(factors, (list, tuple)) or len(factors) != n:
+            raise InterventionError(f"factors are one gain per slider: a list of {n} numbers, got {factors!r}.")
+        out = []
+        for slider, f in zip(self._sliders, factors):
+            try:
+                value = gain(slider.units, factor=f).factor  # refuses NaN, infinities and non-numbers
+            except InterventionError as exc:
+                raise InterventionError(f"the gain of {slider.label}: {exc}") from None
+            if not GAIN_RANGE[0] <= value <= GAIN_RANGE[1]:
+                raise InterventionError(f"the gain of {slider.label} must be in {GAIN_RANGE[0]:g}..{GAIN_RANGE[1]:g}, "
+                                        f"got {f!r}.")
+            out.append(value)
+        return out
+
+    def _position(self) -> int:
+        """Where the shown distribution is read: the first target row of ``seq``, else its last token."""
+        rows = self._stim.tokens[self._stim.tokens["seq"] == self._seq]
+        if "is_target" in rows and rows["is_target"].astype("boolean").fillna(False).any():
+            return int(rows.loc[rows["is_target"].astype("boolean").fillna(False).to_numpy(), "pos"].iloc[0])
+        return int(self._stim.lengths[self._seq]) - 1
+
+    # ------------------------------------------------------------------ running the model
+
+    def _factors(self) -> list[float]:
+        return [self.gains[s.key] for s in self._sliders]
+
+    def _means(self, slider: _Slider) -> dict[str, torch.Tensor]:
+        """Each site's mean over the stimuli, zero off the slider's units (recorded once)."""
+        if slider.mean is None:
+            rec = record(self._model, self._stim, [s for s, _ in slider.units], dtype="float32", progress=False)
+            slider.mean = {}
+            for s, idx in slider.units:
+                vector = torch.zeros(s.shape)
+                vector[idx] = torch.from_numpy(rec.responses(s.name, units=idx).mean(0))
+                slider.mean[s.name] = vector
+        return slider.mean
+
+    def _interventions(self, factors: list[float], mode: str) -> list[Intervention]:
+        """The interventions of the sliders off 1 (none at all when every slider is at 1)."""
+        out: list[Intervention] = []
+        for slider, f in zip(self._sliders, factors):
+            if f == 1.0:
+                continue
+            out.append(gain(slider.units, factor=f))
+            if mode == "mean":
+                out += [steer(name, vector, alpha=1.0 - f) for name, vector in self._means(slider).items()]
+        return out
+
+    def _forward(self, interventions: list[Intervention]) -> torch.Tensor:
+        """Logits ``[n_seqs, pos, vocab]`` float32 of all the stimuli under ``interventions``."""
+        with torch.no_grad(), intervene(self._model, *interventions):
+            return self._model(self._stim.ids, return_type="logits").float()
+
+    def _measure(self, logits: torch.Tensor) -> dict[str, Any]:
+        """The metric's mean over the stimuli and the shown next-token probabilities ``[vocab]``."""
+        fn = loss if self._metric == "loss" else logit_diff
+        values = np.asarray(fn(logits, self._stim))[self._keep]
+        return {"metric": _mean(values), "probs": torch.softmax(logits[self._seq, self._pos], -1)}
+
+    def _run(self, factors: list[float], mode: str) -> dict[str, Any]:
+        """What the model does under ``factors`` in ``mode`` (no run when every gain is 1)."""
+        if all(f == 1.0 for f in factors):
+            return self._base
+        return self._measure(self._forward(self._interventions(factors, mode)))
+
+    def reset(self) -> None:
+        """Every gain back to 1 (the model intact); the page follows."""
+        self.set_trait("gains", {s.key: 1.0 for s in self._sliders})
+        self._now = self._base
+        self._changed()
+
+    @property
+    def metric_name(self) -> str:
+        """``"loss"`` (mean next-token loss, nats) or ``"logit_diff"`` (mean good - bad logit)."""
+        return self._metric
+
+    @property
+    def baseline(self) -> float:
+        """The metric with every unit intact."""
+        return self._base["metric"]
+
+    @property
+    def value(self) -> float:
+        """The metric under the current gains."""
+        return self._now["metric"]
+
+    # ------------------------------------------------------------------ what the page shows
+
+    def _top(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Token ids of the top ``k`` of the baseline and of the intervened distribution (each
+        in order, the baseline's first), and both distributions' probabilities of them."""
+        base, now = self._base["probs"], self._now["probs"]
+        ids = torch.cat([base.topk(self._k).indices, now.topk(self._k).indices])
+        first = {int(i): None for i in ids}
+        ids = torch.tensor(list(first), dtype=torch.long)
+        return ids, base[ids], now[ids]
+
+    def _token_text(self, ids: list[int]) -> list[str]:
+        return [self._model.tokenizer.decode([i], clean_up_tokenization_spaces=False) for i in ids]
+
+    def _payload(self) -> dict[str, Any]:
+        ids, base, now = self._top()
+        tokens = self._stim.tokens[self._stim.tokens["seq"] == self._seq]
+        return {
+            "version": self.version, "model": str(self._model.cfg.model_name), "mode": self.mode,
+            "labels": [s.label for s in self._sliders], "factors": self._factors(),
+            "context": tokens["text"].astype(str).tolist()[: self._pos + 1],
+            "n_bos": int(tokens["is_bos"].sum()) if "is_bos" in tokens else 0,
+            "metric": {"name": self._metric, "base": self._base["metric"], "now": self._now["metric"]},
+            "ids": wire.array(ids.to(torch.int32)), "texts": self._token_text(ids.tolist()),
+            "base": wire.array(base.float()), "now": wire.array(now.float()),
+        }
+
+    @command()
+    def _view(self) -> dict[str, Any]:
+        """Everything the page shows: sliders, context, metric and distributions (no model run)."""
+        return self._payload()
+
+    @command(factors=list, mode=str)
+    def _move(self, factors: list, mode: str) -> dict[str, Any]:
+        """Set every gain and the mode (all checked first), run the model once, and answer as ``_view``."""
+        factors, mode = self._check_factors(factors), self._check_mode(mode)
+        self._now = self._run(factors, mode)  # nothing changes if this raises
+        self._quiet = True  # the page asked for this: no version bump, no second run
+        try:
+            self.mode = mode
+            self.set_trait("gains", {s.key: f for s, f in zip(self._sliders, factors)})
+        finally:
+            self._quiet = False
+        return self._payload()
+
+    # ------------------------------------------------------------------ static picture
+
+    def figure(self) -> "go.Figure":
+        """The current view as a plotly figure: the top tokens' probabilities, baseline beside
+        intervened, titled with the gains off 1 and the metric against its baseline."""
+        import plotly.graph_objects as go
+
+        ids, base, now = self._top()
+        labels = [f"{i}: {html.escape(repr(t))}" for i, t in zip(ids.tolist(), self._token_text(ids.tolist()))]
+        fig = go.Figure([go.Bar(name="baseline", x=labels, y=base.tolist(), marker_color="#9e9e9e"),
+                         go.Bar(name="intervened", x=labels, y=now.tolist(), marker_color="#2171b5")])
+        off = ", ".join(f"{html.escape(s.label)} x{f:g}" for s, f in zip(self._sliders, self._factors()) if f != 1.0)
+        title = (f"{html.escape(str(self._model.cfg.model_name))}, {self.mode} mode: {off or 'all units intact'}"
+                 f"<br>{self._metric} {self.value:.3f} (baseline {self.baseline:.3f})")
+        fig.update_xaxes(type="category", title_text="next token")
+        return fig.update_layout(barmode="group", title=title, yaxis_title="probability")
+
+
+__all__ = ["AblationPanel", "MODES", "GAIN_RANGE"]
