@@ -28,7 +28,7 @@ from llmscope.result import Result
 from llmscope.sites import Site, site, unit_index
 from llmscope.stimuli import Stimuli
 from llmscope.tokens import tokenize
-from llmscope.widgets import AblationPanel, AttentionMap
+from llmscope.widgets import AblationPanel, AttentionMap, Raster
 
 __all__ = [
     "models", "load", "available",
@@ -41,5 +41,5 @@ __all__ = [
     "tuning", "TuningResult", "top_examples", "ExamplesResult",
     "LLMScopeError", "SiteError", "PromptError", "InterventionError", "RecordingError", "ModelNotAvailable",
     "AnalysisError", "ColumnError", "WidgetError",
-    "AttentionMap", "AblationPanel",
+    "AttentionMap", "AblationPanel", "Raster",
 ]

@@ -3,7 +3,7 @@
 import * as esbuild from "esbuild";
 import { fileURLToPath } from "node:url";
 
-const WIDGETS = ["attention_map"];
+const WIDGETS = ["attention_map", "ablation_panel", "raster"];
 const banner = "/* Built by esbuild from widgets/src (cd widgets && npm run build); do not edit. */";
 
 const options = {

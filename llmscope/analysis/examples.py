@@ -101,13 +101,13 @@ class ExamplesResult(Result):
         return self.html()
 
 
-def _joiner(text: pd.Series) -> str:
+def text_joiner(text: pd.Series) -> str:
     """How token texts join into running text: subword vocabularies carry their spaces
     (``" Paris"``); word-level ones (the organisms') need one between words."""
     return "" if text.str.match(r"\s").any() else " "
 
 
-def _context(text: np.ndarray, seq: np.ndarray, row: int, context: int, joiner: str) -> tuple[str, str]:
+def context_around(text: np.ndarray, seq: np.ndarray, row: int, context: int, joiner: str) -> tuple[str, str]:
     """The texts of up to ``context`` rows of the same sequence on each side of ``row``."""
     lo = max(row - context, int(np.searchsorted(seq, seq[row], side="left")))
     hi = min(row + 1 + context, int(np.searchsorted(seq, seq[row], side="right")))
@@ -150,8 +150,8 @@ def top_examples(recording: Recording, site: Any, unit: Any = None, k: int = 10,
     candidates = np.flatnonzero(keep & ~np.isnan(x))
     best = candidates[np.argsort(-x[candidates], kind="stable")[:k]]
     t = recording.tokens
-    text, seq, joiner = t["text"].astype(str).to_numpy(), t["seq"].to_numpy(), _joiner(t["text"].astype(str))
-    left, right = zip(*(_context(text, seq, int(r), context, joiner) for r in best)) if len(best) else ((), ())
+    text, seq, joiner = t["text"].astype(str).to_numpy(), t["seq"].to_numpy(), text_joiner(t["text"].astype(str))
+    left, right = zip(*(context_around(text, seq, int(r), context, joiner) for r in best)) if len(best) else ((), ())
     labels = [c for c in t.columns if c not in _OWN]
     df = pd.DataFrame({"rank": np.arange(1, len(best) + 1), "seq": seq[best], "pos": t["pos"].to_numpy()[best],
                        "token": t["token"].to_numpy()[best], "activation": x[best], "text": text[best],

@@ -1,0 +1,422 @@
+// Raster: units x tokens spikes on a canvas, thresholded in the page. The kernel sends each
+// cell as a byte code, how many rungs of its unit's threshold ladder the response exceeds;
+// at slider rung k a cell spikes exactly where code > k, so moving the slider only rebuilds a
+// 256-entry colour table and repaints. The page holds only the visible window and asks for
+// another when the user scrolls or zooms; a click on a cell selects its unit (the kernel
+// sends its tuning curve and top examples) and its token (the kernel sends its context).
+//
+// Kernel commands (llmscope/widgets/raster.py): `_meta` (sizes, ladder), `_window` (codes of
+// a window, its unit labels and token texts), `_unit` (tuning curve, top examples), `_token`
+// (context). Traits: `rung` (the slider), `selection` (unit indices), `view` ([u0, u1, t0,
+// t1]), `version` (bumped by the kernel when the raster changed: ask again).
+
+import { ErrorBox } from "./alert.js";
+import { MAPS, pack } from "./colormap.js";
+import { h } from "./dom.js";
+import { cellAt, drawHeatmap } from "./heatmap.js";
+import { debounce } from "./timing.js";
+import { displayText } from "./tokens.js";
+import { Channel, decodeArray } from "./wire.js";
+
+const WINDOW_DEBOUNCE_MS = 60;
+const SAVE_DEBOUNCE_MS = 150;
+const CLICK_DEBOUNCE_MS = 120;
+const TIMEOUT_MS = 60_000;
+const MIN_TOKENS = 16;
+const SPIKE = pack(...MAPS.blues[4]);
+const SHADE = [247, 251, 255];  // below threshold: white, greying faintly as the response nears it
+
+/**
+ * The colour table at `rung`: code c spikes (dark) when c > rung; below, a faint grey that
+ * deepens as c nears the threshold, so near-misses show.
+ * @param {number} rung
+ * @returns {Uint32Array}
+ */
+export function spikeTable(rung) {
+  const table = new Uint32Array(256);
+  for (let c = 0; c < 256; c++) {
+    if (c > rung) table[c] = SPIKE;
+    else {
+      const f = rung > 0 ? 1 - 0.18 * (c / rung) : 1;
+      table[c] = pack(...SHADE.map((v) => Math.round(v * f)));
+    }
+  }
+  return table;
+}
+
+/**
+ * Spikes of a window at `rung` (codes above it), per row and in all.
+ * @param {Uint8Array} codes @param {number} width @param {number} rung
+ */
+export function countSpikes(codes, width, rung) {
+  const rows = new Int32Array(width ? codes.length / width : 0);
+  for (let i = 0; i < codes.length; i++) if (codes[i] > rung) rows[(i / width) | 0]++;
+  return { rows, total: rows.reduce((a, b) => a + b, 0) };
+}
+
+/**
+ * The view `[u0, u1, t0, t1]` after an action, clamped to `nUnits` x `nTokens`: "up"/"down"
+ * scroll rows by a page, "left"/"right" tokens by half a view, "in"/"out" halve or double
+ * the tokens shown around the centre, "home"/"end" go to the first/last tokens.
+ * @param {number[]} view @param {string} action @param {number} nUnits @param {number} nTokens
+ * @returns {[number, number, number, number]}
+ */
+export function moveView([u0, u1, t0, t1], action, nUnits, nTokens) {
+  const nu = u1 - u0;
+  let nt = t1 - t0;
+  let [a, b] = [u0, t0];
+  if (action === "up") a -= nu;
+  else if (action === "down") a += nu;
+  else if (action === "left") b -= Math.max(1, nt >> 1);
+  else if (action === "right") b += Math.max(1, nt >> 1);
+  else if (action === "home") b = 0;
+  else if (action === "end") b = nTokens - nt;
+  else if (action === "in" || action === "out") {
+    const centre = t0 + nt / 2;
+    nt = action === "in" ? Math.max(Math.min(MIN_TOKENS, nTokens), nt >> 1) : Math.min(nTokens, nt * 2);
+    b = Math.round(centre - nt / 2);
+  }
+  a = Math.min(Math.max(a, 0), nUnits - nu);
+  b = Math.min(Math.max(b, 0), nTokens - nt);
+  return [a, a + nu, b, b + nt];
+}
+
+/**
+ * The slider's rung after a key (arrows step 1, Page keys 10, Home/End the ends), or null.
+ * @param {number} rung @param {string} key @param {number} max
+ */
+export function stepRung(rung, key, max) {
+  const to = { ArrowLeft: rung - 1, ArrowDown: rung - 1, ArrowRight: rung + 1, ArrowUp: rung + 1,
+               PageDown: rung - 10, PageUp: rung + 10, Home: 0, End: max }[key];
+  return to === undefined ? null : Math.min(Math.max(to, 0), max);
+}
+
+/** The unit index in a label such as "mlp.0:12". */
+export function unitOf(/** @type {string} */ label) {
+  return Number(label.slice(label.lastIndexOf(":") + 1));
+}
+
+/** A threshold argument as the slider shows it: "z > 3.00" or "q > 0.950". */
+export function formatThreshold(/** @type {string} */ method, /** @type {number} */ value) {
+  return method === "zscore" ? `z > ${value.toFixed(2)}` : `quantile > ${value.toFixed(3)}`;
+}
+
+class RasterView {
+  /** @param {any} model @param {HTMLElement} el @param {import("./wire.js").Invoke} invoke */
+  constructor(model, el, invoke) {
+    this.model = model;
+    this.started = performance.now();
+    this.channels = {
+      meta: new Channel(invoke, "_meta", { timeoutMs: TIMEOUT_MS }),
+      window: new Channel(invoke, "_window", { timeoutMs: TIMEOUT_MS }),
+      unit: new Channel(invoke, "_unit", { timeoutMs: TIMEOUT_MS }),
+      token: new Channel(invoke, "_token", { timeoutMs: TIMEOUT_MS }),
+    };
+    this.errors = new ErrorBox();
+    /** @type {{site: string, method: string, nUnits: number, nTokens: number, ladder: Float32Array} | null} */
+    this.meta = null;
+    /** @type {{u0: number, t0: number, nu: number, nt: number, codes: Uint8Array, units: string[],
+     *          preferred: string[] | null, tokens: string[]} | null} */
+    this.win = null;
+    /** @type {{row: number, col: number} | null} the cursor cell, in window coordinates */
+    this.cursor = null;
+    this.build(el);
+    this.fetchWindowSoon = debounce(() => this.fetchWindow(), WINDOW_DEBOUNCE_MS);
+    this.saveRungSoon = debounce(() => { this.model.set("rung", this.rung()); this.model.save_changes(); },
+                                 SAVE_DEBOUNCE_MS);
+    this.fetchUnitSoon = debounce((/** @type {number} */ unit) => this.fetchUnit(unit), CLICK_DEBOUNCE_MS);
+    this.fetchTokenSoon = debounce((/** @type {number} */ column) => this.fetchToken(column), CLICK_DEBOUNCE_MS);
+    this.listeners = {
+      "change:version": () => this.refresh(),
+      "change:rung": () => { this.slider.value = String(this.model.get("rung")); this.paint(); },
+      "change:selection": () => this.markSelection(),
+      "change:view": () => { if (!this.showing(this.model.get("view"))) this.fetchWindowSoon(); },
+    };
+    for (const [event, fn] of Object.entries(this.listeners)) model.on(event, fn);
+    this.refresh();
+  }
+
+  /** @param {HTMLElement} el */
+  build(el) {
+    this.slider = /** @type {HTMLInputElement} */ (h("input", {
+      type: "range", min: 0, max: 254, step: 1, value: this.model.get("rung"), class: "llmscope-threshold",
+      "aria-label": "spike threshold: a unit spikes where its response is above it",
+    }));
+    this.thresholdText = h("span", { class: "llmscope-threshold-value" });
+    const button = (/** @type {string} */ text, /** @type {string} */ action, /** @type {string} */ label) => {
+      const b = h("button", { type: "button", class: "llmscope-button", "aria-label": label, "data-action": action }, text);
+      b.addEventListener("click", () => this.move(action));
+      return b;
+    };
+    this.status = h("div", { class: "llmscope-status", role: "status" });
+    this.canvas = /** @type {HTMLCanvasElement} */ (h("canvas", {
+      class: "llmscope-raster-canvas", tabindex: 0, role: "img",
+      "aria-label": "spike raster, a row per unit and a column per token: click a cell to select its unit and " +
+                    "token; arrow keys move the selection, Page Up/Down scroll units, + and - zoom tokens",
+    }));
+    this.marks = h("div", { class: "llmscope-raster-marks", "aria-hidden": "true" });
+    this.readout = h("div", { class: "llmscope-readout", "aria-live": "polite" });
+    this.unitPanel = h("div", { class: "llmscope-raster-unit", "aria-live": "polite" },
+      h("div", { class: "llmscope-hint" }, "click a unit to see its tuning curve and top examples"));
+    this.tokenPanel = h("div", { class: "llmscope-raster-token", "aria-live": "polite" });
+    el.replaceChildren(h("div", { class: "llmscope llmscope-raster" },
+      this.errors.el,
+      h("div", { class: "llmscope-raster-controls" },
+        h("label", {}, "threshold ", this.slider), this.thresholdText,
+        button("◀", "left", "earlier tokens"), button("▶", "right", "later tokens"),
+        button("▲", "up", "previous units"), button("▼", "down", "next units"),
+        button("+", "in", "zoom in: fewer tokens"), button("−", "out", "zoom out: more tokens")),
+      this.status,
+      h("div", { class: "llmscope-columns" },
+        h("div", { class: "llmscope-column" },
+          h("div", { class: "llmscope-raster-frame" }, this.canvas, this.marks), this.readout),
+        h("div", { class: "llmscope-column llmscope-raster-side" }, this.unitPanel, this.tokenPanel))));
+    this.slider.addEventListener("input", () => { this.paint(); this.saveRungSoon(); });
+    // the notebook's own shortcuts may cancel a range input's arrow keys: step it here
+    this.slider.addEventListener("keydown", (e) => {
+      const to = stepRung(this.rung(), e.key, Number(this.slider.max));
+      if (to === null) return;
+      e.preventDefault();
+      e.stopPropagation();
+      this.slider.value = String(to);
+      this.paint();
+      this.saveRungSoon();
+    });
+    this.canvas.addEventListener("click", (e) => this.click(e));
+    this.canvas.addEventListener("mousemove", (e) => this.hover(e));
+    this.canvas.addEventListener("keydown", (e) => this.key(e));
+    this.canvas.addEventListener("wheel", (e) => {
+      e.preventDefault();
+      const zoom = e.ctrlKey || e.metaKey;
+      const tokens = e.shiftKey || Math.abs(e.deltaX) > Math.abs(e.deltaY);
+      const back = (tokens && !e.shiftKey ? e.deltaX : e.deltaY) < 0;
+      this.move(zoom ? (back ? "in" : "out") : tokens ? (back ? "left" : "right") : (back ? "up" : "down"));
+    }, { passive: false });
+  }
+
+  rung() {
+    return Number(this.slider.value);
+  }
+
+  /** Whether the window on show is `view`. */
+  showing(/** @type {number[]} */ [u0, u1, t0, t1]) {
+    const w = this.win;
+    return w !== null && w.u0 === u0 && w.u0 + w.nu === u1 && w.t0 === t0 && w.t0 + w.nt === t1;
+  }
+
+  /** Run `work`, showing its error (in `slot`) inside the widget instead of losing it. */
+  async guard(/** @type {string} */ slot, /** @type {() => Promise<void>} */ work) {
+    try {
+      await work();
+      this.errors.clear(slot);
+    } catch (error) {
+      this.errors.show(slot, error);
+    }
+  }
+
+  refresh() {
+    return this.guard("meta", async () => {
+      this.win = null;
+      this.meta = null;
+      const window = this.fetchWindow();  // asked at once, beside the meta: one round trip, not two
+      const data = await this.channels.meta.request();
+      if (data === null) return;
+      const ladder = await decodeArray(data.ladder);
+      this.meta = { site: data.site, method: data.method, nUnits: data.n_units, nTokens: data.n_tokens,
+                    ladder: /** @type {Float32Array} */ (ladder.data) };
+      this.slider.max = String(ladder.data.length - 1);
+      this.paint();
+      await window;
+    });
+  }
+
+  /** @param {string} action */
+  move(action) {
+    if (!this.meta) return;
+    const to = moveView(this.model.get("view"), action, this.meta.nUnits, this.meta.nTokens);
+    this.model.set("view", to);
+    this.model.save_changes();
+    this.fetchWindowSoon();
+  }
+
+  /** Ask for the codes of the view and draw them. */
+  fetchWindow() {
+    return this.guard("window", async () => {
+      const [u0, u1, t0, t1] = this.model.get("view");
+      this.status.textContent = "loading…";
+      const data = await this.channels.window.request({ u0, u1, t0, t1 });
+      if (data === null) return;
+      const arrived = performance.now();
+      const codes = await decodeArray(data.codes);
+      const [nu, nt] = codes.shape;
+      this.win = { u0: data.u0, t0: data.t0, nu, nt, codes: /** @type {Uint8Array} */ (codes.data),
+                   units: data.units, preferred: data.preferred, tokens: data.tokens };
+      this.cursor = null;
+      this.paint();
+      this.canvas.dataset.windowMs = (performance.now() - arrived).toFixed(2);  // decode + paint
+    });
+  }
+
+  /** Draw the window at the slider's rung (no kernel involved). */
+  paint() {
+    const { win, meta } = this;
+    if (!win || !meta) return;
+    const rung = this.rung();
+    const start = performance.now();
+    drawHeatmap(this.canvas, win.codes, win.nt, win.nu, spikeTable(rung));
+    const spikes = countSpikes(win.codes, win.nt, rung);
+    this.canvas.dataset.paintMs = (performance.now() - start).toFixed(2);
+    this.canvas.dataset.rung = String(rung);
+    this.canvas.dataset.spikes = String(spikes.total);
+    this.canvas.dataset.view = `${win.u0},${win.u0 + win.nu},${win.t0},${win.t0 + win.nt}`;
+    this.canvas.dataset.firstPaintMs ??= (performance.now() - this.started).toFixed(1);
+    const shown = formatThreshold(meta.method, meta.ladder[rung]);
+    this.thresholdText.textContent = shown;
+    this.slider.setAttribute("aria-valuetext", shown);
+    this.status.textContent = `${meta.site}: units ${win.u0}–${win.u0 + win.nu - 1} of ${meta.nUnits}, tokens ` +
+                              `${win.t0}–${win.t0 + win.nt - 1} of ${meta.nTokens}; ${spikes.total} spikes in view`;
+    this.markSelection();
+  }
+
+  /** Mark the selected units (rows) and the cursor's token (column) over the canvas. */
+  markSelection() {
+    const { win } = this;
+    if (!win) return;
+    const selected = new Set(this.model.get("selection"));
+    const marks = [];
+    win.units.forEach((label, row) => {
+      if (!selected.has(unitOf(label))) return;
+      marks.push(h("div", { class: "llmscope-raster-row", style: `top: ${(100 * row) / win.nu}%; ` +
+                            `height: max(2px, ${100 / win.nu}%)`, "data-row": row }));
+    });
+    if (this.cursor) {
+      marks.push(h("div", { class: "llmscope-raster-col", style: `left: ${(100 * this.cursor.col) / win.nt}%; ` +
+                            `width: max(2px, ${100 / win.nt}%)` }));
+    }
+    this.marks.replaceChildren(...marks);
+    this.canvas.dataset.selection = [...selected].join(",");
+  }
+
+  /** A line about a cell: unit, token, spike or not. */
+  describeCell(/** @type {{row: number, col: number}} */ { row, col }) {
+    const { win } = /** @type {any} */ (this);
+    const code = win.codes[row * win.nt + col];
+    const pref = win.preferred ? ` (prefers ${win.preferred[row]})` : "";
+    return `${win.units[row]}${pref} at token ${win.t0 + col} ${JSON.stringify(win.tokens[col])}: ` +
+           (code > this.rung() ? "spike" : "no spike");
+  }
+
+  /** @param {MouseEvent} event */
+  hover(event) {
+    if (!this.win) return;
+    const cell = cellAt(event, this.canvas, this.win.nt, this.win.nu);
+    if (cell) this.readout.textContent = this.describeCell(cell);
+  }
+
+  /** @param {MouseEvent} event */
+  click(event) {
+    if (!this.win) return;
+    const cell = cellAt(event, this.canvas, this.win.nt, this.win.nu);
+    if (cell) this.pick(cell, event.shiftKey);
+  }
+
+  /** Select the unit of `cell`'s row (adding it with `add`) and show its token; ask the kernel. */
+  pick(/** @type {{row: number, col: number}} */ cell, add = false) {
+    const win = /** @type {NonNullable<RasterView["win"]>} */ (this.win);
+    const unit = unitOf(win.units[cell.row]);
+    const before = this.model.get("selection");
+    this.model.set("selection", add ? [...before.filter((/** @type {number} */ u) => u !== unit), unit] : [unit]);
+    this.model.save_changes();
+    this.cursor = cell;
+    this.readout.textContent = this.describeCell(cell);
+    this.markSelection();
+    this.fetchUnitSoon(unit);
+    this.fetchTokenSoon(win.t0 + cell.col);
+  }
+
+  /** @param {KeyboardEvent} event */
+  key(event) {
+    if (!this.win) return;
+    const pages = { PageUp: "up", PageDown: "down", "+": "in", "=": "in", "-": "out", Home: "home", End: "end" };
+    const action = pages[/** @type {keyof typeof pages} */ (event.key)];
+    const step = { ArrowUp: [-1, 0], ArrowDown: [1, 0], ArrowLeft: [0, -1], ArrowRight: [0, 1] }[event.key];
+    if (!action && !step) return;
+    event.preventDefault();
+    event.stopPropagation();
+    if (action) {
+      this.move(action);
+      return;
+    }
+    const { nu, nt } = this.win;
+    const from = this.cursor ?? { row: 0, col: 0 };
+    const to = this.cursor ? { row: from.row + step[0], col: from.col + step[1] } : from;
+    this.pick({ row: Math.min(Math.max(to.row, 0), nu - 1), col: Math.min(Math.max(to.col, 0), nt - 1) });
+  }
+
+  /** Ask for a unit's tuning curve and top examples; show them. */
+  fetchUnit(/** @type {number} */ unit) {
+    return this.guard("unit", async () => {
+      const data = await this.channels.unit.request({ unit });
+      if (data === null) return;
+      const parts = [h("div", { class: "llmscope-title" }, data.label)];
+      if (data.curve) {
+        const [mean, sem] = await Promise.all([decodeArray(data.curve.mean), decodeArray(data.curve.sem)]);
+        parts.push(h("div", { class: "llmscope-axes" }, `tuning curve: mean response by ${data.curve.label} (± s.e.m.)`),
+                   this.curve(data.curve.categories, /** @type {Float32Array} */ (mean.data),
+                              /** @type {Float32Array} */ (sem.data)));
+      }
+      const activation = /** @type {Float32Array} */ ((await decodeArray(data.examples.activation)).data);
+      const gap = data.joiner;
+      parts.push(h("div", { class: "llmscope-axes" }, "top examples"), h("ol", { class: "llmscope-raster-examples" },
+        ...data.examples.text.map((/** @type {string} */ text, /** @type {number} */ i) => h("li", {},
+          h("span", { class: "llmscope-value" }, activation[i].toFixed(3)), " ",
+          h("span", { class: "llmscope-context" }, data.examples.left[i] + gap,
+            h("mark", {}, displayText(text)), gap + data.examples.right[i])))));
+      this.unitPanel.replaceChildren(...parts);
+      this.unitPanel.dataset.unit = String(unit);
+    });
+  }
+
+  /**
+   * Horizontal bars of a tuning curve, drawn with elements (each category's name as text).
+   * @param {string[]} categories @param {Float32Array} mean @param {Float32Array} sem
+   */
+  curve(categories, mean, sem) {
+    const lo = Math.min(0, ...mean);
+    const hi = Math.max(...Array.from(mean, (m, i) => m + (sem[i] || 0)), lo + 1e-9);
+    return h("div", { class: "llmscope-raster-curve", role: "list" }, ...categories.map((name, i) => h(
+      "div", { class: "llmscope-raster-bar", role: "listitem", "aria-label": `${name}: ${mean[i].toFixed(3)}` },
+      h("span", { class: "llmscope-bar-name" }, name),
+      h("span", { class: "llmscope-bar-track" }, h("i", { style: `width: ${(100 * (mean[i] - lo)) / (hi - lo)}%` })),
+      h("span", { class: "llmscope-value" }, mean[i].toFixed(3)))));
+  }
+
+  /** Ask for a token's context; show it. */
+  fetchToken(/** @type {number} */ column) {
+    return this.guard("token", async () => {
+      const data = await this.channels.token.request({ column });
+      if (data === null) return;
+      const gap = data.joiner;
+      const labels = Object.entries(data.labels).map(([k, v]) => `${k}=${v}`).join(" · ");
+      this.tokenPanel.replaceChildren(
+        h("div", { class: "llmscope-title" }, `token ${column}`),
+        h("div", { class: "llmscope-context" }, data.left + gap, h("mark", {}, displayText(data.text)), gap + data.right),
+        h("div", { class: "llmscope-axes" }, labels));
+      this.tokenPanel.dataset.column = String(column);
+    });
+  }
+
+  destroy() {
+    for (const [event, fn] of Object.entries(this.listeners)) this.model.off(event, fn);
+    for (const soon of [this.fetchWindowSoon, this.saveRungSoon, this.fetchUnitSoon, this.fetchTokenSoon]) soon.cancel();
+    Object.values(this.channels).forEach((channel) => channel.cancel());
+  }
+}
+
+export default {
+  /** @param {{model: any, el: HTMLElement, experimental: {invoke: import("./wire.js").Invoke}}} props */
+  render({ model, el, experimental }) {
+    const view = new RasterView(model, el, experimental.invoke);
+    return () => view.destroy();
+  },
+};
