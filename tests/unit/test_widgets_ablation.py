@@ -3,7 +3,6 @@ interventions run by hand, the model pristine after every move, error and close.
 
 from __future__ import annotations
 
-import json
 import re
 
 import numpy as np
@@ -16,6 +15,7 @@ from llmscope.errors import AnalysisError, InterventionError, PromptError, SiteE
 from llmscope.interventions import gain, intervene, lesion
 from llmscope.widgets import wire
 from llmscope.widgets.ablation import AblationPanel
+from tests.unit.widget_pages import opened
 
 PROMPT = "the dog runs . the dog"
 HOSTILE = "<img src=x onerror=alert(1)>"
@@ -24,15 +24,6 @@ UNITS = [("attn.1", 0), ("attn.0", 2)]  # the organism's induction and previous-
 
 def move(panel: AblationPanel, factors: list, mode: str = "zero", seq: int = 1) -> tuple[dict, list]:
     return panel._move({"seq": seq, "factors": factors, "mode": mode}, [])
-
-
-def opened(reply: dict, buffers: list) -> dict:
-    """The reply's data as the page sees it (JSON, then each array decoded from its buffer)."""
-    assert reply["ok"], reply.get("error")
-    data = json.loads(json.dumps(reply["data"]))
-    for path, buffer in zip(reply["buffer_paths"], buffers):
-        data[path[0]] = wire.decode({**data[path[0]], "buffer": buffer})
-    return data
 
 
 def hooks_left(model) -> int:

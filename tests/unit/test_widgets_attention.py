@@ -15,25 +15,13 @@ import llmscope
 from llmscope.analysis.heads import localize_heads
 from llmscope.errors import AnalysisError, SiteError
 from llmscope.widgets import AttentionMap, attention, wire
+from tests.unit.widget_pages import ask, opened
 
 REPEATED = "the dog runs . the dog runs ."
 HOSTILE = "<img src=x onerror=alert(1)>"
 
 
-def ask(amap: AttentionMap, name: str, seq: int = 1, **fields) -> tuple[dict, list]:
-    return getattr(amap, name)({"seq": seq, **fields}, [])
 
-
-def opened(reply: dict, buffers: list) -> dict:
-    """The reply's data with each array decoded, as the page sees it (from JSON and buffers)."""
-    assert reply["ok"], reply.get("error")
-    data = json.loads(json.dumps(reply["data"]))
-    for path, buffer in zip(reply["buffer_paths"], buffers):
-        node = data
-        for key in path[:-2]:
-            node = node[key]
-        node[path[-2]] = wire.decode({**node[path[-2]], "buffer": buffer})
-    return data
 
 
 def true_patterns(model, ids: torch.Tensor) -> list[torch.Tensor]:

@@ -3,7 +3,6 @@ tuning curves, examples and contexts, the selection feeds lesion(), bad messages
 
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
@@ -17,25 +16,13 @@ from llmscope.analysis.spikes import spikes
 from llmscope.analysis.tuning import tuning
 from llmscope.errors import AnalysisError, SiteError
 from llmscope.widgets import wire
+from tests.unit.widget_pages import ask, opened
 from llmscope.widgets.raster import MIDDLE, RUNGS, Raster
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 
 
-def ask(r: Raster, name: str, seq: int = 1, **fields) -> tuple[dict, list]:
-    return getattr(r, name)({"seq": seq, **fields}, [])
 
-
-def opened(reply: dict, buffers: list) -> dict:
-    """The reply's data with each array decoded, as the page sees it (from JSON and buffers)."""
-    assert reply["ok"], reply.get("error")
-    data = json.loads(json.dumps(reply["data"]))
-    for path, buffer in zip(reply["buffer_paths"], buffers):
-        node = data
-        for key in path[:-2]:
-            node = node[key]
-        node[path[-2]] = wire.decode({**node[path[-2]], "buffer": buffer})
-    return data
 
 
 @pytest.fixture(scope="module")
