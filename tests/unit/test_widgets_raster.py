@@ -16,8 +16,8 @@ from llmscope.analysis.spikes import spikes
 from llmscope.analysis.tuning import tuning
 from llmscope.errors import AnalysisError, SiteError
 from llmscope.widgets import wire
-from tests.unit.widget_pages import ask, opened
 from llmscope.widgets.raster import MIDDLE, RUNGS, Raster
+from tests.unit.widget_pages import ask, opened
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 
