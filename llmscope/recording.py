@@ -647,14 +647,14 @@ class Recording:
 
     @overload
     def responses(self, site: str, units: int | Sequence[int] | None = None,
-                  labelled: Literal[False] = False) -> np.ndarray: ...
+                  labelled: Literal[False] = False, *, dtype: str | None = "float32") -> np.ndarray: ...
 
     @overload
     def responses(self, site: str, units: int | Sequence[int] | None = None, *,
-                  labelled: Literal[True]) -> pd.DataFrame: ...
+                  labelled: Literal[True], dtype: str | None = "float32") -> pd.DataFrame: ...
 
     def responses(self, site: str, units: int | Sequence[int] | None = None,
-                  labelled: bool = False) -> np.ndarray | pd.DataFrame:
+                  labelled: bool = False, *, dtype: str | None = "float32") -> np.ndarray | pd.DataFrame:
         """Responses of ``site``'s units, float32 ``[n_tokens, n_units, ...]``, rows as ``tokens``.
 
         Args:
@@ -665,10 +665,13 @@ class Recording:
                 tables. Only for sites with one value per unit (``mlp.L``, ``resid.L``): a head
                 of ``attn.L`` has ``d_head`` values, read them with :meth:`to_xarray` (or one
                 number per head with ``llmscope.analysis.responses.scalar``).
+            dtype: ``"float32"`` (the default) converts; None keeps the values as stored
+                (:attr:`dtype`: float16 by default), half the memory and no conversion pass.
 
         Raises:
             SiteError: a site not recorded, a unit out of range, or ``labelled`` on a site
                 with several values per unit.
+            RecordingError: ``labelled`` not a bool, or ``dtype`` neither ``"float32"`` nor None.
 
         Example:
             >>> rec.responses("attn.0", units=[1]).shape
@@ -678,6 +681,9 @@ class Recording:
         """
         if not isinstance(labelled, (bool, np.bool_)):
             raise RecordingError(f"labelled must be True or False, got {labelled!r}.")
+        if dtype is not None and (not isinstance(dtype, str) or dtype != "float32"):
+            raise RecordingError(f"dtype must be 'float32' or None (as stored: {self.dtype}), got {dtype!r}.")
+        stored = np.dtype(self.dtype if dtype is None else dtype)
         s = self.site(site)
         idx = s.check_units(units)
         if labelled and len(s.shape) > 1:
@@ -686,7 +692,7 @@ class Recording:
                 f"table holds one value per unit. Use rec.to_xarray()[{s.name!r}] for all of them, or "
                 f"llmscope.analysis.responses.scalar(rec, {s.name!r}) for one number per {s.unit} (its L2 norm).")
         if len(self._rows) == 0:
-            data = np.empty((0, len(idx), *s.shape[1:]), dtype=np.float32)
+            data = np.empty((0, len(idx), *s.shape[1:]), dtype=stored)
         else:
             cols = slice(None) if units is None else idx
             try:
@@ -695,7 +701,7 @@ class Recording:
                 raise RecordingError(
                     f"the responses of {s.name} cannot be read ({type(exc).__name__}: {exc}): the store "
                     "is damaged; record it again into a new path.") from None
-            data = np.asarray(data, dtype=np.float32)
+            data = np.asarray(data, dtype=stored)
         if labelled:
             return pd.DataFrame(data, index=self.tokens.index, columns=s.unit_index(idx))
         return data

@@ -12,15 +12,19 @@ For every unit of one or more recorded sites and a categorical trial-table colum
   analysed tokens (one shuffle shared by all units, so correlated units stay correlated), and
   the shuffled AUC, d', p and q sit beside the real ones.
 
-How it stays cheap (all 46,080 MLP neurons of SmolLM2 over 20,000 tokens in about 17 s on
-two cores): each unit is sorted once, its responses turned into order-preserving integer keys
-with the category codes of the real and the shuffled labels packed into their low bits. The
-sorted keys give midranks (ties averaged) and the tie correction; one ``bincount`` over the
-joint codes gives every category's rank sum under every labeling, from which Kruskal-Wallis H,
-each AUC and the whole permutation control follow. Means, sums of squares, and so s.e.m. and
-d', come from one matrix product with a one-hot label matrix. The recording is read one site at
-a time (a column block of units when a site is larger than ``READ_BYTES``) while ``THREADS``
-threads work on blocks of units, so memory stays bounded whatever the recording's size.
+How it stays cheap (every MLP neuron of SmolLM2, 46,080, over 17,458 tokens: 10-14 s on two
+shared cores, 3-5 times one plain read of the store): the rank statistics need each
+unit's midranks, and a float16 recording (the default) holds at most 65,536 distinct values,
+so a unit is ranked by counting, not sorting: its values, as order-preserving 16-bit keys,
+index a table of counts over the unit's range, whose running sum gives each value's midrank
+and the tie correction. The tokens are read in the order of the joint code of the real and the
+shuffled labels, so every category sum (of midranks, exact in integers; of responses and of
+their squares, in float64) is a segment sum, one ``np.add.reduceat``, from which
+Kruskal-Wallis H, each AUC, the means, s.e.m. and d', and the whole permutation control follow.
+Float32 recordings are ranked by sorting instead, the label codes riding in the low bits of
+the keys. The recording is read as stored, one site at a time (a column block of units when a
+site is larger than ``READ_BYTES``), while ``THREADS`` threads work on blocks of units with
+arrays they reuse, so memory stays bounded whatever the recording's size.
 
 Caveat: tokens of one document are not independent, so real p-values can be optimistic; the
 shuffle control breaks label-response pairing only, not that dependence.
@@ -36,8 +40,9 @@ Example:
 from __future__ import annotations
 
 import html
+import math
 import os
-import warnings
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,7 +50,6 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
-from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from llmscope.analysis.responses import check_recording, check_site, scalar
@@ -53,7 +57,7 @@ from llmscope.analysis.stats import count, fdr
 from llmscope.analysis.trials import labels as label_values
 from llmscope.analysis.trials import rows
 from llmscope.errors import AnalysisError, SiteError
-from llmscope.recording import IncompleteRecordingWarning, Recording
+from llmscope.recording import Recording
 from llmscope.result import Result
 from llmscope.sites import parse_units, unit_labels
 
@@ -61,45 +65,161 @@ if TYPE_CHECKING:
     import plotly.graph_objects as go
 
 ALPHA = 0.05  # FDR level of the ``significant`` columns and the meta counts
-MAX_PERM = 100  # each shuffle adds a one-hot block [n_tokens, n_categories] and work per unit
-MAX_CATEGORIES = 256  # one-hot [n_tokens, categories] and curves [units, categories] stay small
-READ_BYTES = 256 << 20  # float32 responses read at once: a whole site, or a column block of it
-WORK_BYTES = 32 << 20  # working memory of one block of units (about 64 bytes per response)
-THREADS = min(4, os.cpu_count() or 1)  # workers on blocks of units (sorts and BLAS release the GIL)
-JOINT_BITS = 10  # labelings whose codes fit in this many bits share one bincount (1024 bins a unit)
+MAX_PERM = 100  # each shuffle adds work per unit (labelings beyond the first group re-order the tokens)
+MAX_CATEGORIES = 256  # category tables [units, categories] stay small
+READ_BYTES = 256 << 20  # responses read at once, as stored: a whole site, or a column block of it
+TASK_UNITS = 64  # units per task: their rows are gathered in whole cache lines, once
+RANK_UNITS = 8  # units ranked at once: their tables of value counts stay in cache
+THREADS = min(4, os.cpu_count() or 1)  # workers on tasks (numpy's loops release the GIL)
+JOINT_BITS = 10  # labelings whose codes fit in this many bits share one sort and bincount (float32)
+JOINT_BINS = 1 << JOINT_BITS  # labelings whose joint category code stays below this share one token order
+TILE = 4096  # tokens transposed at once: a tile stays in cache
+INF16 = (0x0400, 0xFC00)  # the float16 keys of -inf and +inf: a key outside them is a NaN
 
 
 # ---------------------------------------------------------------- the statistics of a block of units
 
 
+class _Scratch:
+    """Reusable arrays of one worker thread. Fresh multi-megabyte temporaries cost a page fault
+    per 4 KB (the kernel zeroes each page) and make threads queue on the process's memory map:
+    on SmolLM2 that was over a third of the CPU time."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def __call__(self, name: str, shape: int | tuple[int, ...], dtype: Any) -> np.ndarray:
+        shape = (shape,) if isinstance(shape, int) else shape
+        dtype = np.dtype(dtype)
+        size = math.prod(shape) * dtype.itemsize
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.nbytes < size:
+            buffer = self._buffers[name] = np.empty(size, np.uint8)
+        return buffer[:size].view(dtype).reshape(shape)
+
+
+@dataclass(frozen=True)
+class _Group:
+    """Labelings ``first .. first + size - 1``, whose joint category code (below JOINT_BINS)
+    splits the tokens, sorted by it, into one segment per code: a category sum is a segment sum."""
+
+    first: int
+    size: int
+    order: np.ndarray | None  # sorts the tokens (as the labelings hold them) by the joint code; None: sorted
+    present: np.ndarray  # the joint codes present, ascending
+    starts: np.ndarray  # where each present code's segment starts
+
+
 @dataclass(frozen=True)
 class _Labelings:
-    """The real category codes (row 0) and ``n_perm`` shuffles of them, over the analysed tokens."""
+    """The real category codes (row 0) and ``n_perm`` shuffles of them, over the analysed tokens.
 
-    codes: np.ndarray  # [1 + n_perm, n_tokens] uint32
+    The statistics read the tokens in ``order``, which sorts them by the joint code of the first
+    group of labelings (the real one and the first shuffles): its category sums are segment sums
+    as the tokens stand; a later group re-orders them once more."""
+
+    codes: np.ndarray  # [1 + n_perm, n_tokens] uint32, tokens in their own order
     counts: np.ndarray  # [n_categories] float64, tokens per category (the same in every labeling)
-    onehot: np.ndarray  # [n_tokens, (1 + n_perm) * n_categories] float64
-
-    @property
-    def bits(self) -> int:
-        return max(1, int(len(self.counts) - 1).bit_length())
+    order: np.ndarray  # [n_tokens] the order the statistics read the tokens in
+    groups: tuple[_Group, ...]
 
 
 def _labelings(codes: np.ndarray, n_categories: int, n_perm: int, seed: int) -> _Labelings:
     rng = np.random.default_rng(seed)
     all_codes = np.stack([codes, *(rng.permutation(codes) for _ in range(n_perm))]).astype(np.uint32)
-    n = len(codes)
-    onehot = np.zeros((n, len(all_codes) * n_categories))
-    for i, c in enumerate(all_codes):
-        onehot[np.arange(n), i * n_categories + c] = 1.0
-    return _Labelings(all_codes, np.bincount(codes, minlength=n_categories).astype(np.float64), onehot)
+    m = 1
+    while n_categories ** (m + 1) <= JOINT_BINS:
+        m += 1
+    joints = []
+    for first in range(0, len(all_codes), m):
+        joint = np.zeros(len(codes), dtype=np.intp)
+        for c in all_codes[first: first + m]:
+            joint *= n_categories
+            joint += c
+        joints.append(joint)
+    order = np.argsort(joints[0], kind="stable")
+    groups = []
+    for g, joint in enumerate(joints):
+        joint = joint[order]
+        again = None if g == 0 else np.argsort(joint, kind="stable")
+        present, starts = np.unique(joint if again is None else joint[again], return_index=True)
+        groups.append(_Group(g * m, min(m, len(all_codes) - g * m), again, present, starts))
+    counts = np.bincount(codes, minlength=n_categories).astype(np.float64)
+    return _Labelings(all_codes, counts, order, tuple(groups))
+
+
+def _category_sums(a: np.ndarray, lab: _Labelings, dtype: Any) -> np.ndarray:
+    """Sums of each row of ``a [w, n]`` (tokens in ``lab.order``) over every category of every
+    labeling: ``[n_labelings, w, k]``, accumulated in ``dtype`` (int64: exact). One
+    ``np.add.reduceat`` per group of labelings, whose table's margins are each labeling's sums."""
+    w, k = len(a), len(lab.counts)
+    out = np.empty((len(lab.codes), w, k), dtype=dtype)
+    for group in lab.groups:
+        ordered = a if group.order is None else np.take(a, group.order, axis=1)
+        table = np.zeros((w, k ** group.size), dtype=dtype)
+        table[:, group.present] = np.add.reduceat(ordered, group.starts, axis=1, dtype=dtype)
+        table = table.reshape(w, *[k] * group.size)
+        for i in range(group.size):
+            out[group.first + i] = table.sum(axis=tuple(d for d in range(1, group.size + 1) if d != i + 1))
+    return out
+
+
+def _transpose(a: np.ndarray, scratch: _Scratch) -> np.ndarray:
+    """``a [n, u]`` as a C-ordered ``[u, n]`` array, a tile of tokens at a time (2x faster than
+    one strided copy, which crosses every row for each unit)."""
+    n, u = a.shape
+    out = scratch("units", (u, n), a.dtype)
+    for lo in range(0, n, TILE):
+        np.copyto(out[:, lo: lo + TILE], a[lo: lo + TILE].T)
+    return out
+
+
+def _keys16(bits: np.ndarray, scratch: _Scratch) -> np.ndarray:
+    """Order-preserving uint16 keys of float16 bit patterns ``[u, n]``: ``0x8000 + |x|`` bits for
+    a positive, ``0x8000 - |x|`` bits for a negative, so -0.0 and 0.0 tie, -inf is 0x0400, +inf
+    0xFC00 and a NaN falls outside them."""
+    sign, key = scratch("sign", bits.shape, np.uint16), scratch("key16", bits.shape, np.uint16)
+    np.right_shift(bits, 15, out=sign)
+    np.multiply(sign, np.uint16(0x7FFF), out=key)
+    np.bitwise_or(key, np.uint16(0x8000), out=key)
+    np.bitwise_xor(key, bits, out=key)  # 0x8000 + |x| bits, or 0x7FFF - |x| bits for a negative
+    np.add(key, sign, out=key)
+    return key
+
+
+def _midranks16(key: np.ndarray, scratch: _Scratch, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Midranks of float16 units from their keys ``[u, n]``, by counting, not sorting: a float16
+    takes at most 65,536 values, so each unit's keys index a table of counts over the unit's
+    range, whose running sum gives every value's rank.
+
+    Returns ``2 * (midrank + row * n) - 1`` per response (int64 ``[u, n]``; the caller takes the
+    row offsets out of the category sums) and each row's tie term ``sum(t**3 - t)``."""
+    u, n = key.shape
+    low, high = key.min(axis=1).astype(np.intp), key.max(axis=1).astype(np.intp)
+    if low.min() < INF16[0] or high.max() > INF16[1]:
+        raise AnalysisError(f"{name} has NaN responses: the recording is damaged; record it again.")
+    span = high - low + 1
+    start = np.zeros(u, dtype=np.intp)
+    np.cumsum(span[:-1], out=start[1:])  # row r's bins follow those of the rows before it
+    index = scratch("bin", (u, n), np.intp)
+    np.add(key, (start - low)[:, None], out=index)
+    count = np.bincount(index.ravel(), minlength=int(start[-1] + span[-1]))
+    doubled = scratch("doubled", len(count), np.intp)
+    np.cumsum(count, out=doubled)  # responses in this bin or below it, earlier rows included
+    doubled += doubled
+    doubled -= count  # bin v's responses hold ranks c+1 .. c+count[v] (c below them): twice their mean, less 1
+    mid = scratch("mid", (u, n), np.intp)
+    np.take(doubled, index, out=mid, mode="clip")  # in range by construction: clip skips the checks and a buffer
+    cube = scratch("cube", len(count), np.intp if n < 1 << 21 else np.float64)  # t**3 fits in int64 below 2**21
+    np.multiply(count, count, out=cube)
+    cube *= count
+    return mid, np.add.reduceat(cube, start).astype(np.float64) - n
 
 
 def _keys(x: np.ndarray) -> tuple[np.ndarray, int]:
     """Order-preserving integer keys of float32 responses ``x [u, n]`` (C order, no NaN):
     equal values (-0.0 and 0.0 too) get equal keys and smaller values smaller ones. Returns
-    uint32 keys that start at 0 in every row, and the number of bits they need (fp16 data: at
-    most 19)."""
+    uint32 keys that start at 0 in every row, and the number of bits they need."""
     bits = x.view(np.int32)
     sign = bits >> 31  # 0, or -1 for a negative
     key = bits & 0x7FFFFFFF
@@ -129,24 +249,25 @@ def _midranks(sorted_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mid, np.add.reduceat((t * t - 1.0) * t, np.searchsorted(starts, np.arange(u) * n))
 
 
-def _rank_sums(x: np.ndarray, lab: _Labelings) -> tuple[np.ndarray, np.ndarray]:
-    """Midrank sums per category ``[n_labelings, u, n_categories]`` and tie terms ``[u]``.
+def _rank_sums(x: np.ndarray, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Midrank sums per category ``[n_labelings, u, k]`` and tie terms ``[u]`` of float32 units
+    ``x [u, n]`` (C order) under the labelings ``codes [n_labelings, n]``, by sorting.
 
     The codes of as many labelings as fit ride in the low bits of the keys, so one sort orders
     them with the responses; the rank sums of up to ``JOINT_BITS`` bits of codes come from one
     ``bincount`` over their joint code."""
     key, key_bits = _keys(x)
-    u, k, width, n_lab = x.shape[0], len(lab.counts), lab.bits, len(lab.codes)
+    u, width, n_lab = x.shape[0], max(1, (k - 1).bit_length()), len(codes)
     per_sort = n_lab if key_bits + n_lab * width <= 32 else max(1, (64 - key_bits) // width)
     per_count = max(1, JOINT_BITS // width)
     sums = np.empty((n_lab, u, k))
     for lo in range(0, n_lab, per_sort):
-        group = lab.codes[lo: lo + per_sort]
+        group = codes[lo: lo + per_sort]
         dtype = np.uint32 if key_bits + len(group) * width <= 32 else np.uint64
         packed = key.astype(dtype, copy=lo + per_sort < n_lab)  # the last group may reuse the keys
-        for codes in group:
+        for c in group:
             packed <<= dtype(width)
-            packed |= codes
+            packed |= c
         packed.sort(axis=1)
         mid, ties = _midranks(packed >> dtype(len(group) * width))
         for first in range(0, len(group), per_count):
@@ -162,64 +283,91 @@ def _rank_sums(x: np.ndarray, lab: _Labelings) -> tuple[np.ndarray, np.ndarray]:
     return sums, ties
 
 
-def _block(x: np.ndarray, lab: _Labelings) -> dict[str, np.ndarray]:
-    """Every statistic of the units ``x [u, n]`` (float32, C order) under every labeling."""
-    from scipy import stats
+def _statistics(x: np.ndarray, lab: _Labelings, scratch: _Scratch, name: str) -> dict[str, np.ndarray]:
+    """Every statistic of the units ``x [u, n]`` (float16 or float32, C order, tokens in
+    ``lab.order``) under every labeling, ``RANK_UNITS`` units at a time. Float16 units are ranked
+    by counting their values, float32 units by sorting; midranks, their sums and the tie
+    correction are exact, the moments float64 sums."""
+    from scipy.special import chdtrc  # what scipy.stats.chi2.sf computes, without importing scipy.stats
 
-    n_lab, (u, n), k = len(lab.codes), x.shape, len(lab.counts)
-    rank_sums, ties = _rank_sums(x, lab)
-    moments = np.empty((2 * u, n))
-    moments[:u] = x
-    np.square(moments[:u], out=moments[u:])
-    moments = (moments @ lab.onehot).reshape(2, u, n_lab, k).transpose(0, 2, 1, 3)
-    sums, squares = moments[0], moments[1]
-    n_k = lab.counts
+    (u, n), n_lab, k, n_k = x.shape, len(lab.codes), len(lab.counts), lab.counts
+    if x.dtype != np.float16 and np.isnan(x).any():  # float16 NaNs show in their keys
+        raise AnalysisError(f"{name} has NaN responses: the recording is damaged; record it again.")
+    sums, squares, rank_sums, ties = np.empty((n_lab, u, k)), np.empty((n_lab, u, k)), np.empty((n_lab, u, k)), np.empty(u)
+    codes = None if x.dtype == np.float16 else lab.codes[:, lab.order]
+    for lo in range(0, u, RANK_UNITS):
+        part, at = x[lo: lo + RANK_UNITS], slice(lo, lo + RANK_UNITS)
+        if codes is None:
+            mid, ties[at] = _midranks16(_keys16(part.view(np.uint16), scratch), scratch, name)
+            offset = np.arange(len(part)) * float(n)
+            rank_sums[:, at] = (_category_sums(mid, lab, np.int64) + n_k) / 2 - offset[:, None] * n_k
+        else:
+            rank_sums[:, at], ties[at] = _rank_sums(part, codes, k)
+        values = scratch("values", part.shape, np.float64)
+        np.copyto(values, part)
+        sums[:, at] = _category_sums(values, lab, np.float64)
+        np.square(values, out=values)
+        squares[:, at] = _category_sums(values, lab, np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         mean = sums / n_k
         var = np.maximum(squares - sums * mean, 0.0) / (n_k - 1)
         pref = mean.argmax(-1)
-        at = lambda a: np.take_along_axis(a, pref[..., None], -1)[..., 0]  # noqa: E731
+        pick = lambda a: np.take_along_axis(a, pref[..., None], -1)[..., 0]  # noqa: E731
         n_p = n_k[pref]
         n_r = n - n_p
-        rest_sum, rest_sq = sums.sum(-1) - at(sums), squares.sum(-1) - at(squares)
+        rest_sum, rest_sq = sums.sum(-1) - pick(sums), squares.sum(-1) - pick(squares)
         mean_rest = rest_sum / n_r
         var_rest = np.maximum(rest_sq - rest_sum * mean_rest, 0.0) / (n_r - 1)
-        dprime = (at(mean) - mean_rest) / np.sqrt((at(var) + var_rest) / 2)
-        auc = (at(rank_sums) - n_p * (n_p + 1) / 2) / (n_p * n_r)
+        dprime = (pick(mean) - mean_rest) / np.sqrt((pick(var) + var_rest) / 2)
+        auc = (pick(rank_sums) - n_p * (n_p + 1) / 2) / (n_p * n_r)
         spread = 1.0 - ties / (float(n) ** 3 - n)  # 0 for a unit whose responses are all equal
         h = (12.0 / (n * (n + 1.0)) * (rank_sums ** 2 / n_k).sum(-1) - 3.0 * (n + 1)) / spread
         h = np.where(spread > 0, np.maximum(h, 0.0), np.nan)
-    return dict(preferred=pref, mean_preferred=at(mean), mean_rest=mean_rest, auc=auc, dprime=dprime,
-                H=h, p=stats.chi2.sf(h, k - 1), means=mean[0], sems=np.sqrt(var[0] / n_k))
+    return dict(preferred=pref, mean_preferred=pick(mean), mean_rest=mean_rest, auc=auc, dprime=dprime,
+                H=h, p=chdtrc(k - 1, h), means=mean[0], sems=np.sqrt(var[0] / n_k))
+
+
+def _block(x: np.ndarray, lab: _Labelings, scratch: _Scratch | None = None,
+           name: str = "the block") -> dict[str, np.ndarray]:
+    """Every statistic of the units ``x [u, n]`` (float16 or float32, tokens as ``lab.codes``
+    holds them) under every labeling: each a ``[n_labelings, u]`` array, ``means`` and ``sems``
+    ``[u, k]`` for the real labels. :func:`_stream` reads the rows in ``lab.order`` instead and
+    calls :func:`_statistics` directly."""
+    return _statistics(np.ascontiguousarray(x[:, lab.order]), lab, _Scratch() if scratch is None else scratch, name)
 
 
 # ---------------------------------------------------------------- reading the recording
 
 
 def _parts(recording: Recording, site: str) -> Iterator[np.ndarray]:
-    """A site's responses ``[n_tokens, n_units_in_part]`` (float32), ``READ_BYTES`` at a time."""
+    """A site's responses ``[n_tokens, n_units_in_part]``, ``READ_BYTES`` at a time: as stored
+    (float16 by default: no conversion, half the bytes) for one value per unit, else the
+    float32 L2 norms of ``scalar``."""
     s = recording.site(site)
-    step = max(1, min(s.n_units, READ_BYTES // (4 * max(len(recording), 1))))
+    stored = len(s.shape) == 1
+    itemsize = np.dtype(recording.dtype).itemsize if stored else 4
+    step = max(1, min(s.n_units, READ_BYTES // (itemsize * max(len(recording), 1))))
     for lo in range(0, s.n_units, step):
-        yield scalar(recording, site, None if step == s.n_units else np.arange(lo, min(lo + step, s.n_units)))
-
-
-def _work(part: np.ndarray, rows: np.ndarray, lab: _Labelings, site: str) -> dict[str, np.ndarray]:
-    """The statistics of a block of units ``part [n_tokens, u]`` at the analysed ``rows``."""
-    x = np.ascontiguousarray(part.T[:, rows])  # one gather does the transpose too (2-3x faster than .T.copy())
-    if np.isnan(x).any():
-        raise AnalysisError(f"{site} has NaN responses: the recording is damaged; record it again.")
-    return _block(x, lab)
+        units = None if step == s.n_units else np.arange(lo, min(lo + step, s.n_units))
+        yield recording.responses(site, units, dtype=None) if stored else scalar(recording, site, units)
 
 
 def _stream(recording: Recording, names: list[str], rows: np.ndarray, lab: _Labelings,
             bar: tqdm) -> dict[str, list[np.ndarray]]:
-    """Every site's statistics, in unit order. Blocks of units run on ``THREADS`` threads (numpy
-    sorts and BLAS release the GIL) while the next part of the recording is read; at most two
-    parts are held at once."""
-    width = max(1, WORK_BYTES // (64 * len(lab.codes[0])))
+    """Every site's statistics, in unit order. Tasks of ``TASK_UNITS`` units run on ``THREADS``
+    threads, each with its own scratch arrays, while the next part of the recording is read;
+    at most two parts are held at once."""
     out: dict[str, list[np.ndarray]] = {}
     held: deque[list[Future]] = deque()
+    local = threading.local()
+    ordered = rows[lab.order]
+
+    def work(part: np.ndarray, name: str) -> dict[str, np.ndarray]:
+        if not hasattr(local, "scratch"):
+            local.scratch = _Scratch()
+        tokens = local.scratch("tokens", (len(rows), part.shape[1]), part.dtype)
+        np.take(part, ordered, axis=0, out=tokens)  # the analysed rows, in the labelings' order
+        return _statistics(_transpose(tokens, local.scratch), lab, local.scratch, name)
 
     def collect(futures: list[Future]) -> None:
         for future in futures:
@@ -232,8 +380,8 @@ def _stream(recording: Recording, names: list[str], rows: np.ndarray, lab: _Labe
     try:
         for name in names:
             for part in _parts(recording, name):
-                held.append([pool.submit(_work, part[:, j: j + width], rows, lab, name)
-                             for j in range(0, part.shape[1], width)])
+                held.append([pool.submit(work, part[:, j: j + TASK_UNITS], name)
+                             for j in range(0, part.shape[1], TASK_UNITS)])
                 if len(held) == 2:
                     collect(held.popleft())
         while held:
@@ -413,8 +561,7 @@ def tuning(recording: Recording, site: str | Sequence[str], label: str, *, inclu
     analysed = values.index.to_numpy()
     lab = _labelings(codes, len(categories), n_perm, seed)
     sizes = [recording.site(s).n_units for s in names]
-    with tqdm(total=sum(sizes), unit="unit", desc=f"tuning {label}", disable=not progress) as bar, \
-            threadpool_limits(1, user_api="blas"):  # one BLAS thread per worker: the workers share the cores
+    with tqdm(total=sum(sizes), unit="unit", desc=f"tuning {label}", disable=not progress) as bar:
         parts = _stream(recording, names, analysed, lab, bar)
     return _result(parts, names, sizes, categories, lab, label, values, recording,
                    dict(meta, include_bos=include_bos, n_perm=n_perm, seed=seed))

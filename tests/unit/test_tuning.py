@@ -23,7 +23,7 @@ import llmscope
 from llmscope.analysis.responses import scalar
 from llmscope.analysis.stats import fdr
 from llmscope.analysis.trials import rows
-from llmscope.analysis.tuning import ALPHA, TuningResult, _block, _labelings, tuning
+from llmscope.analysis.tuning import INF16, ALPHA, TuningResult, _block, _keys16, _labelings, _parts, _Scratch, tuning
 from llmscope.errors import AnalysisError, ColumnError, SiteError
 from llmscope.recording import IncompleteRecordingWarning, Recording
 from llmscope.sites import unit_index
@@ -119,6 +119,62 @@ def test_every_shuffle_is_computed_like_the_real_labels(n_categories, n_perm, fp
             h, p = stats.kruskal(*[x[u][labels == c].astype(np.float64) for c in range(n_categories)])
             assert got["H"][i, u] == pytest.approx(h, rel=1e-9) and got["p"][i, u] == pytest.approx(p, rel=1e-6)
             assert got["auc"][i, u] == pytest.approx(roc_auc_score(labels == got["preferred"][i, u], x[u]), abs=1e-12)
+
+
+def test_float16_keys_keep_the_order_of_every_value():
+    """Every float16 bit pattern: keys sort as the values do, -0.0 ties 0.0, NaNs fall outside."""
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    values = bits.view(np.float16).astype(np.float64)
+    key = _keys16(bits[None], _Scratch())[0].astype(np.int64)
+    finite = ~np.isnan(values)
+    order = np.argsort(values[finite], kind="stable")
+    assert (np.diff(key[finite][order]) >= 0).all()
+    assert ((np.diff(key[finite][order]) == 0) == (np.diff(values[finite][order]) == 0)).all()  # ties: -0.0, 0.0 only
+    assert key[0x8000] == key[0x0000] and (key[0xFC00], key[0x7C00]) == INF16
+    assert ((key[~finite] < INF16[0]) | (key[~finite] > INF16[1])).all()
+
+
+@pytest.mark.parametrize("n_categories,n_perm", [(3, 20), (10, 1), (40, 3), (200, 2)])
+def test_float16_units_are_counted_exactly(n_categories, n_perm):
+    """The float16 kernel (ranks by counting) against scipy and sklearn, and against the float32
+    kernel (ranks by sorting) on the same values: signed zeros, the largest values, a constant
+    unit, heavy ties, and labelings in one token order or several."""
+    rng = np.random.default_rng(n_categories)
+    x = np.round(rng.standard_normal((12, 3000)), 1).astype(np.float16)
+    x[0, :40], x[0, 40:80] = -0.0, 0.0
+    x[1, :5], x[1, 5:9] = 65504, -65504
+    x[2] = 0.25  # every response equal: no test (H is NaN)
+    codes = np.concatenate([np.arange(n_categories), rng.integers(0, n_categories, 3000 - n_categories)])
+    lab = _labelings(codes, n_categories, n_perm, seed=1)
+    got, ref = _block(x, lab), _block(x.astype(np.float32), lab)
+    for key in got:
+        np.testing.assert_allclose(got[key], ref[key], rtol=1e-12, err_msg=key)
+    assert np.isnan(got["H"][:, 2]).all()
+    for i, labels in enumerate(lab.codes[:3]):
+        for u in (0, 1, 5):
+            xu = x[u].astype(np.float64)
+            h, p = stats.kruskal(*[xu[labels == c] for c in range(n_categories)])
+            assert got["H"][i, u] == pytest.approx(h, rel=1e-9) and got["p"][i, u] == pytest.approx(p, rel=1e-6)
+            assert got["auc"][i, u] == pytest.approx(roc_auc_score(labels == got["preferred"][i, u], xu), abs=1e-12)
+    np.testing.assert_allclose(got["means"], [pd.Series(xu).groupby(lab.codes[0]).mean() for xu in x.astype(np.float64)],
+                               rtol=1e-12)
+
+
+def test_a_float16_recording_is_read_as_stored(store16):
+    rec = Recording.open(store16)
+    raw = rec.responses("mlp.0", dtype=None)
+    assert raw.dtype == np.float16 and np.array_equal(raw.astype(np.float32), rec.responses("mlp.0"))
+    assert [p.dtype for p in _parts(rec, "mlp.0")] == [np.float16]
+    with pytest.raises(llmscope.RecordingError, match="dtype must be 'float32' or None .*got 'float16'"):
+        rec.responses("mlp.0", dtype="float16")
+
+
+def test_nan_in_a_float16_recording_is_named(store16, tmp_path):
+    path = copy_of(store16, tmp_path)
+    arr = zarr.open_group(str(path), mode="r+", use_consolidated=False)["mlp.0"]
+    arr[7, 300] = np.nan
+    with pytest.raises(AnalysisError, match="mlp.0 has NaN responses"):
+        tuning(Recording.open(path), "mlp.0", "pos_tag", include_bos=True, progress=False)
 
 
 def test_one_table_over_sites_with_fdr_over_all(res, words):
