@@ -17,9 +17,11 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from llmscope.errors import AnalysisError, SiteError
+import pandas as pd
 
+from llmscope.errors import AnalysisError, SiteError
 from llmscope.recording import IncompleteRecordingWarning, Recording
+from llmscope.sites import Site, UnitsLike, parse_units
 
 BLOCK_BYTES = 64 << 20  # float32 bytes held per block: bounded memory whatever the recording's size
 
@@ -83,4 +85,41 @@ def scalar(recording: "Recording", site: str, units: Sequence[int] | None = None
     return out
 
 
-__all__ = ["scalar", "blocks", "check_site", "check_recording", "BLOCK_BYTES"]
+def resolve(recording: "Recording", units: UnitsLike) -> list[tuple[Site, np.ndarray]]:
+    """Units (any form :func:`llmscope.sites.resolve_units` takes) resolved against the recorded
+    sites: ``[(Site, sorted unique indices), ...]``; a SiteError names a site not recorded or
+    an index out of range.
+
+    Example:
+        >>> [(s.name, idx.tolist()) for s, idx in resolve(rec, [("mlp.1", [7, 3]), ("mlp.0", 2)])]
+        [('mlp.1', [3, 7]), ('mlp.0', [2])]
+    """
+    out: dict[str, tuple[Site, np.ndarray]] = {}
+    for spec, idx in parse_units(units):
+        s = recording.site(spec.name if isinstance(spec, Site) else check_site(recording, spec))
+        checked = s.check_units(idx)
+        if s.name in out:
+            checked = np.concatenate([out[s.name][1], checked])
+        out[s.name] = (s, np.unique(checked))
+    return list(out.values())
+
+
+def matrix(recording: "Recording", units: UnitsLike, keep: np.ndarray | None = None) -> tuple[np.ndarray, pd.MultiIndex]:
+    """The responses of ``units`` as one float32 array ``[n_kept_rows, n_units]`` (rows where
+    ``keep`` is true, all rows if None) and its columns' ``(site, unit)`` MultiIndex.
+
+    Example:
+        >>> X, index = matrix(rec, [("mlp.1", [7, 3]), ("attn.0", [2])])
+        >>> X.shape == (len(rec), 3), index.tolist()
+        (True, [('mlp.1', 3), ('mlp.1', 7), ('attn.0', 2)])
+    """
+    resolved = resolve(recording, units)
+    parts = [scalar(recording, s.name, idx) for s, idx in resolved]
+    X = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+    if keep is not None:
+        X = X[np.asarray(keep, dtype=bool)]
+    index = pd.MultiIndex.from_tuples([(s.name, int(i)) for s, idx in resolved for i in idx], names=["site", "unit"])
+    return X, index
+
+
+__all__ = ["scalar", "blocks", "resolve", "matrix", "check_site", "check_recording", "BLOCK_BYTES"]

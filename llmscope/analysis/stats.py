@@ -37,14 +37,21 @@ def fraction(value: Any, name: str, low: float = 0.0, high: float = 1.0) -> floa
 
 
 def fdr(p: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (scipy); NaN p-values stay NaN and are not counted."""
-    from scipy import stats
+    """Benjamini-Hochberg adjusted p-values; NaN p-values stay NaN and are not counted.
 
+    The same numbers as ``scipy.stats.false_discovery_control(p, method="bh")`` (a test checks
+    it), in numpy: importing scipy.stats costs longer than adjusting 46,080 p-values.
+    """
     p = np.asarray(p, dtype=float)
     out = np.full(p.shape, np.nan)
     ok = np.isfinite(p)
-    if ok.any():
-        out[ok] = stats.false_discovery_control(p[ok], method="bh")
+    n = int(ok.sum())
+    if n:
+        order = np.argsort(p[ok], kind="stable")
+        ranked = p[ok][order] * n / np.arange(1, n + 1)
+        adjusted = np.empty(n)
+        adjusted[order] = np.minimum(np.minimum.accumulate(ranked[::-1])[::-1], 1.0)
+        out[ok] = adjusted
     return out
 
 

@@ -482,3 +482,14 @@ def test_to_xarray_is_lazy_and_matches_responses(tiny, stim, saved, tmp_path):
     ds = rec.to_xarray()
     _delete_chunk(Path(rec.path))  # nothing was read yet: the missing chunk reads as its fill value
     assert np.isnan(ds["mlp.0"].values).all() and not np.isnan(rec.to_xarray()["resid.2"].values).any()
+
+
+def test_responses_as_stored_are_the_float16_values_and_bad_dtypes_are_named(saved):
+    rec = Recording.open(saved)
+    site = rec.sites[0]
+    raw = rec.responses(site, dtype=None)
+    assert rec.dtype == "float16" and raw.dtype == np.float16
+    np.testing.assert_array_equal(raw.astype(np.float32), rec.responses(site))
+    for bad in ("float64", np.float32, 16):
+        with pytest.raises(RecordingError, match=r"'float32' or None"):
+            rec.responses(site, dtype=bad)
