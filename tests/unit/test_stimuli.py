@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import llmscope
-from llmscope.stimuli import agreement, from_texts, grammar, induction, ioi, templates
+from llmscope.stimuli import agreement, from_texts, grammar, induction, ioi, sentences, templates
 from llmscope.stimuli.induction import ordinary_vocab
 from llmscope.stimuli.subwords import encode_words, prefix_ids, single_token_id
 from llmscope.stimuli.templates import LEXICON, TEMPLATES
@@ -293,3 +293,14 @@ def test_agreement_corrupted_twin_flips_the_subject(organism):
     good = evaluate(organism, clean, "logit_diff")["logit_diff"].dropna()
     flipped = evaluate(organism, corrupt, "logit_diff")["logit_diff"].dropna()
     assert (good > 0).mean() > 0.9 and (flipped < 0).mean() > 0.7  # the twin wants the other verb
+
+
+@pytest.mark.smollm2
+def test_bundled_sentences_are_tagged_shuffled_by_seed_and_bounded(smol):
+    a, b, c = sentences(smol, n=5, seed=0), sentences(smol, n=5, seed=0), sentences(smol, n=5, seed=1)
+    assert a.tokens["text"].tolist() == b.tokens["text"].tolist() != c.tokens["text"].tolist()
+    tags = set(sentences(smol).tokens["pos_tag"])
+    assert {"NOUN", "VERB", "DET", "ADP", "ADJ", "ADV", "PRON"} <= tags
+    for bad in (0, 101, 2.5):
+        with pytest.raises(PromptError):
+            sentences(smol, n=bad)
