@@ -12,9 +12,15 @@ Example:
 """
 
 from llmscope import analysis, models, stimuli
+from llmscope.analysis.correlates import behaviour_correlates
+from llmscope.analysis.decoding import decode, decode_curve
 from llmscope.analysis.effect import effect
 from llmscope.analysis.examples import ExamplesResult, top_examples
+from llmscope.analysis.geometry import cka, pca, rdm, rsa
 from llmscope.analysis.heads import confirm_by_lesion, localize_heads
+from llmscope.analysis.lens import logit_lens, surprise
+from llmscope.analysis.lfp import event_average, field_potential, granger, lfp_spectrum
+from llmscope.analysis.sparsity import sparsity
 from llmscope.analysis.spikes import Spikes, psth, spikes
 from llmscope.analysis.tuning import TuningResult, tuning
 from llmscope.analysis.patching import patching
@@ -39,6 +45,8 @@ __all__ = [
     "token_loss", "logit_diff", "metric", "evaluate", "Result",
     "analysis", "effect", "patching", "localize_heads", "confirm_by_lesion", "spikes", "psth", "Spikes",
     "tuning", "TuningResult", "top_examples", "ExamplesResult",
+    "decode", "decode_curve", "pca", "rdm", "rsa", "cka", "sparsity", "behaviour_correlates",
+    "field_potential", "lfp_spectrum", "event_average", "granger", "logit_lens", "surprise",
     "LLMScopeError", "SiteError", "PromptError", "InterventionError", "RecordingError", "ModelNotAvailable",
     "AnalysisError", "ColumnError", "WidgetError",
     "AttentionMap", "AblationPanel", "Raster",

@@ -5,6 +5,8 @@ value per trial-table row (NaN where it is undefined), as in TransformerLens's p
 metrics. Metrics never run the model; :func:`evaluate` runs it once per batch and applies them.
 
 * :func:`loss`, :func:`correct` — next-token cross-entropy (nats) and argmax hit;
+* :func:`confidence`, :func:`entropy` — the top guess's probability and the entropy (nats) of the
+  next-token distribution;
 * :func:`logit_diff` — ``logit[good] - logit[bad]`` at the target rows of a minimal-pair paradigm;
 * :func:`evaluate` — the trial table plus one column per metric (runs the model);
 * :func:`token_loss` — the trial table plus ``loss`` and ``correct``;
@@ -99,6 +101,24 @@ def correct(logits: torch.Tensor, stimuli: Stimuli, align: str = "target") -> np
     return _per_row(hit, stimuli, _check_align(align))
 
 
+def _of_prediction(fn: Callable[[torch.Tensor], torch.Tensor], logits: torch.Tensor, stimuli: Stimuli,
+                   align: str) -> np.ndarray:
+    """A statistic of each next-token distribution, placed on trial rows as :func:`loss` is."""
+    values = torch.full(logits.shape[:2], float("nan"))
+    values[:, 1:] = fn(logits[:, :-1].float().log_softmax(-1))  # target-aligned: row t scores the prediction of t
+    return _per_row(values, stimuli, _check_align(align))
+
+
+def confidence(logits: torch.Tensor, stimuli: Stimuli, align: str = "target") -> np.ndarray:
+    """The probability of the model's top next-token guess, per trial row (aligned as :func:`loss`)."""
+    return _of_prediction(lambda logp: logp.max(-1).values.exp(), logits, stimuli, align)
+
+
+def entropy(logits: torch.Tensor, stimuli: Stimuli, align: str = "target") -> np.ndarray:
+    """The entropy (nats) of the next-token distribution, per trial row (aligned as :func:`loss`)."""
+    return _of_prediction(lambda logp: -(logp.exp() * logp).sum(-1), logits, stimuli, align)
+
+
 def check_logit_diff(stimuli: Stimuli, good: str, bad: str, at: str, d_vocab: int | None = None) -> None:
     """The columns :func:`logit_diff` reads exist and hold token ids at some ``at`` row, or a clear error."""
     table = stimuli.tokens
@@ -134,7 +154,8 @@ def _flag(column: pd.Series) -> np.ndarray:
     return column.astype("boolean").fillna(False).to_numpy(dtype=bool)
 
 
-METRICS: dict[str, Callable[..., np.ndarray]] = {"loss": loss, "correct": correct, "logit_diff": logit_diff}
+METRICS: dict[str, Callable[..., np.ndarray]] = {"loss": loss, "correct": correct, "confidence": confidence,
+                                                 "entropy": entropy, "logit_diff": logit_diff}
 
 
 # ---------------------------------------------------------------- running the model
@@ -155,7 +176,7 @@ def metric_fn(metric: Metric, align: str = "target") -> Callable[[torch.Tensor, 
             raise AnalysisError(f"unknown metric {metric!r}; choose one of {list(METRICS)} or pass a callable "
                                 "fn(logits, stimuli) -> one value per trial row.")
         fn = METRICS[metric]
-        return partial(fn, align=align) if fn in (loss, correct) else fn
+        return fn if fn is logit_diff else partial(fn, align=align)
     if callable(metric):
         return metric
     raise AnalysisError(f"a metric is a name ({list(METRICS)}) or a callable fn(logits, stimuli); "
@@ -284,4 +305,4 @@ def metric(model: "TransformerBridge", stimuli: Stimuli, metric: Metric = "loss"
                          for key, g in groups(rows, cols)])
 
 
-__all__ = ["next_token_loss", "loss", "correct", "logit_diff", "evaluate", "token_loss", "metric", "METRICS"]
+__all__ = ["next_token_loss", "loss", "correct", "confidence", "entropy", "logit_diff", "evaluate", "token_loss", "metric", "METRICS"]

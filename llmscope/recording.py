@@ -492,7 +492,7 @@ def _stream(model: "TransformerBridge", stimuli: Stimuli, sites: list[Site], gro
     with bar, torch.no_grad():
         for lo, ids in stimuli.batches(batch_size, start):
             hi = lo + ids.shape[0]
-            lengths = torch.as_tensor(stimuli.lengths[lo:hi])
+            lengths = torch.tensor(stimuli.lengths[lo:hi])  # a copy: a stored table's lengths are read-only
             _, cache = model.run_with_cache(ids, names_filter=hooks, stop_at_layer=stop)
             real = torch.arange(ids.shape[1]) < lengths[:, None]
             padded = not bool(real.all())

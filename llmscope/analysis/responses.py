@@ -54,6 +54,21 @@ def check_site(recording: "Recording", site: str) -> str:
     return recording.site(site).name
 
 
+def recorded_sites(recording: "Recording", site: str | Sequence[str]) -> list[str]:
+    """One recorded site name or a non-empty list of them -> their short names, each once, in
+    order; a SiteError names the recorded sites.
+
+    Example:
+        >>> recorded_sites(rec, ["mlp.1", "blocks.0.mlp.hook_post", "mlp.1"])
+        ['mlp.1', 'mlp.0']
+    """
+    names = [site] if isinstance(site, str) else site
+    if not isinstance(names, (list, tuple)) or not names:
+        raise SiteError(f"site must be a recorded site name or a non-empty list of them; got {site!r}. "
+                        f"This recording holds {recording.sites}.")
+    return list(dict.fromkeys(check_site(recording, s) for s in names))
+
+
 def blocks(recording: "Recording", site: str, units: Sequence[int] | None = None,
            block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[slice, np.ndarray]]:
     """Yield ``(rows, responses [n_rows, n_units] float32)`` over the recording, one block at a time."""
@@ -122,4 +137,4 @@ def matrix(recording: "Recording", units: UnitsLike, keep: np.ndarray | None = N
     return X, index
 
 
-__all__ = ["scalar", "blocks", "resolve", "matrix", "check_site", "check_recording", "BLOCK_BYTES"]
+__all__ = ["scalar", "blocks", "recorded_sites", "resolve", "matrix", "check_site", "check_recording", "BLOCK_BYTES"]

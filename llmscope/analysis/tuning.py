@@ -52,7 +52,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from llmscope.analysis.responses import check_recording, check_site, scalar
+from llmscope.analysis.responses import check_recording, recorded_sites, scalar
 from llmscope.analysis.stats import count, fdr
 from llmscope.analysis.trials import labels as label_values
 from llmscope.analysis.trials import rows
@@ -391,14 +391,6 @@ def _stream(recording: Recording, names: list[str], rows: np.ndarray, lab: _Labe
     return out
 
 
-def _sites(recording: Recording, site: str | Sequence[str]) -> list[str]:
-    names = [site] if isinstance(site, str) else site
-    if not isinstance(names, (list, tuple)) or not names:
-        raise SiteError(f"site must be a recorded site name or a non-empty list of them; got {site!r}. "
-                        f"This recording holds {recording.sites}.")
-    return list(dict.fromkeys(check_site(recording, s) for s in names))
-
-
 # ---------------------------------------------------------------- the result
 
 
@@ -547,7 +539,7 @@ def tuning(recording: Recording, site: str | Sequence[str], label: str, *, inclu
     seed = count(seed, "seed", minimum=0)
     if not isinstance(progress, (bool, np.bool_)):
         raise AnalysisError(f"progress must be True or False, got {progress!r}.")
-    names = _sites(recording, site)
+    names = recorded_sites(recording, site)
     keep = rows(recording.tokens, include_bos)
     if not keep.any():
         raise AnalysisError(f"the recording {recording.name!r} has no rows to analyse ({len(recording)} rows"

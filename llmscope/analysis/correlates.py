@@ -1,0 +1,183 @@
+"""Behavioural correlates: which units' responses go with how well the model predicts.
+
+The "correlate transistors with behaviour" step of Jonas & Kording (2017): each unit of a
+recording is correlated (Spearman) with a per-token behaviour of the model that made it —
+``loss`` (nats), ``correct`` (argmax hit), ``confidence`` (the top next-token probability)
+or ``entropy`` (of the next-token distribution, nats) — with BH-FDR across units.
+
+**Alignment.** A unit's response at token ``t`` is paired with the prediction made *from*
+``t`` (``align="context"`` in :mod:`llmscope.behaviour`): the loss of predicting ``t + 1``,
+the confidence of that prediction. A response can only shape predictions after it, so this is
+the reading in which a unit can cause the behaviour; the last token of a sequence predicts
+nothing scored and drops out.
+
+**Why not scipy's p-values.** Tokens of one sequence are not independent: responses and
+behaviour both drift along a sequence, so a t-test across tokens finds "correlates" in pure
+noise. Each unit's p-value is instead calibrated against a null of the same structure: the
+behaviour circularly shifted within each sequence by a random offset (``n_null`` times),
+which keeps both series' autocorrelation and breaks only their alignment; ``p`` is two-sided
+normal on ``(rho - null_mean) / null_sd``. The control is one more independent shift, tested
+the same way: its FDR discoveries are false by construction.
+
+Example:
+    >>> r = behaviour_correlates(model, rec, "loss", n_null=20, progress=False)
+    >>> r.df.columns[:3].tolist()
+    ['rho', 'p', 'q']
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from llmscope.analysis import trials
+from llmscope.analysis.responses import check_recording, resolve, scalar
+from llmscope.analysis.stats import count, fdr, flag
+from llmscope.behaviour import confidence, correct, entropy, evaluate, loss
+from llmscope.errors import AnalysisError
+from llmscope.result import Result
+from llmscope.sites import UnitsLike
+from llmscope.stimuli.core import Stimuli
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from llmscope.recording import Recording
+
+
+BEHAVIOURS: dict[str, Callable[..., np.ndarray]] = {"loss": loss, "correct": correct, "confidence": confidence,
+                                                    "entropy": entropy}
+
+
+def _standard_ranks(values: np.ndarray) -> np.ndarray:
+    """Mid-ranks along axis 0, centred and scaled to unit variance (NaN where a column is constant)."""
+    from scipy.stats import rankdata
+
+    r = rankdata(values, axis=0)
+    r -= r.mean(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return r / np.sqrt((r ** 2).mean(0))
+
+
+def circular_shifts(seq: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``[len(seq), n]`` row indices: each column moves every row ``o`` places along its own
+    sequence, wrapping around (``o`` drawn per sequence and column from 1..length-1; a
+    one-row sequence stays put). Rows of one sequence must be contiguous.
+
+    Example:
+        >>> circular_shifts(np.array([0, 0, 0, 1]), 1, np.random.default_rng(0))[:, 0].tolist()
+        [2, 0, 1, 3]
+    """
+    starts = np.flatnonzero(np.r_[True, seq[1:] != seq[:-1]])
+    ends = np.r_[starts[1:], len(seq)]
+    out = np.empty((len(seq), n), dtype=np.int64)
+    for a, e in zip(starts, ends):
+        length = e - a
+        shift = rng.integers(1, length, size=n) if length > 1 else np.zeros(n, dtype=np.int64)
+        out[a:e] = a + (np.arange(length)[:, None] + shift[None]) % length
+    return out
+
+
+def _iid_discoveries(rho: pd.Series, n: int) -> int:
+    """Units that scipy's t-test of rho, which takes the ``n`` tokens as independent, puts at q < 0.05."""
+    from scipy import stats
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = np.abs(rho.to_numpy()) * np.sqrt((n - 2) / (1 - rho.to_numpy() ** 2))
+    return int((fdr(2 * stats.t.sf(t, n - 2)) < 0.05).sum())
+
+
+def _plot_correlates(result: Result) -> "go.Figure":
+    import plotly.graph_objects as go
+
+    df = result.df
+    labels = [f"{s}:{u}" for s, u in df.index]
+    fig = go.Figure([
+        go.Scatter(x=df[f"{tag}rho"], y=-np.log10(df[f"{tag}p"].clip(lower=1e-300)), mode="markers", text=labels,
+                   name="shifted behaviour (control)" if tag else "units", opacity=0.6,
+                   hovertemplate="%{text}<br>rho %{x:.3f}<br>-log10 p %{y:.2f}<extra></extra>")
+        for tag in ("", "control_")])
+    return fig.update_layout(title=f"units vs {result.meta['behaviour']} of the prediction they precede",
+                             xaxis_title="Spearman rho", yaxis_title="-log10 p (shift null)")
+
+
+def behaviour_correlates(model: "TransformerBridge", recording: "Recording", behaviour: str = "loss",
+                         units: UnitsLike | None = None, *, include_bos: bool = False, n_null: int = 100,
+                         seed: int = 0, batch_size: int = 8, progress: bool = True) -> Result:
+    """Spearman correlation of every unit with a per-token behaviour (runs the model once, to
+    measure the behaviour on the recording's stimuli; the responses are read from the recording).
+
+    Args:
+        model: the model that made ``recording`` (checked by its weights' fingerprint).
+        recording: a whole recording (not a selection: behaviour needs whole sequences).
+        behaviour: ``"loss"``, ``"correct"``, ``"confidence"`` or ``"entropy"`` of the
+            prediction made from each token (see the module docstring).
+        units: any form of units (a site, pairs, a unit table); all recorded units by default.
+        include_bos: keep BOS rows.
+        n_null: circular shifts of the behaviour in the null that calibrates the p-values.
+        seed: seeds the shifts.
+
+    Returns:
+        Result whose ``df`` is indexed by ``(site, unit)``, strongest first (by |rho|), with
+        ``rho`` (Spearman, as ``scipy.stats.spearmanr``), ``p`` (against the shift null),
+        ``q`` (BH-FDR across units), ``null_mean``, ``null_sd`` (of rho under the null), and
+        ``control_rho``, ``control_p``, ``control_q`` for the control shift. ``meta``:
+        ``model``, ``stimuli``, ``behaviour``, ``align`` (``"context"``), ``n_rows``,
+        ``n_null``, ``seed``, ``n_significant`` and ``n_significant_control`` (q < 0.05), and
+        ``n_significant_iid``, ``n_significant_control_iid`` (what scipy's p-values, which
+        take tokens as independent, would have claimed: the control's count shows the excess).
+        ``.plot()`` is a volcano plot of units and control.
+
+    Example:
+        >>> r = behaviour_correlates(model, rec, "loss", "attn.1", n_null=20, progress=False)
+        >>> r.df.index[:1].tolist(), bool(r.df.rho.iloc[0] < 0)
+        ([('attn.1', 0)], True)
+    """
+    from scipy import stats
+    from tqdm.auto import tqdm
+
+    provenance = check_recording(recording, "behaviour_correlates")
+    if not isinstance(behaviour, str) or behaviour not in BEHAVIOURS:
+        raise AnalysisError(f"unknown behaviour {behaviour!r}; choose one of {list(BEHAVIOURS)}.")
+    n_null, seed = count(n_null, "n_null", minimum=2), count(seed, "seed", minimum=0)
+    progress = flag(progress, "progress")
+    resolved = resolve(recording, [(s, None) for s in recording.sites] if units is None else units)
+    if not recording.made_by(model):
+        raise AnalysisError(f"the recording {recording.name!r} was made by {recording.model_name!r}, not by this model "
+                            f"({model.cfg.model_name!r}): behaviour must come from the model that made the responses.")
+    stimuli = recording.stimuli
+    measured = evaluate(model, stimuli, {"value": partial(BEHAVIOURS[behaviour], align="context")},
+                        batch_size=batch_size)["value"].to_numpy()
+    keep = trials.rows(stimuli.tokens, include_bos) & np.isfinite(measured)
+    if keep.sum() < 3 or np.unique(measured[keep]).size < 2:
+        raise AnalysisError(f"{behaviour} takes {np.unique(measured[keep]).size} value(s) on the {int(keep.sum())} "
+                            "rows that have one; a correlation needs at least 3 rows and 2 values.")
+    rng = np.random.default_rng(seed)
+    y = _standard_ranks(measured[keep])
+    shifted = y[circular_shifts(stimuli.tokens["seq"].to_numpy()[keep], n_null + 1, rng)]  # [rows, null + control]
+    parts = []
+    for s, idx in tqdm(resolved, desc="correlates", unit="site", disable=not progress, leave=False):
+        X = _standard_ranks(scalar(recording, s.name, idx)[keep].astype(np.float64))
+        rho, null = (X.T @ y) / len(y), (X.T @ shifted) / len(y)             # [units], [units, null + 1]
+        parts.append(pd.DataFrame({"rho": rho, "null_mean": null[:, :-1].mean(1), "null_sd": null[:, :-1].std(1, ddof=1),
+                                   "control_rho": null[:, -1]}, index=s.unit_index(idx)))
+    df = pd.concat(parts)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for tag in ("", "control_"):
+            df[f"{tag}p"] = 2 * stats.norm.sf(np.abs(df[f"{tag}rho"] - df["null_mean"]) / df["null_sd"])
+            df[f"{tag}q"] = fdr(df[f"{tag}p"].to_numpy())
+    df = df[["rho", "p", "q", "null_mean", "null_sd", "control_rho", "control_p", "control_q"]]
+    df = df.iloc[np.argsort(-np.nan_to_num(df["rho"].abs().to_numpy(), nan=-1.0), kind="stable")]
+    meta = dict(**provenance, behaviour=behaviour, align="context", n_rows=int(keep.sum()), n_null=n_null, seed=seed,
+                n_significant=int((df["q"] < 0.05).sum()), n_significant_control=int((df["control_q"] < 0.05).sum()),
+                n_significant_iid=_iid_discoveries(df["rho"], len(y)),
+                n_significant_control_iid=_iid_discoveries(df["control_rho"], len(y)))
+    return Result(df, kind="behaviour correlates", meta=meta, plotter=_plot_correlates)
+
+
+__all__ = ["behaviour_correlates", "circular_shifts", "BEHAVIOURS"]

@@ -1,0 +1,114 @@
+"""Sparse coding on grammar-2l: exact against a dense numpy computation, streamed block by block
+like one block, the rotation control, the threshold's effect, and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import llmscope
+from llmscope.analysis import responses, sparsity as sparsity_module, trials
+from llmscope.analysis.sparsity import REFERENCE, SparsityResult, _rotation, sparsity
+from llmscope.errors import AnalysisError, SiteError
+
+THRESHOLDS = (0.0, 1.0, 3.0)
+
+
+@pytest.fixture(scope="module")
+def rec(organism):
+    stim = llmscope.stimuli.grammar(organism, n_docs=8, seed=2)
+    return llmscope.record(organism, stim, ["mlp.0", "mlp.1", "attn.1"], dtype="float32", progress=False)
+
+
+def _dense(x: np.ndarray, thresholds: tuple[float, ...], rectify) -> dict[str, np.ndarray]:
+    """The measures of ``x [tokens, units]`` straight from their definitions."""
+    r = rectify(x.astype(np.float64))
+    scale = np.sqrt(np.mean(r**2))
+    out = {"level": [], "population": [], "lifetime": [], "silent": [], "tr": []}
+    for t in thresholds:
+        active = r > t * scale
+        kept = np.where(active, r, 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            tr = kept.mean(0) ** 2 / np.mean(kept**2, 0)
+        out["level"].append(t * scale)
+        out["population"].append(active.mean(1).mean())
+        out["lifetime"].append(np.nanmedian(tr) if np.isfinite(tr).any() else np.nan)
+        out["silent"].append(1 - active.any(0).mean())
+        out["tr"].append(tr)
+    return out
+
+
+def test_sparsity_matches_the_definitions(rec):
+    sp = sparsity(rec, ["mlp.0", "attn.1"], THRESHOLDS, progress=False)
+    assert isinstance(sp, SparsityResult)
+    keep = trials.rows(rec.tokens)
+    for site in ("mlp.0", "attn.1"):
+        x = responses.scalar(rec, site)[keep]
+        want = _dense(x, THRESHOLDS, lambda a: np.maximum(a, 0))
+        got = sp.df.loc[site]
+        for key in ("level", "population", "lifetime", "silent"):
+            np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-9, err_msg=f"{site} {key}")
+        for t, level, tr in zip(THRESHOLDS, want["level"], want["tr"]):
+            np.testing.assert_allclose(sp.units.loc[site, f"tr@{t:g}"], tr, rtol=1e-5)
+            np.testing.assert_allclose(sp.tokens[f"{site}@{t:g}"], (x > level).mean(1), rtol=1e-6)
+    x = responses.scalar(rec, "mlp.0")[keep]  # the first site draws the first rotation of the seed's generator
+    rotated = _dense(x @ _rotation(512, np.random.default_rng(0)), THRESHOLDS, lambda a: np.maximum(a, 0))
+    np.testing.assert_allclose(sp.df.loc["mlp.0", "population_rotated"], rotated["population"], rtol=1e-4)
+    np.testing.assert_allclose(sp.df.loc["mlp.0", "lifetime_rotated"], rotated["lifetime"], rtol=1e-4)
+    assert sp.meta["reference"] == REFERENCE == 0.02 and sp.meta["negative"] == "clip"
+    assert sp.units.index.names == ["site", "unit"] and len(sp.units) == 512 + 4
+    assert len(sp.tokens) == keep.sum() and not sp.tokens.text.eq("<bos>").any()
+
+
+def test_sparsity_streams_blocks_like_one_block(rec, monkeypatch):
+    whole = sparsity(rec, "mlp.1", THRESHOLDS, progress=False)
+    original = responses.blocks
+    monkeypatch.setattr(sparsity_module.responses, "blocks",
+                        lambda r, s, units=None: original(r, s, units, block_bytes=4 * 512 * 37))  # 37 rows a block
+    pieces = sparsity(rec, "mlp.1", THRESHOLDS, progress=False)
+    np.testing.assert_allclose(pieces.df.to_numpy(), whole.df.to_numpy(), rtol=1e-6)
+    np.testing.assert_allclose(pieces.units.to_numpy(), whole.units.to_numpy(), rtol=1e-6)
+
+
+def test_threshold_effect_and_basis_aligned_sparsity(rec):
+    sp = sparsity(rec, ["mlp.0", "mlp.1"], (0.0, 0.5, 1.0, 2.0, 3.0), progress=False)
+    for site in ("mlp.0", "mlp.1"):
+        df = sp.df.loc[site]
+        assert (np.diff(df.level) > 0).all() and (np.diff(df.population) < 0).all()  # higher bar, fewer active
+        assert (np.diff(df.silent) >= 0).all()
+        # GELU neurons are sparser over their lifetime than random directions of the same population
+        assert df.lifetime.loc[0.0] < 0.6 * df.lifetime_rotated.loc[0.0]
+        assert 0.45 < df.population_rotated.loc[0.0] < 0.55  # a rotated unit is near-Gaussian: positive half the time
+    fig = sp.plot()
+    assert any(shape.y0 == REFERENCE for shape in fig.layout.shapes)  # seed 003's ~2% drawn beside the curves
+
+
+def test_abs_counts_negative_values_as_activity(rec):
+    clip = sparsity(rec, "mlp.0", (0.0, 1.0), control=None, progress=False)
+    mag = sparsity(rec, "mlp.0", (0.0, 1.0), negative="abs", control=None, progress=False)
+    x = responses.scalar(rec, "mlp.0")[trials.rows(rec.tokens)]
+    assert mag.df.population.loc[("mlp.0", 0.0)] == pytest.approx((x != 0).mean())
+    assert clip.df.population.loc[("mlp.0", 0.0)] == pytest.approx((x > 0).mean())
+    assert "population_rotated" not in clip.df.columns and clip.meta["control"] is None
+
+
+def test_rotation_is_orthogonal():
+    q = _rotation(64, np.random.default_rng(1))
+    np.testing.assert_allclose(q @ q.T, np.eye(64), atol=1e-5)
+    assert not np.allclose(q, _rotation(64, np.random.default_rng(2)))
+
+
+def test_sparsity_bad_input(rec):
+    for bad in ([], (1.0, 1.0), (-1.0,), (np.nan,), "1", (True,)):
+        with pytest.raises(AnalysisError, match="thresholds"):
+            sparsity(rec, "mlp.0", bad, progress=False)
+    with pytest.raises(AnalysisError, match="'clip', 'abs'"):
+        sparsity(rec, "mlp.0", negative="relu", progress=False)
+    with pytest.raises(AnalysisError, match="control"):
+        sparsity(rec, "mlp.0", control="gaussian", progress=False)
+    with pytest.raises(SiteError, match="attn.0"):
+        sparsity(rec, "attn.0", progress=False)
+    with pytest.raises(AnalysisError, match="at least 2 analysed tokens"):
+        sparsity(rec.select("seq == 0 and pos <= 1"), "mlp.0", progress=False)
+    with pytest.raises(AnalysisError, match="progress"):
+        sparsity(rec, "mlp.0", progress=1)
