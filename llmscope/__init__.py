@@ -12,6 +12,7 @@ Example:
 """
 
 from llmscope import analysis, models, stimuli
+from llmscope.analysis.atlas import battery, lesion_atlas
 from llmscope.analysis.correlates import behaviour_correlates
 from llmscope.analysis.decoding import decode, decode_curve
 from llmscope.analysis.effect import effect
@@ -43,7 +44,7 @@ __all__ = [
     "intervene", "lesion", "gain", "steer", "patch",
     "record", "Recording", "IncompleteRecordingWarning",
     "token_loss", "logit_diff", "metric", "evaluate", "Result",
-    "analysis", "effect", "patching", "localize_heads", "confirm_by_lesion", "spikes", "psth", "Spikes",
+    "analysis", "effect", "patching", "battery", "lesion_atlas", "localize_heads", "confirm_by_lesion", "spikes", "psth", "Spikes",
     "tuning", "TuningResult", "top_examples", "ExamplesResult",
     "decode", "decode_curve", "pca", "rdm", "rsa", "cka", "sparsity", "behaviour_correlates",
     "field_potential", "lfp_spectrum", "event_average", "granger", "logit_lens", "surprise",

@@ -1,0 +1,770 @@
+"""Lesion atlas: lesion every unit or head of chosen sites across a battery of behaviours, and
+classify each as Jonas & Kording (2017) classified the transistors of a microprocessor: its
+lesion breaks *all* behaviours, *some* (which), or *none*. It runs the model: an experiment.
+
+* :func:`battery` builds the behaviours a model can be tested on; :class:`Behaviour` and
+  :class:`Battery` let you build your own.
+* :func:`lesion_atlas` lesions each unit (or group of units) of the chosen sites, and random
+  groups of the same size as a control, and measures every behaviour of the battery.
+
+The behaviours of :func:`battery`:
+
+=============  ==============================================================================
+``loss_TAG``   mean next-token loss (nats) of predicting the *fresh* tokens whose gold tag is
+               TAG (a loss belongs to the predicted token; repeated tokens are left to
+               ``copying`` so that the two behaviours can come apart). Harm: a rise.
+``copying``    mean loss on tokens inside a repeated span, after its first token
+               (``is_repeat`` and not ``repeat_onset``: only those can be copied from
+               context). Harm: a rise.
+``agreement``  the fraction of number-agreement minimal pairs where the agreeing verb gets the
+               higher logit (``logit_diff > 0`` at ``is_target``). Harm: a fall.
+=============  ==============================================================================
+
+**Criterion.** A lesion *breaks* a behaviour when its harm is at least the behaviour's
+``min_effect`` (:data:`MIN_EFFECT`: 0.5 nats for a loss, 0.1 for an accuracy) and the 95%
+cluster-bootstrap interval of the harm (whole sequences resampled, as
+:func:`llmscope.analysis.stats.ratio_ci` does) lies above zero, so a large change on a handful
+of tokens from one document does not count. ``class`` is ``"all"`` when every behaviour of the
+battery breaks, ``"none"`` when none does, else ``"some"`` (``broken`` says which).
+
+**Control.** ``n_random`` groups of ``group_size`` units drawn at random from all units of the
+chosen sites are lesioned the same way and classified by the same criterion (``.controls``;
+their harm quantiles and break rate per behaviour are in ``.behaviours``). It tells how often an
+arbitrary lesion of that size breaks a behaviour: rarely among 1,024 MLP neurons, often among
+the 8 heads of a 2-layer model, where most heads belong to some circuit. The criterion does not
+rank units against the controls for that reason: with a small pool the controls *are* the units.
+
+**Stacking.** Many lesions run in one forward pass: a bucket of sequences of similar length is
+repeated ``k`` times and copy ``j`` has its own units silenced by one hook per site. That is
+exact, because the copies of a batch never interact. The intact model runs each bucket once
+(the baseline) and keeps the residual stream entering each block; a lesion whose first site
+is in block L changes nothing before it, so its pass starts at block L from that residual
+(TransformerLens's ``start_at_layer``, with the blocks below cut from the layer list for the
+pass). The first start at each block is checked against the plain forward pass. A pass holds
+at most ``pass_tokens`` tokens (by default as many as keep its logits within
+:data:`LOGIT_BYTES`, so SmolLM2 stacks one copy at a time and gains only the late start).
+
+Example:
+    >>> bat = battery(model, n_docs=4, n_pairs=16, seed=0)
+    >>> atlas = lesion_atlas(model, bat, "attn.1", n_random=4, progress=False)
+    >>> atlas.top("copying", 1).index.tolist()
+    [('attn.1', 0)]
+    >>> atlas.df.loc[("attn.1", 0), ["breaks_copying", "breaks_agreement"]].tolist()
+    [True, False]
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from llmscope.analysis import trials
+from llmscope.analysis.stats import count, flag, ratio_cis
+from llmscope.behaviour import check_stimuli, next_token_loss
+from llmscope.errors import AnalysisError, LLMScopeError
+from llmscope.result import Result
+from llmscope.sites import Site, UnitsLike, resolve_units
+from llmscope.stimuli.core import Stimuli
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+    from transformer_lens.model_bridge import TransformerBridge
+
+KINDS = {"loss": 1.0, "accuracy": -1.0}  # the sign that turns a change of the value into harm
+MIN_EFFECT = {"loss": 0.5, "accuracy": 0.1}  # nats; fraction of pairs
+MODES = ("zero", "mean")
+LOGIT_BYTES = 2 ** 27  # float32 logits of one pass: 128 MB (682 SmolLM2 tokens)
+MAX_PASS_TOKENS = 4096  # beyond this a pass is no cheaper per token on a CPU, only bigger
+PAD_SLACK = 0.1  # a bucket's sequences are at least 90% as long as its longest
+INDUCTION_HALF = 10  # tokens per half of the English battery's repeated sequences
+
+Lesion = list[tuple[Site, np.ndarray]]  # units silenced together in one copy; [] = intact
+
+
+# ---------------------------------------------------------------- behaviours and batteries
+
+
+@dataclass(frozen=True, eq=False)
+class Behaviour:
+    """One behaviour: a value measured on some rows of some stimuli.
+
+    Attributes:
+        name: how tables and columns call it (``harm_<name>``, ``breaks_<name>``...).
+        stimuli: the sequences it is measured on.
+        kind: ``"loss"`` (mean next-token loss in nats over ``rows``; harm is a rise) or
+            ``"accuracy"`` (fraction of ``rows`` where ``logit[good_id] > logit[bad_id]`` of the
+            prediction made there; the trial table needs ``good_id``/``bad_id``; harm is a fall).
+        rows: boolean mask over ``stimuli.tokens``: the rows that count (a loss needs a
+            predicted token: never the first token of a sequence).
+        min_effect: the smallest harm that breaks it (default :data:`MIN_EFFECT` of its kind).
+        description: one line for tables.
+    """
+
+    name: str
+    stimuli: Stimuli
+    kind: str
+    rows: np.ndarray
+    min_effect: float | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise AnalysisError(f"a behaviour is named by a non-empty string, got {self.name!r}.")
+        if not isinstance(self.stimuli, Stimuli):
+            raise AnalysisError(f"behaviour {self.name!r}: stimuli must be Stimuli, got {type(self.stimuli).__name__}.")
+        if self.kind not in KINDS:
+            raise AnalysisError(f"behaviour {self.name!r}: unknown kind {self.kind!r}; choose one of {list(KINDS)}.")
+        rows = np.asarray(self.rows)
+        if rows.dtype != bool or rows.shape != (len(self.stimuli),) or not rows.any():
+            raise AnalysisError(f"behaviour {self.name!r}: rows must be a boolean mask with one entry per trial row "
+                                f"({len(self.stimuli)}) and at least one True.")
+        table = self.stimuli.tokens
+        if self.kind == "loss" and (table["pos"].to_numpy()[rows] == 0).any():
+            raise AnalysisError(f"behaviour {self.name!r}: a loss row at position 0 has no next-token loss "
+                                "(nothing predicts the first token); leave those rows out.")
+        if self.kind == "accuracy":
+            missing = [c for c in ("good_id", "bad_id") if c not in table.columns]
+            if missing:
+                raise AnalysisError(f"behaviour {self.name!r}: an accuracy reads token ids from the columns "
+                                    f"good_id and bad_id; the trial table lacks {missing}.")
+        effect = MIN_EFFECT[self.kind] if self.min_effect is None else self.min_effect
+        object.__setattr__(self, "rows", rows)
+        object.__setattr__(self, "min_effect", _positive(effect, f"min_effect of {self.name!r}"))
+
+    @property
+    def sign(self) -> float:
+        """+1 if harm is a rise of the value (a loss), -1 if a fall (an accuracy)."""
+        return KINDS[self.kind]
+
+
+def _positive(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not 0 < value < np.inf:
+        raise AnalysisError(f"{name} must be a positive number, got {value!r}.")
+    return float(value)
+
+
+class Battery:
+    """An ordered set of :class:`Behaviour` objects with distinct names.
+
+    Example:
+        >>> bat = battery(model, n_docs=2, n_pairs=4)
+        >>> bat.select(["copying", "agreement"]).names
+        ['copying', 'agreement']
+    """
+
+    def __init__(self, behaviours: Sequence[Behaviour]):
+        behaviours = list(behaviours)
+        if not behaviours or not all(isinstance(b, Behaviour) for b in behaviours):
+            raise AnalysisError("a Battery holds one or more Behaviour objects.")
+        names = [b.name for b in behaviours]
+        if len(set(names)) < len(names):
+            raise AnalysisError(f"behaviour names must be distinct; got {names}.")
+        self.behaviours = behaviours
+
+    @property
+    def names(self) -> list[str]:
+        """The behaviours' names, in order."""
+        return [b.name for b in self.behaviours]
+
+    def __len__(self) -> int:
+        return len(self.behaviours)
+
+    def __iter__(self) -> Iterator[Behaviour]:
+        return iter(self.behaviours)
+
+    def __getitem__(self, name: str) -> Behaviour:
+        return self.behaviours[self.names.index(self._check([name])[0])]
+
+    def _check(self, names: Any) -> list[str]:
+        if isinstance(names, str) or not isinstance(names, (list, tuple)) or not names:
+            raise AnalysisError(f"behaviours are a non-empty list of names from {self.names}; got {names!r}.")
+        missing = [n for n in names if n not in self.names]
+        if missing:
+            raise AnalysisError(f"the battery has no behaviour {missing}; its behaviours are {self.names}.")
+        return list(names)
+
+    def select(self, names: Sequence[str]) -> "Battery":
+        """The battery of the named behaviours only (in the order given)."""
+        return Battery([self[n] for n in self._check(names)])
+
+    def table(self) -> pd.DataFrame:
+        """One row per behaviour: ``kind``, ``stimuli``, ``n_rows``, ``n_seqs``, ``min_effect``, ``description``."""
+        return pd.DataFrame([dict(kind=b.kind, stimuli=b.stimuli.name, n_rows=int(b.rows.sum()),
+                                  n_seqs=int(b.stimuli.tokens["seq"][b.rows].nunique()), min_effect=b.min_effect,
+                                  description=b.description) for b in self.behaviours],
+                            index=pd.Index(self.names, name="behaviour"))
+
+    def measure(self, model: "TransformerBridge", pass_tokens: int | None = None) -> pd.Series:
+        """Each behaviour of the intact model (runs the model; no intervention).
+
+        Example:
+            >>> float(battery(model, n_docs=2, n_pairs=8).measure(model)["agreement"]) > 0.5
+            True
+        """
+        _check_battery(model, self)
+        sums = _run(model, self, [[]], _pass_tokens(model, pass_tokens), None, stack=True, progress=False)
+        return pd.Series({b.name: sums[b.name][0].sum() / b.rows.sum() for b in self}, name="intact")
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{b.name} ({b.kind}, {int(b.rows.sum())} rows of {b.stimuli.name})" for b in self)
+        return f"Battery({len(self)} behaviours: {parts})"
+
+
+def _grammar_battery(model: "TransformerBridge", n_docs: int, n_pairs: int, seed: int) -> list[Behaviour]:
+    from llmscope.stimuli import agreement, grammar
+
+    docs = grammar(model, n_docs=n_docs, seed=seed)
+    t = docs.tokens
+    scored = trials.rows(t) & (t["pos"].to_numpy() > 0)
+    repeat = t["is_repeat"].astype("boolean").fillna(False).to_numpy(dtype=bool)
+    onset = t["repeat_onset"].astype("boolean").fillna(False).to_numpy(dtype=bool)
+    out = _pos_losses(docs, scored & ~repeat, "fresh ")
+    out.append(Behaviour("copying", docs, "loss", scored & repeat & ~onset,
+                         description="loss on repeated tokens after the first of each copy"))
+    pairs = agreement(model, n=n_pairs, seed=seed)
+    out.append(Behaviour("agreement", pairs, "accuracy", pairs.tokens["is_target"].to_numpy(dtype=bool),
+                         description="minimal pairs with logit[agreeing verb] > logit[other verb]"))
+    return out
+
+
+def _english_battery(model: "TransformerBridge", n_docs: int, seed: int) -> list[Behaviour]:
+    from llmscope.stimuli import induction, templates
+
+    sentences = templates(model, n=n_docs, seed=seed)
+    t = sentences.tokens
+    out = _pos_losses(sentences, trials.rows(t) & (t["pos"].to_numpy() > 0), "")
+    repeats = induction(model, n_seqs=n_docs, half_len=INDUCTION_HALF, seed=seed)
+    r = repeats.tokens
+    out.append(Behaviour("copying", repeats, "loss", (r["is_repeat"] & ~r["repeat_onset"]).to_numpy(dtype=bool),
+                         description="loss on the second copy of random tokens, after its first token"))
+    return out
+
+
+def _pos_losses(stimuli: Stimuli, rows: np.ndarray, what: str) -> list[Behaviour]:
+    tags = stimuli.tokens["pos_tag"].to_numpy()
+    return [Behaviour(f"loss_{tag}", stimuli, "loss", rows & (tags == tag),
+                      description=f"loss of predicting {what}{tag} tokens")
+            for tag in sorted(set(tags[rows]))]
+
+
+def battery(model: "TransformerBridge", n_docs: int = 16, n_pairs: int = 64, seed: int = 0,
+            behaviours: Sequence[str] | None = None) -> Battery:
+    """The behaviour battery of ``model`` (no forward pass: stimuli only).
+
+    On an organism (a tokenizer with one token per word of the toy grammar): ``loss_TAG`` for
+    every Universal POS tag of ``n_docs`` grammar documents (fresh tokens), ``copying`` on the
+    same documents' repeated spans, and ``agreement`` on ``n_pairs`` minimal pairs
+    (:func:`llmscope.stimuli.agreement`). On any other model: ``loss_TAG`` on ``n_docs``
+    English template sentences (:func:`llmscope.stimuli.templates`) and ``copying`` on
+    ``n_docs`` sequences of random tokens shown twice (:func:`llmscope.stimuli.induction`);
+    there are no English agreement pairs in :mod:`llmscope.stimuli` yet, so no ``agreement``.
+    ``behaviours`` keeps only the named ones. See the module docstring for the definitions.
+
+    Example:
+        >>> battery(model, n_docs=4, n_pairs=8).names[-2:]
+        ['copying', 'agreement']
+        >>> english = battery(smol, n_docs=4)
+        >>> english.names[-1], "agreement" in english.names
+        ('copying', False)
+    """
+    n_docs, n_pairs = count(n_docs, "n_docs"), count(n_pairs, "n_pairs")
+    seed = count(seed, "seed", minimum=0)
+    try:
+        out = Battery(_grammar_battery(model, n_docs, n_pairs, seed))
+    except ValueError as exc:  # the tokenizer does not speak the toy grammar: English
+        if isinstance(exc, LLMScopeError):
+            raise
+        out = Battery(_english_battery(model, n_docs, seed))
+    return out if behaviours is None else out.select(behaviours)
+
+
+def _check_battery(model: "TransformerBridge", bat: Any) -> Battery:
+    if not isinstance(bat, Battery):
+        raise AnalysisError(f"expected a Battery (llmscope.analysis.atlas.battery(model)), got {type(bat).__name__}.")
+    for b in bat:
+        check_stimuli(model, b.stimuli)
+        if b.kind == "accuracy":
+            ids = b.stimuli.tokens.loc[b.rows, ["good_id", "bad_id"]].to_numpy()
+            if not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0 or ids.max() >= model.cfg.d_vocab:
+                raise AnalysisError(f"behaviour {b.name!r}: good_id and bad_id must hold token ids in "
+                                    f"0..{model.cfg.d_vocab - 1} at its rows.")
+    return bat
+
+
+# ---------------------------------------------------------------- running lesions
+
+
+def _buckets(lengths: np.ndarray, pass_tokens: int, slack: float) -> list[np.ndarray]:
+    """Sequences in batches of similar length (each ``>= (1 - slack)`` of the batch's longest,
+    at most ``pass_tokens`` padded tokens unless one sequence is longer), sorted within."""
+    out, current, width = [], [], 0
+    for i in np.argsort(-lengths, kind="stable"):
+        if current and (lengths[i] < (1 - slack) * width or (len(current) + 1) * width > pass_tokens):
+            out.append(np.sort(current))
+            current = []
+        if not current:
+            width = int(lengths[i])
+        current.append(int(i))
+    return out + [np.sort(current)]
+
+
+class _Scorer:
+    """Turns one pass's logits into per-sequence sums of each behaviour measured on one stimuli set."""
+
+    def __init__(self, stimuli: Stimuli, behaviours: list[Behaviour]):
+        t = stimuli.tokens
+        self.seq, self.pos = t["seq"].to_numpy(), t["pos"].to_numpy()
+        self.loss = [b for b in behaviours if b.kind == "loss"]
+        self.accuracy = [b for b in behaviours if b.kind == "accuracy"]
+        self.masks = torch.zeros(len(self.loss), *stimuli.ids.shape, dtype=torch.float64)
+        for i, b in enumerate(self.loss):
+            self.masks[i, self.seq[b.rows], self.pos[b.rows]] = 1.0
+        self.targets = [(self.seq[b.rows], self.pos[b.rows], t.loc[b.rows, "good_id"].to_numpy(dtype=np.int64),
+                         t.loc[b.rows, "bad_id"].to_numpy(dtype=np.int64)) for b in self.accuracy]
+
+    @property
+    def behaviours(self) -> list[Behaviour]:
+        return self.loss + self.accuracy
+
+    def score(self, logits: torch.Tensor, ids: torch.Tensor, seqs: np.ndarray, k: int) -> np.ndarray:
+        """``[k, n_behaviours, len(seqs)]`` sums over each sequence's rows, for ``k`` stacked copies
+        of the sequences ``seqs`` (``ids`` is one copy, ``logits`` all of them)."""
+        b, width = ids.shape
+        out = []
+        if self.loss:
+            loss = next_token_loss(logits, ids.repeat(k, 1)).view(k, b, width).nan_to_num(0.0).double()
+            out.append(torch.einsum("kbw,nbw->knb", loss, self.masks[:, torch.as_tensor(seqs), :width]))
+        for seq, pos, good, bad in self.targets:
+            here = np.isin(seq, seqs)
+            local = torch.as_tensor(np.searchsorted(seqs, seq[here]))
+            rows = (torch.arange(k)[:, None] * b + local[None, :]).reshape(-1)
+            p = torch.as_tensor(pos[here]).repeat(k)
+            diff = logits[rows, p, torch.as_tensor(good[here]).repeat(k)] - logits[rows, p, torch.as_tensor(bad[here]).repeat(k)]
+            hits = torch.zeros(k, b, dtype=torch.float64)
+            hits.index_add_(1, local, (diff > 0).double().view(k, -1))
+            out.append(hits[:, None])
+        return torch.cat(out, 1).numpy()
+
+
+def _silencer(keep: torch.Tensor, b: int, mean: torch.Tensor | None) -> Callable:
+    """A hook for ``k`` stacked copies of ``b`` sequences: copy j keeps unit u where ``keep[j, u]``
+    is 1 and takes 0 (or the unit's ``mean``) where it is 0. ``x * 1 + 0`` is ``x`` exactly, so
+    units and copies left alone are untouched."""
+    k, n_units = keep.shape
+
+    def hook_fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
+        m = keep.to(act.dtype).view(k, 1, 1, n_units, *[1] * (act.ndim - 3))
+        x = act.reshape(k, b, *act.shape[1:]) * m
+        if mean is not None:
+            x = x + (1 - m) * mean.to(act.dtype)
+        return x.reshape(act.shape)
+
+    return hook_fn
+
+
+def _stacked_hooks(chunk: list[Lesion], b: int, means: dict[str, torch.Tensor] | None) -> list[tuple[str, Callable]]:
+    keeps: dict[str, torch.Tensor] = {}
+    for j, lesion_units in enumerate(chunk):
+        for s, idx in lesion_units:
+            keeps.setdefault(s.hook, torch.ones(len(chunk), s.n_units))[j, torch.as_tensor(idx)] = 0.0
+    return [(hook, _silencer(keep, b, None if means is None else means[hook])) for hook, keep in keeps.items()]
+
+
+def _interventions(lesion_units: Lesion, mode: str, reference: Any) -> list:
+    from llmscope.interventions import lesion
+
+    if not lesion_units:
+        return []
+    extra = {} if mode == "zero" else dict(mode="mean", reference=reference)
+    return [lesion([(s.name, idx.tolist()) for s, idx in lesion_units], **extra)]
+
+
+def _layer_list(model: "TransformerBridge") -> tuple[torch.nn.Module, str] | None:
+    """The HF module and attribute holding the model's blocks (``transformer.h``, ``model.layers``...)."""
+    blocks = list(model.blocks)
+    for name, mod in model.original_model.named_modules():
+        if isinstance(mod, torch.nn.ModuleList) and len(mod) == len(blocks) and all(a is b for a, b in zip(mod, blocks)):
+            parent, _, attr = name.rpartition(".")
+            return model.original_model.get_submodule(parent), attr
+    return None
+
+
+@contextmanager
+def _from_block(model: "TransformerBridge", layer: int) -> Iterator[None]:
+    """Run only blocks ``layer..`` of the HF model: TransformerLens's ``start_at_layer`` swaps the
+    given residual in at block ``layer`` but still runs the blocks below it on the input, so the
+    layer list is cut for the duration of one forward pass, and always put back."""
+    parent, attr = _layer_list(model)
+    full = getattr(parent, attr)
+    setattr(parent, attr, torch.nn.ModuleList(list(full)[layer:]))
+    try:
+        yield
+    finally:
+        setattr(parent, attr, full)
+
+
+def _start(model: "TransformerBridge", lesion_units: Lesion) -> int:
+    """The first block a lesion changes: everything before it is the intact model's."""
+    layers = [s.layer for s, _ in lesion_units]
+    if not layers or any(L is None for L in layers) or not model.cfg.n_layers:
+        return 0
+    return min(min(layers), model.cfg.n_layers - 1)  # resid.{n_layers} enters no block
+
+
+def _forward(model: "TransformerBridge", ids: torch.Tensor, cache: Any, layer: int, k: int) -> torch.Tensor:
+    """Logits of ``k`` stacked copies of ``ids``, from the tokens or resumed at block ``layer``
+    from the intact residual entering it."""
+    if layer == 0:
+        return model(ids.repeat(k, 1), return_type="logits")
+    with _from_block(model, layer):
+        resid = cache[f"blocks.{layer}.hook_resid_pre"]
+        return model(resid.repeat(k, *[1] * (resid.ndim - 1)), start_at_layer=layer, return_type="logits")
+
+
+def _run(model: "TransformerBridge", bat: Battery, lesions: list[Lesion], pass_tokens: int,
+         means: dict[str, torch.Tensor] | None, stack: bool, progress: bool,
+         reference: Any = None) -> dict[str, np.ndarray]:
+    """Every behaviour under every lesion: ``name -> [n_lesions, n_seqs]`` sums over each
+    sequence's rows; ``lesions[0]`` must be ``[]`` (the intact model, run once per batch of
+    sequences, which also caches the residual where the other lesions resume).
+
+    ``stack=True`` stacks lesions that start in the same block, and starts them there; the first
+    time a block is resumed, the intact model resumed there is checked against the plain forward
+    pass, and on any difference every lesion runs from the tokens (with a warning).
+    ``stack=False`` runs one intervened forward per lesion and batch through
+    :func:`~llmscope.interventions.lesion`: the plain way, which the stacked passes match.
+    """
+    from tqdm.auto import tqdm
+
+    from llmscope.interventions import intervene
+
+    sets: dict[int, list[Behaviour]] = {}
+    for b in bat:
+        sets.setdefault(id(b.stimuli), []).append(b)
+    can_resume = stack and _layer_list(model) is not None
+    starts = np.array([_start(model, lesion_units) if can_resume else 0 for lesion_units in lesions])
+    starts[0] = -1  # the intact run
+    plans = []
+    for group in sets.values():
+        stim = group[0].stimuli
+        for seqs in _buckets(stim.lengths, pass_tokens, PAD_SLACK if stack else 1.0):
+            ids = stim.ids[torch.as_tensor(seqs), : int(stim.lengths[seqs].max())]
+            plans.append((group, seqs, ids, max(1, pass_tokens // ids.numel()) if stack else 1))
+    layers = sorted(set(starts[1:].tolist()))
+    total = sum(1 + sum(-(-int((starts == L).sum()) // k) for L in layers) for *_, k in plans)
+    sums = {b.name: np.zeros((len(lesions), b.stimuli.n_seqs)) for b in bat}
+    checked: dict[int, bool] = {}
+    with torch.no_grad(), tqdm(total=total, desc="lesion atlas", unit="pass", disable=not progress,
+                               leave=False) as bar:
+        for group, seqs, ids, per_pass in plans:
+            scorer = _Scorer(group[0].stimuli, group)
+
+            def store(at: np.ndarray, logits: torch.Tensor) -> np.ndarray:
+                scores = scorer.score(logits.float(), ids, seqs, len(at))
+                for i, b in enumerate(scorer.behaviours):
+                    sums[b.name][np.ix_(at, seqs)] = scores[:, i]
+                return scores
+
+            resumed = [L for L in layers if L > 0]
+            logits, cache = model.run_with_cache(ids, names_filter=[f"blocks.{L}.hook_resid_pre" for L in resumed])
+            intact = store(np.array([0]), logits)
+            bar.update()
+            for L in resumed:
+                if L not in checked:
+                    checked[L] = np.allclose(scorer.score(_forward(model, ids, cache, L, 1).float(), ids, seqs, 1),
+                                             intact, rtol=1e-4, atol=1e-4)
+                    if not checked[L]:
+                        warnings.warn(f"resuming this model at block {L} does not reproduce its forward pass; "
+                                      "the atlas runs every lesion from the tokens instead.", stacklevel=3)
+            for L in layers:
+                members = np.flatnonzero(starts == L)
+                start = L if checked.get(L, False) else 0
+                for lo in range(0, len(members), per_pass):
+                    at = members[lo:lo + per_pass]
+                    chunk = [lesions[i] for i in at]
+                    if stack:
+                        with model.hooks(fwd_hooks=_stacked_hooks(chunk, len(seqs), means)):
+                            logits = _forward(model, ids, cache, start, len(chunk))
+                    else:
+                        with intervene(model, _interventions(chunk[0], "zero" if means is None else "mean", reference)):
+                            logits = model(ids, return_type="logits")
+                    store(at, logits)
+                    bar.update()
+    return sums
+
+
+def _pass_tokens(model: "TransformerBridge", pass_tokens: int | None) -> int:
+    if pass_tokens is None:
+        return max(1, min(MAX_PASS_TOKENS, LOGIT_BYTES // (4 * model.cfg.d_vocab)))
+    return count(pass_tokens, "pass_tokens")
+
+
+# ---------------------------------------------------------------- the atlas
+
+
+def _groups(resolved: list[tuple[Site, np.ndarray]], group_size: int) -> list[Lesion]:
+    """Consecutive runs of ``group_size`` chosen units within each site (the last may be smaller)."""
+    for s, idx in resolved:
+        if group_size > len(idx):
+            raise AnalysisError(f"group_size={group_size} is larger than {s.name}, which has {len(idx)} chosen "
+                                f"{s.unit}s (of {s.n_units}); use group_size <= {len(idx)}.")
+    return [[(s, idx[i:i + group_size])] for s, idx in resolved for i in range(0, len(idx), group_size)]
+
+
+def _random_groups(resolved: list[tuple[Site, np.ndarray]], group_size: int, n_random: int,
+                   rng: np.random.Generator) -> list[Lesion]:
+    """``n_random`` groups of ``group_size`` distinct units drawn from every chosen unit."""
+    pool = [(s, int(i)) for s, idx in resolved for i in idx]
+    out = []
+    for _ in range(n_random):
+        picked = sorted(rng.choice(len(pool), size=group_size, replace=False))
+        by_site: dict[str, tuple[Site, list[int]]] = {}
+        for p in picked:
+            s, i = pool[p]
+            by_site.setdefault(s.hook, (s, []))[1].append(i)
+        out.append([(s, np.array(units)) for s, units in by_site.values()])
+    return out
+
+
+def _min_effects(bat: Battery, min_effect: Any) -> dict[str, float]:
+    if min_effect is None:
+        return {b.name: b.min_effect for b in bat}
+    if isinstance(min_effect, Mapping):
+        bat._check(list(min_effect))
+        return {b.name: _positive(min_effect.get(b.name, b.min_effect), f"min_effect[{b.name!r}]") for b in bat}
+    value = _positive(min_effect, "min_effect")
+    return {b.name: value for b in bat}
+
+
+def _values(bat: Battery, sums: dict[str, np.ndarray], effects: dict[str, float], n_boot: int,
+            rng: np.random.Generator) -> pd.DataFrame:
+    """Per-lesion values (row 0 is the intact model) and the breaks criterion, one column block each."""
+    cols: dict[str, dict[str, np.ndarray]] = {q: {} for q in ("harm", "breaks", "lesioned", "baseline", "ci_low", "ci_high")}
+    for b in bat:
+        n = np.bincount(b.stimuli.tokens["seq"].to_numpy()[b.rows], minlength=b.stimuli.n_seqs)
+        used = n > 0
+        value = sums[b.name].sum(1) / n.sum()
+        harm = b.sign * (value - value[0]) + 0.0  # + 0.0: no -0.0 in tables
+        ci = b.sign * ratio_cis(sums[b.name][:, used] - sums[b.name][:1, used], n[used], n_boot, rng)
+        low, high = np.minimum(ci[:, 0], ci[:, 1]) + 0.0, np.maximum(ci[:, 0], ci[:, 1]) + 0.0
+        for q, v in dict(harm=harm, breaks=(harm >= effects[b.name]) & (low > 0), lesioned=value,
+                         baseline=np.full(len(value), value[0]), ci_low=low, ci_high=high).items():
+            cols[q][b.name] = v
+    return pd.DataFrame({f"{q}_{name}": v for q, block in cols.items() for name, v in block.items()})
+
+
+def _classify(df: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """``class``, ``broken`` and ``n_broken`` in front of ``df``'s ``breaks_<name>`` columns."""
+    broken = df[[f"breaks_{n}" for n in names]].to_numpy()
+    n_broken = broken.sum(1)
+    head = pd.DataFrame({
+        "class": np.where(n_broken == len(names), "all", np.where(n_broken == 0, "none", "some")),
+        "broken": [", ".join(n for n, hit in zip(names, row) if hit) for row in broken],
+        "n_broken": n_broken}, index=df.index)
+    return pd.concat([head, df], axis=1)
+
+
+@dataclass(repr=False, eq=False)
+class AtlasResult(Result):
+    """What :func:`lesion_atlas` returns: a :class:`~llmscope.Result` with the controls beside it.
+
+    ``.df``, one row per lesioned unit or group, indexed by ``(site, unit)`` (a group by its
+    site and first unit; ``members`` lists its units):
+
+    =====================  ====================================================================
+    class                  ``"all"``, ``"some"`` or ``"none"``: the behaviours it breaks
+    broken, n_broken       which (comma-separated names) and how many
+    group_size, members    units lesioned together (a tuple of unit indices of the site)
+    harm_<b>               the lesion's harm to behaviour b (rise of a loss in nats, fall of an
+                           accuracy), lesioned - intact with the sign of harm
+    breaks_<b>             the criterion of the module docstring
+    rank_<b>               1 = the most harmful unit for b (ties share the best rank)
+    lesioned_<b>           b's value under the lesion; ``baseline_<b>``: intact
+    ci_low_<b>, ci_high_<b>  95% cluster-bootstrap interval of ``harm_<b>``
+    =====================  ====================================================================
+
+    Attributes:
+        controls: the random groups, the same columns (no ranks), indexed by control number,
+            ``members`` as ``"site:unit"`` labels.
+        behaviours: one row per behaviour: ``kind``, ``stimuli``, ``n_rows``, ``n_seqs``,
+            ``baseline``, ``min_effect``, ``n_broken`` (units or groups that break it),
+            ``control_p95`` and ``control_max`` (of the controls' harm), ``control_break_rate``.
+
+    ``.meta``: ``model``, ``behaviours``, ``mode``, ``group_size``, ``n_groups`` (groups the
+    sites make), ``n_lesioned`` (groups lesioned: ``n_sample`` of them when sampled),
+    ``n_random``, ``n_boot``, ``seed``, ``stacked``, ``pass_tokens``, ``criterion``.
+    ``.plot(n=40)`` draws a units x behaviours heatmap of harm / min_effect (1 = the break
+    threshold) beside the controls; ``.top(behaviour, n)`` the most harmful units.
+    """
+
+    controls: pd.DataFrame = field(default_factory=pd.DataFrame)
+    behaviours: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def top(self, behaviour: str, n: int = 1) -> pd.DataFrame:
+        """The ``n`` most harmful rows for ``behaviour``, one row per unit (a group's row repeated
+        for each of its members) indexed by ``(site, unit)``: ready for ``lesion()`` or a widget.
+
+        Example:
+            >>> bat = battery(model, n_docs=4, n_pairs=8)
+            >>> atlas = lesion_atlas(model, bat, "attn.1", group_size=2, n_random=2, progress=False)
+            >>> with intervene(model, lesion(atlas.top("copying", 1))):
+            ...     logits = model(stim.ids)
+        """
+        names = list(self.behaviours.index)
+        if not isinstance(behaviour, str) or behaviour not in names:
+            raise AnalysisError(f"the atlas has no behaviour {behaviour!r}; its behaviours are {names}.")
+        best = self.df.sort_values(f"harm_{behaviour}", ascending=False, kind="stable").head(count(n, "n"))
+        sites = best.index.get_level_values(0)
+        rows = [(s, int(u), i) for i, (s, members) in enumerate(zip(sites, best["members"])) for u in members]
+        out = best.iloc[[i for *_, i in rows]]
+        out.index = pd.MultiIndex.from_tuples([(s, u) for s, u, _ in rows], names=["site", "unit"])
+        return out
+
+
+def _plot_atlas(result: AtlasResult, n: int = 40) -> "go.Figure":
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    names = list(result.behaviours.index)
+    effects = result.behaviours["min_effect"].to_numpy()
+
+    def panel(df: pd.DataFrame) -> dict:
+        harm = df[[f"harm_{b}" for b in names]].to_numpy()
+        breaks = df[[f"breaks_{b}" for b in names]].to_numpy()
+        return dict(z=harm / effects, customdata=harm, text=np.where(breaks, "x", ""), x=names,
+                    texttemplate="%{text}", zmin=-1, zmax=3, zmid=0, colorscale="RdBu_r",
+                    hovertemplate="%{y} | %{x}<br>harm %{customdata:.3g} (%{z:.2f} x min effect)<extra></extra>")
+
+    top = result.df.assign(worst=(result.df[[f"harm_{b}" for b in names]].to_numpy() / effects).max(1))
+    top = top.sort_values("worst", ascending=False, kind="stable").head(count(n, "n"))
+    labels = [f"{s}:{u}" if size == 1 else f"{s}:{u}+{size - 1}" for (s, u), size in zip(top.index, top["group_size"])]
+    controls = [f"random {i}" for i in result.controls.index]
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.06,
+                        row_heights=[max(len(top), 1), max(len(controls), 1)],
+                        subplot_titles=[f"{len(top)} most harmful of {len(result.df)} lesions",
+                                        f"{len(controls)} random groups (control)"])
+    fig.add_trace(go.Heatmap(y=labels, colorbar=dict(title="harm /<br>min effect"), **panel(top)), row=1, col=1)
+    fig.add_trace(go.Heatmap(y=controls, showscale=False, **panel(result.controls)), row=2, col=1)
+    fig.update_yaxes(type="category", autorange="reversed")
+    fig.update_xaxes(type="category")
+    return fig.update_layout(title=f"lesion atlas ({result.meta['mode']} lesions); x = breaks",
+                             height=240 + 14 * (len(top) + len(controls)))
+
+
+def lesion_atlas(model: "TransformerBridge", battery: Battery, units: UnitsLike = None, *, group_size: int = 1,
+                 n_sample: int | None = None, n_random: int = 20, mode: str = "zero", reference: Any = None,
+                 behaviours: Sequence[str] | None = None, min_effect: float | Mapping[str, float] | None = None,
+                 n_boot: int = 1000, seed: int = 0, stack: bool = True, pass_tokens: int | None = None,
+                 progress: bool = True) -> AtlasResult:
+    """Lesion every unit (or group) of ``units`` and measure every behaviour (runs the model).
+
+    Args:
+        model: the model (left unchanged: every hook is removed on exit, even on error).
+        battery: what to measure (:func:`battery`); ``behaviours`` keeps only the named ones.
+        units: any unit form of :mod:`llmscope.sites` (``"mlp.0"``, ``[("attn.1", [0, 2])]``,
+            a unit table); default every head of every ``attn.L``.
+        group_size: units lesioned together: consecutive runs of the chosen units of one site.
+        n_sample: lesion only this many groups, drawn at random (seeded), for big models.
+        n_random: random groups of ``group_size`` units (from all chosen units), the control.
+        mode: ``"zero"`` or ``"mean"`` (each unit's mean over ``reference``, as ``lesion`` does;
+            default reference: the stimuli of the battery's first behaviour).
+        min_effect: the smallest harm that breaks a behaviour: one number for all, or
+            ``{name: number}``; default each behaviour's own (:data:`MIN_EFFECT`).
+        n_boot: bootstrap resamples of the breaks criterion's interval.
+        stack: stack lesions in one forward pass (exact); False runs one forward per lesion and
+            batch through ``lesion()``: slower, the reference the stacked passes are checked against.
+        pass_tokens: tokens per forward pass (default: logits within :data:`LOGIT_BYTES`).
+
+    Returns:
+        :class:`AtlasResult` (its docstring lists the columns).
+
+    Example:
+        >>> atlas = lesion_atlas(model, battery(model, n_docs=4, n_pairs=8), [("attn.0", [2])], n_random=3,
+        ...                      progress=False)
+        >>> atlas.df[["class", "group_size"]].values.tolist()
+        [['some', 1]]
+    """
+    bat = _check_battery(model, battery)
+    bat = bat if behaviours is None else bat.select(behaviours)
+    resolved = resolve_units(model, units if units is not None else [(f"attn.{L}", None) for L in range(model.cfg.n_layers)])
+    group_size, n_random = count(group_size, "group_size"), count(n_random, "n_random")
+    n_boot, seed = count(n_boot, "n_boot"), count(seed, "seed", minimum=0)
+    stack, progress = flag(stack, "stack"), flag(progress, "progress")
+    if mode not in MODES:
+        raise AnalysisError(f"unknown lesion mode {mode!r}; the atlas takes one of {MODES}.")
+    if mode == "zero" and reference is not None:
+        raise AnalysisError("lesion mode 'zero' takes no reference; pass mode='mean' to use one.")
+    effects = _min_effects(bat, min_effect)
+    pass_tokens = _pass_tokens(model, pass_tokens)
+    groups = _groups(resolved, group_size)
+    n_groups = len(groups)
+    rng_sample, rng_control, rng_boot = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
+    if n_sample is not None:
+        n_sample = count(n_sample, "n_sample")
+        if n_sample > len(groups):
+            raise AnalysisError(f"n_sample={n_sample} exceeds the {len(groups)} groups of these units; "
+                                f"use n_sample <= {len(groups)} or None (all).")
+        groups = [groups[i] for i in np.sort(rng_sample.choice(len(groups), n_sample, replace=False))]
+    controls = _random_groups(resolved, group_size, n_random, rng_control)
+
+    means, recording = _means(model, bat, resolved, reference) if mode == "mean" else (None, None)
+    sums = _run(model, bat, [[], *groups, *controls], pass_tokens, means, stack, progress, recording)
+    values = _values(bat, sums, effects, n_boot, rng_boot)
+    df = _unit_table(values.iloc[1:1 + len(groups)], groups, bat.names)
+    ctrl = _classify(values.iloc[1 + len(groups):].reset_index(drop=True).rename_axis("control"), bat.names)
+    ctrl.insert(3, "group_size", group_size)
+    ctrl.insert(4, "members", [tuple(f"{s.name}:{i}" for s, idx in g for i in idx) for g in controls])
+    meta = dict(model=str(model.cfg.model_name), behaviours=bat.names, mode=mode, group_size=group_size,
+                n_groups=n_groups, n_lesioned=len(groups), n_random=n_random, n_boot=n_boot, seed=seed,
+                stacked=stack, pass_tokens=pass_tokens,
+                criterion="harm >= min_effect and the 95% cluster-bootstrap interval of harm above 0")
+    return AtlasResult(df, kind="lesion atlas", meta=meta, plotter=_plot_atlas, controls=ctrl,
+                       behaviours=_summary(bat, values, df, ctrl, effects))
+
+
+def _means(model: "TransformerBridge", bat: Battery, resolved: list[tuple[Site, np.ndarray]],
+           reference: Any) -> tuple[dict[str, torch.Tensor], Any]:
+    """Each site's unit means over ``reference`` (``hook -> [n_units, ...]``), computed as
+    ``lesion(mode="mean")`` computes them, and the Recording they come from."""
+    from llmscope.interventions import _reference_pools
+    from llmscope.recording import record
+
+    reference = bat.behaviours[0].stimuli if reference is None else reference
+    if isinstance(reference, Stimuli):
+        reference = record(model, reference, [s for s, _ in resolved], dtype="float32", progress=False)
+    pools = _reference_pools(model, reference, [(s, torch.arange(s.n_units)) for s, _ in resolved])
+    return {hook: pool.mean(0) for hook, pool in pools.items()}, reference
+
+
+def _unit_table(values: pd.DataFrame, groups: list[Lesion], names: list[str]) -> pd.DataFrame:
+    """The atlas's rows: indexed by each group's site and first unit, with ranks and the class."""
+    table = values.set_axis(pd.MultiIndex.from_tuples([(g[0][0].name, int(g[0][1][0])) for g in groups],
+                                                      names=["site", "unit"]))
+    table = table.assign(group_size=[len(g[0][1]) for g in groups], members=[tuple(map(int, g[0][1])) for g in groups],
+                         **{f"rank_{b}": table[f"harm_{b}"].rank(ascending=False, method="min").astype(int)
+                            for b in names})
+    head = ["class", "broken", "n_broken", "group_size", "members"]
+    blocks = [f"{q}_{b}" for q in ("harm", "breaks", "rank", "lesioned", "baseline", "ci_low", "ci_high") for b in names]
+    return _classify(table, names)[head + blocks]
+
+
+def _summary(bat: Battery, values: pd.DataFrame, df: pd.DataFrame, ctrl: pd.DataFrame,
+             effects: dict[str, float]) -> pd.DataFrame:
+    """One row per behaviour: the battery's table, the intact value, and the controls beside it."""
+    names = bat.names
+    summary = bat.table().drop(columns="description")
+    summary.insert(2, "baseline", [values[f"baseline_{b}"].iloc[0] for b in names])
+    harms = ctrl[[f"harm_{b}" for b in names]].to_numpy()
+    return summary.assign(min_effect=[effects[b] for b in names],
+                          n_broken=[int(df[f"breaks_{b}"].sum()) for b in names],
+                          control_p95=np.percentile(harms, 95, axis=0), control_max=harms.max(0),
+                          control_break_rate=ctrl[[f"breaks_{b}" for b in names]].to_numpy().mean(0))
+
+
+__all__ = ["Behaviour", "Battery", "battery", "lesion_atlas", "AtlasResult", "MIN_EFFECT", "KINDS"]

@@ -1,0 +1,86 @@
+"""Lesion atlas cost, stacked (as shipped: many lesions in one forward pass, each pass resumed at
+the first block its lesions change) against one intervened forward pass per lesion and stimulus
+set (``stack=False``, the plain way).
+
+* grammar-2l: every MLP neuron (2 x 512) and head (8) over the whole default battery
+  (``battery(model)``: 16 documents, 64 agreement pairs), plus the 20 random-group controls, in
+  full; the plain side on a random sample of the same units, extrapolated per lesion.
+* smollm2-135m: all 270 heads on a 64-sequence battery (``battery(model, n_docs=32)``: 32
+  template sentences, 32 random sequences shown twice; SmolLM2 has no agreement pairs), measured
+  on one head per layer (30 heads, the layer mix of all 270: a lesion's cost depends on its
+  layer) and extrapolated per lesion; the plain side on every third of those.
+
+Each side reports wall and CPU seconds and the load average when it started. Torch runs one
+thread here: on this shared 2-core machine two threads under load run several times slower, and
+CPU seconds of one thread are what an idle core would take.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+
+import llmscope
+from llmscope.analysis.atlas import battery, lesion_atlas
+
+ORGANISM_UNITS = [("mlp.0", None), ("mlp.1", None), ("attn.0", None), ("attn.1", None)]
+N_RANDOM = 20
+PLAIN_SAMPLE = 40
+
+
+def timed(model, bat, units, **kwargs) -> dict:
+    """Run one atlas; its wall and CPU seconds, lesions run (units or groups, controls, intact)."""
+    load, start, cpu = os.getloadavg()[0], time.perf_counter(), time.process_time()
+    result = lesion_atlas(model, bat, units, progress=False, **kwargs)
+    lesions = len(result.df) + len(result.controls) + 1
+    return dict(wall=time.perf_counter() - start, cpu=time.process_time() - cpu, load=load, lesions=lesions,
+                result=result)
+
+
+def rows(name: str, stacked: dict, plain: dict, total: int, goal: str) -> list[dict]:
+    """Per-lesion costs of both sides, the ratio, and the whole atlas's seconds (``total`` lesions)."""
+    out = []
+    for side, run in (("stacked", stacked), ("one forward per lesion", plain)):
+        case = f"{name}, {run['lesions']} lesions run, load {run['load']:.1f}"
+        out += [dict(benchmark=f"atlas {side}: wall per lesion", case=case, value=run["wall"] / run["lesions"],
+                     unit="s", goal=""),
+                dict(benchmark=f"atlas {side}: CPU per lesion", case=case, value=run["cpu"] / run["lesions"],
+                     unit="s", goal="")]
+    for clock in ("wall", "cpu"):
+        ratio = (plain[clock] / plain["lesions"]) / (stacked[clock] / stacked["lesions"])
+        out.append(dict(benchmark=f"atlas one-per-lesion / stacked ({clock})", case=name, value=ratio,
+                        unit="ratio", goal=">= 8"))
+        seconds = stacked[clock] / stacked["lesions"] * total
+        out.append(dict(benchmark=f"atlas stacked, {total} lesions ({clock})", case=name, value=seconds,
+                        unit="s" if stacked["lesions"] == total else "s (extrapolated)", goal=goal))
+    return out
+
+
+def organism() -> list[dict]:
+    model = llmscope.load("grammar-2l")
+    bat = battery(model)
+    stacked = timed(model, bat, ORGANISM_UNITS, n_random=N_RANDOM)
+    plain = timed(model, bat, ORGANISM_UNITS, n_sample=PLAIN_SAMPLE, n_random=1, stack=False)
+    return rows("grammar-2l, 1032 units + 20 controls", stacked, plain, stacked["lesions"], "<= 120 s")
+
+
+def smollm2() -> list[dict]:
+    model = llmscope.load("smollm2-135m")
+    bat = battery(model, n_docs=32)
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    per_layer = [(f"attn.{L}", [L % n_heads]) for L in range(n_layers)]
+    stacked = timed(model, bat, per_layer, n_random=1)
+    plain = timed(model, bat, per_layer[::3], n_random=1, stack=False)
+    total = n_layers * n_heads + N_RANDOM + 1
+    return rows(f"smollm2-135m, {n_layers * n_heads} heads + {N_RANDOM} controls", stacked, plain, total, "<= 600 s")
+
+
+def run() -> list[dict]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return organism() + smollm2()
+    finally:
+        torch.set_num_threads(threads)

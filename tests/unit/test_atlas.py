@@ -1,0 +1,234 @@
+"""The lesion atlas against the organism's card: the induction head attn.1:0 is the unit copying
+needs most, and its lesion leaves agreement intact; random neurons break nothing; stacked
+lesions give what one lesion per forward pass gives; bad input fails before any forward pass."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from llmscope.analysis import atlas as atlas_module
+from llmscope.analysis.atlas import Battery, Behaviour, battery, lesion_atlas
+from llmscope.behaviour import evaluate
+from llmscope.errors import AnalysisError
+from llmscope.interventions import intervene, lesion
+from llmscope.organisms.facts import organism_folder
+from llmscope.sites import unit_index
+
+CARD = json.loads((organism_folder("grammar-2l") / "card.json").read_text())
+UPOS = set(CARD["facts"]["loss"]["by_pos"])
+NEURONS = [("mlp.0", None), ("mlp.1", None)]
+
+
+@pytest.fixture(scope="module")
+def bat(organism):
+    return battery(organism, n_docs=16, n_pairs=64, seed=1)
+
+
+@pytest.fixture(scope="module")
+def small(organism):
+    return battery(organism, n_docs=4, n_pairs=16, seed=2)
+
+
+@pytest.fixture(scope="module")
+def tiny_bat(organism):
+    return battery(organism, n_docs=2, n_pairs=8, seed=3)
+
+
+@pytest.fixture(scope="module")
+def heads(organism, bat):
+    """The atlas of all 8 heads, with 8 random single heads as the control."""
+    return lesion_atlas(organism, bat, n_random=8, seed=0, progress=False)
+
+
+def assert_pristine(model, stim, logits):
+    with torch.no_grad():
+        assert torch.equal(model(stim.ids), logits), "the model was left changed"
+    assert len(model.original_model.transformer.h) == model.cfg.n_layers
+
+
+# ---------------------------------------------------------------- the battery
+
+
+def test_battery_holds_pos_losses_copying_and_agreement(organism, bat):
+    tags = {n.removeprefix("loss_") for n in bat.names if n.startswith("loss_")}
+    assert tags <= UPOS and len(tags) >= 8
+    assert bat.names[-2:] == ["copying", "agreement"]
+    t = bat["copying"].stimuli.tokens
+    repeat, onset = t["is_repeat"].to_numpy(bool), t["repeat_onset"].to_numpy(bool)
+    assert (bat["copying"].rows == (repeat & ~onset & ~t["is_bos"].to_numpy(bool))).all()
+    for tag in tags:  # fresh tokens of the tag only: copying is its own behaviour
+        rows = bat[f"loss_{tag}"].rows
+        assert (t["pos_tag"][rows] == tag).all() and not repeat[rows].any()
+    assert (bat["agreement"].rows == bat["agreement"].stimuli.tokens["is_target"].to_numpy()).all()
+    intact = bat.measure(organism)
+    assert intact["agreement"] >= CARD["thresholds"]["agreement_accuracy"]
+    assert intact["copying"] < intact[[f"loss_{tag}" for tag in tags]].min()  # copies are easy to predict
+
+
+def test_battery_selects_behaviours_by_name(organism, bat):
+    assert battery(organism, n_docs=2, n_pairs=4, behaviours=["agreement", "copying"]).names == ["agreement", "copying"]
+    with pytest.raises(AnalysisError, match=r"no behaviour \['grammaticality'\].*copying"):
+        bat.select(["copying", "grammaticality"])
+
+
+# ---------------------------------------------------------------- ground truth
+
+
+def test_head_atlas_finds_the_induction_head_for_copying_only(heads):
+    df = heads.df
+    assert heads.top("copying", 1).index.tolist() == [("attn.1", 0)]
+    ind = df.loc[("attn.1", 0)]
+    assert ind["rank_copying"] == 1
+    assert ind["breaks_copying"] and not ind["breaks_agreement"]
+    assert ind["class"] == "some" and "copying" in ind["broken"].split(", ")
+    rise = CARD["facts"]["lesion"]["repeat_loss_rise"] / CARD["thresholds"]["lesion_ratio"]
+    assert ind["harm_copying"] > rise
+    assert df.loc[("attn.0", 2), "breaks_copying"]  # the previous-token head: the circuit's other half
+    assert set(df["class"]) <= {"all", "some", "none"}
+    assert (df["n_broken"] == df[[c for c in df if c.startswith("breaks_")]].sum(1)).all()
+
+
+def test_head_controls_are_random_heads_lesioned_the_same_way(heads):
+    cols = [c for c in heads.df if c.startswith("lesioned_")]
+    for _, row in heads.controls.iterrows():
+        (label,) = row["members"]
+        site, unit = label.split(":")
+        np.testing.assert_allclose(row[cols].to_numpy(float), heads.df.loc[(site, int(unit)), cols].to_numpy(float),
+                                   rtol=1e-5, atol=1e-6)
+    rate = heads.controls[[f"breaks_{b}" for b in heads.behaviours.index]].mean().to_numpy()
+    np.testing.assert_allclose(heads.behaviours["control_break_rate"].to_numpy(), rate)
+
+
+@pytest.mark.parametrize("group_size", [1, 4])
+def test_random_groups_of_neurons_break_nothing(organism, small, group_size):
+    result = lesion_atlas(organism, small, NEURONS, group_size=group_size, n_sample=4, n_random=16, seed=4,
+                          progress=False)
+    ctrl = result.controls
+    assert len(ctrl) == 16 and (ctrl["group_size"] == group_size).all()
+    assert (ctrl["class"] == "none").all()
+    harm = ctrl[[f"harm_{b}" for b in result.behaviours.index]].to_numpy()
+    assert (harm < result.behaviours["min_effect"].to_numpy()).all()
+    assert result.behaviours["control_break_rate"].eq(0).all()
+
+
+# ---------------------------------------------------------------- stacking is exact
+
+
+@pytest.mark.parametrize("mode", ["zero", "mean"])
+def test_stacked_lesions_equal_one_lesion_per_forward(organism, tiny_bat, mode):
+    units = [("attn.1", [0]), ("mlp.0", [3]), ("mlp.1", [5]), ("resid.1", [3])]
+    kw = dict(n_random=2, mode=mode, seed=5, progress=False, pass_tokens=600)  # several buckets and chunks
+    stacked = lesion_atlas(organism, tiny_bat, units, **kw)
+    plain = lesion_atlas(organism, tiny_bat, units, stack=False, **kw)
+    assert stacked.meta["stacked"] and not plain.meta["stacked"]
+    cols = [c for c in stacked.df if c.startswith(("lesioned_", "baseline_"))]
+    np.testing.assert_allclose(stacked.df[cols].to_numpy(float), plain.df[cols].to_numpy(float), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(stacked.controls[cols].to_numpy(float), plain.controls[cols].to_numpy(float),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_atlas_values_match_the_behaviour_module(organism, tiny_bat):
+    result = lesion_atlas(organism, tiny_bat, [("attn.1", [0])], n_random=1, progress=False)
+    copying, pairs = tiny_bat["copying"], tiny_bat["agreement"]
+    with intervene(organism, lesion("attn.1", [0])):
+        loss = evaluate(organism, copying.stimuli, "loss")["loss"].to_numpy()[copying.rows].mean()
+        diff = evaluate(organism, pairs.stimuli, "logit_diff")["logit_diff"].to_numpy()[pairs.rows]
+    row = result.df.loc[("attn.1", 0)]
+    assert row["lesioned_copying"] == pytest.approx(loss, rel=1e-5)
+    assert row["lesioned_agreement"] == pytest.approx((diff > 0).mean())
+
+
+# ---------------------------------------------------------------- groups, sampling, top, plot
+
+
+def test_groups_are_runs_of_units_and_top_lists_their_members(organism, tiny_bat):
+    result = lesion_atlas(organism, tiny_bat, "attn.0", group_size=3, n_random=2, progress=False)
+    assert result.df.index.tolist() == [("attn.0", 0), ("attn.0", 3)]
+    assert result.df["members"].tolist() == [(0, 1, 2), (3,)]
+    assert result.df["group_size"].tolist() == [3, 1]
+    best = result.top("copying", 1)
+    expected = result.df["harm_copying"].idxmax()
+    assert best.index.tolist() == [("attn.0", u) for u in result.df.loc[expected, "members"]]
+    assert unit_index(organism, best).tolist() == best.index.tolist()
+    with intervene(organism, lesion(best)):
+        organism(tiny_bat["copying"].stimuli.ids[:1])
+
+
+def test_n_sample_draws_groups_at_random(organism, tiny_bat):
+    a = lesion_atlas(organism, tiny_bat, NEURONS, n_sample=5, n_random=1, seed=6, progress=False)
+    b = lesion_atlas(organism, tiny_bat, NEURONS, n_sample=5, n_random=1, seed=7, progress=False)
+    assert len(a.df) == 5 and a.meta["n_groups"] == 1024 and a.meta["n_lesioned"] == 5
+    assert a.df.index.tolist() != b.df.index.tolist()
+    assert list(a.df.index) == sorted(a.df.index)  # drawn at random, kept in unit order
+
+
+def test_plot_is_a_heatmap_of_harm_beside_the_controls(heads):
+    fig = heads.plot(n=5)
+    atlas_map, control_map = fig.data
+    assert len(atlas_map.y) == 5 and len(control_map.y) == len(heads.controls)
+    assert list(atlas_map.x) == list(heads.behaviours.index)
+    top = np.nanmax(np.asarray(atlas_map.z, float), axis=1)
+    assert top[0] == pytest.approx(max(heads.df[f"harm_{b}"].max() / e for b, e in heads.behaviours["min_effect"].items()))
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.fixture
+def no_forward(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a forward pass ran before the error")
+
+    monkeypatch.setattr(atlas_module, "_run", refuse)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(behaviours=["grammaticality"]), r"no behaviour \['grammaticality'\].*agreement"),
+    (dict(units="attn.0", group_size=5), r"group_size=5 is larger than attn.0, which has 4"),
+    (dict(units=[("attn.1", [0, 2])], group_size=3), r"group_size=3 is larger than attn.1, which has 2 chosen"),
+    (dict(units="attn.0", n_sample=9), r"n_sample=9 exceeds the 4 groups"),
+    (dict(mode="resample"), r"unknown lesion mode 'resample'"),
+    (dict(reference="x"), r"'zero' takes no reference"),
+    (dict(min_effect={"grammaticality": 1.0}), r"no behaviour \['grammaticality'\]"),
+    (dict(min_effect=-1), r"min_effect must be a positive number"),
+    (dict(n_random=0), r"n_random must be an integer >= 1"),
+])
+def test_bad_input_fails_before_any_forward(organism, tiny_bat, no_forward, kwargs, message):
+    with pytest.raises(AnalysisError, match=message):
+        lesion_atlas(organism, tiny_bat, **{"progress": False, **kwargs})
+
+
+def test_bad_battery_and_behaviours(organism, tiny_bat, heads, no_forward):
+    with pytest.raises(AnalysisError, match="expected a Battery"):
+        lesion_atlas(organism, [tiny_bat["copying"]], progress=False)
+    with pytest.raises(AnalysisError, match=r"no behaviour 'grammaticality'.*copying"):
+        heads.top("grammaticality")
+    stim = tiny_bat["copying"].stimuli
+    with pytest.raises(AnalysisError, match="unknown kind"):
+        Behaviour("x", stim, "perplexity", tiny_bat["copying"].rows)
+    with pytest.raises(AnalysisError, match="position 0"):
+        Behaviour("x", stim, "loss", np.ones(len(stim), bool))
+    with pytest.raises(AnalysisError, match="good_id and bad_id"):
+        Behaviour("x", stim, "accuracy", tiny_bat["copying"].rows)
+    with pytest.raises(AnalysisError, match="distinct"):
+        Battery([tiny_bat["copying"], tiny_bat["copying"]])
+
+
+def test_model_is_pristine_after_an_error_inside_a_pass(organism, tiny_bat, monkeypatch):
+    stim = tiny_bat["copying"].stimuli
+    with torch.no_grad():
+        before = organism(stim.ids)
+
+    def broken(keep, b, mean):
+        def hook_fn(act, hook):
+            raise RuntimeError("boom")
+        return hook_fn
+
+    monkeypatch.setattr(atlas_module, "_silencer", broken)
+    with pytest.raises(RuntimeError, match="boom"):  # attn.1 lesions resume at block 1, with the layer list cut
+        lesion_atlas(organism, tiny_bat, "attn.1", n_random=1, progress=False)
+    assert_pristine(organism, stim, before)
