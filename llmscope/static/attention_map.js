@@ -37,6 +37,19 @@ var KernelTimeout = class extends Error {
     super(`the kernel did not answer "${command}" within ${Math.round(ms / 1e3)} s: it may still be busy, or it was restarted (run the widget's cell again)`);
   }
 };
+var KernelLost = class extends Error {
+  name = "KernelLost";
+  /** @param {string} status the kernel's status ("restarting", "starting", "dead"...) or "disconnected" */
+  constructor(status) {
+    const [what, todo] = {
+      starting: ["the kernel was restarted outside this page", "Reload the page, then run its cell again."],
+      dead: ["the kernel died", "Restart it and run its cell again."],
+      disconnected: ["the connection to the kernel closed", "Run its cell again."]
+    }[status] ?? ["the kernel restarted", "Run its cell again."];
+    super(`${what}: this widget is no longer connected to Python. ${todo}`);
+    this.status = status;
+  }
+};
 function asBytes(buffer) {
   if (buffer instanceof ArrayBuffer) return new Uint8Array(buffer);
   if (ArrayBuffer.isView(buffer)) return new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.byteLength);
@@ -137,15 +150,17 @@ var Channel = class {
     this.timeoutMs = timeoutMs;
     this.seq = 0;
     this.inFlight = null;
+    this.closed = null;
   }
   /**
    * Ask the kernel. Resolves to the reply's data (buffers in place), or to null when a newer
    * request made this one stale; rejects with a KernelError, KernelTimeout or WireError (also
-   * for a request too large to send).
+   * for a request too large to send), or with the error the channel was closed with.
    * @param {object} [fields]
    * @returns {Promise<any>}
    */
   async request(fields = {}) {
+    if (this.closed) throw this.closed;
     this.inFlight?.abort(SUPERSEDED);
     const seq = ++this.seq;
     const size = new TextEncoder().encode(JSON.stringify(fields)).length;
@@ -163,7 +178,10 @@ var Channel = class {
         { signal: AbortSignal.any([controller.signal, timer]) }
       );
     } catch (error) {
-      if (controller.signal.aborted) return null;
+      if (controller.signal.aborted) {
+        if (controller.signal.reason === SUPERSEDED) return null;
+        throw controller.signal.reason;
+      }
       if (timer.aborted) throw new KernelTimeout(this.command, this.timeoutMs);
       throw error;
     } finally {
@@ -176,6 +194,11 @@ var Channel = class {
   cancel() {
     this.inFlight?.abort(SUPERSEDED);
     this.seq++;
+  }
+  /** Fail the request in flight, and every later one, with `error` (nothing will answer them). */
+  close(error) {
+    this.closed = error;
+    this.inFlight?.abort(error);
   }
 };
 function openReply(reply, buffers, seq) {
@@ -200,7 +223,7 @@ var ErrorBox = class {
   }
   /** @param {string} slot @param {any} error */
   show(slot, error) {
-    this.slots.set(slot, describe(error));
+    this.slots.set(error instanceof KernelLost ? "kernel" : slot, describe(error));
     this.render();
   }
   /** @param {string} slot */
@@ -274,6 +297,36 @@ function cellAt(event, box, width, height) {
   const col = Math.floor(event.offsetX / box.clientWidth * width);
   const row = Math.floor(event.offsetY / box.clientHeight * height);
   return row >= 0 && row < height && col >= 0 && col < width ? { row, col } : null;
+}
+
+// src/kernel.js
+var LOST_STATUSES = /* @__PURE__ */ new Set(["restarting", "autorestarting", "starting", "dead"]);
+function watchKernel(model, onLost) {
+  const kernel = model.widget_manager?.kernel;
+  const signal = typeof kernel?.statusChanged?.connect === "function" ? kernel.statusChanged : null;
+  const onStatus = (_sender, status) => {
+    if (LOST_STATUSES.has(status)) lost(status);
+  };
+  const onDisconnect = () => lost("disconnected");
+  const stop = () => {
+    signal?.disconnect(onStatus);
+    model.off("comm_live_update", onDisconnect);
+  };
+  const lost = (status) => {
+    stop();
+    onLost(new KernelLost(status));
+  };
+  signal?.connect(onStatus);
+  model.on("comm_live_update", onDisconnect);
+  return stop;
+}
+function showLost(error, root, errors, channels) {
+  for (const channel of channels) channel.close(error);
+  errors.show("kernel", error);
+  root.classList.add("is-lost");
+  root.querySelectorAll("input, textarea, button, select").forEach((control) => {
+    control.disabled = true;
+  });
 }
 
 // src/timing.js
@@ -434,6 +487,7 @@ var AttentionView = class {
     this.build(el);
     this.submitSoon = debounce((text) => this.submit(text), PROMPT_DEBOUNCE_MS);
     this.fetchHeadSoon = debounce(() => this.fetchHead(), FOCUS_DEBOUNCE_MS);
+    this.unwatch = watchKernel(model, (error) => showLost(error, el, this.errors, Object.values(this.channels)));
     this.listeners = {
       "change:version": () => this.refresh(),
       "change:focus": () => {
@@ -689,6 +743,7 @@ var AttentionView = class {
     });
   }
   destroy() {
+    this.unwatch();
     for (const [event, fn] of Object.entries(this.listeners)) this.model.off(event, fn);
     this.submitSoon.cancel();
     this.fetchHeadSoon.cancel();

@@ -33,6 +33,19 @@ var KernelTimeout = class extends Error {
     super(`the kernel did not answer "${command}" within ${Math.round(ms / 1e3)} s: it may still be busy, or it was restarted (run the widget's cell again)`);
   }
 };
+var KernelLost = class extends Error {
+  name = "KernelLost";
+  /** @param {string} status the kernel's status ("restarting", "starting", "dead"...) or "disconnected" */
+  constructor(status) {
+    const [what, todo] = {
+      starting: ["the kernel was restarted outside this page", "Reload the page, then run its cell again."],
+      dead: ["the kernel died", "Restart it and run its cell again."],
+      disconnected: ["the connection to the kernel closed", "Run its cell again."]
+    }[status] ?? ["the kernel restarted", "Run its cell again."];
+    super(`${what}: this widget is no longer connected to Python. ${todo}`);
+    this.status = status;
+  }
+};
 function asBytes(buffer) {
   if (buffer instanceof ArrayBuffer) return new Uint8Array(buffer);
   if (ArrayBuffer.isView(buffer)) return new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.byteLength);
@@ -133,15 +146,17 @@ var Channel = class {
     this.timeoutMs = timeoutMs;
     this.seq = 0;
     this.inFlight = null;
+    this.closed = null;
   }
   /**
    * Ask the kernel. Resolves to the reply's data (buffers in place), or to null when a newer
    * request made this one stale; rejects with a KernelError, KernelTimeout or WireError (also
-   * for a request too large to send).
+   * for a request too large to send), or with the error the channel was closed with.
    * @param {object} [fields]
    * @returns {Promise<any>}
    */
   async request(fields = {}) {
+    if (this.closed) throw this.closed;
     this.inFlight?.abort(SUPERSEDED);
     const seq = ++this.seq;
     const size = new TextEncoder().encode(JSON.stringify(fields)).length;
@@ -159,7 +174,10 @@ var Channel = class {
         { signal: AbortSignal.any([controller.signal, timer]) }
       );
     } catch (error) {
-      if (controller.signal.aborted) return null;
+      if (controller.signal.aborted) {
+        if (controller.signal.reason === SUPERSEDED) return null;
+        throw controller.signal.reason;
+      }
       if (timer.aborted) throw new KernelTimeout(this.command, this.timeoutMs);
       throw error;
     } finally {
@@ -172,6 +190,11 @@ var Channel = class {
   cancel() {
     this.inFlight?.abort(SUPERSEDED);
     this.seq++;
+  }
+  /** Fail the request in flight, and every later one, with `error` (nothing will answer them). */
+  close(error) {
+    this.closed = error;
+    this.inFlight?.abort(error);
   }
 };
 function openReply(reply, buffers, seq) {
@@ -196,7 +219,7 @@ var ErrorBox = class {
   }
   /** @param {string} slot @param {any} error */
   show(slot, error) {
-    this.slots.set(slot, describe(error));
+    this.slots.set(error instanceof KernelLost ? "kernel" : slot, describe(error));
     this.render();
   }
   /** @param {string} slot */
@@ -213,6 +236,16 @@ var ErrorBox = class {
     this.el.hidden = this.slots.size === 0;
   }
 };
+async function guard(errors, slot, work) {
+  try {
+    await work();
+    errors.clear(slot);
+    return true;
+  } catch (error) {
+    errors.show(slot, error);
+    return false;
+  }
+}
 
 // src/colormap.js
 var MAPS = {
@@ -237,21 +270,40 @@ function fillPixels(pixels, codes, table, width, { causal = false } = {}) {
   }
   return pixels;
 }
-function drawHeatmap(canvas, codes, width, height, table, options = {}) {
-  canvas.width = Math.max(width, 1);
-  canvas.height = Math.max(height, 1);
-  const context = (
-    /** @type {CanvasRenderingContext2D} */
-    canvas.getContext("2d")
-  );
-  const image = context.createImageData(canvas.width, canvas.height);
-  if (width * height) fillPixels(new Uint32Array(image.data.buffer), codes, table, width, options);
-  context.putImageData(image, 0, 0);
-}
 function cellAt(event, box, width, height) {
   const col = Math.floor(event.offsetX / box.clientWidth * width);
   const row = Math.floor(event.offsetY / box.clientHeight * height);
   return row >= 0 && row < height && col >= 0 && col < width ? { row, col } : null;
+}
+
+// src/kernel.js
+var LOST_STATUSES = /* @__PURE__ */ new Set(["restarting", "autorestarting", "starting", "dead"]);
+function watchKernel(model, onLost) {
+  const kernel = model.widget_manager?.kernel;
+  const signal = typeof kernel?.statusChanged?.connect === "function" ? kernel.statusChanged : null;
+  const onStatus = (_sender, status) => {
+    if (LOST_STATUSES.has(status)) lost(status);
+  };
+  const onDisconnect = () => lost("disconnected");
+  const stop = () => {
+    signal?.disconnect(onStatus);
+    model.off("comm_live_update", onDisconnect);
+  };
+  const lost = (status) => {
+    stop();
+    onLost(new KernelLost(status));
+  };
+  signal?.connect(onStatus);
+  model.on("comm_live_update", onDisconnect);
+  return stop;
+}
+function showLost(error, root, errors, channels) {
+  for (const channel of channels) channel.close(error);
+  errors.show("kernel", error);
+  root.classList.add("is-lost");
+  root.querySelectorAll("input, textarea, button, select").forEach((control) => {
+    control.disabled = true;
+  });
 }
 
 // src/timing.js
@@ -306,10 +358,27 @@ function spikeTable(rung) {
   }
   return table;
 }
-function countSpikes(codes, width, rung) {
-  const rows = new Int32Array(width ? codes.length / width : 0);
-  for (let i = 0; i < codes.length; i++) if (codes[i] > rung) rows[i / width | 0]++;
-  return { rows, total: rows.reduce((a, b) => a + b, 0) };
+function histogram(codes) {
+  const counts = new Int32Array(256);
+  for (let i = 0; i < codes.length; i++) counts[codes[i]]++;
+  return counts;
+}
+function spikesAbove(counts, rung) {
+  let total = 0;
+  for (let c = rung + 1; c < counts.length; c++) total += counts[c];
+  return total;
+}
+var warmed = false;
+function warmUp() {
+  if (warmed) return;
+  warmed = true;
+  const codes = new Uint8Array(1 << 16);
+  const pixels = new Uint32Array(codes.length);
+  const table = spikeTable(0);
+  for (let k = 0; k < 4; k++) {
+    histogram(codes);
+    fillPixels(pixels, codes, table, 256);
+  }
 }
 function moveView([u0, u1, t0, t1], action, nUnits, nTokens) {
   const nu = u1 - u0;
@@ -343,9 +412,6 @@ function stepRung(rung, key, max) {
   }[key];
   return to === void 0 ? null : Math.min(Math.max(to, 0), max);
 }
-function unitOf(label) {
-  return Number(label.slice(label.lastIndexOf(":") + 1));
-}
 function formatThreshold(method, value) {
   return method === "zscore" ? `z > ${value.toFixed(2)}` : `quantile > ${value.toFixed(3)}`;
 }
@@ -363,6 +429,7 @@ var RasterView = class {
     this.errors = new ErrorBox();
     this.meta = null;
     this.win = null;
+    this.frame = null;
     this.cursor = null;
     this.build(el);
     this.fetchWindowSoon = debounce(() => this.fetchWindow(), WINDOW_DEBOUNCE_MS);
@@ -375,6 +442,7 @@ var RasterView = class {
     );
     this.fetchUnitSoon = debounce((unit) => this.fetchUnit(unit), CLICK_DEBOUNCE_MS);
     this.fetchTokenSoon = debounce((column) => this.fetchToken(column), CLICK_DEBOUNCE_MS);
+    this.unwatch = watchKernel(model, (error) => showLost(error, el, this.errors, Object.values(this.channels)));
     this.listeners = {
       "change:version": () => this.refresh(),
       "change:rung": () => {
@@ -388,6 +456,7 @@ var RasterView = class {
     };
     for (const [event, fn] of Object.entries(this.listeners)) model.on(event, fn);
     this.refresh();
+    warmUp();
   }
   /** @param {HTMLElement} el */
   build(el) {
@@ -484,21 +553,13 @@ var RasterView = class {
     const w = this.win;
     return w !== null && w.u0 === u0 && w.u0 + w.nu === u1 && w.t0 === t0 && w.t0 + w.nt === t1;
   }
-  /** Run `work`, showing its error (in `slot`) inside the widget instead of losing it. */
-  async guard(slot, work) {
-    try {
-      await work();
-      this.errors.clear(slot);
-    } catch (error) {
-      this.errors.show(slot, error);
-    }
-  }
   refresh() {
-    return this.guard("meta", async () => {
+    return guard(this.errors, "meta", async () => {
       this.win = null;
       this.meta = null;
+      const asked = this.channels.meta.request();
       const window = this.fetchWindow();
-      const data = await this.channels.meta.request();
+      const data = await asked;
       if (data === null) return;
       const ladder = await decodeArray(data.ladder);
       this.meta = {
@@ -526,31 +587,63 @@ var RasterView = class {
   }
   /** Ask for the codes of the view and draw them. */
   fetchWindow() {
-    return this.guard("window", async () => {
+    return guard(this.errors, "window", async () => {
       const [u0, u1, t0, t1] = this.model.get("view");
       this.status.textContent = "loading…";
+      const asked = performance.now();
       const data = await this.channels.window.request({ u0, u1, t0, t1 });
       if (data === null) return;
       const arrived = performance.now();
-      const codes = await decodeArray(data.codes);
+      const [codes, units] = await Promise.all([decodeArray(data.codes), decodeArray(data.units)]);
       const [nu, nt] = codes.shape;
+      const cells = (
+        /** @type {Uint8Array} */
+        codes.data
+      );
       this.win = {
         u0: data.u0,
         t0: data.t0,
         nu,
         nt,
-        codes: (
-          /** @type {Uint8Array} */
-          codes.data
+        codes: cells,
+        counts: histogram(cells),
+        units: (
+          /** @type {Int32Array} */
+          units.data
         ),
-        units: data.units,
         preferred: data.preferred,
         tokens: data.tokens
       };
       this.cursor = null;
       this.paint();
+      this.canvas.dataset.roundTripMs = (arrived - asked).toFixed(2);
       this.canvas.dataset.windowMs = (performance.now() - arrived).toFixed(2);
     });
+  }
+  /**
+   * Colour the window's cells through `table`, one canvas pixel a cell. The ImageData is kept
+   * while the window's size stays: a slider step then writes 4 bytes a cell and nothing else
+   * (setting a canvas's size, even to the same value, reallocates and clears it).
+   * @param {NonNullable<RasterView["win"]>} win @param {Uint32Array} table
+   */
+  draw(win, table) {
+    let frame = this.frame;
+    if (!frame || frame.image.width !== win.nt || frame.image.height !== win.nu) {
+      this.canvas.width = win.nt;
+      this.canvas.height = win.nu;
+      const context = (
+        /** @type {CanvasRenderingContext2D} */
+        this.canvas.getContext("2d")
+      );
+      const image = context.createImageData(win.nt, win.nu);
+      frame = this.frame = { image, context, pixels: new Uint32Array(image.data.buffer) };
+    }
+    fillPixels(frame.pixels, win.codes, table, win.nt);
+    frame.context.putImageData(frame.image, 0, 0);
+  }
+  /** The label of a window row's unit: "mlp.0:12". */
+  label(row) {
+    return `${this.meta?.site}:${this.win?.units[row]}`;
   }
   /** Draw the window at the slider's rung (no kernel involved). */
   paint() {
@@ -558,17 +651,17 @@ var RasterView = class {
     if (!win || !meta) return;
     const rung = this.rung();
     const start = performance.now();
-    drawHeatmap(this.canvas, win.codes, win.nt, win.nu, spikeTable(rung));
-    const spikes = countSpikes(win.codes, win.nt, rung);
+    this.draw(win, spikeTable(rung));
+    const spikes = spikesAbove(win.counts, rung);
     this.canvas.dataset.paintMs = (performance.now() - start).toFixed(2);
     this.canvas.dataset.rung = String(rung);
-    this.canvas.dataset.spikes = String(spikes.total);
+    this.canvas.dataset.spikes = String(spikes);
     this.canvas.dataset.view = `${win.u0},${win.u0 + win.nu},${win.t0},${win.t0 + win.nt}`;
     this.canvas.dataset.firstPaintMs ??= (performance.now() - this.started).toFixed(1);
     const shown = formatThreshold(meta.method, meta.ladder[rung]);
     this.thresholdText.textContent = shown;
     this.slider.setAttribute("aria-valuetext", shown);
-    this.status.textContent = `${meta.site}: units ${win.u0}–${win.u0 + win.nu - 1} of ${meta.nUnits}, tokens ${win.t0}–${win.t0 + win.nt - 1} of ${meta.nTokens}; ${spikes.total} spikes in view`;
+    this.status.textContent = `${meta.site}: units ${win.u0}–${win.u0 + win.nu - 1} of ${meta.nUnits}, tokens ${win.t0}–${win.t0 + win.nt - 1} of ${meta.nTokens}; ${spikes} spikes in view`;
     this.markSelection();
   }
   /** Mark the selected units (rows) and the cursor's token (column) over the canvas. */
@@ -577,8 +670,8 @@ var RasterView = class {
     if (!win) return;
     const selected = new Set(this.model.get("selection"));
     const marks = [];
-    win.units.forEach((label, row) => {
-      if (!selected.has(unitOf(label))) return;
+    win.units.forEach((unit, row) => {
+      if (!selected.has(unit)) return;
       marks.push(h("div", { class: "llmscope-raster-row", style: `top: ${100 * row / win.nu}%; height: max(2px, ${100 / win.nu}%)`, "data-row": row }));
     });
     if (this.cursor) {
@@ -595,7 +688,7 @@ var RasterView = class {
     );
     const code = win.codes[row * win.nt + col];
     const pref = win.preferred ? ` (prefers ${win.preferred[row]})` : "";
-    return `${win.units[row]}${pref} at token ${win.t0 + col} ${JSON.stringify(win.tokens[col])}: ` + (code > this.rung() ? "spike" : "no spike");
+    return `${this.label(row)}${pref} at token ${win.t0 + col} ${JSON.stringify(win.tokens[col])}: ` + (code > this.rung() ? "spike" : "no spike");
   }
   /** @param {MouseEvent} event */
   hover(event) {
@@ -615,7 +708,7 @@ var RasterView = class {
       /** @type {NonNullable<RasterView["win"]>} */
       this.win
     );
-    const unit = unitOf(win.units[cell.row]);
+    const unit = win.units[cell.row];
     const before = this.model.get("selection");
     this.model.set("selection", add ? [...before.filter((u) => u !== unit), unit] : [unit]);
     this.model.save_changes();
@@ -648,7 +741,7 @@ var RasterView = class {
   }
   /** Ask for a unit's tuning curve and top examples; show them. */
   fetchUnit(unit) {
-    return this.guard("unit", async () => {
+    return guard(this.errors, "unit", async () => {
       const data = await this.channels.unit.request({ unit });
       if (data === null) return;
       const parts = [h("div", { class: "llmscope-title" }, data.label)];
@@ -708,7 +801,7 @@ var RasterView = class {
   }
   /** Ask for a token's context; show it. */
   fetchToken(column) {
-    return this.guard("token", async () => {
+    return guard(this.errors, "token", async () => {
       const data = await this.channels.token.request({ column });
       if (data === null) return;
       const gap = data.joiner;
@@ -722,6 +815,7 @@ var RasterView = class {
     });
   }
   destroy() {
+    this.unwatch();
     for (const [event, fn] of Object.entries(this.listeners)) this.model.off(event, fn);
     for (const soon of [this.fetchWindowSoon, this.saveRungSoon, this.fetchUnitSoon, this.fetchTokenSoon]) soon.cancel();
     Object.values(this.channels).forEach((channel) => channel.cancel());
@@ -735,11 +829,12 @@ var raster_default = {
   }
 };
 export {
-  countSpikes,
   raster_default as default,
   formatThreshold,
+  histogram,
   moveView,
   spikeTable,
+  spikesAbove,
   stepRung,
-  unitOf
+  warmUp
 };

@@ -14,6 +14,11 @@ minimal-pair stimuli (columns ``good_id``, ``bad_id``, ``is_target``), the mean 
 difference. Hooks live only inside one command: the model is pristine between moves, when no
 slider is off 1 (no hook is attached at all), after an error and after the widget is closed.
 
+Units can follow another widget live (``units=raster`` or ``panel.link(raster)``): the units
+selected in a :class:`~llmscope.widgets.raster.Raster`, or the head focused in an
+:class:`~llmscope.widgets.attention.AttentionMap`, become the sliders as the user picks them
+(a unit that stays keeps its gain; a new one starts at 1).
+
 Example:
     >>> panel = AblationPanel(model, "the dog runs . the dog", units=[("attn.1", 0), ("attn.0", 2)])
     >>> panel.gains
@@ -27,9 +32,10 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Hashable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping
 
 import numpy as np
+import pandas as pd
 import torch
 import traitlets
 
@@ -42,7 +48,9 @@ from llmscope.sites import Site, UnitsLike, table_index, resolve_units, unit_ind
 from llmscope.stimuli.core import Stimuli
 from llmscope.stimuli.english import from_texts
 from llmscope.widgets import wire
+from llmscope.widgets.attention import AttentionMap
 from llmscope.widgets.base import LiveWidget, command, static
+from llmscope.widgets.raster import Raster
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -83,6 +91,19 @@ def _sliders(model: "TransformerBridge", units: Any) -> list[_Slider]:
     return [_Slider((s, int(u)), f"{s}:{int(u)}", resolve_units(model, [(s, [int(u)])])) for s, u in index]
 
 
+def _followed(source: Raster | AttentionMap) -> tuple[str, Callable[[], Any], Any]:
+    """What a linked panel follows in ``source``: the trait that changes, the units it stands
+    for now, and every unit it can ever stand for (checked against the model once, at link)."""
+    if isinstance(source, Raster):
+        return "selection", lambda: source.selected, source.units
+    if isinstance(source, AttentionMap):
+        cfg = source._model.cfg
+        every = [(f"attn.{L}", list(range(cfg.n_heads))) for L in range(cfg.n_layers)]
+        return "focus", lambda: [source.unit], every
+    raise AnalysisError(f"an AblationPanel links to a Raster (its selected units) or an AttentionMap (its "
+                        f"focused head); got {type(source).__name__}.")
+
+
 def _mean(values: np.ndarray) -> float:
     finite = values[np.isfinite(values)]
     return float(finite.mean()) if finite.size else float("nan")
@@ -100,7 +121,8 @@ class AblationPanel(LiveWidget):
         units: one slider per row of a unit table (``tuning(...).top(8)``,
             ``localize_heads(...).top("induction", 2)``, a ``(site, unit)`` MultiIndex), per
             unit of ``("mlp.0", [3, 7])`` or a list of pairs; or a dict ``{name: units}``, one
-            slider per named group.
+            slider per named group; or a Raster or an AttentionMap, whose selected units or
+            focused head the sliders then follow (:meth:`link`).
         mode: ``"zero"`` or ``"mean"`` (see the module docstring).
         metric: ``"loss"`` or ``"logit_diff"``; None picks ``"logit_diff"`` when the stimuli
             have ``good_id``, ``bad_id`` and ``is_target``, else ``"loss"``.
@@ -110,6 +132,8 @@ class AblationPanel(LiveWidget):
     Attributes:
         gains: ``{key: factor}``, a key per slider (``("attn.1", 0)`` for a unit, the name for a
             group); read-only, follows the page. ``.reset()`` sets every gain back to 1.
+        units: the units of the sliders, a ``(site, unit)`` MultiIndex; setting it (any form
+            ``units=`` takes, but a widget) gives new sliders, and the page follows.
         mode: ``"zero"`` or ``"mean"``; settable here (the page follows) or in the page.
         version: bumped when the kernel changed what the page shows (a reset or mode from Python).
 
@@ -148,7 +172,11 @@ class AblationPanel(LiveWidget):
             raise AnalysisError(f"seq={seq} is out of range: the stimuli have sequences 0..{self._stim.n_seqs - 1}.")
         self._metric = self._check_metric(metric)
         self._check_mode(mode)
-        self._sliders = _sliders(model, units)
+        self._link: tuple[Any, str, Callable[..., None]] | None = None
+        source = units if isinstance(units, (Raster, AttentionMap)) else None
+        if source is not None:
+            unit_index(model, _followed(source)[2])  # what it may ever select exists in this model
+        self._sliders = _sliders(model, units) if source is None else []  # link() below fills them
         self._k, self._seq = k, seq
         self._pos = self._position()
         self._keep = trials.rows(self._stim.tokens, include_bos=False)
@@ -159,6 +187,8 @@ class AblationPanel(LiveWidget):
         super().__init__(mode=mode, **kwargs)
         self.set_trait("gains", {s.key: 1.0 for s in self._sliders})
         self._quiet = False
+        if source is not None:
+            self.link(source)
 
     # ------------------------------------------------------------------ arguments
 
@@ -269,6 +299,57 @@ class AblationPanel(LiveWidget):
         if all(f == 1.0 for f in factors):
             return self._base
         return self._measure(self._forward(self._interventions(factors, mode)))
+
+    @property
+    def units(self) -> pd.MultiIndex:
+        """Every slider's units, in slider order: a ``(site, unit)`` MultiIndex."""
+        pairs = [(s.name, int(i)) for slider in self._sliders for s, idx in slider.units for i in idx]
+        return pd.MultiIndex.from_tuples(pairs, names=["site", "unit"])
+
+    @units.setter
+    def units(self, units: UnitsLike | Mapping[str, UnitsLike]) -> None:
+        sliders = _sliders(self._model, units)
+        self.unlink()  # units set by hand replace the ones followed
+        self._set_sliders(sliders)
+
+    def _set_sliders(self, sliders: list[_Slider]) -> None:
+        """New sliders (a unit that stays keeps its gain); the model runs if a gain is off 1."""
+        gains = {s.key: self.gains.get(s.key, 1.0) for s in sliders}
+        now = self._run(list(gains.values()), self.mode)
+        self._sliders, self._now = sliders, now
+        self.set_trait("gains", gains)
+        self._changed()
+
+    def link(self, source: Raster | AttentionMap) -> None:
+        """Let the sliders follow ``source`` from now on: a Raster's selected units, or an
+        AttentionMap's focused head (replacing any link there was). An empty selection leaves
+        no slider. The units ``source`` may ever give are checked against the model first.
+
+        Example:
+            >>> raster = Raster(rec, "mlp.1")
+            >>> panel = AblationPanel(model, "the dog runs .", units=raster)
+            >>> raster.selected = [3, 7]
+            >>> panel.units.tolist()
+            [('mlp.1', 3), ('mlp.1', 7)]
+        """
+        name, current, every = _followed(source)
+        unit_index(self._model, every)
+        self.unlink()
+
+        def follow(change: dict[str, Any] | None = None) -> None:
+            units = current()
+            self._set_sliders(_sliders(self._model, units) if len(units) else [])
+
+        source.observe(follow, names=[name])
+        self._link = (source, name, follow)
+        follow()
+
+    def unlink(self) -> None:
+        """Stop following the widget given to :meth:`link` (the sliders stay as they are)."""
+        if self._link is not None:
+            source, name, follow = self._link
+            source.unobserve(follow, names=[name])
+            self._link = None
 
     def reset(self) -> None:
         """Every gain back to 1 (the model intact); the page follows."""

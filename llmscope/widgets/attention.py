@@ -13,9 +13,10 @@ codes (``code / 255`` = attention, zlib). The kernel compresses every head once 
 as it runs the model, and keeps only those compressed bytes (SmolLM2 at 512 tokens: about
 4 MB for all 270 heads), so a focus change costs no model run.
 
-The model is only read: patterns come from read-only hooks on ``blocks.L.attn.hook_pattern``
-(``[batch, head, query, key]``; with grouped-query attention, as in SmolLM2, one pattern per
-query head), attached for one forward pass and always removed.
+The model is only read, once per prompt: patterns come from read-only hooks on
+``blocks.L.attn.hook_pattern`` (``[batch, head, query, key]``; with grouped-query attention, as
+in SmolLM2, one pattern per query head), attached around the head localizer's own forward pass
+(so the thumbnails and the scores come from the same run) and always removed.
 
 Example:
     >>> amap = AttentionMap(model, "the dog runs . the dog runs .")
@@ -150,7 +151,11 @@ class AttentionMap(LiveWidget):
         return from_texts(self._model, text, tag=False, name="prompt")
 
     def _measure(self, stim: Stimuli, text: str) -> _View:
-        """Run the model once on ``stim``'s first sequence: thumbnails, head payloads, scores."""
+        """Run the model once on ``stim``'s first sequence: thumbnails, head payloads, scores.
+
+        The pattern hooks sit around :func:`localize_heads`, whose one pass over one sequence
+        feeds them; a prompt too short to score (localize_heads refuses it before running)
+        gets its pass here instead."""
         cfg = self._model.cfg
         ids = stim.ids[:1, : int(stim.lengths[0])]
         n = ids.shape[1]
@@ -165,10 +170,12 @@ class AttentionMap(LiveWidget):
             heads[layer] = [wire.array(codes, tril=True, compress=True) for codes in _codes(p).numpy()]
 
         hooks = [(f"blocks.{L}.attn.hook_pattern", read) for L in range(cfg.n_layers)]
-        with torch.no_grad():
-            self._model.run_with_hooks(ids.to(cfg.device), fwd_hooks=hooks, return_type=None)
+        with torch.no_grad(), self._model.hooks(fwd_hooks=hooks):
+            scores = self._scores(stim)
+            if not all(heads):
+                self._model(ids.to(cfg.device), return_type=None)
         return _View(text=text, ids=ids, tokens=stim.tokens["text"].astype(str).tolist()[:n], n_bos=_n_bos(stim),
-                     thumbs=thumbs, scores=self._scores(stim), heads=heads)
+                     thumbs=thumbs, scores=scores, heads=heads)
 
     def _scores(self, stim: Stimuli) -> np.ndarray:
         """``[layers, heads, len(SHOWN_SCORES)]`` head scores on ``stim``; NaN where a prompt has

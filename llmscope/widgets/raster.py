@@ -15,9 +15,9 @@ colour table and repaints, with no kernel round trip and the same spikes as
 ``spikes(..., threshold=ladder[k])`` — one byte a cell, as a dense uint8 raster would cost.
 
 What crosses the wire (:mod:`llmscope.widgets.wire`): the page holds only the visible window,
-``codes[units, tokens]`` uint8 (zlib), with its unit labels and token texts, and asks for
-another window when the user scrolls or zooms; a click on a unit fetches its tuning curve
-(float32 means and s.e.m.) and top examples, a click on a token its context.
+``codes[units, tokens]`` uint8 (a byte a cell, uncompressed), with its unit indices and token
+texts, and asks for another window when the user scrolls or zooms; a click on a unit fetches
+its tuning curve (float32 means and s.e.m.) and top examples, a click on a token its context.
 
 Memory: building reads the units' responses once (float32, up to 8 bytes a cell while it
 works) and keeps the codes, 1 byte a cell (512 units x 20,000 tokens: 10 MB).
@@ -118,7 +118,8 @@ class Raster(LiveWidget):
         token: the clicked token column (-1 for none).
 
     Also: ``.spikes`` (the :class:`~llmscope.analysis.spikes.Spikes` at the current
-    threshold), ``.ladder``, ``.figure()`` (the view as a static plotly figure).
+    threshold), ``.units`` (every unit, in row order), ``.ladder``, ``.figure()`` (the view as
+    a static plotly figure). ``AblationPanel(model, stim, units=raster)`` follows the selection.
 
     Raises:
         AnalysisError, SiteError, ColumnError: as :func:`spikes` for bad arguments.
@@ -144,6 +145,7 @@ class Raster(LiveWidget):
         self._site = sp.meta["site"]
         self._units = sp.df.index.get_level_values("unit").to_numpy()
         self._labels = unit_labels(sp.df.index)
+        self._preferred = sp.df["preferred"].astype(str).tolist() if sort_by else []
         self._keep = rows(recording.tokens, include_bos)
         self._rows = np.flatnonzero(self._keep)  # recording row of each raster column
         self.ladder = _ladder(method, sp.meta["threshold"])
@@ -201,6 +203,11 @@ class Raster(LiveWidget):
         return sp.reorder(self._units)
 
     @property
+    def units(self) -> pd.MultiIndex:
+        """Every unit of the raster, in row order: a ``(site, unit)`` MultiIndex."""
+        return self._spikes.df.index
+
+    @property
     def selected(self) -> pd.MultiIndex:
         """The selected units, a ``(site, unit)`` MultiIndex: ``lesion(raster.selected)``."""
         return pd.MultiIndex.from_tuples([(self._site, int(u)) for u in self.selection], names=["site", "unit"])
@@ -237,13 +244,15 @@ class Raster(LiveWidget):
 
     @command(u0=int, u1=int, t0=int, t1=int)
     def _window(self, u0: int, u1: int, t0: int, t1: int) -> dict[str, Any]:
-        """Codes ``[u1 - u0, t1 - t0]`` uint8 (zlib) of the window, its unit labels, preferred
-        categories (with ``sort_by``) and token texts; the view trait follows."""
+        """Codes ``[u1 - u0, t1 - t0]`` uint8 of the window, its unit indices (int32, of the
+        site in ``_meta``), preferred categories (with ``sort_by``) and token texts; the view
+        trait follows. The codes go uncompressed: zlib would cost the kernel ~20 ms and the
+        page an inflate per 1e6 cells, more than a megabyte costs a local websocket."""
         self.view = (u0, u1, t0, t1)
-        preferred = self._spikes.df["preferred"].astype(str).tolist()[u0:u1] if self._sort_by else None
-        return {"version": self.version, "u0": u0, "t0": t0, "units": self._labels[u0:u1], "preferred": preferred,
+        return {"version": self.version, "u0": u0, "t0": t0, "units": wire.array(self._units[u0:u1].astype(np.int32)),
+                "preferred": self._preferred[u0:u1] if self._sort_by else None,
                 "tokens": self._text[self._rows[t0:t1]].tolist(),
-                "codes": wire.array(np.ascontiguousarray(self._codes[u0:u1, t0:t1]), compress=True)}
+                "codes": wire.array(np.ascontiguousarray(self._codes[u0:u1, t0:t1]))}
 
     @command(unit=int)
     def _unit(self, unit: int) -> dict[str, Any]:

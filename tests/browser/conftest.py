@@ -1,9 +1,13 @@
-"""Fixtures for the browser suite: a real JupyterLab server, Chromium, and an offline page.
+"""Fixtures for the browser suite: real Jupyter servers (JupyterLab 4 and Notebook 7), Chromium,
+and an offline page.
 
-The server serves a temporary copy of ``notebooks/`` with its own Jupyter config, data, runtime,
+Each server serves a temporary copy of ``notebooks/`` with its own Jupyter config, data, runtime,
 settings and workspace folders, so a run never touches tracked notebooks or the user's Jupyter
 state. Every page request that does not go to that server is aborted and recorded: llmscope
 promises no CDN and no network, and the tests assert the page never tried.
+
+A test runs in JupyterLab through the ``jupyter`` fixture; decorated with :data:`FRONTENDS` it
+runs once in each front end (ids ``[lab]`` and ``[notebook7]``).
 """
 
 from __future__ import annotations
@@ -39,10 +43,22 @@ SERVER_START_S = 60.0
 NOTIFICATIONS = {"fetchNews": "false", "checkForUpdates": False}
 
 
-@dataclass(frozen=True)
-class Lab:
-    """A running JupyterLab server on loopback."""
+# The command line of each front end, and the URL that opens a notebook in it, already logged in
+# (``reset``: a fresh Lab workspace, so no earlier test's tabs come back).
+APPS = {
+    "lab": (["-m", "jupyterlab", "--LabApp.expose_app_in_browser=True", "--LabApp.news_url=None",
+             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"], "/lab/tree/{name}?reset&token={token}"),
+    "notebook7": (["-m", "notebook", "--JupyterNotebookApp.expose_app_in_browser=True"],
+                  "/notebooks/{name}?token={token}"),
+}
+FRONTENDS = pytest.mark.parametrize("jupyter", list(APPS), indirect=True)
 
+
+@dataclass(frozen=True)
+class Jupyter:
+    """A running Jupyter server on loopback, and the front end (a key of ``APPS``) it serves."""
+
+    app: str
     host: str
     port: int
     token: str
@@ -52,8 +68,8 @@ class Lab:
         return f"http://{self.host}:{self.port}"
 
     def notebook_url(self, name: str) -> str:
-        """The Lab URL that opens ``name`` in a fresh workspace, already logged in."""
-        return f"{self.origin}/lab/tree/{name}?reset&token={self.token}"
+        """The URL that opens ``name`` in this front end, already logged in."""
+        return self.origin + APPS[self.app][1].format(name=name, token=self.token)
 
     def api(self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 10) -> Any:
         """Call the server's REST API (``path`` like ``/api/status``) and return the JSON reply."""
@@ -90,19 +106,19 @@ def _isolated_env(home: Path) -> dict[str, str]:
             "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def _wait_until_up(lab: Lab, server: subprocess.Popen, log: Path) -> None:
+def _wait_until_up(jupyter: Jupyter, server: subprocess.Popen, log: Path) -> None:
     """Poll ``/api/status`` until it answers; fail with the server's log if it does not."""
     deadline = time.monotonic() + SERVER_START_S
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            pytest.fail(f"JupyterLab exited with code {server.returncode} before answering. Log:\n"
+            pytest.fail(f"{jupyter.app} exited with code {server.returncode} before answering. Log:\n"
                         f"{log.read_text()}", pytrace=False)
         try:
-            lab.api("GET", "/api/status", timeout=2)
+            jupyter.api("GET", "/api/status", timeout=2)
             return
         except OSError:  # refused, reset, timed out, or an HTTP error while it starts
             time.sleep(0.2)
-    pytest.fail(f"JupyterLab did not answer {lab.origin}/api/status within {SERVER_START_S:.0f} s. Log:\n"
+    pytest.fail(f"{jupyter.app} did not answer {jupyter.origin}/api/status within {SERVER_START_S:.0f} s. Log:\n"
                 f"{log.read_text()}", pytrace=False)
 
 
@@ -127,28 +143,46 @@ def _stop(server: subprocess.Popen) -> None:
             leftover.kill()
 
 
-@pytest.fixture(scope="session")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    """JupyterLab on 127.0.0.1, serving a temporary copy of the repo's ``notebooks/``."""
-    home = tmp_path_factory.mktemp("lab")
+@contextlib.contextmanager
+def serve(app: str, home: Path) -> Iterator[Jupyter]:
+    """Run the front end ``app`` on 127.0.0.1 over a copy of the repo's ``notebooks/`` in the
+    empty folder ``home`` (which also holds its Jupyter folders and ``server.log``)."""
     root = home / "notebooks"
     shutil.copytree(REPO / "notebooks", root)
-    lab = Lab(host="127.0.0.1", port=_free_port("127.0.0.1"), token=secrets.token_hex(24))
+    jupyter = Jupyter(app=app, host="127.0.0.1", port=_free_port("127.0.0.1"), token=secrets.token_hex(24))
     log = home / "server.log"
-    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--ip={lab.host}", f"--port={lab.port}",
-           "--port-retries=0", f"--IdentityProvider.token={lab.token}", f"--ServerApp.root_dir={root}",
-           "--LabApp.expose_app_in_browser=True", "--LabApp.news_url=None",
-           "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    cmd = [sys.executable, *APPS[app][0], "--no-browser", f"--ip={jupyter.host}", f"--port={jupyter.port}",
+           "--port-retries=0", f"--IdentityProvider.token={jupyter.token}", f"--ServerApp.root_dir={root}"]
     if os.geteuid() == 0:
         cmd.append("--allow-root")
     with log.open("wb") as out:
         server = subprocess.Popen(cmd, cwd=root, env=_isolated_env(home), stdout=out,
                                   stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait_until_up(lab, server, log)
-        yield lab
+        _wait_until_up(jupyter, server, log)
+        yield jupyter
     finally:
         _stop(server)
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jupyter]:
+    """JupyterLab 4, started once for the session."""
+    with serve("lab", tmp_path_factory.mktemp("lab")) as jupyter:
+        yield jupyter
+
+
+@pytest.fixture(scope="session")
+def notebook7(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jupyter]:
+    """Notebook 7, started once for the session (only if a test asks for it)."""
+    with serve("notebook7", tmp_path_factory.mktemp("notebook7")) as jupyter:
+        yield jupyter
+
+
+@pytest.fixture
+def jupyter(request: pytest.FixtureRequest) -> Jupyter:
+    """The server of this test: JupyterLab, or each front end under ``@FRONTENDS``."""
+    return request.getfixturevalue(getattr(request, "param", "lab"))
 
 
 @pytest.fixture(scope="session")
@@ -164,14 +198,15 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def offsite_requests() -> list[str]:
-    """URLs the page tried to reach outside the Lab server (filled by ``page``)."""
+    """URLs the page tried to reach outside the Jupyter server (filled by ``page``)."""
     return []
 
 
 @pytest.fixture
-def page(browser: Browser, lab: Lab, offsite_requests: list[str],
+def page(browser: Browser, jupyter: Jupyter, offsite_requests: list[str],
          request: pytest.FixtureRequest) -> Iterator[Page]:
-    """A fresh page that may only talk to ``lab``; a screenshot of it is saved after the test."""
+    """A fresh page that may only talk to ``jupyter``; after the test a screenshot of it is saved
+    and the server's kernels are shut down."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
 
     def block(route: Route) -> None:
@@ -182,8 +217,8 @@ def page(browser: Browser, lab: Lab, offsite_requests: list[str],
         offsite_requests.append(ws.url)
         ws.close()
 
-    context.route(lambda url: not lab.serves(url), block)
-    context.route_web_socket(lambda url: not lab.serves(url), block_socket)
+    context.route(lambda url: not jupyter.serves(url), block)
+    context.route_web_socket(lambda url: not jupyter.serves(url), block_socket)
     page = context.new_page()
     try:
         yield page
@@ -191,3 +226,6 @@ def page(browser: Browser, lab: Lab, offsite_requests: list[str],
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=ARTIFACTS / f"{request.node.name}.png")
         context.close()
+        # each test's notebook has a kernel holding a model: shut it down, or they pile up
+        for session in jupyter.api("GET", "/api/sessions"):
+            jupyter.api("DELETE", f"/api/sessions/{session['id']}")

@@ -1,6 +1,6 @@
 """AblationPanel in real JupyterLab and Chromium, offline: move the induction head's slider with
 the keys and by dragging, switch to mean ablation, reset; the kernel sees each act and the
-distribution redraws. Hostile text stays text."""
+distribution redraws. Hostile text stays text, in JupyterLab and in Notebook 7."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ from typing import TYPE_CHECKING
 
 from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import ARTIFACTS
-from tests.browser.test_attention_map import put_notebook, watch_for_trouble
-from tests.browser.test_lab import assert_ran_cleanly, open_notebook, run_all
+from tests.browser.conftest import ARTIFACTS, FRONTENDS
+from tests.browser.notebook_page import assert_ran_cleanly, open_notebook, put_notebook, run_all, watch_for_trouble
 
 if TYPE_CHECKING:
-    from tests.browser.conftest import Lab
+    from tests.browser.conftest import Jupyter
 
 RENDER_TIMEOUT_MS = 30_000
 KERNEL_TIMEOUT_MS = 15_000
@@ -42,10 +41,10 @@ panel = AblationPanel(model, stim, units={{{HOSTILE!r}: ("attn.1", [0])}})
 """ + SEEN
 
 
-def test_ablation_panel_is_live(page: Page, lab: "Lab", offsite_requests: list[str]) -> None:
-    errors, dialogs = watch_for_trouble(page)
-    put_notebook(lab, "ablation_panel.ipynb", SETUP, LIVE_CELL)
-    open_notebook(page, lab, "ablation_panel.ipynb")
+def test_ablation_panel_is_live(page: Page, jupyter: "Jupyter", offsite_requests: list[str]) -> None:
+    errors, dialogs = watch_for_trouble(page, jupyter)
+    put_notebook(jupyter, "ablation_panel.ipynb", SETUP, LIVE_CELL)
+    open_notebook(page, jupyter, "ablation_panel.ipynb")
     assert_ran_cleanly(run_all(page))
 
     widget = page.locator(".llmscope-ablation")
@@ -96,10 +95,13 @@ def test_ablation_panel_is_live(page: Page, lab: "Lab", offsite_requests: list[s
     assert offsite_requests == [], f"the page tried to reach the network: {offsite_requests}"
 
 
-def test_ablation_panel_shows_hostile_text_literally(page: Page, lab: "Lab", offsite_requests: list[str]) -> None:
-    errors, dialogs = watch_for_trouble(page)
-    put_notebook(lab, "ablation_hostile.ipynb", SETUP, HOSTILE_CELL)
-    open_notebook(page, lab, "ablation_hostile.ipynb")
+@FRONTENDS
+def test_ablation_panel_shows_hostile_text_literally(page: Page, jupyter: "Jupyter", offsite_requests: list[str]) -> None:
+    """The panel renders, a slider moved from the keyboard reaches the kernel, and a hostile unit
+    name and token text stay text."""
+    errors, dialogs = watch_for_trouble(page, jupyter)
+    put_notebook(jupyter, "ablation_hostile.ipynb", SETUP, HOSTILE_CELL)
+    open_notebook(page, jupyter, "ablation_hostile.ipynb")
     assert_ran_cleanly(run_all(page))
 
     widget = page.locator(".llmscope-ablation")
@@ -112,8 +114,9 @@ def test_ablation_panel_shows_hostile_text_literally(page: Page, lab: "Lab", off
     page.keyboard.press("End")
     expect(page.locator(".widget-label", has_text="kernel: ")).to_contain_text(f"'{HOSTILE}': 2.0",
                                                                              timeout=KERNEL_TIMEOUT_MS)
+    expect(widget.locator(".llmscope-dist")).to_have_attribute("data-factors", "2", timeout=KERNEL_TIMEOUT_MS)
     page.wait_for_timeout(500)  # time enough for a broken image to fire onerror, had one been made
     ARTIFACTS.mkdir(exist_ok=True)
-    widget.screenshot(path=ARTIFACTS / "ablation_panel_hostile.png")
+    widget.screenshot(path=ARTIFACTS / f"ablation_panel_hostile_{jupyter.app}.png")
     assert errors == [] and dialogs == [], f"page errors {errors}, dialogs {dialogs}"
     assert offsite_requests == [], f"the page tried to reach the network: {offsite_requests}"

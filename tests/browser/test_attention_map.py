@@ -1,18 +1,18 @@
 """AttentionMap in real JupyterLab and Chromium, offline: click a head, use the keys, hover a
-token, type a prompt; the kernel sees each act and the page redraws. Hostile text stays text."""
+token, type a prompt; the kernel sees each act and the page redraws. Hostile text stays text,
+in JupyterLab and in Notebook 7."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import nbformat
-from playwright.sync_api import Dialog, Page, expect
+from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import ARTIFACTS
-from tests.browser.test_lab import assert_ran_cleanly, open_notebook, run_all
+from tests.browser.conftest import ARTIFACTS, FRONTENDS
+from tests.browser.notebook_page import assert_ran_cleanly, open_notebook, put_notebook, run_all, watch_for_trouble
 
 if TYPE_CHECKING:
-    from tests.browser.conftest import Lab
+    from tests.browser.conftest import Jupyter
 
 RENDER_TIMEOUT_MS = 30_000
 KERNEL_TIMEOUT_MS = 15_000
@@ -41,35 +41,14 @@ amap = AttentionMap(model, stim)
 """ + SEEN
 
 
-def put_notebook(lab: "Lab", name: str, *cells: str) -> None:
-    notebook = nbformat.v4.new_notebook(
-        cells=[nbformat.v4.new_code_cell(c) for c in cells],
-        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
-    lab.api("PUT", f"/api/contents/{name}", {"type": "notebook", "format": "json", "content": notebook})
-
-
-def watch_for_trouble(page: Page) -> tuple[list[str], list[str]]:
-    """Uncaught page errors and dialogs (a dialog is dismissed, and recorded)."""
-    errors: list[str] = []
-    dialogs: list[str] = []
-
-    def dismiss(dialog: Dialog) -> None:
-        dialogs.append(f"{dialog.type}: {dialog.message}")
-        dialog.dismiss()
-
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("dialog", dismiss)
-    return errors, dialogs
-
-
 def heatmap_pixels(page: Page) -> str:
     return page.locator("canvas.llmscope-heatmap").evaluate("c => c.toDataURL()")
 
 
-def test_attention_map_is_live(page: Page, lab: "Lab", offsite_requests: list[str]) -> None:
-    errors, dialogs = watch_for_trouble(page)
-    put_notebook(lab, "attention_map.ipynb", SETUP, LIVE_CELL)
-    open_notebook(page, lab, "attention_map.ipynb")
+def test_attention_map_is_live(page: Page, jupyter: "Jupyter", offsite_requests: list[str]) -> None:
+    errors, dialogs = watch_for_trouble(page, jupyter)
+    put_notebook(jupyter, "attention_map.ipynb", SETUP, LIVE_CELL)
+    open_notebook(page, jupyter, "attention_map.ipynb")
     assert_ran_cleanly(run_all(page))
 
     widget = page.locator(".llmscope-attention")
@@ -135,10 +114,12 @@ def test_attention_map_is_live(page: Page, lab: "Lab", offsite_requests: list[st
     assert offsite_requests == [], f"the page tried to reach the network: {offsite_requests}"
 
 
-def test_attention_map_shows_hostile_text_literally(page: Page, lab: "Lab", offsite_requests: list[str]) -> None:
-    errors, dialogs = watch_for_trouble(page)
-    put_notebook(lab, "attention_hostile.ipynb", SETUP, HOSTILE_CELL)
-    open_notebook(page, lab, "attention_hostile.ipynb")
+@FRONTENDS
+def test_attention_map_shows_hostile_text_literally(page: Page, jupyter: "Jupyter", offsite_requests: list[str]) -> None:
+    """The widget renders, a typed prompt reaches the kernel, and markup in tokens stays text."""
+    errors, dialogs = watch_for_trouble(page, jupyter)
+    put_notebook(jupyter, "attention_hostile.ipynb", SETUP, HOSTILE_CELL)
+    open_notebook(page, jupyter, "attention_hostile.ipynb")
     assert_ran_cleanly(run_all(page))
 
     widget = page.locator(".llmscope-attention")
@@ -150,7 +131,7 @@ def test_attention_map_shows_hostile_text_literally(page: Page, lab: "Lab", offs
     tokens.nth(2).hover()
     expect(widget.locator(".llmscope-readout")).to_contain_text(HOSTILE[1])
     ARTIFACTS.mkdir(exist_ok=True)
-    widget.screenshot(path=ARTIFACTS / "attention_map_hostile_tokens.png")
+    widget.screenshot(path=ARTIFACTS / f"attention_map_hostile_{jupyter.app}.png")
 
     typed = '<img src=x onerror="window.__pwned=1"> the dog'
     widget.locator("textarea.llmscope-prompt").fill(typed)

@@ -1,6 +1,7 @@
 """Raster in real JupyterLab and Chromium, offline: the threshold slider repaints in the page,
 a click selects a unit (the kernel sees it) and shows its tuning curve and a token's context,
-the arrow keys move the selection, and a hostile token text shows literally."""
+the arrow keys move the selection; in JupyterLab and in Notebook 7, a click reaches the kernel
+and a hostile token text shows literally."""
 
 from __future__ import annotations
 
@@ -9,12 +10,11 @@ from typing import TYPE_CHECKING
 
 from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import ARTIFACTS
-from tests.browser.test_attention_map import put_notebook, watch_for_trouble
-from tests.browser.test_lab import assert_ran_cleanly, open_notebook, run_all
+from tests.browser.conftest import ARTIFACTS, FRONTENDS
+from tests.browser.notebook_page import assert_ran_cleanly, open_notebook, put_notebook, run_all, watch_for_trouble
 
 if TYPE_CHECKING:
-    from tests.browser.conftest import Lab
+    from tests.browser.conftest import Jupyter
 
 RENDER_TIMEOUT_MS = 30_000
 KERNEL_TIMEOUT_MS = 15_000
@@ -56,10 +56,10 @@ SLIDE = """([rung]) => {
 }"""
 
 
-def test_raster_is_live(page: Page, lab: "Lab", offsite_requests: list[str]) -> None:
-    errors, dialogs = watch_for_trouble(page)
-    put_notebook(lab, "raster.ipynb", SETUP, LIVE_CELL)
-    open_notebook(page, lab, "raster.ipynb")
+def test_raster_is_live(page: Page, jupyter: "Jupyter", offsite_requests: list[str]) -> None:
+    errors, dialogs = watch_for_trouble(page, jupyter)
+    put_notebook(jupyter, "raster.ipynb", SETUP, LIVE_CELL)
+    open_notebook(page, jupyter, "raster.ipynb")
     assert_ran_cleanly(run_all(page))
 
     widget = page.locator(".llmscope-raster")
@@ -107,13 +107,9 @@ def test_raster_is_live(page: Page, lab: "Lab", offsite_requests: list[str]) -> 
     page.keyboard.press("Home")  # back to the first tokens from the keyboard
     expect(canvas).to_have_attribute("data-view", "0,512,0,500", timeout=KERNEL_TIMEOUT_MS)
 
-    # the hostile token is the first analysed token: click column 0 and read its context
-    canvas.click(position={"x": 0.5, "y": 20})
-    token = widget.locator(".llmscope-raster-token")
-    expect(token).to_have_attribute("data-column", "0", timeout=KERNEL_TIMEOUT_MS)
-    expect(token.locator("mark")).to_have_text(HOSTILE)
-    expect(widget.locator("img, script")).to_have_count(0)
-    page.wait_for_timeout(300)
+    canvas.click(position={"x": 0.5, "y": 20})  # a token: its context, from the kernel
+    expect(widget.locator(".llmscope-raster-token")).to_have_attribute("data-column", "0", timeout=KERNEL_TIMEOUT_MS)
+    expect(seen).to_contain_text("token=0")
     expect(widget.locator(".llmscope-errors")).to_be_hidden()
 
     widget.locator('button[data-action="out"]').click()
@@ -129,5 +125,39 @@ def test_raster_is_live(page: Page, lab: "Lab", offsite_requests: list[str]) -> 
     print(f"\nraster first paint {first_paint:.0f} ms (render to pixels, kernel included); threshold change "
           f"{moved['ms']:.1f} ms at 512 x 1000 cells, {big['ms']:.1f} ms at 512 x 1473; a window's reply to "
           f"pixels (inflate, decode, paint) {window_ms:.1f} ms at 512 x 1473")
+    assert errors == [] and dialogs == [], f"page errors {errors}, dialogs {dialogs}"
+    assert offsite_requests == [], f"the page tried to reach the network: {offsite_requests}"
+
+
+@FRONTENDS
+def test_raster_shows_hostile_text_literally(page: Page, jupyter: "Jupyter", offsite_requests: list[str]) -> None:
+    """The raster renders, a click on its first token reaches the kernel (the selection and the
+    token's context come back), and the hostile text of that token stays text."""
+    errors, dialogs = watch_for_trouble(page, jupyter)
+    put_notebook(jupyter, "raster_hostile.ipynb", SETUP, LIVE_CELL)
+    open_notebook(page, jupyter, "raster_hostile.ipynb")
+    assert_ran_cleanly(run_all(page))
+
+    widget = page.locator(".llmscope-raster")
+    canvas = widget.locator("canvas.llmscope-raster-canvas")
+    seen = page.locator(".widget-label", has_text="kernel: ")
+    expect(canvas).to_have_attribute("data-view", "0,512,0,1000", timeout=RENDER_TIMEOUT_MS)
+    # the hostile token is the first analysed token: column 0, the canvas's first pixel at one
+    # column a pixel (Chromium rounds offsetX, so x=0.5 would land in column 1)
+    canvas.click(position={"x": 0, "y": 20})
+    expect(seen).to_contain_text("token=0", timeout=KERNEL_TIMEOUT_MS)
+    expect(seen).not_to_contain_text("selection=[]")
+    token = widget.locator(".llmscope-raster-token")
+    expect(token).to_have_attribute("data-column", "0", timeout=KERNEL_TIMEOUT_MS)
+    expect(token.locator("mark")).to_have_text(HOSTILE)
+    expect(token.locator("mark")).to_be_visible()
+    expect(widget.locator(".llmscope-raster-bar")).to_have_count(9, timeout=KERNEL_TIMEOUT_MS)
+    expect(widget.locator(".llmscope-raster-row")).to_have_count(1)  # the clicked unit, marked
+    expect(widget.locator("img, script")).to_have_count(0)
+    page.wait_for_timeout(500)  # time enough for a broken image to fire onerror, had one been made
+    expect(widget.locator(".llmscope-errors")).to_be_hidden()
+    widget.scroll_into_view_if_needed()
+    ARTIFACTS.mkdir(exist_ok=True)
+    widget.screenshot(path=ARTIFACTS / f"raster_hostile_{jupyter.app}.png")
     assert errors == [] and dialogs == [], f"page errors {errors}, dialogs {dialogs}"
     assert offsite_requests == [], f"the page tried to reach the network: {offsite_requests}"

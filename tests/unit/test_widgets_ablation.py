@@ -15,6 +15,8 @@ from llmscope.errors import AnalysisError, InterventionError, PromptError, SiteE
 from llmscope.interventions import gain, intervene, lesion
 from llmscope.widgets import wire
 from llmscope.widgets.ablation import AblationPanel
+from llmscope.widgets.attention import AttentionMap
+from llmscope.widgets.raster import Raster
 from tests.unit.widget_pages import opened
 
 PROMPT = "the dog runs . the dog"
@@ -217,3 +219,48 @@ def test_figure_is_the_current_view(panel) -> None:
     assert fig.layout.xaxis.type == "category" and len(fig.data[0].x) >= 10
     assert "attn.1:0 x0" in fig.layout.title.text and "attn.0:2" not in fig.layout.title.text
     np.testing.assert_allclose(fig.data[1].y, panel._top()[2].numpy())
+
+
+def test_sliders_follow_a_rasters_selection_live(organism, stim, pristine) -> None:
+    rec = llmscope.record(organism, llmscope.stimuli.grammar(organism, n_docs=2, seed=0), ["mlp.1"],
+                          dtype="float32", progress=False)
+    raster = Raster(rec, "mlp.1")
+    panel = AblationPanel(organism, PROMPT, units=raster)
+    assert len(panel.units) == 0 and panel.gains == {}  # nothing selected yet: no slider
+    assert opened(*panel._view({"seq": 1}, []))["labels"] == []
+    raster.selected = [3, 7]  # as a click and a shift-click in the raster's page would
+    assert panel.units.tolist() == [("mlp.1", 3), ("mlp.1", 7)] and list(panel.gains) == [("mlp.1", 3), ("mlp.1", 7)]
+    version = panel.version
+    data = opened(*move(panel, [0.0, 1.0]))
+    assert data["labels"] == ["mlp.1:3", "mlp.1:7"]
+    with intervene(organism, lesion("mlp.1", [3])):
+        by_hand = metric(organism, stim, "loss")["mean"].item()
+    assert panel.value == pytest.approx(by_hand, rel=1e-5)
+    raster.selected = [3, 9]  # unit 3 stays and keeps its gain (the model still runs it lesioned)
+    assert panel.gains == {("mlp.1", 3): 0.0, ("mlp.1", 9): 1.0} and panel.version == version + 1
+    assert panel.value == pytest.approx(by_hand, rel=1e-5)
+    assert opened(*panel._view({"seq": 2}, []))["labels"] == ["mlp.1:3", "mlp.1:9"]
+    assert_pristine(organism, stim, pristine)
+    panel.unlink()
+    raster.selected = [1]
+    assert list(panel.gains) == [("mlp.1", 3), ("mlp.1", 9)]
+    panel.link(raster)
+    assert list(panel.gains) == [("mlp.1", 1)] and panel.value == panel.baseline
+    panel.units = [("attn.0", 2)]  # set by hand: the link is dropped
+    raster.selected = [2]
+    assert list(panel.gains) == [("attn.0", 2)]
+
+
+def test_a_slider_follows_an_attention_maps_focused_head(organism, tiny) -> None:
+    amap = AttentionMap(organism, PROMPT)
+    panel = AblationPanel(organism, PROMPT, units=[("attn.0", 1)])
+    panel.link(amap)
+    assert panel.units.tolist() == [amap.unit]
+    amap.focus = (0, 2)
+    assert panel.units.tolist() == [("attn.0", 2)]
+    with pytest.raises(SiteError, match="mlp.1"):  # the tiny GPT-2 has 64 neurons, not the organism's 512
+        AblationPanel(tiny, "w1 w2", units=Raster(llmscope.record(
+            organism, llmscope.stimuli.grammar(organism, n_docs=1, seed=0), ["mlp.1"], progress=False), "mlp.1"))
+    with pytest.raises(AnalysisError, match="links to a Raster"):
+        panel.link("mlp.1")
+    assert panel.units.tolist() == [("attn.0", 2)]

@@ -193,6 +193,18 @@ def test_a_focus_change_costs_no_model_run(organism, monkeypatch) -> None:
             assert opened(*ask(amap, "_head", layer=layer, head=head))["pattern"].shape == (127, 127)
 
 
+@pytest.mark.parametrize("prompt, scored", [(REPEATED, True), ("dog", False)])  # one token: nothing to score
+def test_a_prompt_costs_one_forward_pass_for_patterns_and_scores(organism, prompt: str, scored: bool) -> None:
+    passes = []
+    with organism.hooks(fwd_hooks=[("hook_embed", lambda x, hook: passes.append(x.shape))]):
+        amap = AttentionMap(organism, prompt)
+    n = len(amap._view.tokens)
+    assert passes == [torch.Size([1, n, organism.cfg.d_model])]
+    assert np.isfinite(amap._view.scores).any() == scored
+    assert opened(*ask(amap, "_head", layer=0, head=2))["pattern"].shape == (n, n)
+    assert hooks_left(organism) == 0
+
+
 def test_the_model_is_left_as_it_was(organism) -> None:
     ids = organism.to_tokens(REPEATED)
     before = organism(ids)

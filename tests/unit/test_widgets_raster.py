@@ -42,6 +42,7 @@ def test_rows_are_in_spikes_order_and_the_middle_rung_is_spikes_threshold(raster
     assert raster.rung == MIDDLE and raster.threshold == 3.0 and len(raster.ladder) == RUNGS
     assert np.all(np.diff(raster.ladder) > 0)
     np.testing.assert_array_equal(raster._units, sp.df.index.get_level_values("unit"))
+    assert raster.units.tolist() == sp.df.index.tolist() and raster.units.names == ["site", "unit"]
     codes = raster.codes()
     assert codes.dtype == np.uint8 and codes.shape == sp.matrix.shape
     np.testing.assert_array_equal(codes > MIDDLE, sp.matrix.toarray().astype(bool))
@@ -59,22 +60,25 @@ def test_each_rung_thresholds_as_spikes_at_that_rungs_threshold(rec, method: str
     assert r.threshold != threshold
 
 
-def test_a_window_is_uint8_codes_of_its_ranges_with_labels_and_texts(raster: Raster, rec) -> None:
+def test_a_window_is_uint8_codes_of_its_ranges_with_units_and_texts(raster: Raster, rec) -> None:
     reply, buffers = ask(raster, "_window", u0=3, u1=13, t0=100, t1=140)
     data = opened(reply, buffers)
-    assert reply["buffer_paths"] == [["codes", "buffer"]] and data["codes"].dtype == np.uint8
+    assert sorted(reply["buffer_paths"]) == [["codes", "buffer"], ["units", "buffer"]]
+    assert data["codes"].dtype == np.uint8 and data["units"].dtype == np.int32
     np.testing.assert_array_equal(data["codes"], raster.codes()[3:13, 100:140])
-    assert data["units"] == [f"mlp.0:{u}" for u in raster._units[3:13]]
+    np.testing.assert_array_equal(data["units"], raster._units[3:13])
+    assert opened(*ask(raster, "_meta"))["site"] == "mlp.0"  # the page labels rows "mlp.0:<unit>"
     assert data["preferred"] == raster._spikes.df["preferred"].astype(str).tolist()[3:13]
     analysed = rec.tokens[~rec.tokens["is_bos"].astype(bool)] if "is_bos" in rec.tokens else rec.tokens
     assert data["tokens"] == analysed["text"].astype(str).tolist()[100:140]
     assert raster.view == (3, 13, 100, 140)
 
 
-def test_window_bytes_for_a_thousand_by_thousand_cells(raster: Raster) -> None:
+def test_a_window_costs_a_byte_a_cell_and_little_else(raster: Raster) -> None:
     reply, buffers = ask(raster, "_window", u0=0, u1=512, t0=0, t1=1000)
-    assert buffers[0].nbytes < 512 * 1000  # deflate beats a byte a cell
-    assert wire.reply_bytes(reply, buffers) < 512 * 1000 + 20_000
+    codes = buffers[[p[0] for p in reply["buffer_paths"]].index("codes")]
+    assert codes.nbytes == 512 * 1000  # uncompressed: nothing to inflate in the page
+    assert wire.reply_bytes(reply, buffers) < 512 * 1000 + 512 * 4 + 20_000  # + int32 units, texts
 
 
 @pytest.mark.parametrize("fields, message", [

@@ -8,8 +8,9 @@
 // the mode; this page then asks `_view` again). Slider moves are debounced here, and the
 // Channel drops any answer but the newest.
 
-import { ErrorBox } from "./alert.js";
+import { ErrorBox, guard } from "./alert.js";
 import { h } from "./dom.js";
+import { showLost, watchKernel } from "./kernel.js";
 import { debounce } from "./timing.js";
 import { TokenStrip, displayText } from "./tokens.js";
 import { Channel, decodeArray } from "./wire.js";
@@ -79,6 +80,7 @@ class AblationView {
     this.modeName = `llmscope-mode-${Math.random().toString(36).slice(2)}`;
     this.build(el);
     this.moveSoon = debounce(() => this.move(), MOVE_DEBOUNCE_MS);
+    this.unwatch = watchKernel(model, (error) => showLost(error, el, this.errors, Object.values(this.channels)));
     this.onVersion = () => this.refresh();
     model.on("change:version", this.onVersion);
     this.refresh();
@@ -113,15 +115,9 @@ class AblationView {
           this.context.el))));
   }
 
-  /** Run `work`, showing its error (in `slot`) inside the widget instead of losing it. */
+  /** Run `work`, showing its error (in `slot`) inside the widget; a failure also clears the status. */
   async guard(/** @type {string} */ slot, /** @type {() => Promise<void>} */ work) {
-    try {
-      await work();
-      this.errors.clear(slot);
-    } catch (error) {
-      this.errors.show(slot, error);
-      this.status.textContent = "";
-    }
+    if (!(await guard(this.errors, slot, work))) this.status.textContent = "";
   }
 
   /** @param {string[]} labels */
@@ -206,6 +202,7 @@ class AblationView {
   }
 
   destroy() {
+    this.unwatch();
     this.model.off("change:version", this.onVersion);
     this.moveSoon.cancel();
     Object.values(this.channels).forEach((channel) => channel.cancel());

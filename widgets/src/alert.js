@@ -1,7 +1,7 @@
 // Errors shown inside the widget, as text: a kernel exception is never swallowed.
 
 import { h } from "./dom.js";
-import { KernelError } from "./wire.js";
+import { KernelError, KernelLost } from "./wire.js";
 
 /**
  * What to show for an error: one line, and the kernel's traceback when it sent one.
@@ -25,7 +25,8 @@ export class ErrorBox {
 
   /** @param {string} slot @param {any} error */
   show(slot, error) {
-    this.slots.set(slot, describe(error));
+    // a lost kernel is one message, whichever request ran into it
+    this.slots.set(error instanceof KernelLost ? "kernel" : slot, describe(error));
     this.render();
   }
 
@@ -39,5 +40,22 @@ export class ErrorBox {
       "div", { class: "llmscope-error" }, summary,
       detail && h("details", {}, h("summary", {}, "traceback"), h("pre", {}, detail)))));
     this.el.hidden = this.slots.size === 0;
+  }
+}
+
+/**
+ * Run `work`, showing its error in `slot` of `errors` instead of losing it (and clearing the
+ * slot when it succeeds). Resolves to whether `work` succeeded.
+ * @param {ErrorBox} errors @param {string} slot @param {() => Promise<void>} work
+ * @returns {Promise<boolean>}
+ */
+export async function guard(errors, slot, work) {
+  try {
+    await work();
+    errors.clear(slot);
+    return true;
+  } catch (error) {
+    errors.show(slot, error);
+    return false;
   }
 }

@@ -11,6 +11,7 @@ import { ErrorBox } from "./alert.js";
 import { MAPS, css, lut } from "./colormap.js";
 import { h, indexIn } from "./dom.js";
 import { cellAt, drawHeatmap } from "./heatmap.js";
+import { showLost, watchKernel } from "./kernel.js";
 import { debounce } from "./timing.js";
 import { TokenStrip } from "./tokens.js";
 import { Channel, decodeArray } from "./wire.js";
@@ -90,6 +91,7 @@ class AttentionView {
     this.build(el);
     this.submitSoon = debounce((/** @type {string} */ text) => this.submit(text), PROMPT_DEBOUNCE_MS);
     this.fetchHeadSoon = debounce(() => this.fetchHead(), FOCUS_DEBOUNCE_MS);
+    this.unwatch = watchKernel(model, (error) => showLost(error, el, this.errors, Object.values(this.channels)));
     this.listeners = {
       "change:version": () => this.refresh(),
       "change:focus": () => { this.markFocus(); this.fetchHeadSoon(); },
@@ -294,6 +296,7 @@ class AttentionView {
   }
 
   destroy() {
+    this.unwatch();
     for (const [event, fn] of Object.entries(this.listeners)) this.model.off(event, fn);
     this.submitSoon.cancel();
     this.fetchHeadSoon.cancel();

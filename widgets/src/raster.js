@@ -1,19 +1,26 @@
 // Raster: units x tokens spikes on a canvas, thresholded in the page. The kernel sends each
 // cell as a byte code, how many rungs of its unit's threshold ladder the response exceeds;
 // at slider rung k a cell spikes exactly where code > k, so moving the slider only rebuilds a
-// 256-entry colour table and repaints. The page holds only the visible window and asks for
-// another when the user scrolls or zooms; a click on a cell selects its unit (the kernel
-// sends its tuning curve and top examples) and its token (the kernel sends its context).
+// 256-entry colour table and repaints (and counts spikes from the window's code histogram).
+// The page holds only the visible window and asks for another when the user scrolls or
+// zooms; a click on a cell selects its unit (the kernel sends its tuning curve and top
+// examples) and its token (the kernel sends its context).
 //
 // Kernel commands (llmscope/widgets/raster.py): `_meta` (sizes, ladder), `_window` (codes of
-// a window, its unit labels and token texts), `_unit` (tuning curve, top examples), `_token`
+// a window, its unit indices and token texts), `_unit` (tuning curve, top examples), `_token`
 // (context). Traits: `rung` (the slider), `selection` (unit indices), `view` ([u0, u1, t0,
 // t1]), `version` (bumped by the kernel when the raster changed: ask again).
+//
+// Timings on the canvas, for the browser benchmark (ms, performance.now()): data-first-paint-ms
+// (render to the first pixels, the kernel included), data-round-trip-ms (the last window's
+// request to its reply), data-window-ms (that reply to pixels), data-paint-ms (the last paint:
+// pixels and spike count, as a slider step costs).
 
-import { ErrorBox } from "./alert.js";
+import { ErrorBox, guard } from "./alert.js";
 import { MAPS, pack } from "./colormap.js";
 import { h } from "./dom.js";
-import { cellAt, drawHeatmap } from "./heatmap.js";
+import { cellAt, fillPixels } from "./heatmap.js";
+import { showLost, watchKernel } from "./kernel.js";
 import { debounce } from "./timing.js";
 import { displayText } from "./tokens.js";
 import { Channel, decodeArray } from "./wire.js";
@@ -45,13 +52,44 @@ export function spikeTable(rung) {
 }
 
 /**
- * Spikes of a window at `rung` (codes above it), per row and in all.
- * @param {Uint8Array} codes @param {number} width @param {number} rung
+ * How many cells of a window hold each code, `[256]`, counted once when the window arrives.
+ * @param {Uint8Array} codes
+ * @returns {Int32Array}
  */
-export function countSpikes(codes, width, rung) {
-  const rows = new Int32Array(width ? codes.length / width : 0);
-  for (let i = 0; i < codes.length; i++) if (codes[i] > rung) rows[(i / width) | 0]++;
-  return { rows, total: rows.reduce((a, b) => a + b, 0) };
+export function histogram(codes) {
+  const counts = new Int32Array(256);
+  for (let i = 0; i < codes.length; i++) counts[codes[i]]++;
+  return counts;
+}
+
+/**
+ * The spikes at `rung` (cells whose code is above it) from a window's histogram: 256 steps,
+ * whatever the window's size.
+ * @param {Int32Array} counts @param {number} rung
+ */
+export function spikesAbove(counts, rung) {
+  let total = 0;
+  for (let c = rung + 1; c < counts.length; c++) total += counts[c];
+  return total;
+}
+
+let warmed = false;
+
+/**
+ * Run the two per-cell loops (histogram, fillPixels) once on 64k cells, once per page, while the
+ * first window is on its way: V8 compiles a loop only after it has run a while, so a first paint
+ * of 1e6 cells would otherwise spend most of its time in the interpreter (about half, in node).
+ */
+export function warmUp() {
+  if (warmed) return;
+  warmed = true;
+  const codes = new Uint8Array(1 << 16);
+  const pixels = new Uint32Array(codes.length);
+  const table = spikeTable(0);
+  for (let k = 0; k < 4; k++) {
+    histogram(codes);
+    fillPixels(pixels, codes, table, 256);
+  }
 }
 
 /**
@@ -91,11 +129,6 @@ export function stepRung(rung, key, max) {
   return to === undefined ? null : Math.min(Math.max(to, 0), max);
 }
 
-/** The unit index in a label such as "mlp.0:12". */
-export function unitOf(/** @type {string} */ label) {
-  return Number(label.slice(label.lastIndexOf(":") + 1));
-}
-
 /** A threshold argument as the slider shows it: "z > 3.00" or "q > 0.950". */
 export function formatThreshold(/** @type {string} */ method, /** @type {number} */ value) {
   return method === "zscore" ? `z > ${value.toFixed(2)}` : `quantile > ${value.toFixed(3)}`;
@@ -115,9 +148,11 @@ class RasterView {
     this.errors = new ErrorBox();
     /** @type {{site: string, method: string, nUnits: number, nTokens: number, ladder: Float32Array} | null} */
     this.meta = null;
-    /** @type {{u0: number, t0: number, nu: number, nt: number, codes: Uint8Array, units: string[],
-     *          preferred: string[] | null, tokens: string[]} | null} */
+    /** @type {{u0: number, t0: number, nu: number, nt: number, codes: Uint8Array, counts: Int32Array,
+     *          units: Int32Array, preferred: string[] | null, tokens: string[]} | null} */
     this.win = null;
+    /** @type {{image: ImageData, pixels: Uint32Array, context: CanvasRenderingContext2D} | null} */
+    this.frame = null;
     /** @type {{row: number, col: number} | null} the cursor cell, in window coordinates */
     this.cursor = null;
     this.build(el);
@@ -126,6 +161,7 @@ class RasterView {
                                  SAVE_DEBOUNCE_MS);
     this.fetchUnitSoon = debounce((/** @type {number} */ unit) => this.fetchUnit(unit), CLICK_DEBOUNCE_MS);
     this.fetchTokenSoon = debounce((/** @type {number} */ column) => this.fetchToken(column), CLICK_DEBOUNCE_MS);
+    this.unwatch = watchKernel(model, (error) => showLost(error, el, this.errors, Object.values(this.channels)));
     this.listeners = {
       "change:version": () => this.refresh(),
       "change:rung": () => { this.slider.value = String(this.model.get("rung")); this.paint(); },
@@ -134,6 +170,7 @@ class RasterView {
     };
     for (const [event, fn] of Object.entries(this.listeners)) model.on(event, fn);
     this.refresh();
+    warmUp();
   }
 
   /** @param {HTMLElement} el */
@@ -204,22 +241,15 @@ class RasterView {
     return w !== null && w.u0 === u0 && w.u0 + w.nu === u1 && w.t0 === t0 && w.t0 + w.nt === t1;
   }
 
-  /** Run `work`, showing its error (in `slot`) inside the widget instead of losing it. */
-  async guard(/** @type {string} */ slot, /** @type {() => Promise<void>} */ work) {
-    try {
-      await work();
-      this.errors.clear(slot);
-    } catch (error) {
-      this.errors.show(slot, error);
-    }
-  }
-
   refresh() {
-    return this.guard("meta", async () => {
+    return guard(this.errors, "meta", async () => {
       this.win = null;
       this.meta = null;
-      const window = this.fetchWindow();  // asked at once, beside the meta: one round trip, not two
-      const data = await this.channels.meta.request();
+      // both asked at once, one round trip, the meta first: it is small, so it is back by the
+      // time the window's codes arrive and they are painted as they land
+      const asked = this.channels.meta.request();
+      const window = this.fetchWindow();
+      const data = await asked;
       if (data === null) return;
       const ladder = await decodeArray(data.ladder);
       this.meta = { site: data.site, method: data.method, nUnits: data.n_units, nTokens: data.n_tokens,
@@ -241,20 +271,47 @@ class RasterView {
 
   /** Ask for the codes of the view and draw them. */
   fetchWindow() {
-    return this.guard("window", async () => {
+    return guard(this.errors, "window", async () => {
       const [u0, u1, t0, t1] = this.model.get("view");
       this.status.textContent = "loading…";
+      const asked = performance.now();
       const data = await this.channels.window.request({ u0, u1, t0, t1 });
       if (data === null) return;
       const arrived = performance.now();
-      const codes = await decodeArray(data.codes);
+      const [codes, units] = await Promise.all([decodeArray(data.codes), decodeArray(data.units)]);
       const [nu, nt] = codes.shape;
-      this.win = { u0: data.u0, t0: data.t0, nu, nt, codes: /** @type {Uint8Array} */ (codes.data),
-                   units: data.units, preferred: data.preferred, tokens: data.tokens };
+      const cells = /** @type {Uint8Array} */ (codes.data);
+      this.win = { u0: data.u0, t0: data.t0, nu, nt, codes: cells, counts: histogram(cells),
+                   units: /** @type {Int32Array} */ (units.data), preferred: data.preferred, tokens: data.tokens };
       this.cursor = null;
       this.paint();
+      this.canvas.dataset.roundTripMs = (arrived - asked).toFixed(2);
       this.canvas.dataset.windowMs = (performance.now() - arrived).toFixed(2);  // decode + paint
     });
+  }
+
+  /**
+   * Colour the window's cells through `table`, one canvas pixel a cell. The ImageData is kept
+   * while the window's size stays: a slider step then writes 4 bytes a cell and nothing else
+   * (setting a canvas's size, even to the same value, reallocates and clears it).
+   * @param {NonNullable<RasterView["win"]>} win @param {Uint32Array} table
+   */
+  draw(win, table) {
+    let frame = this.frame;
+    if (!frame || frame.image.width !== win.nt || frame.image.height !== win.nu) {
+      this.canvas.width = win.nt;
+      this.canvas.height = win.nu;
+      const context = /** @type {CanvasRenderingContext2D} */ (this.canvas.getContext("2d"));
+      const image = context.createImageData(win.nt, win.nu);
+      frame = this.frame = { image, context, pixels: new Uint32Array(image.data.buffer) };
+    }
+    fillPixels(frame.pixels, win.codes, table, win.nt);
+    frame.context.putImageData(frame.image, 0, 0);
+  }
+
+  /** The label of a window row's unit: "mlp.0:12". */
+  label(/** @type {number} */ row) {
+    return `${this.meta?.site}:${this.win?.units[row]}`;
   }
 
   /** Draw the window at the slider's rung (no kernel involved). */
@@ -263,18 +320,18 @@ class RasterView {
     if (!win || !meta) return;
     const rung = this.rung();
     const start = performance.now();
-    drawHeatmap(this.canvas, win.codes, win.nt, win.nu, spikeTable(rung));
-    const spikes = countSpikes(win.codes, win.nt, rung);
+    this.draw(win, spikeTable(rung));
+    const spikes = spikesAbove(win.counts, rung);
     this.canvas.dataset.paintMs = (performance.now() - start).toFixed(2);
     this.canvas.dataset.rung = String(rung);
-    this.canvas.dataset.spikes = String(spikes.total);
+    this.canvas.dataset.spikes = String(spikes);
     this.canvas.dataset.view = `${win.u0},${win.u0 + win.nu},${win.t0},${win.t0 + win.nt}`;
     this.canvas.dataset.firstPaintMs ??= (performance.now() - this.started).toFixed(1);
     const shown = formatThreshold(meta.method, meta.ladder[rung]);
     this.thresholdText.textContent = shown;
     this.slider.setAttribute("aria-valuetext", shown);
     this.status.textContent = `${meta.site}: units ${win.u0}–${win.u0 + win.nu - 1} of ${meta.nUnits}, tokens ` +
-                              `${win.t0}–${win.t0 + win.nt - 1} of ${meta.nTokens}; ${spikes.total} spikes in view`;
+                              `${win.t0}–${win.t0 + win.nt - 1} of ${meta.nTokens}; ${spikes} spikes in view`;
     this.markSelection();
   }
 
@@ -284,8 +341,8 @@ class RasterView {
     if (!win) return;
     const selected = new Set(this.model.get("selection"));
     const marks = [];
-    win.units.forEach((label, row) => {
-      if (!selected.has(unitOf(label))) return;
+    win.units.forEach((unit, row) => {
+      if (!selected.has(unit)) return;
       marks.push(h("div", { class: "llmscope-raster-row", style: `top: ${(100 * row) / win.nu}%; ` +
                             `height: max(2px, ${100 / win.nu}%)`, "data-row": row }));
     });
@@ -302,7 +359,7 @@ class RasterView {
     const { win } = /** @type {any} */ (this);
     const code = win.codes[row * win.nt + col];
     const pref = win.preferred ? ` (prefers ${win.preferred[row]})` : "";
-    return `${win.units[row]}${pref} at token ${win.t0 + col} ${JSON.stringify(win.tokens[col])}: ` +
+    return `${this.label(row)}${pref} at token ${win.t0 + col} ${JSON.stringify(win.tokens[col])}: ` +
            (code > this.rung() ? "spike" : "no spike");
   }
 
@@ -323,7 +380,7 @@ class RasterView {
   /** Select the unit of `cell`'s row (adding it with `add`) and show its token; ask the kernel. */
   pick(/** @type {{row: number, col: number}} */ cell, add = false) {
     const win = /** @type {NonNullable<RasterView["win"]>} */ (this.win);
-    const unit = unitOf(win.units[cell.row]);
+    const unit = win.units[cell.row];
     const before = this.model.get("selection");
     this.model.set("selection", add ? [...before.filter((/** @type {number} */ u) => u !== unit), unit] : [unit]);
     this.model.save_changes();
@@ -355,7 +412,7 @@ class RasterView {
 
   /** Ask for a unit's tuning curve and top examples; show them. */
   fetchUnit(/** @type {number} */ unit) {
-    return this.guard("unit", async () => {
+    return guard(this.errors, "unit", async () => {
       const data = await this.channels.unit.request({ unit });
       if (data === null) return;
       const parts = [h("div", { class: "llmscope-title" }, data.label)];
@@ -393,7 +450,7 @@ class RasterView {
 
   /** Ask for a token's context; show it. */
   fetchToken(/** @type {number} */ column) {
-    return this.guard("token", async () => {
+    return guard(this.errors, "token", async () => {
       const data = await this.channels.token.request({ column });
       if (data === null) return;
       const gap = data.joiner;
@@ -407,6 +464,7 @@ class RasterView {
   }
 
   destroy() {
+    this.unwatch();
     for (const [event, fn] of Object.entries(this.listeners)) this.model.off(event, fn);
     for (const soon of [this.fetchWindowSoon, this.saveRungSoon, this.fetchUnitSoon, this.fetchTokenSoon]) soon.cancel();
     Object.values(this.channels).forEach((channel) => channel.cancel());

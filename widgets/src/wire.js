@@ -42,6 +42,24 @@ export class KernelTimeout extends Error {
   }
 }
 
+/** The kernel behind the widget restarted or died: nothing will answer until its cell runs again. */
+export class KernelLost extends Error {
+  name = "KernelLost";
+
+  /** @param {string} status the kernel's status ("restarting", "starting", "dead"...) or "disconnected" */
+  constructor(status) {
+    // A restart this page did not make ("starting" is all it sees) leaves JupyterLab sending
+    // widget messages to subshells of the old kernel; only a reload clears them.
+    const [what, todo] = {
+      starting: ["the kernel was restarted outside this page", "Reload the page, then run its cell again."],
+      dead: ["the kernel died", "Restart it and run its cell again."],
+      disconnected: ["the connection to the kernel closed", "Run its cell again."],
+    }[status] ?? ["the kernel restarted", "Run its cell again."];
+    super(`${what}: this widget is no longer connected to Python. ${todo}`);
+    this.status = status;
+  }
+}
+
 /**
  * Bytes of any buffer-like value, without copying.
  * @param {DataView | ArrayBuffer | ArrayBufferView} buffer
@@ -184,16 +202,19 @@ export class Channel {
     this.seq = 0;
     /** @type {AbortController | null} */
     this.inFlight = null;
+    /** @type {Error | null} why every request now fails (see close()) */
+    this.closed = null;
   }
 
   /**
    * Ask the kernel. Resolves to the reply's data (buffers in place), or to null when a newer
    * request made this one stale; rejects with a KernelError, KernelTimeout or WireError (also
-   * for a request too large to send).
+   * for a request too large to send), or with the error the channel was closed with.
    * @param {object} [fields]
    * @returns {Promise<any>}
    */
   async request(fields = {}) {
+    if (this.closed) throw this.closed;
     this.inFlight?.abort(SUPERSEDED);
     const seq = ++this.seq;
     const size = new TextEncoder().encode(JSON.stringify(fields)).length;
@@ -209,7 +230,10 @@ export class Channel {
       [reply, buffers] = await this.invoke(this.command, { ...fields, seq },
                                            { signal: AbortSignal.any([controller.signal, timer]) });
     } catch (error) {
-      if (controller.signal.aborted) return null;
+      if (controller.signal.aborted) {
+        if (controller.signal.reason === SUPERSEDED) return null;
+        throw controller.signal.reason;
+      }
       if (timer.aborted) throw new KernelTimeout(this.command, this.timeoutMs);
       throw error;
     } finally {
@@ -223,6 +247,12 @@ export class Channel {
   cancel() {
     this.inFlight?.abort(SUPERSEDED);
     this.seq++;
+  }
+
+  /** Fail the request in flight, and every later one, with `error` (nothing will answer them). */
+  close(/** @type {Error} */ error) {
+    this.closed = error;
+    this.inFlight?.abort(error);
   }
 }
 

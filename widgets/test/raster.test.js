@@ -3,7 +3,7 @@ import { test } from "node:test";
 
 import { MAPS, pack } from "../src/colormap.js";
 import { fillPixels } from "../src/heatmap.js";
-import { countSpikes, formatThreshold, moveView, spikeTable, stepRung, unitOf } from "../src/raster.js";
+import { formatThreshold, histogram, moveView, spikeTable, spikesAbove, stepRung } from "../src/raster.js";
 
 const SPIKE = pack(...MAPS.blues[4]);
 
@@ -13,9 +13,7 @@ test("a window is thresholded in the page: code > rung spikes, and nothing else 
                                   [200, [0, 0, 0, 1, 0, 0]], [199, [0, 0, 0, 1, 0, 1]]]) {
     const pixels = fillPixels(new Uint32Array(6), codes, spikeTable(rung), 3);
     assert.deepEqual(Array.from(pixels, (p) => Number(p === SPIKE)), expected, `rung ${rung}`);
-    const counts = countSpikes(codes, 3, rung);
-    assert.equal(counts.total, expected.reduce((a, b) => a + b, 0));
-    assert.deepEqual(Array.from(counts.rows), [expected.slice(0, 3), expected.slice(3)].map((r) => r.reduce((a, b) => a + b)));
+    assert.equal(spikesAbove(histogram(codes), rung), expected.reduce((a, b) => a + b, 0));
   }
 });
 
@@ -27,14 +25,30 @@ test("below threshold a cell greys as it nears the threshold, never as dark as a
   assert.equal(new Set(table.slice(101)).size, 1);
 });
 
-test("a 1000 x 1000 window is thresholded in a few ms", () => {
+test("a window's histogram counts every code once", () => {
+  const codes = Uint8Array.from({ length: 5000 }, (_, i) => (i * 37) % 251);
+  const counts = histogram(codes);
+  assert.equal(counts.reduce((a, b) => a + b, 0), codes.length);
+  for (const rung of [0, 17, 127, 250, 254]) assert.equal(spikesAbove(counts, rung), codes.filter((c) => c > rung).length);
+});
+
+// What the page does with a 1000 x 1000 window, cold (the first paint) and warm (a slider step):
+// the canvas's putImageData is left to the browser benchmark.
+test("a 1000 x 1000 window is painted cold and thresholded warm in a few ms", () => {
   const codes = Uint8Array.from({ length: 1e6 }, (_, i) => (i * 2654435761) % 256);
   const pixels = new Uint32Array(1e6);
-  fillPixels(pixels, codes, spikeTable(127), 1000);  // warm up
-  const start = performance.now();
-  for (let rung = 100; rung < 110; rung++) fillPixels(pixels, codes, spikeTable(rung), 1000);
-  const ms = (performance.now() - start) / 10;
-  assert.ok(ms < 50, `${ms.toFixed(1)} ms per threshold change`);
+  let start = performance.now();
+  const counts = histogram(codes);
+  fillPixels(pixels, codes, spikeTable(127), 1000);
+  const first = performance.now() - start;
+  start = performance.now();
+  for (let rung = 100; rung < 110; rung++) {
+    fillPixels(pixels, codes, spikeTable(rung), 1000);
+    spikesAbove(counts, rung);
+  }
+  const step = (performance.now() - start) / 10;
+  console.log(`first paint work ${first.toFixed(1)} ms, threshold step ${step.toFixed(1)} ms (1e6 cells)`);
+  assert.ok(first < 60 && step < 30, `first ${first.toFixed(1)} ms, step ${step.toFixed(1)} ms`);
 });
 
 test("scrolling and zooming move the view and stay inside the raster", () => {
@@ -51,9 +65,7 @@ test("scrolling and zooming move the view and stay inside the raster", () => {
   assert.deepEqual(moveView([0, 100, 500, 700], "home", 512, 2000), [0, 100, 0, 200]);
 });
 
-test("unit labels and thresholds read as the kernel wrote them", () => {
-  assert.equal(unitOf("mlp.0:12"), 12);
-  assert.equal(unitOf("blocks.1.hook:3"), 3);
+test("thresholds read as the kernel wrote them", () => {
   assert.equal(formatThreshold("zscore", 3), "z > 3.00");
   assert.equal(formatThreshold("quantile", 0.95), "quantile > 0.950");
 });

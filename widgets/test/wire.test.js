@@ -3,7 +3,7 @@ import { test } from "node:test";
 import { deflateSync } from "node:zlib";
 
 import {
-  Channel, KernelError, KernelTimeout, MAX_REQUEST_BYTES, WireError, asBytes, decodeArray, float16ToFloat32, openReply, putBuffers,
+  Channel, KernelError, KernelLost, KernelTimeout, MAX_REQUEST_BYTES, WireError, asBytes, decodeArray, float16ToFloat32, openReply, putBuffers,
   unpackTril,
 } from "../src/wire.js";
 
@@ -158,6 +158,17 @@ test("cancel() aborts the request in flight", async () => {
   const pending = channel.request();
   channel.cancel();
   assert.equal(await pending, null);
+});
+
+test("close() fails the request in flight and every later one, without sending it", async () => {
+  const kernel = fakeKernel();
+  const channel = new Channel(kernel.invoke, "_head");
+  const pending = channel.request();
+  const lost = new KernelLost("dead");
+  channel.close(lost);
+  assert.equal(await pending.catch((e) => e), lost);
+  assert.equal(await channel.request().catch((e) => e), lost);
+  assert.equal(kernel.calls.length, 1);
 });
 
 test("a request larger than the websocket takes is refused before it is sent", async () => {
