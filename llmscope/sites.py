@@ -25,7 +25,8 @@ with :func:`resolve_units`, which accepts:
 
 * a site and indices: ``("mlp.1", [3, 7])``, or as two arguments ``lesion("mlp.1", [3, 7])``;
   a bare site ``"attn.0"`` (or indices ``None``) means all its units;
-* a list of such pairs: ``[("mlp.0", [1]), ("attn.1", [0])]``;
+* a list of such pairs: ``[("mlp.0", [1]), ("attn.1", [0])]``, where a bare site stands for all
+  its units: ``["mlp.0", "mlp.1"]``;
 * anything indexed by units, as every analysis returns them: a ``(site, unit)``
   ``MultiIndex``, a DataFrame or Series with that index (``tuning(...).top(8)``), or a
   ``Result`` whose ``.df`` has it.
@@ -253,6 +254,8 @@ def parse_units(units: UnitsLike, indices: Any = None) -> list[tuple[str | Site,
         raise SiteError(f"{UNITS_HELP}; got {units!r}.")
     grouped: dict[str | Site, list | None] = {}
     for pair in pairs:
+        if isinstance(pair, (str, Site)):  # a bare site in a list: all its units
+            pair = (pair, None)
         if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], (str, Site))):
             raise SiteError(f"{UNITS_HELP}; got the item {pair!r}.")
         spec, idx = pair

@@ -73,3 +73,12 @@ def test_llama_sites(smol):
     with pytest.raises(SiteError, match="mlp.0..mlp.29"):
         site(smol, "mlp.30")
     assert np.array_equal(site(smol, "attn.3").check_units(None), np.arange(9))
+
+
+def test_a_list_of_bare_sites_means_all_their_units(tiny):
+    from llmscope.sites import unit_index
+
+    index = unit_index(tiny, ["mlp.0", ("attn.1", [2]), "attn.0"])
+    assert len(index) == 64 + 1 + 4 and index[-1] == ("attn.0", 3) and ("attn.1", 2) in index
+    with pytest.raises(SiteError):
+        unit_index(tiny, ["mlp.9"])
