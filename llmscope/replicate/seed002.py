@@ -1,0 +1,258 @@
+"""Seed 002, "Spotting key neurons in grammar perception", as a pipeline on any model.
+
+The paper (Llama 3) scores MLP neurons by Integrated Gradients to the next-word prediction,
+keeps the top 5% per sample, keeps for each part-of-speech class the k = 100 neurons that recur
+most often, and trains a classifier on those key neurons that predicts the POS of fresh data
+(up to about 0.91 in the last layer); disrupting them resembles a lesion study. Here:
+
+1. **Key neurons** — :func:`~llmscope.analysis.key_neurons.key_neurons` on *training* stimuli
+   (IG to the log-probability of the actual next token, top ``top_frac`` per sample and layer,
+   the k most recurrent per class and layer; the class is the predicted word's tag).
+2. **Classifiers per layer** — :func:`~llmscope.decode` / :func:`~llmscope.decode_curve` on a
+   recording of *other* stimuli (folds grouped by sequence): the key neurons of every class
+   together (the union of each class's k), as many random neurons of the same layer
+   (``n_random`` draws), and all neurons; decoding the POS of the next token (the word being
+   predicted, as in the paper) and of the current token; and accuracy against k.
+3. **Lesion test** — for each layer and each of the ``n_classes`` commonest classes C, zero the
+   k key neurons of C and measure the loss on predicted tokens of class C, on predicted tokens
+   of other classes, and on class C after zeroing as many random neurons of the same layer.
+   ``specificity = class_effect / random_effect`` (the class-specific harm over the random
+   harm; >= 2 is the issue's criterion) with a 95% cluster-bootstrap interval over sequences. A
+   random lesion whose mean effect is not above zero counts as harmless (specificity ``inf``).
+
+Choices where the paper is silent: decoding is scored on stimuli the key neurons were not
+chosen on; a small model's layer has few neurons, so the headline k is ``k`` (default 10) per
+class and the curve runs k = 1..100; the lesion is a zero-ablation (``lesion(mode="zero")``).
+
+Example:
+    >>> r = seed002(model, n_docs=12, method="grad_x_act", ks=(1, 5), n_random=2, folds=2, progress=False)
+    >>> r.table.columns[:4].tolist()
+    ['stimuli', 'layer', 'key_next', 'random_next']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from llmscope.analysis.decoding import decode, decode_curve
+from llmscope.analysis.key_neurons import KeyNeurons, key_neurons
+from llmscope.analysis.stats import count
+from llmscope.behaviour import scored_rows
+from llmscope.errors import LLMScopeError
+from llmscope.interventions import intervene, lesion
+from llmscope.recording import record
+from llmscope.stimuli.core import Stimuli
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+    from transformer_lens.model_bridge import TransformerBridge
+
+KS = (1, 2, 5, 10, 20, 50, 100)
+PAPER = {"last_layer_accuracy": 0.91, "k": 100, "top_frac": 0.05, "model": "Llama 3 (8B, 14,336 neurons a layer)"}
+N_BOOT = 2000
+
+
+@dataclass
+class Seed002:
+    """The replication's tables: ``table`` (one row per stimulus set and layer), ``curve``
+    (accuracy against k), ``lesions`` (one row per stimulus set, layer and class), ``key``
+    (the :class:`~llmscope.analysis.key_neurons.KeyNeurons` of each stimulus set) and ``meta``."""
+
+    table: pd.DataFrame
+    curve: pd.DataFrame
+    lesions: pd.DataFrame
+    key: dict[str, KeyNeurons] = field(repr=False)
+    meta: dict[str, Any]
+
+    def figures(self) -> dict[str, "go.Figure"]:
+        """Plotly figures: accuracy per layer (key, random, all; next and current token) and
+        accuracy against k, for each stimulus set."""
+        import plotly.express as px
+
+        out = {}
+        for name, part in self.table.groupby("stimuli", sort=False):
+            long = part.melt(id_vars=["layer"], value_vars=[c for c in part.columns if c.split("_")[0] in
+                                                             ("key", "random", "all") and not c.endswith("sd")],
+                             var_name="probe", value_name="accuracy")
+            out[f"accuracy_{name}"] = px.line(long, x="layer", y="accuracy", color="probe", markers=True,
+                                              title=f"POS decoding per layer ({name})", range_y=[0, 1])
+        for name, part in self.curve.groupby("stimuli", sort=False):
+            agg = part.groupby(["layer", "target", "condition", "k"], as_index=False)["accuracy"].mean()
+            out[f"curve_{name}"] = px.line(agg, x="k", y="accuracy", color="condition", line_dash="target",
+                                           facet_col="layer", log_x=True, markers=True, range_y=[0, 1],
+                                           title=f"accuracy against k: key vs random neurons ({name})")
+        return out
+
+    def save(self, out: str | Path) -> list[Path]:
+        """Write the tables as CSV and the figures as self-contained HTML (plotly.js inlined: no
+        CDN) into ``out``; return the paths written."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for name in ("table", "curve", "lesions"):
+            paths.append(out / f"{name}.csv")
+            getattr(self, name).to_csv(paths[-1], index=False)
+        for name, fig in self.figures().items():
+            paths.append(out / f"{name}.html")
+            fig.write_html(paths[-1], include_plotlyjs=True)
+        return paths
+
+
+def default_stimuli(model: "TransformerBridge", n_docs: int) -> dict[str, tuple[Stimuli, Stimuli]]:
+    """``{name: (train, test)}``: the organism's gold-tagged documents, or for an English model
+    gold-tagged template sentences and spaCy-tagged free sentences (the bundled 100, halved)."""
+    from llmscope.stimuli import grammar, sentences, templates
+
+    try:
+        return {"gold": (grammar(model, n_docs=n_docs, seed=0), grammar(model, n_docs=n_docs, seed=1))}
+    except ValueError as exc:  # not an organism's tokenizer: English
+        if isinstance(exc, LLMScopeError):
+            raise
+        free = sentences(model, seed=0)
+        half = free.n_seqs // 2
+        return {"templates (gold)": (templates(model, n=n_docs, seed=0), templates(model, n=n_docs, seed=1)),
+                "sentences (spaCy)": (free.select_seqs(np.arange(half)), free.select_seqs(np.arange(half, free.n_seqs)))}
+
+
+def _key_set(key: KeyNeurons, site: str, k: int) -> pd.MultiIndex:
+    """The union of every class's ``k`` key neurons in ``site``."""
+    return pd.concat([key.units(c, site=site, k=k) for c in key.meta["classes"]]).index.unique().sort_values()
+
+
+def _specificity(key: np.ndarray, rand: np.ndarray) -> np.ndarray:
+    """``key / rand`` with a random lesion that does not raise the loss (``rand <= 0``, sampling
+    noise around a harmless lesion) counted as harmless: ``key / 0`` is then ``+inf`` for a
+    harmful key lesion. A plain ratio flips sign, and explodes, as ``rand`` crosses zero."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.asarray(key, float) / np.clip(rand, 0, None)
+
+
+def _cluster_ci(per_seq: pd.DataFrame, rng: np.random.Generator) -> np.ndarray:
+    """95% bootstrap interval over sequences of the specificity (per-sequence sums ``key`` and
+    ``rand`` on the class's rows); the upper end is ``inf`` when resampled random effects reach
+    zero (the random lesion cannot be told from harmless)."""
+    if len(per_seq) < 2:
+        return np.array([np.nan, np.nan])
+    w = rng.multinomial(len(per_seq), np.full(len(per_seq), 1 / len(per_seq)), size=N_BOOT).T
+    ratio = _specificity(per_seq["key"].to_numpy() @ w, per_seq["rand"].to_numpy() @ w)
+    return np.nanpercentile(ratio, [2.5, 97.5], method="nearest")  # nearest: no inf - inf between draws
+
+
+def lesion_test(model: "TransformerBridge", stimuli: Stimuli, key: KeyNeurons, site: str, k: int,
+                n_classes: int = 4, n_random: int = 3, seed: int = 0, batch_size: int = 16) -> pd.DataFrame:
+    """Zero the ``k`` key neurons of each of the ``n_classes`` commonest classes in ``site`` (runs
+    the model): loss change on predicted tokens of the class, of other classes, and of the class
+    after zeroing ``k`` random neurons of the site (mean of ``n_random`` draws). One row per class."""
+    label = key.meta["label"]
+    base = scored_rows(model, stimuli, "loss", batch_size=batch_size)
+    classes = [c for c in key.n_samples.sort_values(ascending=False).index if c in set(base[label])][:n_classes]
+    rng = np.random.default_rng(seed)
+    n_units = model.cfg.d_mlp
+    rows = []
+    for cls in classes:
+        units = key.units(cls, site=site, k=k)
+        with intervene(model, lesion(units)):
+            hit = scored_rows(model, stimuli, "loss", batch_size=batch_size)["value"]
+        rand = []
+        for _ in range(n_random):
+            with intervene(model, lesion(site, rng.choice(n_units, len(units), replace=False))):
+                rand.append(scored_rows(model, stimuli, "loss", batch_size=batch_size)["value"])
+        rows_c = base[label] == cls
+        d = pd.DataFrame({"seq": base["seq"], "is_c": rows_c, "key": hit - base["value"],
+                          "rand": pd.concat(rand, axis=1).mean(1) - base["value"]})
+        per_seq = d[d.is_c].groupby("seq")[["key", "rand"]].sum()
+        class_effect, other_effect = d.loc[d.is_c, "key"].mean(), d.loc[~d.is_c, "key"].mean()
+        random_effect = d.loc[d.is_c, "rand"].mean()
+        low, high = _cluster_ci(per_seq, rng)
+        rows.append(dict(site=site, cls=cls, k=len(units), n_class=int(rows_c.sum()), class_effect=class_effect,
+                         other_effect=other_effect, random_effect=random_effect,
+                         specificity=float(_specificity(class_effect, random_effect)),
+                         ci_low=low, ci_high=high))
+    return pd.DataFrame(rows)
+
+
+def seed002(model: "TransformerBridge", *, stimuli: dict[str, tuple[Stimuli, Stimuli]] | None = None,
+            n_docs: int = 40, label: str = "pos_tag", method: str = "ig", k: int = 10, ks: Sequence[int] = KS,
+            top_frac: float = 0.05, steps: int = 32, layers: Sequence[int] | None = None,
+            lesion_layers: Sequence[int] | None = None, n_classes: int = 4, n_random: int = 5, folds: int = 5,
+            seed: int = 0, progress: bool = True) -> Seed002:
+    """Run the seed-002 replication on ``model`` (runs the model: attributions, recordings, lesions).
+
+    Args:
+        model: any TransformerLens bridge with ``mlp.L`` sites.
+        stimuli: ``{name: (train, test)}`` with a ``label`` column (default :func:`default_stimuli`).
+        n_docs: documents (organism) or template sentences (English) per default train/test set.
+        label: the class column (Universal POS tags).
+        method: key-neuron scoring, ``"ig"`` (the paper's), ``"grad_x_act"`` or ``"activation"``.
+        k: key neurons per class and layer for the per-layer table and the lesion test.
+        ks: set sizes of the accuracy-against-k curve (each no larger than ``d_mlp``).
+        top_frac: share of a layer's neurons kept per sample.
+        steps: IG integration points.
+        layers: layers to decode (default all); ``lesion_layers``: layers of the lesion test
+            (default all ``layers``).
+        n_classes: commonest classes in the lesion test; ``n_random``: random draws of every control.
+        folds: cross-validation folds (whole sequences).
+        seed: seeds the random controls.
+        progress: show a tqdm bar over the steps.
+
+    Returns:
+        :class:`Seed002`. ``table`` columns: ``stimuli``, ``layer``, ``key_next``,
+        ``random_next`` (mean over draws), ``random_next_sd``, ``all_next``, the same ``_current``,
+        ``n_key`` (the union's size), ``ambiguous_key_next`` / ``ambiguous_all_next`` and the same
+        ``_current`` (accuracy on the tokens whose label is decoded that are ``ambiguous`` word
+        forms, when the stimuli mark them), ``lesion_specificity`` (median over classes).
+    """
+    k, n_random, folds = count(k, "k"), count(n_random, "n_random"), count(folds, "folds", minimum=2)
+    stimuli = default_stimuli(model, count(n_docs, "n_docs")) if stimuli is None else stimuli
+    layers = list(range(model.cfg.n_layers)) if layers is None else [int(L) for L in layers]
+    lesion_layers = layers if lesion_layers is None else [int(L) for L in lesion_layers]
+    ks = [int(x) for x in ks if x <= model.cfg.d_mlp]
+    sites = [f"mlp.{L}" for L in layers]
+    table, curves, lesions, keys = [], [], [], {}
+    steps_total = len(stimuli) * (2 + len(layers) * 2 + len(lesion_layers))
+    with tqdm(total=steps_total, desc="seed002", disable=not progress) as bar:
+        for name, (train, test) in stimuli.items():
+            key = keys[name] = key_neurons(model, train, label, method, sites=sites, top_frac=top_frac,
+                                           k=max([k, *ks]), steps=steps, progress=False)
+            bar.update()
+            rec = record(model, test, sites, dtype="float32", progress=False)
+            subset = "ambiguous" if "ambiguous" in test.tokens.columns and test.tokens["ambiguous"].any() else None
+            bar.update()
+            for L, site in zip(layers, sites):
+                row: dict[str, Any] = dict(stimuli=name, layer=L)
+                for target in ("next", "current"):
+                    sets = {kk: _key_set(key, site, kk) for kk in ks}
+                    curve = decode_curve(rec, sets, label, target=target, folds=folds, n_random=n_random,
+                                         subset=subset, seed=seed, progress=False).df
+                    curves.append(curve.assign(stimuli=name, layer=L, target=target))
+                    head = decode(rec, _key_set(key, site, k), label, target=target, folds=folds,
+                                  n_random=n_random, n_permutations=0, subset=subset, seed=seed, progress=False)
+                    every = decode(rec, site, label, target=target, folds=folds, n_random=0, n_permutations=0,
+                                   subset=subset, seed=seed, progress=False)
+                    row.update({f"key_{target}": head.meta["accuracy"], f"random_{target}": head.meta["random_accuracy"],
+                                f"random_{target}_sd": head.meta["random_sd"], f"all_{target}": every.meta["accuracy"]})
+                    if subset:
+                        row[f"ambiguous_key_{target}"] = head.meta["subset_accuracy"]
+                        row[f"ambiguous_all_{target}"] = every.meta["subset_accuracy"]
+                    bar.update()
+                row["n_key"] = len(_key_set(key, site, k))
+                if L in lesion_layers:
+                    part = lesion_test(model, test, key, site, k, n_classes, n_random=min(n_random, 3), seed=seed)
+                    lesions.append(part.assign(stimuli=name, layer=L))
+                    row["lesion_specificity"] = float(part["specificity"].median())
+                    bar.update()
+                table.append(row)
+    meta = dict(model=str(model.cfg.model_name), method=method, k=k, ks=ks, top_frac=top_frac, steps=steps,
+                folds=folds, n_random=n_random, label=label, paper=PAPER,
+                completeness_error={n: kn.meta.get("completeness_error") for n, kn in keys.items()})
+    lesion_df = pd.concat(lesions, ignore_index=True) if lesions else pd.DataFrame()
+    return Seed002(pd.DataFrame(table), pd.concat(curves, ignore_index=True), lesion_df, keys, meta)
+
+
+__all__ = ["seed002", "Seed002", "lesion_test", "default_stimuli", "KS", "PAPER"]
