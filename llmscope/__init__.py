@@ -19,6 +19,7 @@ from llmscope.analysis.effect import effect
 from llmscope.analysis.examples import ExamplesResult, top_examples
 from llmscope.analysis.geometry import cka, pca, rdm, rsa
 from llmscope.analysis.heads import confirm_by_lesion, localize_heads
+from llmscope.analysis.key_neurons import key_neurons
 from llmscope.analysis.lens import logit_lens, surprise
 from llmscope.analysis.lfp import event_average, field_potential, granger, lfp_spectrum
 from llmscope.analysis.sparsity import sparsity
@@ -47,7 +48,7 @@ __all__ = [
     "analysis", "effect", "patching", "battery", "lesion_atlas", "localize_heads", "confirm_by_lesion", "spikes", "psth", "Spikes",
     "tuning", "TuningResult", "top_examples", "ExamplesResult",
     "decode", "decode_curve", "pca", "rdm", "rsa", "cka", "sparsity", "behaviour_correlates",
-    "field_potential", "lfp_spectrum", "event_average", "granger", "logit_lens", "surprise",
+    "field_potential", "lfp_spectrum", "event_average", "granger", "logit_lens", "surprise", "key_neurons",
     "LLMScopeError", "SiteError", "PromptError", "InterventionError", "RecordingError", "ModelNotAvailable",
     "AnalysisError", "ColumnError", "WidgetError",
     "AttentionMap", "AblationPanel", "Raster",

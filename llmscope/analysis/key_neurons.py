@@ -391,33 +391,38 @@ def _check(model: "TransformerBridge", stimuli: Stimuli, method: str, sites: Any
 
 
 def _run(model: "TransformerBridge", stimuli: Stimuli, samples: pd.DataFrame, targets: list[Site], method: str,
-         steps: int, batch_size: int, progress: bool, each: Callable[[Block], None]) -> float:
+         steps: int, batch_size: int, progress: bool, each: Callable[[Block], None]) -> dict[str, float]:
     """Score every sample at every site, handing each block to ``each``. Returns IG's
-    completeness error over all samples and sites, ``sum |scores summed - change| / sum |change|``
-    (NaN for the other methods), and warns when it exceeds ``COMPLETENESS``."""
-    gap, change = 0.0, 0.0
+    completeness error per site, ``sum |scores summed - change| / sum |change|`` over the samples
+    (empty for the other methods), and warns where it exceeds ``COMPLETENESS``."""
+    gap, change = np.zeros(len(targets)), np.zeros(len(targets))
     total = len(samples) * (len(targets) if method == "ig" else 1)
     with tqdm(total=total, unit="token", desc=f"key neurons ({method})", disable=not progress) as bar:
         for block in _scores(model, stimuli, samples, targets, method, steps, batch_size, bar):
             each(block)
-            if block[3] is not None:
-                gap += float((block[2].double().sum(-1) - block[3]).abs().sum())
-                change += float(block[3].abs().sum())
-    error = gap / change if change else float("nan")
-    if error > COMPLETENESS:
-        warnings.warn(f"Integrated Gradients: the scores of a layer miss the output change by {error:.1%} over all "
-                      f"samples (steps={steps}); raise steps for attributions that add up.", stacklevel=3)
-    return error
+            i, _, scores, delta = block
+            if delta is not None:
+                gap[i] += float((scores.double().sum(-1) - delta).abs().sum())
+                change[i] += float(delta.abs().sum())
+    if method != "ig":
+        return {}
+    errors = {s.name: float(g / c) if c else float("nan") for s, g, c in zip(targets, gap, change)}
+    worse = {name: f"{e:.1%}" for name, e in errors.items() if e > COMPLETENESS}
+    if worse:
+        warnings.warn(f"Integrated Gradients with steps={steps}: the scores of a layer miss the output change by "
+                      f"{worse} over all samples; raise steps for attributions that add up.", stacklevel=3)
+    return errors
 
 
 def _meta(model: "TransformerBridge", stimuli: Stimuli, targets: list[Site], method: str, steps: int,
-          include_bos: bool, samples: pd.DataFrame, error: float) -> dict[str, Any]:
+          include_bos: bool, samples: pd.DataFrame, errors: dict[str, float]) -> dict[str, Any]:
     return dict(model=str(model.cfg.model_name), stimuli=stimuli.name, method=method,
                 sites=[s.name for s in targets], steps=steps if method == "ig" else None,
                 ig="Captum IntegratedGradients, Gauss-Legendre, zero-activation baseline at the context position"
                 if method == "ig" else None,
                 target="log-probability of the actual next token", include_bos=include_bos,
-                n_samples=len(samples), n_seqs=int(samples["seq"].nunique()), completeness_error=error)
+                n_samples=len(samples), n_seqs=int(samples["seq"].nunique()), completeness_by_site=errors,
+                completeness_error=max((e for e in errors.values() if e == e), default=float("nan")))
 
 
 # ---------------------------------------------------------------- per-sample attributions
@@ -438,7 +443,8 @@ class Attributions(Result):
 
     ``.meta``: ``model``, ``stimuli``, ``method``, ``sites`` (one), ``steps``, ``ig``, ``target``,
     ``include_bos``, ``n_samples``, ``n_seqs``, ``completeness_error`` (IG:
-    ``sum |total - change| / sum |change|`` over the samples; NaN otherwise).
+    ``sum |total - change| / sum |change|`` over the samples; NaN otherwise) and
+    ``completeness_by_site`` (the same, per site: ``{}`` for other methods).
     """
 
     values: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
@@ -466,10 +472,10 @@ def attributions(model: "TransformerBridge", stimuli: Stimuli, site: str = "mlp.
         if delta is not None:
             change[rows] = delta.numpy()
 
-    error = _run(model, stimuli, samples, targets, method, steps, batch_size, progress, each)
+    errors = _run(model, stimuli, samples, targets, method, steps, batch_size, progress, each)
     samples["total"] = values.sum(1, dtype=np.float64)
     samples["change"] = change
-    meta = _meta(model, stimuli, targets, method, steps, include_bos, samples, error)
+    meta = _meta(model, stimuli, targets, method, steps, include_bos, samples, errors)
     return Attributions(samples, kind="attributions", meta=meta, values=values)
 
 
@@ -548,7 +554,8 @@ class KeyNeurons(Result):
 
     ``.meta``: ``model``, ``stimuli``, ``method``, ``sites``, ``label``, ``label_of``, ``classes``,
     ``top_frac``, ``n_top`` (neurons kept per sample and layer), ``k``, ``steps`` (IG), ``ig``,
-    ``target``, ``include_bos``, ``n_samples``, ``n_seqs``, ``completeness_error`` (IG),
+    ``target``, ``include_bos``, ``n_samples``, ``n_seqs``, ``completeness_error`` (IG: the worst
+    site's, as in :class:`Attributions`), ``completeness_by_site``,
     ``shuffle``, ``seed``.
     """
 
@@ -672,14 +679,14 @@ def key_neurons(model: "TransformerBridge", stimuli: Stimuli, label: str = "pos_
     shuffled = np.random.default_rng(seed).permutation(codes)
     n_top = math.ceil(top_frac * d_mlp)
     tally = _Counts(targets, len(classes), n_top, codes, shuffled)
-    error = _run(model, stimuli, samples, targets, method, steps, batch_size, progress, tally.add)
+    errors = _run(model, stimuli, samples, targets, method, steps, batch_size, progress, tally.add)
 
     index = pd.MultiIndex.from_arrays([np.repeat([s.name for s in targets], [s.n_units for s in targets]),
                                        np.concatenate([np.arange(s.n_units) for s in targets])], names=["site", "unit"])
     n = np.bincount(codes, minlength=len(classes))
     counts, scores = tally.frames("real", index, classes.tolist(), n)
     counts_shuffled, scores_shuffled = tally.frames("shuffled", index, classes.tolist(), n)
-    meta = dict(_meta(model, stimuli, targets, method, steps, include_bos, samples, error), label=label,
+    meta = dict(_meta(model, stimuli, targets, method, steps, include_bos, samples, errors), label=label,
                 label_of=label_of, classes=classes.tolist(), top_frac=top_frac, n_top=n_top, k=k, seed=seed,
                 shuffle="labels permuted across samples (class sizes kept), one permutation for all sites")
     res = KeyNeurons(pd.DataFrame(), kind="key_neurons", meta=meta, plotter=_plot, counts=counts, scores=scores,

@@ -81,12 +81,13 @@ class Seed002:
                                                              ("key", "random", "all") and not c.endswith("sd")],
                              var_name="probe", value_name="accuracy")
             out[f"accuracy_{name}"] = px.line(long, x="layer", y="accuracy", color="probe", markers=True,
-                                              title=f"POS decoding per layer ({name})", range_y=[0, 1])
+                                              title=f"POS decoding per layer ({name})", range_y=[0, 1]).update_xaxes(dtick=1)
         for name, part in self.curve.groupby("stimuli", sort=False):
             agg = part.groupby(["layer", "target", "condition", "k"], as_index=False)["accuracy"].mean()
             out[f"curve_{name}"] = px.line(agg, x="k", y="accuracy", color="condition", line_dash="target",
                                            facet_col="layer", log_x=True, markers=True, range_y=[0, 1],
-                                           title=f"accuracy against k: key vs random neurons ({name})")
+                                           title=f"accuracy against k: key vs random neurons ({name})"
+                                           ).update_xaxes(tickvals=sorted(agg["k"].unique()))  # else a log axis labels 1, 2, 5, 10, 2, 5
         return out
 
     def save(self, out: str | Path) -> list[Path]:

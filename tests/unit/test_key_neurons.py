@@ -78,7 +78,7 @@ def test_ig_is_complete_per_sample(organism, one_doc, site, steps):
     assert np.abs(truth).sum() > 1.0, "zeroing the layer should change the predictions"
     np.testing.assert_allclose(some["change"], truth, atol=1e-4)  # the separated pass re-runs the downstream exactly
     assert np.abs(some["total"] - truth).sum() / np.abs(truth).sum() < 0.05
-    assert res.meta["completeness_error"] < 0.05
+    assert res.meta["completeness_error"] < 0.05 and list(res.meta["completeness_by_site"]) == [site]
 
 
 def test_grad_x_act_is_each_predictions_own_gradient(organism, one_doc):
