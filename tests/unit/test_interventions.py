@@ -296,7 +296,7 @@ def test_bad_input_raises_before_any_hook(tiny, base, make, error, match):
     (lambda: lesion(("mlp.1", [0]), mode="median"), "unknown lesion mode"),
     (lambda: lesion(("mlp.1", [0]), mode="mean"), "needs reference"),
     (lambda: gain(("mlp.1", [0]), factor=float("nan")), "finite"),
-    (lambda: lesion([("mlp.1", [0]), "mlp.2"]), "units are"),
+    (lambda: lesion([("mlp.1", [0]), 3]), "units are"),
     (lambda: steer("resid.1", "up"), "array of numbers"),
     (lambda: patch(TOKENS, "resid.1", positions=[]), "positions"),
 ])
