@@ -37,4 +37,7 @@ def _doctest_objects() -> dict:
 @pytest.fixture(autouse=True)
 def _doctest_namespace(request, doctest_namespace) -> None:
     if isinstance(request.node, pytest.DoctestItem):
-        doctest_namespace.update(request.getfixturevalue("_doctest_objects"))
+        own = request.node.dtest.globs  # a module's own names win: wire.decode is not llmscope.decode
+        for name in own:  # the namespace is one dict for the session: drop what an earlier module put there
+            doctest_namespace.pop(name, None)
+        doctest_namespace.update({k: v for k, v in request.getfixturevalue("_doctest_objects").items() if k not in own})
