@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="grammar-2l", help="a model name llmscope.load takes (default grammar-2l)")
     parser.add_argument("--out", help="folder for the CSV tables and HTML figures")
     parser.add_argument("--method", default="ig", choices=["ig", "grad_x_act", "activation"])
-    parser.add_argument("--steps", type=int, default=32, help="Integrated Gradients points (cost is linear in them; default 32)")
+    parser.add_argument("--steps", type=int, default=64, help="Integrated Gradients points (cost is linear in them; default 64)")
     parser.add_argument("--n-docs", type=int, default=40, help="documents / template sentences per train and test set")
     parser.add_argument("--layers", type=int, nargs="*", help="layers to decode (default all)")
     parser.add_argument("--ks", type=int, nargs="*", help="set sizes of the accuracy-against-k curve (default 1 2 5 10 20 50 100)")

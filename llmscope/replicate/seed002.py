@@ -129,7 +129,12 @@ def _key_set(key: KeyNeurons, site: str, k: int) -> pd.MultiIndex:
 def _specificity(key: np.ndarray, rand: np.ndarray) -> np.ndarray:
     """``key / rand`` with a random lesion that does not raise the loss (``rand <= 0``, sampling
     noise around a harmless lesion) counted as harmless: ``key / 0`` is then ``+inf`` for a
-    harmful key lesion. A plain ratio flips sign, and explodes, as ``rand`` crosses zero."""
+    harmful key lesion. A plain ratio flips sign, and explodes, as ``rand`` crosses zero.
+
+    Example:
+        >>> _specificity(np.array([1.0, 1.0, -0.5]), np.array([0.5, -0.01, 0.5])).tolist()
+        [2.0, inf, -1.0]
+    """
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.asarray(key, float) / np.clip(rand, 0, None)
 
@@ -180,7 +185,7 @@ def lesion_test(model: "TransformerBridge", stimuli: Stimuli, key: KeyNeurons, s
 
 def seed002(model: "TransformerBridge", *, stimuli: dict[str, tuple[Stimuli, Stimuli]] | None = None,
             n_docs: int = 40, label: str = "pos_tag", method: str = "ig", k: int = 10, ks: Sequence[int] = KS,
-            top_frac: float = 0.05, steps: int = 32, layers: Sequence[int] | None = None,
+            top_frac: float = 0.05, steps: int = 64, layers: Sequence[int] | None = None,
             lesion_layers: Sequence[int] | None = None, n_classes: int = 4, n_random: int = 5, folds: int = 5,
             seed: int = 0, progress: bool = True) -> Seed002:
     """Run the seed-002 replication on ``model`` (runs the model: attributions, recordings, lesions).
@@ -194,7 +199,7 @@ def seed002(model: "TransformerBridge", *, stimuli: dict[str, tuple[Stimuli, Sti
         k: key neurons per class and layer for the per-layer table and the lesion test.
         ks: set sizes of the accuracy-against-k curve (each no larger than ``d_mlp``).
         top_frac: share of a layer's neurons kept per sample.
-        steps: IG integration points.
+        steps: IG integration points (64 make the organism's layers add up within 5%; 32 miss mlp.0 by ~14%).
         layers: layers to decode (default all); ``lesion_layers``: layers of the lesion test
             (default all ``layers``).
         n_classes: commonest classes in the lesion test; ``n_random``: random draws of every control.

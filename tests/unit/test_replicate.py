@@ -23,3 +23,12 @@ def test_seed002_command_prints_a_row_per_layer_and_writes_tables(tmp_path, caps
     assert set(lesions["site"]) == {"mlp.0", "mlp.1"} and lesions["class_effect"].notna().all()
     html = (tmp_path / "accuracy_gold.html").read_text()
     assert "<script" in html and not re.search(r"<script[^>]*\bsrc=", html)  # plotly.js inlined, nothing fetched
+
+
+def test_specificity_counts_a_harmless_random_lesion_as_harmless():
+    import numpy as np
+
+    from llmscope.replicate.seed002 import _specificity
+
+    out = _specificity(np.array([1.0, 1.0, 1.0, -0.5]), np.array([0.5, 0.0, -0.2, 0.5]))
+    assert out[0] == 2.0 and np.isinf(out[1]) and np.isinf(out[2]) and out[3] == -1.0
