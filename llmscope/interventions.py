@@ -62,12 +62,25 @@ class Intervention(abc.ABC):
 # ---------------------------------------------------------------- units and references
 
 
-def _reference_pools(model: "TransformerBridge", reference: Any,
-                     resolved: list[tuple[Site, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Reference activations of the chosen units, ``hook -> [n_tokens, n_sel, ...]`` float32.
+def reference_pools(model: "TransformerBridge", reference: Any,
+                    resolved: list[tuple[Site, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The reference activations of some units of ``model``, the values a mean or resample
+    lesion puts in their place: ``hook -> [n_tokens, n_sel, ...]`` float32 per site.
 
-    ``reference`` is Stimuli (recorded here once) or a Recording (``.sites``,
-    ``.responses(site, units=...)``).
+    Args:
+        model: the model the units belong to (a Recording made by another model is refused).
+        reference: Stimuli (recorded here) or a Recording holding the sites (or anything with
+            ``.sites`` and ``.responses(site, units=...)``).
+        resolved: ``(site, unit indices)`` pairs, the indices a 1-d integer tensor.
+
+    Raises:
+        InterventionError: a reference of another type or model, a site it lacks, responses of
+            the wrong shape.
+
+    Example:
+        >>> pools = reference_pools(model, stim, [(site(model, "mlp.1"), torch.tensor([3, 7]))])
+        >>> pools["blocks.1.mlp.hook_post"].shape[1:]
+        torch.Size([2])
     """
     if isinstance(reference, Stimuli):
         reference = record(model, reference, [s for s, _ in resolved], dtype="float32", progress=False)
@@ -174,7 +187,7 @@ class lesion(_UnitIntervention):
     def _value_fns(self, model, resolved):
         if self.mode == "zero":
             return [lambda x: 0.0 for _ in resolved]
-        pools = self._ref.get(model, lambda: _reference_pools(model, self.reference, resolved))
+        pools = self._ref.get(model, lambda: reference_pools(model, self.reference, resolved))
         pools = {hook: pool.to(model.cfg.device) for hook, pool in pools.items()}
         if self.mode == "mean":
             return [_constant(pools[s.hook].mean(0)) for s, _ in resolved]
@@ -403,4 +416,4 @@ def intervene(model: "TransformerBridge",
         yield model
 
 
-__all__ = ["Intervention", "InterventionError", "intervene", "lesion", "gain", "steer", "patch"]
+__all__ = ["Intervention", "InterventionError", "intervene", "lesion", "gain", "steer", "patch", "reference_pools"]

@@ -15,6 +15,7 @@ surprise), :mod:`~llmscope.analysis.correlates` (runs the model once for behavio
 :mod:`~llmscope.analysis.key_neurons` (attributions, seed 002).
 
 Shared rules live in :mod:`~llmscope.analysis.trials` (which rows and labels take part),
-:mod:`~llmscope.analysis.stats` (argument checks, FDR, bootstrap) and
+:mod:`~llmscope.analysis.stats` (argument checks, FDR, bootstrap),
+:mod:`~llmscope.analysis.events` (event rows, shuffled events, peri-event weights) and
 :mod:`~llmscope.analysis.responses` (one number per unit and token, in blocks; units of a recording).
 """

@@ -47,8 +47,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from llmscope.analysis import responses, trials
-from llmscope.analysis.spikes import _events, _shuffled, _weights
+from llmscope.analysis import events, responses, trials
 from llmscope.analysis.stats import count, fdr, fraction
 from llmscope.errors import AnalysisError, SiteError
 from llmscope.recording import Recording
@@ -466,16 +465,14 @@ def event_average(source: "FieldPotential | Recording", event: str, *, before: i
     if before + after + 1 > longest:
         raise AnalysisError(f"event_average: the window of {before} + 1 + {after} tokens is longer than every "
                             f"sequence (the longest has {longest} tokens); shorten before/after.")
-    events = _events(src.tokens, event)
+    is_event = events.rows(src.tokens, event)
     fp = src.load(progress)
     window = max(before, after)
-    sets = [np.flatnonzero(events),
-            *_shuffled(fp.tokens["seq"].to_numpy(), events, n_shuffle, np.random.default_rng(seed))]
-    w, counts = _weights(fp.tokens, sets, window)
+    w, counts = events.weights(fp.tokens, is_event, window, n_shuffle, seed)
     span = slice(window - before, window + after + 1)
-    counts = counts.reshape(len(sets), 2 * window + 1)[:, span]
+    counts = counts[:, span]
     with np.errstate(invalid="ignore", divide="ignore"):  # an offset no event reaches is NaN
-        avg = (w @ fp.signal).reshape(len(sets), 2 * window + 1, -1)[:, span] / counts[:, :, None]
+        avg = (w @ fp.signal).reshape(len(counts), 2 * window + 1, -1)[:, span] / counts[:, :, None]
     real, null = avg[0], avg[1:]  # [offset, site], [shuffle, offset, site]
     p, center = _perm_p(real, null)
     low, high = _band(null)
@@ -490,7 +487,7 @@ def event_average(source: "FieldPotential | Recording", event: str, *, before: i
                        "shuffled_low": low.T.ravel(), "shuffled_high": high.T.ravel(), "p": p.T.ravel(),
                        "n_events": np.tile(counts[0].astype(np.int64), n_sites)})
     df.insert(len(df.columns) - 1, "p_fdr", fdr(df["p"].to_numpy()))
-    meta = {**_provenance(fp), "event": event, "before": before, "after": after, "n_events": int(events.sum()),
+    meta = {**_provenance(fp), "event": event, "before": before, "after": after, "n_events": int(is_event.sum()),
             "n_shuffle": n_shuffle, "seed": seed, "change": dict(zip(fp.sites, change[0].tolist())),
             "change_shuffled": dict(zip(fp.sites, change_center.tolist())),
             "change_p": dict(zip(fp.sites, change_p.tolist()))}

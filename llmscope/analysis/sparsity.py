@@ -152,21 +152,26 @@ def _site(recording: Recording, name: str, keep: np.ndarray, thresholds: np.ndar
 
 
 def _figure(result: "SparsityResult") -> "go.Figure":
-    from plotly.subplots import make_subplots
+    """Population and lifetime sparsity against threshold, a colour per site in both panels (the
+    legend shows the first panel's traces only), its rotated control dotted in the same colour."""
+    import plotly.colors
     import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
 
     fig = make_subplots(1, 2, subplot_titles=["population: fraction of units active per token",
                                               "lifetime: median Treves-Rolls over units"])
-    rotated = "population_rotated" in result.df.columns
-    for site, part in result.df.groupby(level="site", sort=False):
+    palette = plotly.colors.qualitative.Plotly
+    lines = [("", "", "solid")]  # (column suffix, legend suffix, dash)
+    if "population_rotated" in result.df.columns:
+        lines.append(("_rotated", " rotated", "dot"))
+    for i, (site, part) in enumerate(result.df.groupby(level="site", sort=False)):
         t = part.index.get_level_values("threshold")
-        name = html.escape(site)
-        for col, (y, ctrl) in enumerate((("population", "population_rotated"), ("lifetime", "lifetime_rotated"))):
-            fig.add_trace(go.Scatter(x=t, y=part[y], mode="lines+markers", name=name, legendgroup=name,
-                                     showlegend=col == 0), 1, col + 1)
-            if rotated:
-                fig.add_trace(go.Scatter(x=t, y=part[ctrl], mode="lines+markers", line=dict(dash="dot"),
-                                         name=f"{name} rotated", legendgroup=f"{name} rotated",
+        color = palette[i % len(palette)]
+        for col, measure in enumerate(("population", "lifetime")):
+            for column, legend, dash in lines:
+                name = html.escape(site) + legend
+                fig.add_trace(go.Scatter(x=t, y=part[measure + column], mode="lines+markers", name=name,
+                                         line=dict(color=color, dash=dash), legendgroup=name,
                                          showlegend=col == 0), 1, col + 1)
     fig.add_hline(y=REFERENCE, line=dict(color="grey", dash="dash"), row=1, col=1,
                   annotation_text="~2% (seed 003, cortex)", annotation_position="top right")

@@ -39,9 +39,9 @@ import pandas as pd
 from scipy import sparse
 from tqdm.auto import tqdm
 
-from llmscope.analysis import responses, trials
+from llmscope.analysis import events, responses, trials
 from llmscope.analysis.stats import count
-from llmscope.errors import AnalysisError, ColumnError, SiteError
+from llmscope.errors import AnalysisError, SiteError
 from llmscope.recording import Recording
 from llmscope.result import Result
 from llmscope.sites import Site, parse_units, unit_labels
@@ -291,66 +291,6 @@ def spikes(recording: Recording, site: str, units: Any = None, *, threshold: flo
 # ---------------------------------------------------------------- PSTH
 
 
-def _events(tokens: pd.DataFrame, event: Any) -> np.ndarray:
-    """Boolean mask of event rows: a boolean column's name or a query on the trial table."""
-    if not isinstance(event, str) or not event.strip():
-        raise AnalysisError(f"an event is a boolean column name or a query string such as "
-                            f"\"pos_tag == 'NOUN'\", got {event!r}.")
-    if event in tokens.columns:
-        mask = tokens[event]
-    else:
-        try:
-            mask = tokens.eval(event)
-        except pd.errors.UndefinedVariableError as exc:
-            raise ColumnError(f"the event {event!r} names a column the trial table lacks ({exc}); "
-                              f"its columns are {list(tokens.columns)}.") from None
-        except Exception as exc:  # a syntax error or a query pandas cannot evaluate
-            raise AnalysisError(f"the event {event!r} is not a valid query on the trial table "
-                                f"({type(exc).__name__}: {exc}).") from None
-    if not isinstance(mask, pd.Series) or not pd.api.types.is_bool_dtype(mask):
-        raise AnalysisError(f"the event {event!r} must select rows (a boolean column or a comparison "
-                            f"such as \"pos_tag == 'NOUN'\"), but it gives {getattr(mask, 'dtype', mask)!r}.")
-    mask = mask.astype("boolean").fillna(False).to_numpy(dtype=bool)
-    if not mask.any():
-        raise AnalysisError(f"the event {event!r} matches none of the {len(tokens)} tokens analysed.")
-    return mask
-
-
-def _shuffled(seq: np.ndarray, events: np.ndarray, n_shuffle: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
-    """Event columns moved to random distinct positions of their own sequences, ``n_shuffle`` times."""
-    _, code = np.unique(seq, return_inverse=True)
-    starts = np.concatenate([[0], np.cumsum(np.bincount(code))])[:-1]
-    per_seq = np.bincount(code[events], minlength=len(starts))
-    rank = np.arange(len(seq)) - starts[code]  # rows are grouped by sequence, as the trial table is
-    for _ in range(n_shuffle):
-        perm = np.argsort(code + rng.random(len(seq)))  # each sequence's rows, in random order
-        yield np.sort(perm[rank < per_seq[code]])
-
-
-def _weights(tokens: pd.DataFrame, event_sets: list[np.ndarray], window: int) -> tuple[sparse.csc_matrix, np.ndarray]:
-    """Sparse ``[n_sets * n_offsets, n_tokens]`` float32 whose row ``set * K + k`` marks the
-    analysed columns at offset ``k - window`` from that set's events, within their sequences,
-    and the number of such columns per row. CSC: a block of token columns is a cheap slice,
-    and the product with responses keeps the output rows in cache."""
-    seq, pos = tokens["seq"].to_numpy(np.int64), tokens["pos"].to_numpy(np.int64)
-    key = seq * (int(pos.max()) + window + 1) + pos  # offsets never reach another sequence's keys
-    if np.any(np.diff(key) <= 0):
-        raise AnalysisError("the trial table is not in (seq, pos) order, one row per token; "
-                            "psth needs the rows as a recording stores them.")
-    offsets = np.arange(-window, window + 1)[:, None]
-    targets = []
-    for ev in event_sets:
-        want = key[ev][None, :] + offsets  # [n_offsets, n_events]
-        at = np.minimum(np.searchsorted(key, want), len(key) - 1)
-        hit = key[at] == want
-        targets += [row[h] for row, h in zip(at, hit)]  # ascending, since the events are
-    counts = np.array([len(t) for t in targets])
-    indices = np.concatenate(targets)
-    w = sparse.csr_matrix((np.ones(len(indices), np.float32), indices, np.concatenate([[0], np.cumsum(counts)])),
-                          shape=(len(targets), len(tokens)))
-    return w.tocsc(), counts
-
-
 def _psth_figure(result: Result, max_units: int = 8) -> "go.Figure":
     """Lines of the rate per unit against offset, with the shuffled mean (dotted) and 95% band."""
     import plotly.colors
@@ -475,21 +415,17 @@ def psth(source: "Spikes | Recording", event: str, window: int = 5, *, site: str
     n_shuffle = count(n_shuffle, "n_shuffle") if control else 0
     seed = count(seed, "seed", minimum=0)
     name, index, tokens, include_bos, summed = _psth_source(source, site, units, include_bos, progress)
-    events = _events(tokens, event)
-    sets = [np.flatnonzero(events),
-            *_shuffled(tokens["seq"].to_numpy(), events, n_shuffle, np.random.default_rng(seed))]
-    w, counts = _weights(tokens, sets, window)
-    k = 2 * window + 1
-    counts = counts.reshape(len(sets), k)
+    is_event = events.rows(tokens, event)
+    w, counts = events.weights(tokens, is_event, window, n_shuffle, seed)
     with np.errstate(invalid="ignore", divide="ignore"):
-        rate = summed(w).reshape(len(sets), k, len(index)) / counts[:, :, None]  # [set, offset, unit]
+        rate = summed(w).reshape(*counts.shape, len(index)) / counts[:, :, None]  # [set, offset, unit]
     df = _psth_table(index, rate, counts[0], window)
     from_spikes = isinstance(source, Spikes)
     meta = {"site": name, "event": event, "window": window,
             "measure": "spike rate" if from_spikes else "mean response",
             "spikes": {key: source.meta[key] for key in ("method", "threshold")} if from_spikes else None,
             "complete": source.meta["complete"] if from_spikes else source.complete, "control": control,
-            "n_shuffle": n_shuffle, "seed": seed, "n_events": int(events.sum()), "include_bos": include_bos}
+            "n_shuffle": n_shuffle, "seed": seed, "n_events": int(is_event.sum()), "include_bos": include_bos}
     return Result(df, kind="psth", meta=meta, plotter=_psth_figure)
 
 

@@ -112,3 +112,24 @@ def test_sparsity_bad_input(rec):
         sparsity(rec.select("seq == 0 and pos <= 1"), "mlp.0", progress=False)
     with pytest.raises(AnalysisError, match="progress"):
         sparsity(rec, "mlp.0", progress=1)
+
+
+def test_plot_draws_each_legend_entry_in_one_colour_in_both_panels(rec):
+    sp = sparsity(rec, ["mlp.0", "mlp.1", "attn.1"], (0.0, 1.0), progress=False)
+    fig = sp.plot()
+    panels = {"x": "population", "x2": "lifetime"}
+    styles: dict[str, set] = {}
+    for trace in fig.data:
+        assert trace.line.color is not None  # left to plotly, each trace takes the next colour of its cycle
+        styles.setdefault(trace.name, set()).add((trace.line.color, trace.line.dash))
+        site, _, control = trace.name.partition(" ")
+        column = panels[trace.xaxis] + ("_rotated" if control == "rotated" else "")
+        np.testing.assert_array_equal(trace.y, sp.df.loc[site, column])  # the curve is the one it is named for
+    names = [f"{s}{suffix}" for s in ("mlp.0", "mlp.1", "attn.1") for suffix in ("", " rotated")]
+    assert sorted(styles) == sorted(names)
+    assert all(len(s) == 1 for s in styles.values())  # one colour and dash per name, in both panels
+    assert len(set.union(*styles.values())) == len(names)  # and no two names look alike
+    for name in names:
+        traces = [t for t in fig.data if t.name == name]
+        assert sorted(t.xaxis for t in traces) == ["x", "x2"] and all(t.legendgroup == name for t in traces)
+        assert sum(t.showlegend is not False for t in traces) == 1  # one legend entry toggles both panels

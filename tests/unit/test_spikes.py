@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 import llmscope
-from llmscope.analysis import responses, trials
+from llmscope.analysis import events, responses, trials
 from llmscope.analysis.responses import scalar
-from llmscope.analysis.spikes import Spikes, _shuffled, psth, spikes
+from llmscope.analysis.spikes import Spikes, psth, spikes
 from llmscope.errors import AnalysisError, ColumnError, SiteError
 
 
@@ -132,10 +132,10 @@ def test_raster_figure_has_a_categorical_unit_axis_and_escaped_text(rec):
 # ---------------------------------------------------------------- PSTH
 
 
-def _by_hand(values: np.ndarray, tokens: pd.DataFrame, events: np.ndarray, offset: int) -> tuple[float, int]:
+def _by_hand(values: np.ndarray, tokens: pd.DataFrame, is_event: np.ndarray, offset: int) -> tuple[float, int]:
     """Mean of ``values`` (one per analysed row) at ``offset`` tokens from each event, same sequence."""
     where = {(s, p): i for i, (s, p) in enumerate(zip(tokens.seq, tokens.pos))}
-    hits = [where.get((s, p + offset)) for s, p in zip(tokens.seq[events], tokens.pos[events])]
+    hits = [where.get((s, p + offset)) for s, p in zip(tokens.seq[is_event], tokens.pos[is_event])]
     hits = [h for h in hits if h is not None]
     return float(np.mean(values[hits])), len(hits)
 
@@ -162,14 +162,23 @@ def test_psth_of_a_recording_and_of_spikes_match_a_count_by_hand(rec):
 
 def test_shuffles_keep_each_sequences_event_count_at_distinct_positions():
     seq = np.repeat([0, 1, 2], [5, 8, 3])
-    events = np.zeros(16, bool)
-    events[[0, 1, 7, 15]] = True
-    draws = list(_shuffled(seq, events, 200, np.random.default_rng(0)))
+    is_event = np.zeros(16, bool)
+    is_event[[0, 1, 7, 15]] = True
+    draws = list(events.shuffled(seq, is_event, 200, np.random.default_rng(0)))
     for d in draws:
         assert np.bincount(seq[d], minlength=3).tolist() == [2, 1, 1] and len(set(d)) == 4
     assert len({tuple(d) for d in draws}) > 20  # they move
-    again = list(_shuffled(seq, events, 200, np.random.default_rng(0)))
+    again = list(events.shuffled(seq, is_event, 200, np.random.default_rng(0)))
     assert all(np.array_equal(a, b) for a, b in zip(draws, again))
+
+
+def test_event_weights_need_the_rows_in_recording_order():
+    tokens = pd.DataFrame({"seq": [0, 0, 1, 1], "pos": [0, 1, 0, 1]})
+    is_event = np.array([True, False, False, True])
+    w, counts = events.weights(tokens, is_event, 1, 0, 0)
+    assert counts.tolist() == [[1, 2, 1]] and w.toarray()[[0, 2]].tolist() == [[0, 0, 1, 0], [0, 1, 0, 0]]
+    with pytest.raises(AnalysisError, match=r"not in \(seq, pos\) order"):
+        events.weights(tokens.iloc[::-1], is_event, 1, 0, 0)
 
 
 def test_psth_plot_draws_a_line_and_a_control_band_per_unit(rec):
