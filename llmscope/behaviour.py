@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence, Union
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from llmscope.analysis import trials
 from llmscope.analysis.stats import count
@@ -64,8 +63,21 @@ def next_token_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         [1.3862943649291992, 1.3862943649291992]
     """
     out = torch.full(ids.shape, float("nan"), dtype=torch.float32, device=ids.device)
-    out[:, 1:] = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none")
+    out[:, 1:] = cross_entropy(logits[:, :-1], ids[:, 1:])
     return out
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy (nats) of each target id under its own row of logits: ``logits [..., vocab]``,
+    ``targets [...]`` -> ``[...]``. The log-sum-exp runs over the contiguous last axis, 2-3x
+    faster on a CPU than ``F.cross_entropy`` over the class axis 1 it wants.
+
+    Example:
+        >>> cross_entropy(torch.zeros(2, 4), torch.tensor([0, 3])).tolist()
+        [1.3862943649291992, 1.3862943649291992]
+    """
+    logits = logits.float()
+    return torch.logsumexp(logits, -1) - logits.gather(-1, targets[..., None])[..., 0]
 
 
 def _check_align(align: str) -> str:
@@ -305,4 +317,4 @@ def metric(model: "TransformerBridge", stimuli: Stimuli, metric: Metric = "loss"
                          for key, g in groups(rows, cols)])
 
 
-__all__ = ["next_token_loss", "loss", "correct", "confidence", "entropy", "logit_diff", "evaluate", "token_loss", "metric", "METRICS"]
+__all__ = ["next_token_loss", "cross_entropy", "loss", "correct", "confidence", "entropy", "logit_diff", "evaluate", "token_loss", "metric", "METRICS"]

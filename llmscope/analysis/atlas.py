@@ -37,12 +37,26 @@ rank units against the controls for that reason: with a small pool the controls 
 **Stacking.** Many lesions run in one forward pass: a bucket of sequences of similar length is
 repeated ``k`` times and copy ``j`` has its own units silenced by one hook per site. That is
 exact, because the copies of a batch never interact. The intact model runs each bucket once
-(the baseline) and keeps the residual stream entering each block; a lesion whose first site
-is in block L changes nothing before it, so its pass starts at block L from that residual
-(TransformerLens's ``start_at_layer``, with the blocks below cut from the layer list for the
-pass). The first start at each block is checked against the plain forward pass. A pass holds
-at most ``pass_tokens`` tokens (by default as many as keep its logits within
-:data:`LOGIT_BYTES`, so SmolLM2 stacks one copy at a time and gains only the late start).
+(the baseline) and caches what the lesions start from, so no lesion recomputes what it cannot
+change:
+
+* a lesion of neurons of one MLP site ``mlp.L`` is computed in closed form up to the residual
+  leaving block L: the intact residual less what those neurons wrote into it (activation, less
+  its mean for a mean lesion, times the neuron's output weights; nothing nonlinear lies
+  between). Its pass starts at block L + 1; in the last block it needs no block at all;
+* any other lesion starts at the first block it changes, from the intact residual entering it
+  (TransformerLens's ``start_at_layer``, with the blocks below cut from the layer list for the
+  pass);
+* every pass stops at ``ln_final``, and only the rows some behaviour reads are unembedded.
+
+Each route is checked once against the plain forward pass (a hooked one for the closed form); on
+any difference its lesions run from the tokens, with a warning. A pass holds at most
+``pass_tokens`` tokens (by default as many as keep its logits within :data:`LOGIT_BYTES`, so
+SmolLM2 stacks one copy at a time and gains only the late start and the row-wise readout).
+
+**Cost.** What remains is what a lesion can change: on ``grammar-2l`` a neuron of ``mlp.1``
+costs its readout only, one of ``mlp.0`` a pass through block 1 and the readout, about half a
+plain forward pass; ``make bench`` reports the ratio.
 
 Example:
     >>> bat = battery(model, n_docs=4, n_pairs=16, seed=0)
@@ -66,7 +80,7 @@ import torch
 
 from llmscope.analysis import trials
 from llmscope.analysis.stats import count, flag, ratio_cis
-from llmscope.behaviour import check_stimuli, next_token_loss
+from llmscope.behaviour import check_stimuli, cross_entropy
 from llmscope.errors import AnalysisError, LLMScopeError
 from llmscope.result import Result
 from llmscope.sites import Site, UnitsLike, resolve_units
@@ -83,6 +97,7 @@ LOGIT_BYTES = 2 ** 27  # float32 logits of one pass: 128 MB (682 SmolLM2 tokens)
 MAX_PASS_TOKENS = 4096  # beyond this a pass is no cheaper per token on a CPU, only bigger
 PAD_SLACK = 0.1  # a bucket's sequences are at least 90% as long as its longest
 INDUCTION_HALF = 10  # tokens per half of the English battery's repeated sequences
+FINAL = "ln_final.hook_in"  # where a stacked pass stops: the residual the unembedding reads
 
 Lesion = list[tuple[Site, np.ndarray]]  # units silenced together in one copy; [] = intact
 
@@ -315,7 +330,11 @@ def _buckets(lengths: np.ndarray, pass_tokens: int, slack: float) -> list[np.nda
 
 
 class _Scorer:
-    """Turns one pass's logits into per-sequence sums of each behaviour measured on one stimuli set."""
+    """Turns one pass into per-sequence sums of each behaviour measured on one stimuli set.
+
+    A pass gives either logits or the residual entering ``ln_final``; from a residual only the
+    rows a behaviour reads are unembedded (the loss rows' predicting positions, the accuracy
+    rows), which on a large vocabulary is most of a lesion's cost."""
 
     def __init__(self, stimuli: Stimuli, behaviours: list[Behaviour]):
         t = stimuli.tokens
@@ -332,22 +351,30 @@ class _Scorer:
     def behaviours(self) -> list[Behaviour]:
         return self.loss + self.accuracy
 
-    def score(self, logits: torch.Tensor, ids: torch.Tensor, seqs: np.ndarray, k: int) -> np.ndarray:
+    def score(self, x: torch.Tensor, ids: torch.Tensor, seqs: np.ndarray, k: int,
+              readout: Callable | None = None) -> np.ndarray:
         """``[k, n_behaviours, len(seqs)]`` sums over each sequence's rows, for ``k`` stacked copies
-        of the sequences ``seqs`` (``ids`` is one copy, ``logits`` all of them)."""
+        of the sequences ``seqs`` (``ids`` is one copy). ``x`` holds all copies: logits, or with
+        ``readout`` (residual -> logits) the residual entering ``ln_final``."""
         b, width = ids.shape
+        x = x.reshape(k, b, width, x.shape[-1])
+        read = (lambda v: v.float()) if readout is None else (lambda v: readout(v).float())  # noqa: E731
         out = []
         if self.loss:
-            loss = next_token_loss(logits, ids.repeat(k, 1)).view(k, b, width).nan_to_num(0.0).double()
-            out.append(torch.einsum("kbw,nbw->knb", loss, self.masks[:, torch.as_tensor(seqs), :width]))
+            mask = self.masks[:, torch.as_tensor(seqs), :width]
+            seq, pos = mask.any(0).nonzero(as_tuple=True)  # loss rows are never a sequence's first token
+            loss = cross_entropy(read(x[:, seq, pos - 1]), ids[seq, pos].expand(k, -1)).double()
+            sums = torch.zeros(k, len(self.loss), b, dtype=torch.float64)
+            sums.index_add_(2, seq, loss[:, None, :] * mask[:, seq, pos])
+            out.append(sums)
         for seq, pos, good, bad in self.targets:
             here = np.isin(seq, seqs)
             local = torch.as_tensor(np.searchsorted(seqs, seq[here]))
-            rows = (torch.arange(k)[:, None] * b + local[None, :]).reshape(-1)
-            p = torch.as_tensor(pos[here]).repeat(k)
-            diff = logits[rows, p, torch.as_tensor(good[here]).repeat(k)] - logits[rows, p, torch.as_tensor(bad[here]).repeat(k)]
+            logits = read(x[:, local, torch.as_tensor(pos[here])])
+            rows = torch.arange(len(local))
+            diff = logits[:, rows, torch.as_tensor(good[here])] - logits[:, rows, torch.as_tensor(bad[here])]
             hits = torch.zeros(k, b, dtype=torch.float64)
-            hits.index_add_(1, local, (diff > 0).double().view(k, -1))
+            hits.index_add_(1, local, (diff > 0).double())
             out.append(hits[:, None])
         return torch.cat(out, 1).numpy()
 
@@ -417,14 +444,65 @@ def _start(model: "TransformerBridge", lesion_units: Lesion) -> int:
     return min(min(layers), model.cfg.n_layers - 1)  # resid.{n_layers} enters no block
 
 
-def _forward(model: "TransformerBridge", ids: torch.Tensor, cache: Any, layer: int, k: int) -> torch.Tensor:
-    """Logits of ``k`` stacked copies of ``ids``, from the tokens or resumed at block ``layer``
-    from the intact residual entering it."""
-    if layer == 0:
-        return model(ids.repeat(k, 1), return_type="logits")
-    with _from_block(model, layer):
-        resid = cache[f"blocks.{layer}.hook_resid_pre"]
-        return model(resid.repeat(k, *[1] * (resid.ndim - 1)), start_at_layer=layer, return_type="logits")
+class _Final(Exception):
+    """Ends a pass at the input of ``ln_final``: the atlas unembeds only the rows it scores."""
+
+
+def _readout(model: "TransformerBridge") -> Callable | None:
+    """Residual entering ``ln_final`` -> logits (position by position), or None for a model
+    without that hook (its passes then return logits)."""
+    if FINAL not in model.hook_dict or not hasattr(model, "ln_final") or not hasattr(model, "unembed"):
+        return None
+    return lambda resid: model.unembed(model.ln_final(resid))
+
+
+def _pass(model: "TransformerBridge", x: torch.Tensor, layer: int, hooks: list, stop: bool) -> torch.Tensor:
+    """One stacked pass: from the tokens ``x`` (``layer`` 0) or resumed at block ``layer`` from the
+    residual ``x`` entering it (``layer == n_layers``: ``x`` is already the last residual).
+    Returns the residual entering ``ln_final`` if ``stop``, else the logits."""
+    if layer == model.cfg.n_layers:
+        return x
+    held: list[torch.Tensor] = []
+
+    def grab(act: torch.Tensor, hook: Any) -> None:
+        held.append(act)
+        raise _Final
+
+    try:
+        with model.hooks(fwd_hooks=[*hooks, *([(FINAL, grab)] if stop else [])]):
+            if layer == 0:
+                return model(x, return_type="logits")
+            with _from_block(model, layer):
+                return model(x, start_at_layer=layer, return_type="logits")
+    except _Final:
+        return held[0]
+
+
+def _out_weights(model: "TransformerBridge", site: Site) -> torch.Tensor | None:
+    """``[n_units, d_model]``: what each neuron of an MLP site adds to the residual stream per unit
+    of activation, read off the MLP's output projection by applying it to the identity; None when
+    the site is not the input of an output projection (then its lesions run the block)."""
+    out = getattr(model.blocks[site.layer].mlp, "out", None) if site.kind == "mlp" else None
+    if out is None or model.hook_dict.get(site.hook) is not getattr(out, "hook_in", None):
+        return None
+    return out(torch.eye(site.n_units)) - out(torch.zeros(1, site.n_units))
+
+
+def _subtracted(cache: Any, chunk: list[Lesion], weights: torch.Tensor, means: dict[str, torch.Tensor] | None,
+                b: int) -> torch.Tensor:
+    """The residual leaving block L for ``k`` stacked copies, copy j with its neurons of the MLP
+    site ``mlp.L`` silenced, in closed form: the intact residual less what those neurons wrote
+    into it (their activation, less their mean for a mean lesion, times their output weights).
+    Exact because nothing nonlinear lies between a neuron's activation and that residual."""
+    site = chunk[0][0][0]
+    act = cache[site.hook]
+    resid = cache[f"blocks.{site.layer}.hook_resid_post"]
+    out = resid.repeat(len(chunk), *[1] * (resid.ndim - 1)).view(len(chunk), *resid.shape)
+    for j, ((_, idx),) in enumerate(chunk):
+        idx = torch.as_tensor(idx)
+        silenced = act[..., idx] if means is None else act[..., idx] - means[site.hook][idx]
+        out[j] -= silenced @ weights[idx]
+    return out.view(len(chunk) * b, *resid.shape[1:])
 
 
 def _run(model: "TransformerBridge", bat: Battery, lesions: list[Lesion], pass_tokens: int,
@@ -432,11 +510,18 @@ def _run(model: "TransformerBridge", bat: Battery, lesions: list[Lesion], pass_t
          reference: Any = None) -> dict[str, np.ndarray]:
     """Every behaviour under every lesion: ``name -> [n_lesions, n_seqs]`` sums over each
     sequence's rows; ``lesions[0]`` must be ``[]`` (the intact model, run once per batch of
-    sequences, which also caches the residual where the other lesions resume).
+    sequences, which also caches what the other lesions resume from).
 
-    ``stack=True`` stacks lesions that start in the same block, and starts them there; the first
-    time a block is resumed, the intact model resumed there is checked against the plain forward
-    pass, and on any difference every lesion runs from the tokens (with a warning).
+    ``stack=True`` stacks lesions that take the same route, each route checked once against the
+    plain forward pass (on any difference its lesions run from the tokens, with a warning):
+
+    * a lesion of neurons of one MLP site ``mlp.L`` starts from the intact residual leaving
+      block L less what those neurons wrote (:func:`_subtracted`), at block L + 1 (in the last
+      block: straight to the unembedding);
+    * any other lesion resumes at the first block it changes, from the intact residual entering
+      it, its units silenced by one hook per site.
+
+    Passes stop at ``ln_final`` and only the rows a behaviour reads are unembedded.
     ``stack=False`` runs one intervened forward per lesion and batch through
     :func:`~llmscope.interventions.lesion`: the plain way, which the stacked passes match.
     """
@@ -444,57 +529,93 @@ def _run(model: "TransformerBridge", bat: Battery, lesions: list[Lesion], pass_t
 
     from llmscope.interventions import intervene
 
+    n_layers = model.cfg.n_layers
     sets: dict[int, list[Behaviour]] = {}
     for b in bat:
         sets.setdefault(id(b.stimuli), []).append(b)
     can_resume = stack and _layer_list(model) is not None
-    starts = np.array([_start(model, lesion_units) if can_resume else 0 for lesion_units in lesions])
-    starts[0] = -1  # the intact run
+    readout = _readout(model) if stack else None
+    weights: dict[str, torch.Tensor | None] = {}
+    routes: list[tuple[int, str]] = []  # (first block run, the MLP hook of a closed-form lesion or "")
+    for lesion_units in lesions[1:]:
+        start = _start(model, lesion_units) if can_resume else 0
+        site = lesion_units[0][0] if len(lesion_units) == 1 else None
+        if can_resume and readout is not None and site is not None and site.kind == "mlp":
+            if site.hook not in weights:
+                weights[site.hook] = _out_weights(model, site)
+            if weights[site.hook] is not None:
+                routes.append((site.layer + 1, site.hook))
+                continue
+        routes.append((start, ""))
+    keys = sorted(set(routes))
+    members = {key: np.flatnonzero([r == key for r in routes]) + 1 for key in keys}
+    closed = {hook: next(s for s, _ in lesions[members[key][0]]) for key in keys if (hook := key[1])}
+    resumed = sorted({L for L, hook in keys if 0 < L < n_layers} | {s.layer for s in closed.values() if s.layer})
     plans = []
     for group in sets.values():
         stim = group[0].stimuli
         for seqs in _buckets(stim.lengths, pass_tokens, PAD_SLACK if stack else 1.0):
             ids = stim.ids[torch.as_tensor(seqs), : int(stim.lengths[seqs].max())]
             plans.append((group, seqs, ids, max(1, pass_tokens // ids.numel()) if stack else 1))
-    layers = sorted(set(starts[1:].tolist()))
-    total = sum(1 + sum(-(-int((starts == L).sum()) // k) for L in layers) for *_, k in plans)
+    total = sum(1 + sum(-(-len(m) // k) for m in members.values()) for *_, k in plans)
     sums = {b.name: np.zeros((len(lesions), b.stimuli.n_seqs)) for b in bat}
-    checked: dict[int, bool] = {}
+    checked: dict[Any, bool] = {}  # block L: resuming there is exact; an MLP hook: its closed form is
     with torch.no_grad(), tqdm(total=total, desc="lesion atlas", unit="pass", disable=not progress,
                                leave=False) as bar:
         for group, seqs, ids, per_pass in plans:
             scorer = _Scorer(group[0].stimuli, group)
-
-            def store(at: np.ndarray, logits: torch.Tensor) -> np.ndarray:
-                scores = scorer.score(logits.float(), ids, seqs, len(at))
-                for i, b in enumerate(scorer.behaviours):
-                    sums[b.name][np.ix_(at, seqs)] = scores[:, i]
-                return scores
-
-            resumed = [L for L in layers if L > 0]
-            logits, cache = model.run_with_cache(ids, names_filter=[f"blocks.{L}.hook_resid_pre" for L in resumed])
-            intact = store(np.array([0]), logits)
+            names = [f"blocks.{L}.hook_resid_pre" for L in resumed]
+            names += [n for s in closed.values() for n in (s.hook, f"blocks.{s.layer}.hook_resid_post")]
+            logits, cache = model.run_with_cache(ids, names_filter=names)
+            intact = scorer.score(logits, ids, seqs, 1)
+            for i, b in enumerate(scorer.behaviours):
+                sums[b.name][0, seqs] = intact[0, i]
             bar.update()
+
+            def tokens_or_resid(L: int, k: int) -> torch.Tensor:
+                x = ids if L == 0 else cache[f"blocks.{L}.hook_resid_pre"]
+                return x.repeat(k, *[1] * (x.ndim - 1))
+
+            def hooked(chunk: list[Lesion]) -> np.ndarray:  # the lesions of a chunk share their first block
+                L = _start(model, chunk[0]) if can_resume else 0
+                L = L if L == 0 or checked[L] else 0
+                x = _pass(model, tokens_or_resid(L, len(chunk)), L, _stacked_hooks(chunk, len(seqs), means),
+                          readout is not None)
+                return scorer.score(x, ids, seqs, len(chunk), readout)
+
+            def subtracted(chunk: list[Lesion], hook: str) -> np.ndarray:
+                x = _subtracted(cache, chunk, weights[hook], means, len(seqs))
+                x = _pass(model, x, closed[hook].layer + 1, [], readout is not None)
+                return scorer.score(x, ids, seqs, len(chunk), readout)
+
             for L in resumed:
                 if L not in checked:
-                    checked[L] = np.allclose(scorer.score(_forward(model, ids, cache, L, 1).float(), ids, seqs, 1),
-                                             intact, rtol=1e-4, atol=1e-4)
+                    x = _pass(model, tokens_or_resid(L, 1), L, [], readout is not None)
+                    checked[L] = np.allclose(scorer.score(x, ids, seqs, 1, readout), intact, rtol=1e-4, atol=1e-4)
                     if not checked[L]:
                         warnings.warn(f"resuming this model at block {L} does not reproduce its forward pass; "
-                                      "the atlas runs every lesion from the tokens instead.", stacklevel=3)
-            for L in layers:
-                members = np.flatnonzero(starts == L)
-                start = L if checked.get(L, False) else 0
-                for lo in range(0, len(members), per_pass):
-                    at = members[lo:lo + per_pass]
+                                      "the atlas runs those lesions from the tokens instead.", stacklevel=3)
+            for hook, site in closed.items():
+                if hook not in checked:
+                    first = [lesions[members[(site.layer + 1, hook)][0]]]
+                    checked[hook] = (site.layer + 1 == n_layers or checked[site.layer + 1]) and np.allclose(
+                        subtracted(first, hook), hooked(first), rtol=1e-4, atol=1e-4)
+                    if not checked[hook]:
+                        warnings.warn(f"lesions of {site.name} in closed form do not reproduce a hooked pass; "
+                                      "the atlas runs them through the model instead.", stacklevel=3)
+            for (L, hook), at_all in members.items():
+                for lo in range(0, len(at_all), per_pass):
+                    at = at_all[lo:lo + per_pass]
                     chunk = [lesions[i] for i in at]
-                    if stack:
-                        with model.hooks(fwd_hooks=_stacked_hooks(chunk, len(seqs), means)):
-                            logits = _forward(model, ids, cache, start, len(chunk))
-                    else:
+                    if not stack:
                         with intervene(model, _interventions(chunk[0], "zero" if means is None else "mean", reference)):
-                            logits = model(ids, return_type="logits")
-                    store(at, logits)
+                            scores = scorer.score(model(ids, return_type="logits"), ids, seqs, 1)
+                    elif hook and checked[hook]:
+                        scores = subtracted(chunk, hook)
+                    else:
+                        scores = hooked(chunk)
+                    for i, b in enumerate(scorer.behaviours):
+                        sums[b.name][np.ix_(at, seqs)] = scores[:, i]
                     bar.update()
     return sums
 
@@ -732,13 +853,13 @@ def _means(model: "TransformerBridge", bat: Battery, resolved: list[tuple[Site, 
            reference: Any) -> tuple[dict[str, torch.Tensor], Any]:
     """Each site's unit means over ``reference`` (``hook -> [n_units, ...]``), computed as
     ``lesion(mode="mean")`` computes them, and the Recording they come from."""
-    from llmscope.interventions import _reference_pools
+    from llmscope.interventions import reference_pools
     from llmscope.recording import record
 
     reference = bat.behaviours[0].stimuli if reference is None else reference
     if isinstance(reference, Stimuli):
         reference = record(model, reference, [s for s, _ in resolved], dtype="float32", progress=False)
-    pools = _reference_pools(model, reference, [(s, torch.arange(s.n_units)) for s, _ in resolved])
+    pools = reference_pools(model, reference, [(s, torch.arange(s.n_units)) for s, _ in resolved])
     return {hook: pool.mean(0) for hook, pool in pools.items()}, reference
 
 

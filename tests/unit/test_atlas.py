@@ -142,6 +142,28 @@ def test_atlas_values_match_the_behaviour_module(organism, tiny_bat):
     assert row["lesioned_agreement"] == pytest.approx((diff > 0).mean())
 
 
+def test_last_block_neurons_need_no_block_pass(organism, tiny_bat, monkeypatch):
+    """A neuron of the last MLP is lesioned in closed form: its passes run no block at all."""
+    layers = []
+    real = atlas_module._pass
+    monkeypatch.setattr(atlas_module, "_pass", lambda model, x, layer, *a: layers.append(layer) or real(model, x, layer, *a))
+    lesion_atlas(organism, tiny_bat, [("mlp.1", [0, 1, 2, 3])], n_random=1, progress=False)
+    n = organism.cfg.n_layers
+    assert layers.count(n) >= 4 and set(layers) <= {n, 1}  # 1: the checks of the route, once each
+
+
+def test_a_closed_form_that_disagrees_falls_back_to_hooked_passes(organism, tiny_bat, monkeypatch):
+    kw = dict(n_random=1, seed=1, progress=False)
+    units = [("mlp.0", [4, 9])]
+    plain = lesion_atlas(organism, tiny_bat, units, stack=False, **kw)
+    real = atlas_module._out_weights
+    monkeypatch.setattr(atlas_module, "_out_weights", lambda model, site: 2 * real(model, site))
+    with pytest.warns(UserWarning, match="closed form"):
+        stacked = lesion_atlas(organism, tiny_bat, units, **kw)
+    cols = [c for c in stacked.df if c.startswith("lesioned_")]
+    np.testing.assert_allclose(stacked.df[cols].to_numpy(float), plain.df[cols].to_numpy(float), rtol=1e-5, atol=1e-5)
+
+
 # ---------------------------------------------------------------- groups, sampling, top, plot
 
 
