@@ -358,11 +358,6 @@ function spikeTable(rung) {
   }
   return table;
 }
-function histogram(codes) {
-  const counts = new Int32Array(256);
-  for (let i = 0; i < codes.length; i++) counts[codes[i]]++;
-  return counts;
-}
 function spikesAbove(counts, rung) {
   let total = 0;
   for (let c = rung + 1; c < counts.length; c++) total += counts[c];
@@ -375,10 +370,11 @@ function warmUp() {
   const codes = new Uint8Array(1 << 16);
   const pixels = new Uint32Array(codes.length);
   const table = spikeTable(0);
-  for (let k = 0; k < 4; k++) {
-    histogram(codes);
-    fillPixels(pixels, codes, table, 256);
-  }
+  for (let k = 0; k < 4; k++) fillPixels(pixels, codes, table, 256);
+}
+function shows(window, [u0, u1, t0, t1], version) {
+  const shape = window?.codes?.shape;
+  return Array.isArray(shape) && window.version === version && window.u0 === u0 && window.t0 === t0 && shape[0] === u1 - u0 && shape[1] === t1 - t0;
 }
 function moveView([u0, u1, t0, t1], action, nUnits, nTokens) {
   const nu = u1 - u0;
@@ -421,7 +417,6 @@ var RasterView = class {
     this.model = model;
     this.started = performance.now();
     this.channels = {
-      meta: new Channel(invoke, "_meta", { timeoutMs: TIMEOUT_MS }),
       window: new Channel(invoke, "_window", { timeoutMs: TIMEOUT_MS }),
       unit: new Channel(invoke, "_unit", { timeoutMs: TIMEOUT_MS }),
       token: new Channel(invoke, "_token", { timeoutMs: TIMEOUT_MS })
@@ -455,8 +450,7 @@ var RasterView = class {
       }
     };
     for (const [event, fn] of Object.entries(this.listeners)) model.on(event, fn);
-    this.refresh();
-    warmUp();
+    this.refresh(model.get("_first_window"));
   }
   /** @param {HTMLElement} el */
   build(el) {
@@ -553,14 +547,15 @@ var RasterView = class {
     const w = this.win;
     return w !== null && w.u0 === u0 && w.u0 + w.nu === u1 && w.t0 === t0 && w.t0 + w.nt === t1;
   }
-  refresh() {
-    return guard(this.errors, "meta", async () => {
-      this.win = null;
-      this.meta = null;
-      const asked = this.channels.meta.request();
-      const window = this.fetchWindow();
-      const data = await asked;
-      if (data === null) return;
+  /**
+   * Read the sizes and ladder from the state, then show the view: `first` (the state's first
+   * window) when it is the view's window, else the kernel's answer.
+   * @param {any} [first]
+   */
+  async refresh(first) {
+    this.win = null;
+    const read = await guard(this.errors, "meta", async () => {
+      const data = this.model.get("_meta");
       const ladder = await decodeArray(data.ladder);
       this.meta = {
         site: data.site,
@@ -573,9 +568,13 @@ var RasterView = class {
         )
       };
       this.slider.max = String(ladder.data.length - 1);
-      this.paint();
-      await window;
     });
+    if (!read) return;
+    if (shows(first, this.model.get("view"), this.model.get("version"))) {
+      await guard(this.errors, "window", () => this.show(first, performance.now()));
+    } else {
+      await this.fetchWindow();
+    }
   }
   /** @param {string} action */
   move(action) {
@@ -591,34 +590,45 @@ var RasterView = class {
       const [u0, u1, t0, t1] = this.model.get("view");
       this.status.textContent = "loading…";
       const asked = performance.now();
-      const data = await this.channels.window.request({ u0, u1, t0, t1 });
+      const reply = this.channels.window.request({ u0, u1, t0, t1 });
+      warmUp();
+      const data = await reply;
       if (data === null) return;
       const arrived = performance.now();
-      const [codes, units] = await Promise.all([decodeArray(data.codes), decodeArray(data.units)]);
-      const [nu, nt] = codes.shape;
-      const cells = (
+      this.canvas.dataset.roundTripMs = (arrived - asked).toFixed(2);
+      await this.show(data, arrived);
+    });
+  }
+  /**
+   * Decode a window and paint it; `since` is when it was at hand (ms, performance.now()).
+   * @param {any} data a `_window` answer @param {number} since
+   */
+  async show(data, since) {
+    const [codes, counts, units] = await Promise.all([data.codes, data.counts, data.units].map(decodeArray));
+    const [nu, nt] = codes.shape;
+    this.win = {
+      u0: data.u0,
+      t0: data.t0,
+      nu,
+      nt,
+      codes: (
         /** @type {Uint8Array} */
         codes.data
-      );
-      this.win = {
-        u0: data.u0,
-        t0: data.t0,
-        nu,
-        nt,
-        codes: cells,
-        counts: histogram(cells),
-        units: (
-          /** @type {Int32Array} */
-          units.data
-        ),
-        preferred: data.preferred,
-        tokens: data.tokens
-      };
-      this.cursor = null;
-      this.paint();
-      this.canvas.dataset.roundTripMs = (arrived - asked).toFixed(2);
-      this.canvas.dataset.windowMs = (performance.now() - arrived).toFixed(2);
-    });
+      ),
+      counts: (
+        /** @type {Int32Array} */
+        counts.data
+      ),
+      units: (
+        /** @type {Int32Array} */
+        units.data
+      ),
+      preferred: data.preferred,
+      tokens: data.tokens
+    };
+    this.cursor = null;
+    this.paint();
+    this.canvas.dataset.windowMs = (performance.now() - since).toFixed(2);
   }
   /**
    * Colour the window's cells through `table`, one canvas pixel a cell. The ImageData is kept
@@ -831,8 +841,8 @@ var raster_default = {
 export {
   raster_default as default,
   formatThreshold,
-  histogram,
   moveView,
+  shows,
   spikeTable,
   spikesAbove,
   stepRung,

@@ -16,8 +16,12 @@ colour table and repaints, with no kernel round trip and the same spikes as
 
 What crosses the wire (:mod:`llmscope.widgets.wire`): the page holds only the visible window,
 ``codes[units, tokens]`` uint8 (a byte a cell, uncompressed), with its unit indices and token
-texts, and asks for another window when the user scrolls or zooms; a click on a unit fetches
-its tuning curve (float32 means and s.e.m.) and top examples, a click on a token its context.
+texts. The first window and what never changes (sizes, the ladder) ride in the widget's own
+state, its arrays as binary buffers, so they reach the page with the model, before it renders:
+the first paint waits for no request. The page asks for another window when the user scrolls
+or zooms (the kernel then drops the first one, so neither side keeps a stale copy); a click on
+a unit fetches its tuning curve (float32 means and s.e.m.) and top examples, a click on a token
+its context.
 
 Memory: building reads the units' responses once (float32, up to 8 bytes a cell while it
 works) and keeps the codes, 1 byte a cell (512 units x 20,000 tokens: 10 MB).
@@ -116,6 +120,9 @@ class Raster(LiveWidget):
             for ``lesion`` or a decoder, and takes a unit table, a MultiIndex or indices.
         view: ``(first row, end row, first token, end token)`` of the window on show.
         token: the clicked token column (-1 for none).
+        _meta: sizes, site, method and ladder (float32), for the page; set once.
+        _first_window: the window of the first view, as ``_window`` answers it, for the first
+            paint; ``{}`` once the view moved.
 
     Also: ``.spikes`` (the :class:`~llmscope.analysis.spikes.Spikes` at the current
     threshold), ``.units`` (every unit, in row order), ``.ladder``, ``.figure()`` (the view as
@@ -136,6 +143,8 @@ class Raster(LiveWidget):
     view = traitlets.Tuple(traitlets.Int(), traitlets.Int(), traitlets.Int(), traitlets.Int(),
                            default_value=(0, 0, 0, 0)).tag(sync=True)
     token = traitlets.Int(-1).tag(sync=True)
+    _meta = traitlets.Dict().tag(sync=True)
+    _first_window = traitlets.Dict().tag(sync=True)
 
     def __init__(self, recording: Recording, site: str, units: Any = None, *, sort_by: str | None = None,
                  threshold: float = 3.0, method: str = "zscore", include_bos: bool = False, **kwargs: Any):
@@ -158,7 +167,10 @@ class Raster(LiveWidget):
         text = recording.tokens["text"].astype(str)
         self._text, self._joiner = text.to_numpy(), text_joiner(text)
         n_units, n_tokens = self._codes.shape
-        super().__init__(view=(0, min(n_units, 1000), 0, min(n_tokens, 1000)), **kwargs)
+        self._first_view = (0, min(n_units, 1000), 0, min(n_tokens, 1000))
+        # in the constructor's state, so the comm's opening message carries them (not an update after)
+        super().__init__(view=self._first_view, _meta=self._meta_data(),
+                         _first_window=self._window_data(*self._first_view), **kwargs)
 
     # ------------------------------------------------------------------ traits and their checks
 
@@ -186,6 +198,12 @@ class Raster(LiveWidget):
         if (u1 - u0) * (t1 - t0) > MAX_CELLS:
             raise AnalysisError(f"a window of {u1 - u0} x {t1 - t0} cells is more than {MAX_CELLS:,}: zoom in.")
         return u0, u1, t0, t1
+
+    @traitlets.observe("view")
+    def _drop_first_window(self, change: dict[str, Any]) -> None:
+        """Once the view left the first one, the page asks for windows: no stale copy is kept."""
+        if change["new"] != self._first_view:
+            self._first_window = {}
 
     @property
     def threshold(self) -> float:
@@ -233,26 +251,32 @@ class Raster(LiveWidget):
 
     # ------------------------------------------------------------------ commands of the page
 
-    @command()
-    def _meta(self) -> dict[str, Any]:
+    def _meta_data(self) -> dict[str, Any]:
         """What does not change with the window: sizes, the ladder, the method, the site."""
         n_units, n_tokens = self._codes.shape
         m = self._spikes.meta
-        return {"version": self.version, "site": self._site, "method": m["method"], "sort_by": self._sort_by,
+        return {"site": self._site, "method": m["method"], "sort_by": self._sort_by,
                 "n_units": n_units, "n_tokens": n_tokens, "middle": MIDDLE,
                 "ladder": wire.array(self.ladder.astype(np.float32))}
 
-    @command(u0=int, u1=int, t0=int, t1=int)
-    def _window(self, u0: int, u1: int, t0: int, t1: int) -> dict[str, Any]:
-        """Codes ``[u1 - u0, t1 - t0]`` uint8 of the window, its unit indices (int32, of the
-        site in ``_meta``), preferred categories (with ``sort_by``) and token texts; the view
-        trait follows. The codes go uncompressed: zlib would cost the kernel ~20 ms and the
-        page an inflate per 1e6 cells, more than a megabyte costs a local websocket."""
-        self.view = (u0, u1, t0, t1)
+    def _window_data(self, u0: int, u1: int, t0: int, t1: int) -> dict[str, Any]:
+        """Codes ``[u1 - u0, t1 - t0]`` uint8 of a window, how many of its cells hold each code
+        (``counts``, int32 ``[256]``), its unit indices (int32, of the site in ``_meta``),
+        preferred categories (with ``sort_by``) and token texts. The codes go uncompressed: zlib
+        would cost the kernel ~20 ms and the page an inflate per 1e6 cells, more than a megabyte
+        costs a local websocket. The counts give the spikes in view at every rung; numpy counts
+        1e6 cells in ~1 ms, a pass the page would make in the interpreter before its first paint."""
+        codes = np.ascontiguousarray(self._codes[u0:u1, t0:t1])
         return {"version": self.version, "u0": u0, "t0": t0, "units": wire.array(self._units[u0:u1].astype(np.int32)),
                 "preferred": self._preferred[u0:u1] if self._sort_by else None,
-                "tokens": self._text[self._rows[t0:t1]].tolist(),
-                "codes": wire.array(np.ascontiguousarray(self._codes[u0:u1, t0:t1]))}
+                "tokens": self._text[self._rows[t0:t1]].tolist(), "codes": wire.array(codes),
+                "counts": wire.array(np.bincount(codes.ravel(), minlength=256).astype(np.int32))}
+
+    @command(u0=int, u1=int, t0=int, t1=int)
+    def _window(self, u0: int, u1: int, t0: int, t1: int) -> dict[str, Any]:
+        """The window ``[u0, u1) x [t0, t1)`` (see :meth:`_window_data`); the view trait follows."""
+        self.view = (u0, u1, t0, t1)
+        return self._window_data(u0, u1, t0, t1)
 
     @command(unit=int)
     def _unit(self, unit: int) -> dict[str, Any]:

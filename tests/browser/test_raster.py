@@ -1,7 +1,8 @@
-"""Raster in real JupyterLab and Chromium, offline: the threshold slider repaints in the page,
-a click selects a unit (the kernel sees it) and shows its tuning curve and a token's context,
-the arrow keys move the selection; in JupyterLab and in Notebook 7, a click reaches the kernel
-and a hostile token text shows literally."""
+"""Raster in real JupyterLab and Chromium, offline: the first window is painted from the
+widget's state (no request), the threshold slider repaints in the page, a click selects a unit
+(the kernel sees it) and shows its tuning curve and a token's context, the arrow keys move the
+selection; a raster moved before it was shown asks for its window; in JupyterLab and in
+Notebook 7, a click reaches the kernel and a hostile token text shows literally."""
 
 from __future__ import annotations
 
@@ -40,6 +41,11 @@ raster.observe(show_state, names=["selection", "rung", "token", "view", "last_er
 show_state()
 ipywidgets.VBox([raster, seen])
 """
+MOVED_CELL = """\
+raster = Raster(rec, "mlp.0")
+raster.view = (40, 140, 300, 500)
+raster
+"""
 
 # Move the slider and read the canvas in one synchronous turn of the page: it can only have
 # changed if the page thresholded by itself, with no kernel round trip.
@@ -69,6 +75,7 @@ def test_raster_is_live(page: Page, jupyter: "Jupyter", offsite_requests: list[s
     expect(canvas).to_have_attribute("data-rung", "127")
     assert canvas.evaluate("c => [c.width, c.height]") == [1000, 512]
     first_paint = float(canvas.get_attribute("data-first-paint-ms"))
+    assert canvas.get_attribute("data-round-trip-ms") is None  # the first window came with the state
     spikes_at_3 = int(canvas.get_attribute("data-spikes"))
     expect(widget.locator(".llmscope-threshold-value")).to_have_text("z > 3.00")
 
@@ -103,6 +110,7 @@ def test_raster_is_live(page: Page, jupyter: "Jupyter", offsite_requests: list[s
     widget.locator('button[data-action="in"]').click()  # zoom: a new window from the kernel
     expect(canvas).to_have_attribute("data-view", "0,512,250,750", timeout=KERNEL_TIMEOUT_MS)
     expect(seen).to_contain_text("view=(0, 512, 250, 750)")
+    assert float(canvas.get_attribute("data-round-trip-ms")) > 0
     canvas.focus()
     page.keyboard.press("Home")  # back to the first tokens from the keyboard
     expect(canvas).to_have_attribute("data-view", "0,512,0,500", timeout=KERNEL_TIMEOUT_MS)
@@ -122,9 +130,9 @@ def test_raster_is_live(page: Page, jupyter: "Jupyter", offsite_requests: list[s
     widget.scroll_into_view_if_needed()
     ARTIFACTS.mkdir(exist_ok=True)
     widget.screenshot(path=ARTIFACTS / "raster_widget.png")
-    print(f"\nraster first paint {first_paint:.0f} ms (render to pixels, kernel included); threshold change "
+    print(f"\nraster first paint {first_paint:.0f} ms (render to pixels, the window from the state); threshold change "
           f"{moved['ms']:.1f} ms at 512 x 1000 cells, {big['ms']:.1f} ms at 512 x 1473; a window's reply to "
-          f"pixels (inflate, decode, paint) {window_ms:.1f} ms at 512 x 1473")
+          f"pixels (decode, paint) {window_ms:.1f} ms at 512 x 1473")
     assert errors == [] and dialogs == [], f"page errors {errors}, dialogs {dialogs}"
     assert offsite_requests == [], f"the page tried to reach the network: {offsite_requests}"
 
@@ -159,5 +167,25 @@ def test_raster_shows_hostile_text_literally(page: Page, jupyter: "Jupyter", off
     widget.scroll_into_view_if_needed()
     ARTIFACTS.mkdir(exist_ok=True)
     widget.screenshot(path=ARTIFACTS / f"raster_hostile_{jupyter.app}.png")
+    assert errors == [] and dialogs == [], f"page errors {errors}, dialogs {dialogs}"
+    assert offsite_requests == [], f"the page tried to reach the network: {offsite_requests}"
+
+
+def test_a_raster_moved_before_it_was_shown_asks_for_its_window(page: Page, jupyter: "Jupyter",
+                                                                 offsite_requests: list[str]) -> None:
+    """The state's first window is of the first view: a view set in Python before display
+    drops it, and the page asks the kernel for the window on show instead."""
+    errors, dialogs = watch_for_trouble(page, jupyter)
+    put_notebook(jupyter, "raster_moved.ipynb", SETUP, MOVED_CELL)
+    open_notebook(page, jupyter, "raster_moved.ipynb")
+    assert_ran_cleanly(run_all(page))
+
+    widget = page.locator(".llmscope-raster")
+    canvas = widget.locator("canvas.llmscope-raster-canvas")
+    expect(canvas).to_have_attribute("data-view", "40,140,300,500", timeout=RENDER_TIMEOUT_MS)
+    assert canvas.evaluate("c => [c.width, c.height]") == [200, 100]
+    assert float(canvas.get_attribute("data-round-trip-ms")) > 0  # asked, not taken from the state
+    expect(widget.locator(".llmscope-status")).to_contain_text("units 40–139 of 512, tokens 300–499")
+    expect(widget.locator(".llmscope-errors")).to_be_hidden()
     assert errors == [] and dialogs == [], f"page errors {errors}, dialogs {dialogs}"
     assert offsite_requests == [], f"the page tried to reach the network: {offsite_requests}"

@@ -3,12 +3,14 @@ tuning curves, examples and contexts, the selection feeds lesion(), bad messages
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from ipywidgets.widgets.widget import _remove_buffers
 
 import llmscope
 from llmscope.analysis.examples import top_examples
@@ -63,11 +65,14 @@ def test_each_rung_thresholds_as_spikes_at_that_rungs_threshold(rec, method: str
 def test_a_window_is_uint8_codes_of_its_ranges_with_units_and_texts(raster: Raster, rec) -> None:
     reply, buffers = ask(raster, "_window", u0=3, u1=13, t0=100, t1=140)
     data = opened(reply, buffers)
-    assert sorted(reply["buffer_paths"]) == [["codes", "buffer"], ["units", "buffer"]]
-    assert data["codes"].dtype == np.uint8 and data["units"].dtype == np.int32
+    assert sorted(reply["buffer_paths"]) == [["codes", "buffer"], ["counts", "buffer"], ["units", "buffer"]]
+    assert data["codes"].dtype == np.uint8 and data["units"].dtype == np.int32 and data["counts"].dtype == np.int32
     np.testing.assert_array_equal(data["codes"], raster.codes()[3:13, 100:140])
+    for rung in (0, MIDDLE, RUNGS - 1):  # the page counts the spikes in view from the counts alone
+        assert data["counts"][rung + 1:].sum() == (data["codes"] > rung).sum()
+    assert data["counts"].shape == (256,) and data["counts"].sum() == 10 * 40
     np.testing.assert_array_equal(data["units"], raster._units[3:13])
-    assert opened(*ask(raster, "_meta"))["site"] == "mlp.0"  # the page labels rows "mlp.0:<unit>"
+    assert raster._meta["site"] == "mlp.0"  # the page labels rows "mlp.0:<unit>"
     assert data["preferred"] == raster._spikes.df["preferred"].astype(str).tolist()[3:13]
     analysed = rec.tokens[~rec.tokens["is_bos"].astype(bool)] if "is_bos" in rec.tokens else rec.tokens
     assert data["tokens"] == analysed["text"].astype(str).tolist()[100:140]
@@ -79,6 +84,26 @@ def test_a_window_costs_a_byte_a_cell_and_little_else(raster: Raster) -> None:
     codes = buffers[[p[0] for p in reply["buffer_paths"]].index("codes")]
     assert codes.nbytes == 512 * 1000  # uncompressed: nothing to inflate in the page
     assert wire.reply_bytes(reply, buffers) < 512 * 1000 + 512 * 4 + 20_000  # + int32 units, texts
+
+
+def test_the_first_window_rides_in_the_widgets_state_as_binary_buffers(rec) -> None:
+    r = Raster(rec, "mlp.0", sort_by="pos_tag")
+    state, paths, buffers = _remove_buffers(r.get_state())  # what the comm's opening message carries
+    shipped = {name: opened({"ok": True, "data": state[name], "buffer_paths": [p[1:] for p in paths if p[0] == name]},
+                            [b for p, b in zip(paths, buffers) if p[0] == name]) for name in ("_meta", "_first_window")}
+    first, asked = shipped["_first_window"], opened(*ask(r, "_window", u0=0, u1=512, t0=0, t1=1000))
+    assert r.view == (0, 512, 0, 1000) and first.keys() == asked.keys()  # the first view's `_window` answer
+    for key, value in first.items():
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(value, asked[key])
+        else:
+            assert value == asked[key], key
+    np.testing.assert_array_equal(first["codes"], r.codes()[:512, :1000])
+    np.testing.assert_array_equal(shipped["_meta"]["ladder"], r.ladder.astype(np.float32))
+    assert shipped["_meta"]["n_units"] == 512 and shipped["_meta"]["n_tokens"] == r.codes().shape[1]
+    assert sum(b.nbytes for b in buffers) >= 512 * 1000 and len(json.dumps(state)) < 100_000  # codes not in JSON
+    r.view = (0, 8, 0, 50)  # the page moved: it asks for windows now, and the kernel drops the first
+    assert r._first_window == {} and [b.nbytes for b in _remove_buffers(r.get_state())[2]] == [RUNGS * 4]  # the ladder
 
 
 @pytest.mark.parametrize("fields, message", [

@@ -1,20 +1,24 @@
 // Raster: units x tokens spikes on a canvas, thresholded in the page. The kernel sends each
 // cell as a byte code, how many rungs of its unit's threshold ladder the response exceeds;
 // at slider rung k a cell spikes exactly where code > k, so moving the slider only rebuilds a
-// 256-entry colour table and repaints (and counts spikes from the window's code histogram).
-// The page holds only the visible window and asks for another when the user scrolls or
-// zooms; a click on a cell selects its unit (the kernel sends its tuning curve and top
-// examples) and its token (the kernel sends its context).
+// 256-entry colour table and repaints (and counts spikes from the window's code histogram,
+// which the kernel sends with the codes).
+// The page holds only the visible window. The first one comes in the widget's state, with the
+// model, so the first paint asks the kernel for nothing; the page asks for another window when
+// the user scrolls or zooms. A click on a cell selects its unit (the kernel sends its tuning
+// curve and top examples) and its token (the kernel sends its context).
 //
-// Kernel commands (llmscope/widgets/raster.py): `_meta` (sizes, ladder), `_window` (codes of
-// a window, its unit indices and token texts), `_unit` (tuning curve, top examples), `_token`
-// (context). Traits: `rung` (the slider), `selection` (unit indices), `view` ([u0, u1, t0,
-// t1]), `version` (bumped by the kernel when the raster changed: ask again).
+// Kernel commands (llmscope/widgets/raster.py): `_window` (codes of a window, its unit indices
+// and token texts), `_unit` (tuning curve, top examples), `_token` (context). Traits: `_meta`
+// (sizes, ladder), `_first_window` (a `_window` answer for the first view, `{}` once it moved),
+// `rung` (the slider), `selection` (unit indices), `view` ([u0, u1, t0, t1]), `version` (bumped
+// by the kernel when the raster changed: ask again).
 //
 // Timings on the canvas, for the browser benchmark (ms, performance.now()): data-first-paint-ms
-// (render to the first pixels, the kernel included), data-round-trip-ms (the last window's
-// request to its reply), data-window-ms (that reply to pixels), data-paint-ms (the last paint:
-// pixels and spike count, as a slider step costs).
+// (render to the first pixels, a request included if the state's window was not the view's),
+// data-round-trip-ms (the last window's request to its reply; absent while the window on show
+// came with the state), data-window-ms (that reply, or the state's window, to pixels: decode
+// and paint), data-paint-ms (the last paint: pixels and spike count, as a slider step costs).
 
 import { ErrorBox, guard } from "./alert.js";
 import { MAPS, pack } from "./colormap.js";
@@ -52,19 +56,8 @@ export function spikeTable(rung) {
 }
 
 /**
- * How many cells of a window hold each code, `[256]`, counted once when the window arrives.
- * @param {Uint8Array} codes
- * @returns {Int32Array}
- */
-export function histogram(codes) {
-  const counts = new Int32Array(256);
-  for (let i = 0; i < codes.length; i++) counts[codes[i]]++;
-  return counts;
-}
-
-/**
- * The spikes at `rung` (cells whose code is above it) from a window's histogram: 256 steps,
- * whatever the window's size.
+ * The spikes at `rung` (cells whose code is above it) from a window's histogram (how many of
+ * its cells hold each code, `[256]`): 256 steps, whatever the window's size.
  * @param {Int32Array} counts @param {number} rung
  */
 export function spikesAbove(counts, rung) {
@@ -76,9 +69,10 @@ export function spikesAbove(counts, rung) {
 let warmed = false;
 
 /**
- * Run the two per-cell loops (histogram, fillPixels) once on 64k cells, once per page, while the
- * first window is on its way: V8 compiles a loop only after it has run a while, so a first paint
- * of 1e6 cells would otherwise spend most of its time in the interpreter (about half, in node).
+ * Run the per-cell loop (fillPixels) on 64k cells a few times, once per page, while a window is
+ * on its way from the kernel: V8 compiles a loop only after it has run a while, so a paint of
+ * 1e6 cold cells would otherwise spend most of its time in the interpreter (about half, in
+ * node). Never while a window is at hand: it would only delay its paint.
  */
 export function warmUp() {
   if (warmed) return;
@@ -86,10 +80,18 @@ export function warmUp() {
   const codes = new Uint8Array(1 << 16);
   const pixels = new Uint32Array(codes.length);
   const table = spikeTable(0);
-  for (let k = 0; k < 4; k++) {
-    histogram(codes);
-    fillPixels(pixels, codes, table, 256);
-  }
+  for (let k = 0; k < 4; k++) fillPixels(pixels, codes, table, 256);
+}
+
+/**
+ * Whether `window` (a `_window` answer, or the state's `_first_window`) shows `view` at the
+ * kernel's `version`: a first window the view has left, or an empty one, is not used.
+ * @param {any} window @param {number[]} view @param {number} version
+ */
+export function shows(window, [u0, u1, t0, t1], version) {
+  const shape = window?.codes?.shape;
+  return Array.isArray(shape) && window.version === version && window.u0 === u0 && window.t0 === t0 &&
+         shape[0] === u1 - u0 && shape[1] === t1 - t0;
 }
 
 /**
@@ -140,7 +142,6 @@ class RasterView {
     this.model = model;
     this.started = performance.now();
     this.channels = {
-      meta: new Channel(invoke, "_meta", { timeoutMs: TIMEOUT_MS }),
       window: new Channel(invoke, "_window", { timeoutMs: TIMEOUT_MS }),
       unit: new Channel(invoke, "_unit", { timeoutMs: TIMEOUT_MS }),
       token: new Channel(invoke, "_token", { timeoutMs: TIMEOUT_MS }),
@@ -169,8 +170,7 @@ class RasterView {
       "change:view": () => { if (!this.showing(this.model.get("view"))) this.fetchWindowSoon(); },
     };
     for (const [event, fn] of Object.entries(this.listeners)) model.on(event, fn);
-    this.refresh();
-    warmUp();
+    this.refresh(model.get("_first_window"));
   }
 
   /** @param {HTMLElement} el */
@@ -241,23 +241,26 @@ class RasterView {
     return w !== null && w.u0 === u0 && w.u0 + w.nu === u1 && w.t0 === t0 && w.t0 + w.nt === t1;
   }
 
-  refresh() {
-    return guard(this.errors, "meta", async () => {
-      this.win = null;
-      this.meta = null;
-      // both asked at once, one round trip, the meta first: it is small, so it is back by the
-      // time the window's codes arrive and they are painted as they land
-      const asked = this.channels.meta.request();
-      const window = this.fetchWindow();
-      const data = await asked;
-      if (data === null) return;
+  /**
+   * Read the sizes and ladder from the state, then show the view: `first` (the state's first
+   * window) when it is the view's window, else the kernel's answer.
+   * @param {any} [first]
+   */
+  async refresh(first) {
+    this.win = null;
+    const read = await guard(this.errors, "meta", async () => {
+      const data = this.model.get("_meta");
       const ladder = await decodeArray(data.ladder);
       this.meta = { site: data.site, method: data.method, nUnits: data.n_units, nTokens: data.n_tokens,
                     ladder: /** @type {Float32Array} */ (ladder.data) };
       this.slider.max = String(ladder.data.length - 1);
-      this.paint();
-      await window;
     });
+    if (!read) return;
+    if (shows(first, this.model.get("view"), this.model.get("version"))) {
+      await guard(this.errors, "window", () => this.show(first, performance.now()));
+    } else {
+      await this.fetchWindow();
+    }
   }
 
   /** @param {string} action */
@@ -275,19 +278,29 @@ class RasterView {
       const [u0, u1, t0, t1] = this.model.get("view");
       this.status.textContent = "loading…";
       const asked = performance.now();
-      const data = await this.channels.window.request({ u0, u1, t0, t1 });
+      const reply = this.channels.window.request({ u0, u1, t0, t1 });
+      warmUp();
+      const data = await reply;
       if (data === null) return;
       const arrived = performance.now();
-      const [codes, units] = await Promise.all([decodeArray(data.codes), decodeArray(data.units)]);
-      const [nu, nt] = codes.shape;
-      const cells = /** @type {Uint8Array} */ (codes.data);
-      this.win = { u0: data.u0, t0: data.t0, nu, nt, codes: cells, counts: histogram(cells),
-                   units: /** @type {Int32Array} */ (units.data), preferred: data.preferred, tokens: data.tokens };
-      this.cursor = null;
-      this.paint();
       this.canvas.dataset.roundTripMs = (arrived - asked).toFixed(2);
-      this.canvas.dataset.windowMs = (performance.now() - arrived).toFixed(2);  // decode + paint
+      await this.show(data, arrived);
     });
+  }
+
+  /**
+   * Decode a window and paint it; `since` is when it was at hand (ms, performance.now()).
+   * @param {any} data a `_window` answer @param {number} since
+   */
+  async show(data, since) {
+    const [codes, counts, units] = await Promise.all([data.codes, data.counts, data.units].map(decodeArray));
+    const [nu, nt] = codes.shape;
+    this.win = { u0: data.u0, t0: data.t0, nu, nt, codes: /** @type {Uint8Array} */ (codes.data),
+                 counts: /** @type {Int32Array} */ (counts.data), units: /** @type {Int32Array} */ (units.data),
+                 preferred: data.preferred, tokens: data.tokens };
+    this.cursor = null;
+    this.paint();
+    this.canvas.dataset.windowMs = (performance.now() - since).toFixed(2);  // decode + paint
   }
 
   /**

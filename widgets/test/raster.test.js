@@ -3,9 +3,16 @@ import { test } from "node:test";
 
 import { MAPS, pack } from "../src/colormap.js";
 import { fillPixels } from "../src/heatmap.js";
-import { formatThreshold, histogram, moveView, spikeTable, spikesAbove, stepRung } from "../src/raster.js";
+import { formatThreshold, moveView, shows, spikeTable, spikesAbove, stepRung } from "../src/raster.js";
 
 const SPIKE = pack(...MAPS.blues[4]);
+
+/** How many cells hold each code, as the kernel sends it with a window (np.bincount). */
+function counted(/** @type {Uint8Array} */ codes) {
+  const counts = new Int32Array(256);
+  codes.forEach((c) => counts[c]++);
+  return counts;
+}
 
 test("a window is thresholded in the page: code > rung spikes, and nothing else does", () => {
   const codes = new Uint8Array([0, 127, 128, 255, 5, 200]);  // 2 units x 3 tokens
@@ -13,7 +20,7 @@ test("a window is thresholded in the page: code > rung spikes, and nothing else 
                                   [200, [0, 0, 0, 1, 0, 0]], [199, [0, 0, 0, 1, 0, 1]]]) {
     const pixels = fillPixels(new Uint32Array(6), codes, spikeTable(rung), 3);
     assert.deepEqual(Array.from(pixels, (p) => Number(p === SPIKE)), expected, `rung ${rung}`);
-    assert.equal(spikesAbove(histogram(codes), rung), expected.reduce((a, b) => a + b, 0));
+    assert.equal(spikesAbove(counted(codes), rung), expected.reduce((a, b) => a + b, 0));
   }
 });
 
@@ -25,10 +32,9 @@ test("below threshold a cell greys as it nears the threshold, never as dark as a
   assert.equal(new Set(table.slice(101)).size, 1);
 });
 
-test("a window's histogram counts every code once", () => {
+test("the spikes in view are the cells counted above the rung", () => {
   const codes = Uint8Array.from({ length: 5000 }, (_, i) => (i * 37) % 251);
-  const counts = histogram(codes);
-  assert.equal(counts.reduce((a, b) => a + b, 0), codes.length);
+  const counts = counted(codes);
   for (const rung of [0, 17, 127, 250, 254]) assert.equal(spikesAbove(counts, rung), codes.filter((c) => c > rung).length);
 });
 
@@ -37,8 +43,8 @@ test("a window's histogram counts every code once", () => {
 test("a 1000 x 1000 window is painted cold and thresholded warm in a few ms", () => {
   const codes = Uint8Array.from({ length: 1e6 }, (_, i) => (i * 2654435761) % 256);
   const pixels = new Uint32Array(1e6);
+  const counts = counted(codes);
   let start = performance.now();
-  const counts = histogram(codes);
   fillPixels(pixels, codes, spikeTable(127), 1000);
   const first = performance.now() - start;
   start = performance.now();
@@ -49,6 +55,16 @@ test("a 1000 x 1000 window is painted cold and thresholded warm in a few ms", ()
   const step = (performance.now() - start) / 10;
   console.log(`first paint work ${first.toFixed(1)} ms, threshold step ${step.toFixed(1)} ms (1e6 cells)`);
   assert.ok(first < 60 && step < 30, `first ${first.toFixed(1)} ms, step ${step.toFixed(1)} ms`);
+});
+
+test("the state's first window is painted only while it is the view's window, at the kernel's version", () => {
+  const first = { version: 0, u0: 0, t0: 0, codes: { shape: [512, 1000] } };
+  assert.equal(shows(first, [0, 512, 0, 1000], 0), true);
+  assert.equal(shows(first, [0, 512, 0, 500], 0), false);  // the view moved before this render
+  assert.equal(shows(first, [1, 513, 0, 1000], 0), false);
+  assert.equal(shows(first, [0, 512, 0, 1000], 1), false);  // the kernel changed the raster since
+  assert.equal(shows({}, [0, 512, 0, 1000], 0), false);  // the kernel dropped it
+  assert.equal(shows(undefined, [0, 512, 0, 1000], 0), false);
 });
 
 test("scrolling and zooming move the view and stay inside the raster", () => {
