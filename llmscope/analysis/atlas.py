@@ -70,7 +70,6 @@ Example:
 from __future__ import annotations
 
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
@@ -82,6 +81,7 @@ from llmscope.analysis import trials
 from llmscope.analysis.stats import count, flag, ratio_cis
 from llmscope.behaviour import check_stimuli, cross_entropy
 from llmscope.errors import AnalysisError, LLMScopeError
+from llmscope.passes import layer_list, readout, run_from
 from llmscope.result import Result
 from llmscope.sites import Site, UnitsLike, resolve_units
 from llmscope.stimuli.core import Stimuli
@@ -97,7 +97,6 @@ LOGIT_BYTES = 2 ** 27  # float32 logits of one pass: 128 MB (682 SmolLM2 tokens)
 MAX_PASS_TOKENS = 4096  # beyond this a pass is no cheaper per token on a CPU, only bigger
 PAD_SLACK = 0.1  # a bucket's sequences are at least 90% as long as its longest
 INDUCTION_HALF = 10  # tokens per half of the English battery's repeated sequences
-FINAL = "ln_final.hook_in"  # where a stacked pass stops: the residual the unembedding reads
 
 Lesion = list[tuple[Site, np.ndarray]]  # units silenced together in one copy; [] = intact
 
@@ -412,70 +411,12 @@ def _interventions(lesion_units: Lesion, mode: str, reference: Any) -> list:
     return [lesion([(s.name, idx.tolist()) for s, idx in lesion_units], **extra)]
 
 
-def _layer_list(model: "TransformerBridge") -> tuple[torch.nn.Module, str] | None:
-    """The HF module and attribute holding the model's blocks (``transformer.h``, ``model.layers``...)."""
-    blocks = list(model.blocks)
-    for name, mod in model.original_model.named_modules():
-        if isinstance(mod, torch.nn.ModuleList) and len(mod) == len(blocks) and all(a is b for a, b in zip(mod, blocks)):
-            parent, _, attr = name.rpartition(".")
-            return model.original_model.get_submodule(parent), attr
-    return None
-
-
-@contextmanager
-def _from_block(model: "TransformerBridge", layer: int) -> Iterator[None]:
-    """Run only blocks ``layer..`` of the HF model: TransformerLens's ``start_at_layer`` swaps the
-    given residual in at block ``layer`` but still runs the blocks below it on the input, so the
-    layer list is cut for the duration of one forward pass, and always put back."""
-    parent, attr = _layer_list(model)
-    full = getattr(parent, attr)
-    setattr(parent, attr, torch.nn.ModuleList(list(full)[layer:]))
-    try:
-        yield
-    finally:
-        setattr(parent, attr, full)
-
-
 def _start(model: "TransformerBridge", lesion_units: Lesion) -> int:
     """The first block a lesion changes: everything before it is the intact model's."""
     layers = [s.layer for s, _ in lesion_units]
     if not layers or any(L is None for L in layers) or not model.cfg.n_layers:
         return 0
     return min(min(layers), model.cfg.n_layers - 1)  # resid.{n_layers} enters no block
-
-
-class _Final(Exception):
-    """Ends a pass at the input of ``ln_final``: the atlas unembeds only the rows it scores."""
-
-
-def _readout(model: "TransformerBridge") -> Callable | None:
-    """Residual entering ``ln_final`` -> logits (position by position), or None for a model
-    without that hook (its passes then return logits)."""
-    if FINAL not in model.hook_dict or not hasattr(model, "ln_final") or not hasattr(model, "unembed"):
-        return None
-    return lambda resid: model.unembed(model.ln_final(resid))
-
-
-def _pass(model: "TransformerBridge", x: torch.Tensor, layer: int, hooks: list, stop: bool) -> torch.Tensor:
-    """One stacked pass: from the tokens ``x`` (``layer`` 0) or resumed at block ``layer`` from the
-    residual ``x`` entering it (``layer == n_layers``: ``x`` is already the last residual).
-    Returns the residual entering ``ln_final`` if ``stop``, else the logits."""
-    if layer == model.cfg.n_layers:
-        return x
-    held: list[torch.Tensor] = []
-
-    def grab(act: torch.Tensor, hook: Any) -> None:
-        held.append(act)
-        raise _Final
-
-    try:
-        with model.hooks(fwd_hooks=[*hooks, *([(FINAL, grab)] if stop else [])]):
-            if layer == 0:
-                return model(x, return_type="logits")
-            with _from_block(model, layer):
-                return model(x, start_at_layer=layer, return_type="logits")
-    except _Final:
-        return held[0]
 
 
 def _out_weights(model: "TransformerBridge", site: Site) -> torch.Tensor | None:
@@ -533,14 +474,14 @@ def _run(model: "TransformerBridge", bat: Battery, lesions: list[Lesion], pass_t
     sets: dict[int, list[Behaviour]] = {}
     for b in bat:
         sets.setdefault(id(b.stimuli), []).append(b)
-    can_resume = stack and _layer_list(model) is not None
-    readout = _readout(model) if stack else None
+    can_resume = stack and layer_list(model) is not None
+    read = readout(model) if stack else None
     weights: dict[str, torch.Tensor | None] = {}
     routes: list[tuple[int, str]] = []  # (first block run, the MLP hook of a closed-form lesion or "")
     for lesion_units in lesions[1:]:
         start = _start(model, lesion_units) if can_resume else 0
         site = lesion_units[0][0] if len(lesion_units) == 1 else None
-        if can_resume and readout is not None and site is not None and site.kind == "mlp":
+        if can_resume and read is not None and site is not None and site.kind == "mlp":
             if site.hook not in weights:
                 weights[site.hook] = _out_weights(model, site)
             if weights[site.hook] is not None:
@@ -579,19 +520,19 @@ def _run(model: "TransformerBridge", bat: Battery, lesions: list[Lesion], pass_t
             def hooked(chunk: list[Lesion]) -> np.ndarray:  # the lesions of a chunk share their first block
                 L = _start(model, chunk[0]) if can_resume else 0
                 L = L if L == 0 or checked[L] else 0
-                x = _pass(model, tokens_or_resid(L, len(chunk)), L, _stacked_hooks(chunk, len(seqs), means),
-                          readout is not None)
-                return scorer.score(x, ids, seqs, len(chunk), readout)
+                x = run_from(model, tokens_or_resid(L, len(chunk)), L, _stacked_hooks(chunk, len(seqs), means),
+                          read is not None)
+                return scorer.score(x, ids, seqs, len(chunk), read)
 
             def subtracted(chunk: list[Lesion], hook: str) -> np.ndarray:
                 x = _subtracted(cache, chunk, weights[hook], means, len(seqs))
-                x = _pass(model, x, closed[hook].layer + 1, [], readout is not None)
-                return scorer.score(x, ids, seqs, len(chunk), readout)
+                x = run_from(model, x, closed[hook].layer + 1, [], read is not None)
+                return scorer.score(x, ids, seqs, len(chunk), read)
 
             for L in resumed:
                 if L not in checked:
-                    x = _pass(model, tokens_or_resid(L, 1), L, [], readout is not None)
-                    checked[L] = np.allclose(scorer.score(x, ids, seqs, 1, readout), intact, rtol=1e-4, atol=1e-4)
+                    x = run_from(model, tokens_or_resid(L, 1), L, [], read is not None)
+                    checked[L] = np.allclose(scorer.score(x, ids, seqs, 1, read), intact, rtol=1e-4, atol=1e-4)
                     if not checked[L]:
                         warnings.warn(f"resuming this model at block {L} does not reproduce its forward pass; "
                                       "the atlas runs those lesions from the tokens instead.", stacklevel=3)

@@ -41,12 +41,18 @@ injected at the site's HookPoint. ``LayerIntegratedGradients`` on the HookPoint 
 its baseline lives in input space (the layer's activation on baseline *tokens*); a zero
 activation baseline needs the activation itself as the input.
 
-**Cost.** ``"grad_x_act"`` and ``"activation"`` cost about one plain forward+backward pass over
-the stimuli, whatever the number of layers. ``"ig"`` costs about ``steps`` separated passes per
-layer (Captum packs the steps into passes of ``PASS_TOKENS`` tokens). How many steps make the
-scores add up depends on the layer: on the organism and on SmolLM2 the first layer's path is
-far from linear (64 steps for 3% on the organism; 32 leave 23% on SmolLM2), later ones add up
-within 0.1% at 8 steps. ``meta["completeness_error"]`` measures it on every run.
+**Cost.** ``"grad_x_act"`` costs about one plain forward+backward pass over the stimuli,
+whatever the number of layers, and ``"activation"`` less than one. ``"ig"`` costs about ``steps``
+separated passes per layer (Captum packs the steps into passes of ``PASS_TOKENS`` tokens), each
+shorter than a plain one: a pass for ``mlp.L`` starts at block L from the clean run's residual
+entering it (the blocks below are the clean run's), and its gradient stops there. Every pass stops
+at ``ln_final`` and unembeds only the samples' rows (SmolLM2's unembedding is about a quarter
+of its forward pass, and padding and BOS rows are no samples). Both short cuts are checked once
+per model against a plain pass on the probe and left out where they differ; the scores are the
+same either way. How many steps make the scores add up depends on the layer: on the organism and
+on SmolLM2 the first layer's path is far from linear (64 steps for 3% on the organism; 32 leave
+23% on SmolLM2), later ones add up within 0.1% at 8 steps. ``meta["completeness_error"]``
+measures it on every run.
 
 **Control.** The same counts with the labels permuted across samples (one seeded permutation;
 class sizes kept): ``specificity_shuffled`` sits beside ``specificity`` in ``.df``, and
@@ -77,8 +83,9 @@ from tqdm.auto import tqdm
 
 from llmscope.analysis import trials
 from llmscope.analysis.stats import count, flag, fraction
-from llmscope.behaviour import check_stimuli, next_token_loss
+from llmscope.behaviour import check_stimuli, cross_entropy, next_token_loss
 from llmscope.errors import AnalysisError, SiteError
+from llmscope.passes import layer_list, readout, run_from
 from llmscope.result import Result
 from llmscope.sites import Site, sites as resolve_sites
 from llmscope.stimuli.core import Stimuli
@@ -102,11 +109,21 @@ MAX_CLASSES = 256  # count tables are [classes, d_mlp] per site
 # ---------------------------------------------------------------- position separation
 
 
+def _memo(model: "TransformerBridge") -> dict[str, Any]:
+    """What the scoring learns about a model once (hook names, the probe's verdicts), kept on it."""
+    return model.__dict__.setdefault("_llmscope_separation", {})
+
+
 def _attn_hooks(model: "TransformerBridge", layer: int) -> dict[str, str]:
     """The hooks of one attention layer that separation reads and writes. Keys and queries are
     taken where they enter the score product (after RoPE when the model has it)."""
+    memo = _memo(model)
+    if "hook_names" not in memo:  # the bridge rebuilds hook_dict on every read (~1 ms on SmolLM2, 60 reads a pass)
+        memo["hook_names"] = frozenset(model.hook_dict)
+    known = memo["hook_names"]
+
     def pick(*names: str) -> str:
-        return next(f"blocks.{layer}.attn.{n}" for n in names if f"blocks.{layer}.attn.{n}" in model.hook_dict)
+        return next(f"blocks.{layer}.attn.{n}" for n in names if f"blocks.{layer}.attn.{n}" in known)
 
     try:
         return dict(q=pick("hook_rot_q", "hook_q"), k=pick("hook_rot_k", "hook_k"), v=pick("hook_v"),
@@ -182,7 +199,7 @@ def check_separation(model: "TransformerBridge") -> dict[int, float]:
     The probe halves ``mlp.0`` at every position in one separated pass, and at one position per
     sequence in ``PROBE_LEN`` plain passes; every later attention layer runs separated.
     """
-    memo = model.__dict__.setdefault("_llmscope_separation", {})
+    memo = _memo(model)
     if "scales" in memo:
         return memo["scales"]
     n = model.cfg.n_layers
@@ -247,6 +264,76 @@ def constant_weights(model: "TransformerBridge") -> Iterator[None]:
             p.requires_grad_(True)
 
 
+# ---------------------------------------------------------------- shorter passes
+
+
+def _entry(layer: int) -> str:
+    """The residual entering block ``layer``, where a resumed pass starts."""
+    return f"blocks.{layer}.hook_resid_pre"
+
+
+def _same(out: torch.Tensor, logits: torch.Tensor) -> bool:
+    """Whether a shortened pass gives a plain pass's logits (up to float32 rounding)."""
+    return torch.allclose(out, logits, rtol=1e-4, atol=1e-4)
+
+
+def _rows_readout(model: "TransformerBridge") -> Callable | None:
+    """The readout (residual entering ``ln_final`` -> logits) with which passes stop at
+    ``ln_final`` and unembed only the rows scored, where it gives the probe's logits (checked once
+    per model); else None (passes give all logits)."""
+    memo = _memo(model)
+    if "readout" not in memo:
+        ids, read = _probe(model), readout(model)
+        with torch.no_grad():
+            same = read is not None and _same(read(run_from(model, ids, 0, [], True)), model(ids, return_type="logits"))
+        memo["readout"] = read if same else None
+    return memo["readout"]
+
+
+def _start(model: "TransformerBridge", layer: int) -> int:
+    """The block where IG's passes for a site of block ``layer`` start: that block, if a pass
+    resumed there from the residual entering it gives the probe's logits (checked once per block
+    and model; the blocks below it are not run at all), else 0 (from the tokens)."""
+    memo = _memo(model).setdefault("resumes", {})
+    if layer and layer not in memo:
+        ids = _probe(model)
+        with torch.no_grad():
+            logits, cache = model.run_with_cache(ids, names_filter=_entry(layer))
+            try:
+                memo[layer] = layer_list(model) is not None and _same(
+                    run_from(model, cache[_entry(layer)], layer, [], False), logits)
+            except (NotImplementedError, ValueError, KeyError):  # start_at_layer or the hook is not there
+                memo[layer] = False
+    return layer if layer and memo[layer] else 0
+
+
+def _run_pass(model: "TransformerBridge", x: torch.Tensor, start: int, hooks: list) -> torch.Tensor:
+    """One pass with ``hooks``, from the tokens ``x`` (``start`` 0) or the residual ``x`` entering
+    block ``start``: the residual entering ``ln_final`` where the model reads out rows, else logits."""
+    return run_from(model, x, start, hooks, _rows_readout(model) is not None)
+
+
+def _logp_at(model: "TransformerBridge", out: torch.Tensor, ids: torch.Tensor, seq: torch.Tensor,
+             pos: torch.Tensor) -> torch.Tensor:
+    """``[n_rows]``: the log-probability of the actual token ``ids[seq, pos + 1]`` as predicted at
+    ``(seq, pos)``, from a pass's output (:func:`_run_pass`)."""
+    rows, read = out[seq, pos], _rows_readout(model)
+    return -cross_entropy(rows if read is None else read(rows), ids[seq, pos + 1])
+
+
+def _clean(model: "TransformerBridge", ids: torch.Tensor, names: set[str]) -> tuple[dict[str, torch.Tensor],
+                                                                                    torch.Tensor]:
+    """One plain pass without gradients: the activations at the hooks ``names``, and its output."""
+    held: dict[str, torch.Tensor] = {}
+
+    def hold(act: torch.Tensor, hook: Any, name: str) -> None:
+        held[name] = act
+
+    with torch.no_grad():
+        out = _run_pass(model, ids, 0, [(name, partial(hold, name=name)) for name in names])
+    return held, out
+
+
 # ---------------------------------------------------------------- samples and scores
 
 
@@ -270,31 +357,15 @@ def _samples(stimuli: Stimuli, label: str | None, label_of: str, include_bos: bo
     return out
 
 
-def _logp(logits: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """``[batch, pos]``: entry ``p`` is the log-probability of the actual token ``p + 1`` as
-    predicted at ``p`` (0 where the padding predicts nothing, and at the last position)."""
-    logp = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
-    logp[:, :-1] = -next_token_loss(logits, ids)[:, 1:]
-    real = torch.arange(1, ids.shape[1] + 1, device=ids.device) < lengths[:, None]
-    return torch.where(real, logp, 0.0)
-
-
-def _objective(logits: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """``[batch]``: the summed log-probability of each sequence's actual next tokens. Positions
-    run separated, so each term's gradient stays at its own position."""
-    return _logp(logits, ids, lengths).sum(-1)
-
-
 def _batches(stimuli: Stimuli, samples: pd.DataFrame,
-             batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray, tuple[np.ndarray, np.ndarray]]]:
-    """``(ids, lengths, sample rows, (batch row, context position) of each)`` per batch of sequences."""
+             batch_size: int) -> Iterator[tuple[torch.Tensor, np.ndarray, tuple[torch.Tensor, torch.Tensor]]]:
+    """``(ids, sample rows, (batch row, context position) of each)`` per batch of sequences; the
+    samples are in ``(seq, pos)`` order, so their positions are in row-major order."""
     seq = samples["seq"].to_numpy()
     for lo, ids in stimuli.batches(batch_size):
-        hi = lo + ids.shape[0]
-        rows = np.flatnonzero((seq >= lo) & (seq < hi))
+        rows = np.flatnonzero((seq >= lo) & (seq < lo + ids.shape[0]))
         if rows.size:
-            where = (seq[rows] - lo, samples["context_pos"].to_numpy()[rows])
-            yield ids, torch.as_tensor(stimuli.lengths[lo:hi]), rows, where
+            yield ids, rows, (torch.as_tensor(seq[rows] - lo), torch.as_tensor(samples["context_pos"].to_numpy()[rows]))
 
 
 def _keep(act: torch.Tensor, hook: Any, store: dict, name: str, leaf: bool) -> torch.Tensor:
@@ -311,61 +382,70 @@ def _scores(model: "TransformerBridge", stimuli: Stimuli, samples: pd.DataFrame,
     n_layers = model.cfg.n_layers
     low = min(s.layer for s in targets)
     scales = check_separation(model) if method != "activation" else {}
-    for ids, lengths, rows, where in _batches(stimuli, samples, batch_size):
+    for ids, rows, where in _batches(stimuli, samples, batch_size):
         if method == "activation":
-            with torch.no_grad():
-                _, cache = model.run_with_cache(ids, names_filter=[s.hook for s in targets])
+            acts, _ = _clean(model, ids, {s.hook for s in targets})
             for i, s in enumerate(targets):
-                yield i, rows, cache[s.hook][where].float(), None
+                yield i, rows, acts[s.hook][where].float(), None
             bar.update(rows.size)
         elif method == "grad_x_act":
             acts: dict[str, torch.Tensor] = {}
             hooks = [(s.hook, partial(_keep, store=acts, name=s.hook, leaf=s.layer == low)) for s in targets]
             with constant_weights(model), torch.enable_grad():
-                with model.hooks(fwd_hooks=hooks + separated(model, range(low + 1, n_layers), scales)):
-                    objective = _objective(model(ids, return_type="logits"), ids, lengths)
-                grads = torch.autograd.grad(objective.sum(), [acts[s.hook] for s in targets])
+                out = _run_pass(model, ids, 0, hooks + separated(model, range(low + 1, n_layers), scales))
+                # positions run separated, so each sample's gradient comes from its own prediction only
+                objective = _logp_at(model, out, ids, *where).sum()
+                grads = torch.autograd.grad(objective, [acts[s.hook] for s in targets])
             for i, (s, g) in enumerate(zip(targets, grads)):
                 yield i, rows, (acts[s.hook].detach() * g)[where].float(), None
             bar.update(rows.size)
         else:
-            yield from _integrated(model, ids, lengths, rows, where, targets, steps, scales, bar)
+            yield from _integrated(model, ids, rows, where, targets, steps, scales, bar)
 
 
-def _integrated(model: "TransformerBridge", ids: torch.Tensor, lengths: torch.Tensor, rows: np.ndarray,
-                where: tuple[np.ndarray, np.ndarray], targets: list[Site], steps: int, scales: dict[int, float],
+def _integrated(model: "TransformerBridge", ids: torch.Tensor, rows: np.ndarray,
+                where: tuple[torch.Tensor, torch.Tensor], targets: list[Site], steps: int, scales: dict[int, float],
                 bar: tqdm) -> Iterator[Block]:
     """Integrated Gradients (Captum) of one batch, one site at a time: the site's activation is
     Captum's input, injected at its hook; every attention layer after it runs separated, reading
-    the other positions from one clean run. One more separated pass with the site at zero gives
-    the change each sample's scores must sum to (completeness, checked per sample)."""
+    the other positions from one clean run, and the blocks below it are the clean run's (a pass
+    starts at the site's block). One more separated pass with the site at zero gives the change
+    each sample's scores must sum to (completeness, checked per sample)."""
     from captum.attr import IntegratedGradients
 
     n_layers = model.cfg.n_layers
     low = min(s.layer for s in targets)
-    wanted = {s.hook for s in targets} | set(clean_names(model, range(low + 1, n_layers)))
-    with torch.no_grad():
-        logits, cache = model.run_with_cache(ids, names_filter=lambda name: name in wanted)
-    actual = _logp(logits, ids, lengths)
+    start = {s.hook: _start(model, s.layer) for s in targets}
+    cache, out = _clean(model, ids, {s.hook for s in targets} | set(clean_names(model, range(low + 1, n_layers)))
+                        | {_entry(layer) for layer in start.values() if layer})
+    actual = _logp_at(model, out, ids, *where)
+    samples = torch.zeros(ids.shape, dtype=torch.bool)
+    samples[where] = True  # Captum repeats it with the ids, one copy per step in a pass
     per_pass = max(1, PASS_TOKENS // ids.numel())
     for i, s in enumerate(targets):
         later = range(s.layer + 1, n_layers)
         names = clean_names(model, later)
 
-        def run(act: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor, *clean: torch.Tensor,
-                at: str = s.hook, later: range = later, names: list[str] = names) -> torch.Tensor:
+        def logp(act: torch.Tensor, x: torch.Tensor, ids: torch.Tensor, samples: torch.Tensor, *clean: torch.Tensor,
+                 at: str = s.hook, later: range = later, names: list[str] = names,
+                 first: int = start[s.hook]) -> tuple[torch.Tensor, torch.Tensor]:
+            """Each sample's log-probability, and the batch row it sits in."""
             hooks = [(at, lambda a, hook: act)] + separated(model, later, scales, dict(zip(names, clean)))
-            with model.hooks(fwd_hooks=hooks):
-                return _logp(model(ids, return_type="logits"), ids, lengths)
+            seq, pos = samples.nonzero(as_tuple=True)  # row-major: the order of ``where``
+            return _logp_at(model, _run_pass(model, x, first, hooks), ids, seq, pos), seq
 
-        clean = [cache[h] for h in names]
+        def per_sequence(*args: torch.Tensor) -> torch.Tensor:
+            values, seq = logp(*args)
+            return torch.zeros(len(args[0]), dtype=values.dtype).index_add(0, seq, values)
+
+        inputs = (cache[_entry(start[s.hook])] if start[s.hook] else ids, ids, samples, *[cache[h] for h in names])
         with constant_weights(model):
-            attr = IntegratedGradients(lambda *args: run(*args).sum(-1)).attribute(
-                cache[s.hook].float(), baselines=0.0, additional_forward_args=(ids, lengths, *clean), n_steps=steps,
+            attr = IntegratedGradients(per_sequence).attribute(
+                cache[s.hook].float(), baselines=0.0, additional_forward_args=inputs, n_steps=steps,
                 method="gausslegendre", internal_batch_size=ids.shape[0] * per_pass)
             with torch.no_grad():
-                change = actual - run(torch.zeros_like(cache[s.hook]), ids, lengths, *clean)
-        yield i, rows, attr[where].detach().float(), change[where].double()
+                change = actual - logp(torch.zeros_like(cache[s.hook]), *inputs)[0]
+        yield i, rows, attr[where].detach().float(), change.double()
         bar.update(rows.size)
 
 
@@ -508,6 +588,37 @@ class _Counts:
         return pd.DataFrame(counts, index=index, columns=classes), pd.DataFrame(means, index=index, columns=classes)
 
 
+def _ranking(rows: np.ndarray, counts: np.ndarray, scores: np.ndarray, n: np.ndarray, which: np.ndarray,
+             k: int) -> dict[str, np.ndarray]:
+    """The ``k`` most recurrent neurons of each class at positions ``which``, among the neurons
+    ``rows`` of ``counts`` and ``scores`` ``[neurons, classes]`` (top-set counts and mean scores;
+    ties: the higher mean score, then the lower row), ``n`` samples per class: their row
+    positions (``pos``) and the columns of a key-neuron table, each ``[len(which), k]``."""
+    every = counts[rows]
+    mine, mean = every[:, which], scores[rows][:, which]
+    order = np.lexsort((-mean, -mine), axis=0)[:k].T
+    col = np.arange(len(which))[:, None]
+    hits = mine[order, col]
+    frequency = hits / n[which, None]
+    rest = (every.sum(1)[order] - hits) / (n.sum() - n[which])[:, None]
+    return dict(pos=rows[order], rank=np.broadcast_to(np.arange(1, order.shape[1] + 1), order.shape), count=hits,
+                frequency=frequency, frequency_rest=rest, specificity=frequency - rest, mean_score=mean[order, col])
+
+
+def _table(index: pd.MultiIndex, classes: list, ranked: dict[str, np.ndarray],
+           control: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
+    """A key-neuron table from :func:`_ranking`'s columns (row ``i`` of each belongs to
+    ``classes[i]``), indexed by the neurons' ``(site, unit)``; with the ``control``'s ranking,
+    its ``specificity_shuffled`` (the neuron of the same class, site and rank under permuted labels)."""
+    width = ranked["pos"].shape[1]
+    columns = {key: value.ravel() for key, value in ranked.items() if key != "pos"}
+    table = pd.DataFrame({"class": [c for c in classes for _ in range(width)], **columns},
+                         index=index[ranked["pos"].ravel()])
+    if control is not None:
+        table.insert(5, "specificity_shuffled", control["specificity"].ravel())
+    return table
+
+
 def _plot(result: "KeyNeurons") -> "go.Figure":
     import plotly.graph_objects as go
 
@@ -583,20 +694,18 @@ class KeyNeurons(Result):
         if site is not None and site not in self.meta["sites"]:
             raise SiteError(f"site {site!r} was not scored; the scored sites are {self.meta['sites']} (or None: all).")
         k = self.meta["k"] if k is None else count(k, "k")
-        counts, scores = self.counts, self.scores
-        if flag(shuffled, "shuffled"):
-            counts, scores = self.counts_shuffled, self.scores_shuffled
-        if site is not None:
-            inside = counts.index.get_level_values("site") == site
-            counts, scores = counts[inside], scores[inside]
-        n, total = self.n_samples[cls], self.n_samples.sum()
-        mine = counts[cls].to_numpy()
-        order = np.lexsort((-scores[cls].to_numpy(), -mine))[:k]
-        frequency = mine[order] / n
-        rest = (counts.to_numpy().sum(1)[order] - mine[order]) / (total - n)
-        return pd.DataFrame({"class": cls, "rank": np.arange(1, len(order) + 1), "count": mine[order],
-                             "frequency": frequency, "frequency_rest": rest, "specificity": frequency - rest,
-                             "mean_score": scores[cls].to_numpy()[order]}, index=counts.index[order])
+        rows = slice(None) if site is None else self.counts.index.get_level_values("site") == site
+        which = np.array([self.n_samples.index.get_loc(cls)])
+        return _table(self.counts.index, [cls], self._ranked(flag(shuffled, "shuffled"), [rows], which, k))
+
+    def _ranked(self, shuffled: bool, groups: list[Any], which: np.ndarray, k: int) -> dict[str, np.ndarray]:
+        """:func:`_ranking` of the classes at positions ``which`` within each group of neurons (a
+        mask, slice or positions of the count tables' rows), the groups side by side, with the real
+        or the shuffled labels."""
+        counts, scores = (self.counts_shuffled, self.scores_shuffled) if shuffled else (self.counts, self.scores)
+        every, n = np.arange(len(counts)), self.n_samples.to_numpy()
+        parts = [_ranking(every[rows], counts.to_numpy(), scores.to_numpy(), n, which, k) for rows in groups]
+        return {key: np.concatenate([part[key] for part in parts], axis=1) for key in parts[0]}
 
     def top(self, n: int = 10, cls: Any = None, site: str | None = None) -> pd.DataFrame:
         """The ``n`` most class-specific key neurons (rows of ``.df`` by ``specificity``), of one
@@ -692,13 +801,11 @@ def key_neurons(model: "TransformerBridge", stimuli: Stimuli, label: str = "pos_
     res = KeyNeurons(pd.DataFrame(), kind="key_neurons", meta=meta, plotter=_plot, counts=counts, scores=scores,
                      counts_shuffled=counts_shuffled, scores_shuffled=scores_shuffled,
                      n_samples=pd.Series(n, index=classes, name="n"))
-    parts = []
-    for cls in classes:
-        for s in targets:
-            part = res.units(cls, s.name)
-            part.insert(5, "specificity_shuffled", res.units(cls, s.name, shuffled=True)["specificity"].to_numpy())
-            parts.append(part)
-    res.df = pd.concat(parts)
+    ends = np.cumsum([s.n_units for s in targets])
+    per_site = [slice(end - s.n_units, end) for s, end in zip(targets, ends)]
+    every = np.arange(len(classes))
+    res.df = _table(index, classes.tolist(), res._ranked(False, per_site, every, k),
+                    res._ranked(True, per_site, every, k))
     return res
 
 

@@ -4,18 +4,18 @@ The floor is one plain training-style pass per batch: a forward, the summed log-
 the actual next tokens, and ``backward()`` (weight gradients included, as anyone would write
 it). Scoring is timed side by side with it (interleaved medians), in tokens scored per second:
 
-* ``activation`` — one forward pass, no gradient;
+* ``activation`` — one forward pass, no gradient, that unembeds nothing;
 * ``grad_x_act`` — one position-separated forward and one backward for every layer at once;
-* ``ig`` — per layer, ``steps`` separated forward+backward passes and one more forward (the
-  completeness check). Its ratio is also given per pass (tokens x layers x steps per second),
+* ``ig`` — per layer, ``steps`` separated forward+backward passes from the layer's block on, and
+  one more forward (the completeness check). Its ratio is also given per pass (tokens x layers x steps per second),
   which says how close each of its passes comes to a plain one.
 
 On the organism every layer is scored; on SmolLM2 IG is timed on one layer (``mlp.15``) and
-the 30-layer time is extrapolated from it (each pass runs the whole model, so every layer costs
-about the same). The sizing rows time one full run of the seed-002 scoring on
-``templates(smol, n=200, seed=0)``: ``grad_x_act`` measured beside a plain pass over the same
-sentences, ``ig`` extrapolated from that pass and IG's cost ratio (times on a shared machine
-swing several-fold within minutes; ratios measured interleaved do not).
+the 30-layer time is extrapolated from it (a pass for ``mlp.L`` runs blocks L.. only, so the
+middle layer stands for the average one). The sizing rows time one full run of the seed-002
+scoring on ``templates(smol, n=200, seed=0)``: ``grad_x_act`` measured beside a plain pass over
+the same sentences, ``ig`` extrapolated from that pass and IG's cost ratio (times on a shared
+machine swing several-fold within minutes; ratios measured interleaved do not).
 
 Run alone: ``python -m tests.bench key_neurons``.
 """
@@ -28,7 +28,8 @@ import warnings
 import torch
 
 import llmscope
-from llmscope.analysis.key_neurons import _objective, check_separation, key_neurons
+from llmscope.analysis.key_neurons import check_separation, key_neurons
+from llmscope.behaviour import next_token_loss
 from llmscope.stimuli import Stimuli, grammar, templates
 from tests.bench.bench_forward import interleaved_medians
 
@@ -42,8 +43,8 @@ SIZING_SENTENCES = 200
 def plain_pass(model, stim: Stimuli) -> None:
     """The floor: forward, summed next-token log-probability, backward (weights' gradients too)."""
     for lo, ids in stim.batches(BATCH):
-        lengths = torch.as_tensor(stim.lengths[lo: lo + len(ids)])
-        (-_objective(model(ids, return_type="logits"), ids, lengths).sum()).backward()
+        real = torch.arange(1, ids.shape[1]) < torch.as_tensor(stim.lengths[lo: lo + len(ids)])[:, None]
+        next_token_loss(model(ids, return_type="logits"), ids)[:, 1:][real].sum().backward()
     model.zero_grad(set_to_none=True)
 
 

@@ -145,8 +145,8 @@ def test_atlas_values_match_the_behaviour_module(organism, tiny_bat):
 def test_last_block_neurons_need_no_block_pass(organism, tiny_bat, monkeypatch):
     """A neuron of the last MLP is lesioned in closed form: its passes run no block at all."""
     layers = []
-    real = atlas_module._pass
-    monkeypatch.setattr(atlas_module, "_pass", lambda model, x, layer, *a: layers.append(layer) or real(model, x, layer, *a))
+    real = atlas_module.run_from
+    monkeypatch.setattr(atlas_module, "run_from", lambda model, x, layer, *a: layers.append(layer) or real(model, x, layer, *a))
     lesion_atlas(organism, tiny_bat, [("mlp.1", [0, 1, 2, 3])], n_random=1, progress=False)
     n = organism.cfg.n_layers
     assert layers.count(n) >= 4 and set(layers) <= {n, 1}  # 1: the checks of the route, once each

@@ -100,6 +100,24 @@ def test_grad_x_act_is_each_predictions_own_gradient(organism, one_doc):
     organism.zero_grad(set_to_none=True)
 
 
+def test_short_passes_give_the_full_passes_scores_and_a_wrong_route_is_left_out(organism, one_doc, monkeypatch):
+    """IG's passes start at the site's block and every pass unembeds only the samples' rows; with
+    both probe checks made to fail, the passes run whole and the scores stay the same."""
+    def scores():
+        return {m: attributions(organism, one_doc, "mlp.1", m, steps=8, progress=False) for m in ("ig", "grad_x_act")}
+
+    short = scores()
+    assert kn._start(organism, 1) == 1 and kn._rows_readout(organism) is not None  # the short cuts were taken
+    monkeypatch.setitem(organism.__dict__, "_llmscope_separation", {})  # a fresh memo, put back after the test
+    monkeypatch.setattr(kn, "readout", lambda model: model.unembed)  # leaves ln_final out: not the logits
+    monkeypatch.setattr(kn, "_entry", lambda layer: f"blocks.{layer}.hook_resid_mid")  # not what enters the block
+    full = scores()
+    assert kn._start(organism, 1) == 0 and kn._rows_readout(organism) is None
+    for m in full:
+        np.testing.assert_allclose(full[m].values, short[m].values, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(full["ig"].df["change"], short["ig"].df["change"], atol=1e-5)
+
+
 def test_separation_is_checked_and_a_mismatch_refused(organism, tiny, docs, baseline, monkeypatch):
     tiny.__dict__.pop("_llmscope_separation", None)
     assert set(check_separation(tiny)) == {0, 1}  # a random GPT-2 passes the probe too
