@@ -160,6 +160,21 @@ def test_float16_units_are_counted_exactly(n_categories, n_perm):
                                rtol=1e-12)
 
 
+def test_float16_tie_term_past_int64_range():
+    """Past ~916k tokens the tie term's sum of squared midranks leaves int64 and is summed in
+    float64: Kruskal-Wallis still agrees with scipy, and with the float32 kernel (ranks by sorting)."""
+    rng = np.random.default_rng(7)
+    n = 1_000_000
+    x = np.round(rng.standard_normal((2, n)), 2).astype(np.float16)  # ~900 values: heavy ties
+    codes = rng.integers(0, 3, n)
+    x[0, codes == 2] += np.float16(0.25)  # one category responds more
+    lab = _labelings(codes, 3, 1, seed=0)
+    got, ref = _block(x, lab), _block(x.astype(np.float32), lab)
+    np.testing.assert_allclose(got["H"], ref["H"], rtol=1e-9)
+    h, p = stats.kruskal(*[x[0][codes == c].astype(np.float64) for c in range(3)])
+    assert got["H"][0, 0] == pytest.approx(h, rel=1e-9) and got["p"][0, 0] == pytest.approx(p, rel=1e-6, abs=1e-300)
+
+
 def test_a_float16_recording_is_read_as_stored(store16):
     rec = Recording.open(store16)
     raw = rec.responses("mlp.0", dtype=None)
