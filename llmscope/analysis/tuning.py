@@ -12,20 +12,18 @@ For every unit of one or more recorded sites and a categorical trial-table colum
   analysed tokens (one shuffle shared by all units, so correlated units stay correlated), and
   the shuffled AUC, d', p and q sit beside the real ones.
 
-How it stays cheap (every MLP neuron of SmolLM2, 46,080, over 17,458 tokens: 10-14 s on two
-shared cores, 3-5 times one plain read of the store): the rank statistics need each
-unit's midranks, and a float16 recording (the default) holds at most 65,536 distinct values,
-so a unit is ranked by counting, not sorting: its values, as order-preserving 16-bit keys,
-index a table of counts over the unit's range, whose running sum gives each value's midrank
-(and the sum of squared midranks the tie correction). The tokens are read in the order of the
-joint code of the real and the shuffled labels, so every category sum (of midranks, exact in
-integers; of responses and of their squares, in float64) is a segment sum, one ``np.add.reduceat``,
-from which Kruskal-Wallis H, each AUC, the means, s.e.m. and d', and the whole permutation
-control follow.
-Float32 recordings are ranked by sorting instead, the label codes riding in the low bits of
-the keys. The recording is read as stored, one site at a time (a column block of units when a
-site is larger than ``READ_BYTES``), while ``THREADS`` threads work on blocks of units with
-arrays they reuse, so memory stays bounded whatever the recording's size.
+How it stays cheap: the rank statistics need each unit's midranks, and a float16 recording
+(the default) holds at most 65,536 distinct values, so a unit is ranked by counting, not
+sorting (:mod:`llmscope.analysis.counting`, a numba kernel): its values, as order-preserving
+16-bit keys, are counted in a table over the unit's range, whose running sum gives each value's
+midrank and the tie correction. The tokens are read in the order of the joint code of the real
+and the shuffled labels, so every category sum (of midranks, exact in integers; of responses and
+of their squares, in float64) is a sum over one segment of that order, from which Kruskal-Wallis
+H, each AUC, the means, s.e.m. and d', and the whole permutation control follow. Float32
+recordings are ranked by sorting instead, the label codes riding in the low bits of the keys.
+The recording is read as stored, a site (or ``READ_BYTES`` of its columns) at a time, by worker
+processes, one per core: each reads and analyses its own parts and sends back only statistics,
+so memory stays bounded whatever the recording's size.
 
 Caveat: tokens of one document are not independent, so real p-values can be optimistic; the
 shuffle control breaks label-response pairing only, not that dependence.
@@ -40,14 +38,13 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import html
-import math
 import os
-import threading
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -70,33 +67,13 @@ MAX_PERM = 100  # each shuffle adds work per unit (labelings beyond the first gr
 MAX_CATEGORIES = 256  # category tables [units, categories] stay small
 READ_BYTES = 256 << 20  # responses read at once, as stored: a whole site, or a column block of it
 TASK_UNITS = 64  # units per task: their rows are gathered in whole cache lines, once
-RANK_UNITS = 8  # units ranked at once: their tables of value counts stay in cache
-THREADS = min(4, os.cpu_count() or 1)  # workers on tasks (numpy's loops release the GIL)
+RANK_UNITS = 8  # float32 units sorted at once
+MAX_WORKERS = 8  # worker processes, one per core up to this
 JOINT_BITS = 10  # labelings whose codes fit in this many bits share one sort and bincount (float32)
 JOINT_BINS = 1 << JOINT_BITS  # labelings whose joint category code stays below this share one token order
-TILE = 4096  # tokens transposed at once: a tile stays in cache
-INF16 = (0x0400, 0xFC00)  # the float16 keys of -inf and +inf: a key outside them is a NaN
 
 
 # ---------------------------------------------------------------- the statistics of a block of units
-
-
-class _Scratch:
-    """Reusable arrays of one worker thread. Fresh multi-megabyte temporaries cost a page fault
-    per 4 KB (the kernel zeroes each page) and make threads queue on the process's memory map:
-    on SmolLM2 that was over a third of the CPU time."""
-
-    def __init__(self) -> None:
-        self._buffers: dict[str, np.ndarray] = {}
-
-    def __call__(self, name: str, shape: int | tuple[int, ...], dtype: Any) -> np.ndarray:
-        shape = (shape,) if isinstance(shape, int) else shape
-        dtype = np.dtype(dtype)
-        size = math.prod(shape) * dtype.itemsize
-        buffer = self._buffers.get(name)
-        if buffer is None or buffer.nbytes < size:
-            buffer = self._buffers[name] = np.empty(size, np.uint8)
-        return buffer[:size].view(dtype).reshape(shape)
 
 
 @dataclass(frozen=True)
@@ -149,75 +126,45 @@ def _labelings(codes: np.ndarray, n_categories: int, n_perm: int, seed: int) -> 
     return _Labelings(all_codes, counts, order, tuple(groups))
 
 
+def _margins(table: np.ndarray, group: _Group, k: int) -> np.ndarray:
+    """Each labeling's category sums ``[group.size, w, k]`` from the sums ``table [w, n_present]``
+    over the segments of a group's joint codes: the margins of the joint table."""
+    w = len(table)
+    full = np.zeros((w, k ** group.size), dtype=table.dtype)
+    full[:, group.present] = table
+    full = full.reshape(w, *[k] * group.size)
+    return np.stack([full.sum(axis=tuple(d for d in range(1, group.size + 1) if d != i + 1))
+                     for i in range(group.size)])
+
+
 def _category_sums(a: np.ndarray, lab: _Labelings, dtype: Any) -> np.ndarray:
     """Sums of each row of ``a [w, n]`` (tokens in ``lab.order``) over every category of every
-    labeling: ``[n_labelings, w, k]``, accumulated in ``dtype`` (int64: exact). One
-    ``np.add.reduceat`` per group of labelings, whose table's margins are each labeling's sums."""
-    w, k = len(a), len(lab.counts)
-    out = np.empty((len(lab.codes), w, k), dtype=dtype)
+    labeling: ``[n_labelings, w, k]``, accumulated in ``dtype``. One ``np.add.reduceat`` per
+    group of labelings."""
+    out = np.empty((len(lab.codes), len(a), len(lab.counts)), dtype=dtype)
     for group in lab.groups:
         ordered = a if group.order is None else np.take(a, group.order, axis=1)
-        table = np.zeros((w, k ** group.size), dtype=dtype)
-        table[:, group.present] = np.add.reduceat(ordered, group.starts, axis=1, dtype=dtype)
-        table = table.reshape(w, *[k] * group.size)
-        for i in range(group.size):
-            out[group.first + i] = table.sum(axis=tuple(d for d in range(1, group.size + 1) if d != i + 1))
+        table = np.add.reduceat(ordered, group.starts, axis=1, dtype=dtype)
+        out[group.first: group.first + group.size] = _margins(table, group, len(lab.counts))
     return out
 
 
-def _transpose(a: np.ndarray, scratch: _Scratch) -> np.ndarray:
-    """``a [n, u]`` as a C-ordered ``[u, n]`` array, a tile of tokens at a time (2x faster than
-    one strided copy, which crosses every row for each unit)."""
-    n, u = a.shape
-    out = scratch("units", (u, n), a.dtype)
-    for lo in range(0, n, TILE):
-        np.copyto(out[:, lo: lo + TILE], a[lo: lo + TILE].T)
-    return out
+def _counted(part: np.ndarray, ordered: np.ndarray, lab: _Labelings,
+             name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rank sums, sums and sums of squares per category ``[n_labelings, u, k]`` and tie terms
+    ``[u]`` of the float16 units of ``part [n_rows, u]`` (as stored) over its rows ``ordered``
+    (in ``lab.order``), ranked by counting: one :func:`~llmscope.analysis.counting.segment_sums`
+    per group of labelings."""
+    from llmscope.analysis.counting import segment_sums
 
-
-def _keys16(bits: np.ndarray, scratch: _Scratch) -> np.ndarray:
-    """Order-preserving uint16 keys of float16 bit patterns ``[u, n]``: ``0x8000 + |x|`` bits for
-    a positive, ``0x8000 - |x|`` bits for a negative, so -0.0 and 0.0 tie, -inf is 0x0400, +inf
-    0xFC00 and a NaN falls outside them."""
-    sign, key = scratch("sign", bits.shape, np.uint16), scratch("key16", bits.shape, np.uint16)
-    np.right_shift(bits, 15, out=sign)
-    np.multiply(sign, np.uint16(0x7FFF), out=key)
-    np.bitwise_or(key, np.uint16(0x8000), out=key)
-    np.bitwise_xor(key, bits, out=key)  # 0x8000 + |x| bits, or 0x7FFF - |x| bits for a negative
-    np.add(key, sign, out=key)
-    return key
-
-
-def _midranks16(key: np.ndarray, scratch: _Scratch, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Midranks of float16 units from their keys ``[u, n]``, by counting, not sorting: a float16
-    takes at most 65,536 values, so each unit's keys index a table of counts over the unit's
-    range, whose running sum gives every value's rank.
-
-    Returns ``2 * midrank - 1`` per response (int64 ``[u, n]``) and each row's tie term
-    ``sum(t**3 - t)``."""
-    u, n = key.shape
-    low, high = key.min(axis=1).astype(np.intp), key.max(axis=1).astype(np.intp)
-    if low.min() < INF16[0] or high.max() > INF16[1]:
-        raise AnalysisError(f"{name} has NaN responses: the recording is damaged; record it again.")
-    span = high - low + 1
-    start = np.zeros(u, dtype=np.intp)
-    np.cumsum(span[:-1], out=start[1:])  # row r's bins follow those of the rows before it
-    index = scratch("bin", (u, n), np.intp)
-    np.add(key, (start - low)[:, None], out=index)
-    total = np.bincount(index.ravel(), minlength=int(start[-1] + span[-1]))
-    np.cumsum(total, out=total)  # responses in this bin or below it, earlier rows included
-    doubled = scratch("doubled", len(total), np.intp)
-    doubled[0] = total[0]
-    np.add(total[1:], total[:-1], out=doubled[1:])  # bin v: ranks total[v-1]+1 .. total[v], twice their mean less 1
-    mid = scratch("mid", (u, n), np.intp)
-    np.take(doubled, index, out=mid, mode="clip")  # in range by construction: clip skips the checks and a buffer
-    mid -= (np.arange(u, dtype=np.intp) * (2 * n))[:, None]  # each row before holds n ranks
-    # t ties at ranks c+1..c+t have sum(rank**2) - t * midrank**2 = (t**3 - t) / 12, so the tie term follows
-    # from the squares of mid, one pass over the responses instead of three over the table's (more) bins:
-    # 4n**3 - n - 3 * sum(mid**2), exact in int64 while 12n**3 fits.
-    dtype = np.int64 if 12 * n**3 < 2**63 else np.float64
-    squares = np.einsum("ij,ij->i", mid, mid, dtype=dtype)
-    return mid, (dtype(4 * n**3 - n) - 3 * squares).astype(np.float64)
+    k = len(lab.counts)
+    ranks, sums, squares = (np.empty((len(lab.codes), part.shape[1], k)) for _ in range(3))
+    for group in lab.groups:
+        rows = ordered if group.order is None else ordered[group.order]
+        doubled, total, square, ties = segment_sums(part, rows, np.append(group.starts, len(rows)), name)
+        at = slice(group.first, group.first + group.size)
+        ranks[at], sums[at], squares[at] = _margins(doubled, group, k) / 2, _margins(total, group, k), _margins(square, group, k)
+    return ranks, sums, squares, ties
 
 
 def _keys(x: np.ndarray) -> tuple[np.ndarray, int]:
@@ -287,31 +234,34 @@ def _rank_sums(x: np.ndarray, codes: np.ndarray, k: int) -> tuple[np.ndarray, np
     return sums, ties
 
 
-def _statistics(x: np.ndarray, lab: _Labelings, scratch: _Scratch, name: str) -> dict[str, np.ndarray]:
-    """Every statistic of the units ``x [u, n]`` (float16 or float32, C order, tokens in
-    ``lab.order``) under every labeling, ``RANK_UNITS`` units at a time. Float16 units are ranked
-    by counting their values, float32 units by sorting; midranks, their sums and the tie
-    correction are exact, the moments float64 sums."""
-    from scipy.special import chdtrc  # what scipy.stats.chi2.sf computes, without importing scipy.stats
-
-    (u, n), n_lab, k, n_k = x.shape, len(lab.codes), len(lab.counts), lab.counts
-    if x.dtype != np.float16 and np.isnan(x).any():  # float16 NaNs show in their keys
+def _sorted(x: np.ndarray, lab: _Labelings, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What :func:`_counted` gives, for float32 units ``x [u, n]`` (C order, tokens in
+    ``lab.order``), ranked by sorting ``RANK_UNITS`` units at a time."""
+    (u, n), n_lab, k = x.shape, len(lab.codes), len(lab.counts)
+    if np.isnan(x).any():
         raise AnalysisError(f"{name} has NaN responses: the recording is damaged; record it again.")
+    codes = lab.codes[:, lab.order]
     sums, squares, rank_sums, ties = np.empty((n_lab, u, k)), np.empty((n_lab, u, k)), np.empty((n_lab, u, k)), np.empty(u)
-    codes = None if x.dtype == np.float16 else lab.codes[:, lab.order]
-    keys = _keys16(x.view(np.uint16), scratch) if codes is None else None  # all rows at once: fewer calls
     for lo in range(0, u, RANK_UNITS):
         part, at = x[lo: lo + RANK_UNITS], slice(lo, lo + RANK_UNITS)
-        if keys is not None:
-            mid, ties[at] = _midranks16(keys[at], scratch, name)
-            rank_sums[:, at] = (_category_sums(mid, lab, np.int64) + n_k) / 2
-        else:
-            rank_sums[:, at], ties[at] = _rank_sums(part, codes, k)
-        moments = scratch("moments", (2, *part.shape), np.float64)  # the responses and their squares: one sum
+        rank_sums[:, at], ties[at] = _rank_sums(part, codes, k)
+        moments = np.empty((2, *part.shape))  # the responses and their squares: one sum
         np.copyto(moments[0], part)
         np.square(moments[0], out=moments[1])
         both = _category_sums(moments.reshape(2 * len(part), n), lab, np.float64)
         sums[:, at], squares[:, at] = both[:, :len(part)], both[:, len(part):]
+    return rank_sums, sums, squares, ties
+
+
+def _statistics(rank_sums: np.ndarray, sums: np.ndarray, squares: np.ndarray, ties: np.ndarray,
+                lab: _Labelings) -> dict[str, np.ndarray]:
+    """Every statistic of ``u`` units under every labeling (``[n_labelings, u]`` each; ``means``
+    and ``sems`` ``[u, k]`` for the real labels) from their category sums ``[n_labelings, u, k]``
+    (of midranks, responses and squares) and tie terms ``[u]``."""
+    from scipy.special import chdtrc  # what scipy.stats.chi2.sf computes, without importing scipy.stats
+
+    n_k, k = lab.counts, len(lab.counts)
+    n = float(n_k.sum())
     with np.errstate(divide="ignore", invalid="ignore"):
         mean = sums / n_k
         var = np.maximum(squares - sums * mean, 0.0) / (n_k - 1)
@@ -324,74 +274,114 @@ def _statistics(x: np.ndarray, lab: _Labelings, scratch: _Scratch, name: str) ->
         var_rest = np.maximum(rest_sq - rest_sum * mean_rest, 0.0) / (n_r - 1)
         dprime = (pick(mean) - mean_rest) / np.sqrt((pick(var) + var_rest) / 2)
         auc = (pick(rank_sums) - n_p * (n_p + 1) / 2) / (n_p * n_r)
-        spread = 1.0 - ties / (float(n) ** 3 - n)  # 0 for a unit whose responses are all equal
+        spread = 1.0 - ties / (n ** 3 - n)  # 0 for a unit whose responses are all equal
         h = (12.0 / (n * (n + 1.0)) * (rank_sums ** 2 / n_k).sum(-1) - 3.0 * (n + 1)) / spread
         h = np.where(spread > 0, np.maximum(h, 0.0), np.nan)
     return dict(preferred=pref, mean_preferred=pick(mean), mean_rest=mean_rest, auc=auc, dprime=dprime,
                 H=h, p=chdtrc(k - 1, h), means=mean[0], sems=np.sqrt(var[0] / n_k))
 
 
-def _block(x: np.ndarray, lab: _Labelings, scratch: _Scratch | None = None,
-           name: str = "the block") -> dict[str, np.ndarray]:
+def _block(x: np.ndarray, lab: _Labelings, name: str = "the block") -> dict[str, np.ndarray]:
     """Every statistic of the units ``x [u, n]`` (float16 or float32, tokens as ``lab.codes``
     holds them) under every labeling: each a ``[n_labelings, u]`` array, ``means`` and ``sems``
-    ``[u, k]`` for the real labels. :func:`_stream` reads the rows in ``lab.order`` instead and
-    calls :func:`_statistics` directly."""
-    return _statistics(np.ascontiguousarray(x[:, lab.order]), lab, _Scratch() if scratch is None else scratch, name)
+    ``[u, k]`` for the real labels (what :func:`tuning` computes, one part of a recording at a time)."""
+    if x.dtype == np.float16:
+        return _statistics(*_counted(x.T, lab.order, lab, name), lab)
+    return _statistics(*_sorted(np.ascontiguousarray(x[:, lab.order]), lab, name), lab)
 
 
 # ---------------------------------------------------------------- reading the recording
 
 
-def _parts(recording: Recording, site: str) -> Iterator[np.ndarray]:
-    """A site's responses ``[n_tokens, n_units_in_part]``, ``READ_BYTES`` at a time: as stored
-    (float16 by default: no conversion, half the bytes) for one value per unit, else the
-    float32 L2 norms of ``scalar``."""
-    s = recording.site(site)
-    stored = len(s.shape) == 1
-    itemsize = np.dtype(recording.dtype).itemsize if stored else 4
-    step = max(1, min(s.n_units, READ_BYTES // (itemsize * max(len(recording), 1))))
-    for lo in range(0, s.n_units, step):
-        units = None if step == s.n_units else np.arange(lo, min(lo + step, s.n_units))
-        yield recording.responses(site, units, dtype=None) if stored else scalar(recording, site, units)
+def _tasks(recording: Recording, names: list[str]) -> list[tuple[str, int, int]]:
+    """``(site, first unit, end unit)`` per part of the recording read at once: a whole site, or
+    ``READ_BYTES`` of its columns (a chunk spans whole units: a column block reads no more)."""
+    out = []
+    for name in names:
+        s = recording.site(name)
+        itemsize = np.dtype(recording.dtype).itemsize if len(s.shape) == 1 else 4
+        step = max(1, min(s.n_units, READ_BYTES // (itemsize * max(len(recording), 1))))
+        out += [(name, lo, min(lo + step, s.n_units)) for lo in range(0, s.n_units, step)]
+    return out
+
+
+def _read(recording: Recording, site: str, lo: int, hi: int) -> np.ndarray:
+    """Responses ``[n_tokens, hi - lo]`` of units ``lo..hi-1``: as stored (float16 by default: no
+    conversion, half the bytes) for one value per unit, else the float32 L2 norms of ``scalar``."""
+    units = None if (lo, hi) == (0, recording.site(site).n_units) else np.arange(lo, hi)
+    if len(recording.site(site).shape) == 1:
+        return recording.responses(site, units, dtype=None)
+    return scalar(recording, site, units)
+
+
+def _job(recording: Recording, ordered: np.ndarray, lab: _Labelings) -> dict[str, Any]:
+    return dict(recording=recording, ordered=ordered, lab=lab)
+
+
+def _part_statistics(job: dict[str, Any], task: tuple[str, int, int]) -> list[dict[str, np.ndarray]]:
+    """Read one part of the recording and compute its units' statistics: float16 units all at
+    once, by counting; float32 units ``TASK_UNITS`` at a time (their rows gathered in whole cache
+    lines, once, in the labelings' order), by sorting."""
+    name, lo, hi = task
+    ordered, lab = job["ordered"], job["lab"]
+    part = _read(job["recording"], name, lo, hi)
+    if part.dtype == np.float16:
+        return [_statistics(*_counted(part, ordered, lab, name), lab)]
+    out = []
+    for j in range(0, part.shape[1], TASK_UNITS):
+        x = np.ascontiguousarray(part[ordered, j: j + TASK_UNITS].T)
+        out.append(_statistics(*_sorted(x, lab, name), lab))
+    return out
+
+
+_WORKER_JOB: dict[str, Any] = {}  # in a worker process: the job it inherited when it was forked
+
+
+def _start_worker(*args: Any) -> None:
+    _WORKER_JOB.update(_job(*args))
+
+
+def _worker_part(task: tuple[str, int, int]) -> list[dict[str, np.ndarray]]:
+    return _part_statistics(_WORKER_JOB, task)
+
+
+def _workers(n_tasks: int) -> int:
+    """Worker processes for ``n_tasks`` parts: one per core this process may use (at most
+    ``MAX_WORKERS``), none (work here) for one part or where processes cannot be forked."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    fork = "fork" in multiprocessing.get_all_start_methods()
+    return min(cores, MAX_WORKERS, n_tasks) if fork and n_tasks > 1 else 0
 
 
 def _stream(recording: Recording, names: list[str], rows: np.ndarray, lab: _Labelings,
             bar: tqdm) -> dict[str, list[np.ndarray]]:
-    """Every site's statistics, in unit order. Tasks of ``TASK_UNITS`` units run on ``THREADS``
-    threads, each with its own scratch arrays, while the next part of the recording is read;
-    at most two parts are held at once."""
+    """Every site's statistics, in unit order. Each part of the recording is read and analysed
+    by one of :func:`_workers` forked processes (each holds one part at a time, so memory stays
+    bounded), which inherit the recording and labelings and send back only the statistics."""
     out: dict[str, list[np.ndarray]] = {}
-    held: deque[list[Future]] = deque()
-    local = threading.local()
-    ordered = rows[lab.order]
+    tasks = _tasks(recording, names)
+    args = (recording, rows[lab.order], lab)
+    n_workers = _workers(len(tasks))
+    pool = None
+    if np.dtype(recording.dtype) == np.float16:
+        from llmscope.analysis import counting
 
-    def work(part: np.ndarray, name: str) -> dict[str, np.ndarray]:
-        if not hasattr(local, "scratch"):
-            local.scratch = _Scratch()
-        tokens = local.scratch("tokens", (len(rows), part.shape[1]), part.dtype)
-        np.take(part, ordered, axis=0, out=tokens)  # the analysed rows, in the labelings' order
-        return _statistics(_transpose(tokens, local.scratch), lab, local.scratch, name)
-
-    def collect(futures: list[Future]) -> None:
-        for future in futures:
-            stats = future.result()
-            for key, value in stats.items():
-                out.setdefault(key, []).append(value)
-            bar.update(len(stats["means"]))
-
-    pool = ThreadPoolExecutor(THREADS)
+        counting.load()
+    if n_workers:
+        pool = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("fork"),
+                                   initializer=_start_worker, initargs=args)
+        results = pool.map(_worker_part, tasks)
+    else:
+        results = map(functools.partial(_part_statistics, _job(*args)), tasks)
     try:
-        for name in names:
-            for part in _parts(recording, name):
-                held.append([pool.submit(work, part[:, j: j + TASK_UNITS], name)
-                             for j in range(0, part.shape[1], TASK_UNITS)])
-                if len(held) == 2:
-                    collect(held.popleft())
-        while held:
-            collect(held.popleft())
+        for (_, lo, hi), blocks in zip(tasks, results):
+            for stats in blocks:
+                for key, value in stats.items():
+                    out.setdefault(key, []).append(value)
+            bar.update(hi - lo)
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     return out
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import warnings
 
@@ -23,7 +24,8 @@ import llmscope
 from llmscope.analysis.responses import scalar
 from llmscope.analysis.stats import fdr
 from llmscope.analysis.trials import rows
-from llmscope.analysis.tuning import INF16, ALPHA, TuningResult, _block, _keys16, _labelings, _parts, _Scratch, tuning
+from llmscope.analysis.counting import NEG_INF, POS_INF, key16
+from llmscope.analysis.tuning import ALPHA, TuningResult, _block, _labelings, _read, _tasks, tuning
 from llmscope.errors import AnalysisError, ColumnError, SiteError
 from llmscope.recording import IncompleteRecordingWarning, Recording
 from llmscope.sites import unit_index
@@ -125,13 +127,13 @@ def test_float16_keys_keep_the_order_of_every_value():
     """Every float16 bit pattern: keys sort as the values do, -0.0 ties 0.0, NaNs fall outside."""
     bits = np.arange(1 << 16, dtype=np.uint16)
     values = bits.view(np.float16).astype(np.float64)
-    key = _keys16(bits[None], _Scratch())[0].astype(np.int64)
+    key = np.array([key16(b) for b in bits.tolist()], dtype=np.int64)
     finite = ~np.isnan(values)
     order = np.argsort(values[finite], kind="stable")
     assert (np.diff(key[finite][order]) >= 0).all()
     assert ((np.diff(key[finite][order]) == 0) == (np.diff(values[finite][order]) == 0)).all()  # ties: -0.0, 0.0 only
-    assert key[0x8000] == key[0x0000] and (key[0xFC00], key[0x7C00]) == INF16
-    assert ((key[~finite] < INF16[0]) | (key[~finite] > INF16[1])).all()
+    assert key[0x8000] == key[0x0000] and (key[0xFC00], key[0x7C00]) == (NEG_INF, POS_INF)
+    assert ((key[~finite] < NEG_INF) | (key[~finite] > POS_INF)).all()
 
 
 @pytest.mark.parametrize("n_categories,n_perm", [(3, 20), (10, 1), (40, 3), (200, 2)])
@@ -160,9 +162,9 @@ def test_float16_units_are_counted_exactly(n_categories, n_perm):
                                rtol=1e-12)
 
 
-def test_float16_tie_term_past_int64_range():
-    """Past ~916k tokens the tie term's sum of squared midranks leaves int64 and is summed in
-    float64: Kruskal-Wallis still agrees with scipy, and with the float32 kernel (ranks by sorting)."""
+def test_float16_tie_term_of_a_million_tokens():
+    """A million tokens with heavy ties (a tie term near 1e17, summed in int64): Kruskal-Wallis
+    agrees with scipy, and with the float32 kernel (ranks by sorting)."""
     rng = np.random.default_rng(7)
     n = 1_000_000
     x = np.round(rng.standard_normal((2, n)), 2).astype(np.float16)  # ~900 values: heavy ties
@@ -175,11 +177,41 @@ def test_float16_tie_term_past_int64_range():
     assert got["H"][0, 0] == pytest.approx(h, rel=1e-9) and got["p"][0, 0] == pytest.approx(p, rel=1e-6, abs=1e-300)
 
 
+def test_more_tokens_than_the_counting_kernel_takes_is_a_clear_error(monkeypatch):
+    from llmscope.analysis import counting
+
+    monkeypatch.setattr(counting, "MAX_ROWS", 99)
+    x = np.zeros((1, 100), np.float16)
+    with pytest.raises(AnalysisError, match=r"the block: 100 tokens at once; .* up to 99: select fewer tokens"):
+        _block(x, _labelings(np.arange(100) % 2, 2, 1, seed=0))
+
+
+def test_worker_processes_give_what_one_process_gives(store16, tmp_path, monkeypatch):
+    """Two sites, so two forked workers, each reading its own site; the same table as in-process,
+    and a NaN in the second site still raises, in the caller, naming it."""
+    from llmscope.analysis import tuning as module
+
+    path = tmp_path / "two.zarr"
+    shutil.copytree(store16, path)
+    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    rec = Recording.open(path)
+    assert module._workers(len(module._tasks(rec, ["mlp.0", "mlp.0"]))) == min(2, len(os.sched_getaffinity(0)))
+    forked = tuning(rec, ["mlp.0", "mlp.0"], "pos_tag", n_perm=3, progress=False)
+    monkeypatch.setattr(module, "_workers", lambda n_tasks: 0)
+    here = tuning(rec, ["mlp.0", "mlp.0"], "pos_tag", n_perm=3, progress=False)
+    pd.testing.assert_frame_equal(forked.df, here.df)
+    pd.testing.assert_frame_equal(forked.means, here.means)
+    monkeypatch.undo()
+    group["mlp.0"][7, 300] = np.nan
+    with pytest.raises(AnalysisError, match="mlp.0 has NaN responses"):
+        tuning(Recording.open(path), ["mlp.0", "mlp.0"], "pos_tag", include_bos=True, progress=False)
+
+
 def test_a_float16_recording_is_read_as_stored(store16):
     rec = Recording.open(store16)
     raw = rec.responses("mlp.0", dtype=None)
     assert raw.dtype == np.float16 and np.array_equal(raw.astype(np.float32), rec.responses("mlp.0"))
-    assert [p.dtype for p in _parts(rec, "mlp.0")] == [np.float16]
+    assert [_read(rec, *task).dtype for task in _tasks(rec, ["mlp.0"])] == [np.float16]
     with pytest.raises(llmscope.RecordingError, match="dtype must be 'float32' or None .*got 'float16'"):
         rec.responses("mlp.0", dtype="float16")
 
