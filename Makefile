@@ -53,7 +53,7 @@ widgets-test: bundle
 	node --test widgets/test/
 
 test: install $(CHROMIUM) widgets-test
-	$(BIN)/python -m pytest tests/unit tests/browser notebooks llmscope --nbval-lax --doctest-modules -p no:cacheprovider
+	$(BIN)/python -m pytest tests/unit tests/browser notebooks llmscope --nbval-lax --doctest-modules -p no:cacheprovider --durations=15
 
 bench: install
 	$(BIN)/python -m tests.bench $(ONLY)

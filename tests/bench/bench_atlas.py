@@ -40,8 +40,9 @@ def timed(model, bat, units, **kwargs) -> dict:
                 result=result)
 
 
-def rows(name: str, stacked: dict, plain: dict, total: int, goal: str) -> list[dict]:
-    """Per-lesion costs of both sides, the ratio, and the whole atlas's seconds (``total`` lesions)."""
+def rows(name: str, stacked: dict, plain: dict, total: int, goal: str, ratio_goal: str) -> list[dict]:
+    """Per-lesion costs of both sides, the ratio, and the whole atlas's seconds (``total`` lesions);
+    the goals are the issue's: a ratio for the organism, wall seconds for both."""
     out = []
     for side, run in (("stacked", stacked), ("one forward per lesion", plain)):
         case = f"{name}, {run['lesions']} lesions run, load {run['load']:.1f}"
@@ -52,10 +53,11 @@ def rows(name: str, stacked: dict, plain: dict, total: int, goal: str) -> list[d
     for clock in ("wall", "cpu"):
         ratio = (plain[clock] / plain["lesions"]) / (stacked[clock] / stacked["lesions"])
         out.append(dict(benchmark=f"atlas one-per-lesion / stacked ({clock})", case=name, value=ratio,
-                        unit="ratio", goal=">= 8"))
+                        unit="ratio", goal=ratio_goal))
         seconds = stacked[clock] / stacked["lesions"] * total
         out.append(dict(benchmark=f"atlas stacked, {total} lesions ({clock})", case=name, value=seconds,
-                        unit="s" if stacked["lesions"] == total else "s (extrapolated)", goal=goal))
+                        unit="s" if stacked["lesions"] == total else "s (extrapolated)",
+                        goal=goal if clock == "wall" else ""))
     return out
 
 
@@ -64,7 +66,7 @@ def organism() -> list[dict]:
     bat = battery(model)
     stacked = timed(model, bat, ORGANISM_UNITS, n_random=N_RANDOM)
     plain = timed(model, bat, ORGANISM_UNITS, n_sample=PLAIN_SAMPLE, n_random=1, stack=False)
-    return rows("grammar-2l, 1032 units + 20 controls", stacked, plain, stacked["lesions"], "<= 120 s")
+    return rows("grammar-2l, 1032 units + 20 controls", stacked, plain, stacked["lesions"], "<= 120 s", ">= 8")
 
 
 def smollm2() -> list[dict]:
@@ -76,7 +78,7 @@ def smollm2() -> list[dict]:
                   stack=False)
     total = n_layers * n_heads + N_RANDOM + 1
     return rows(f"smollm2-135m, {n_layers * n_heads} heads + {N_RANDOM} controls, {torch.get_num_threads()} threads",
-                stacked, plain, total, "<= 600 s")
+                stacked, plain, total, "<= 600 s", "")
 
 
 def run() -> list[dict]:
