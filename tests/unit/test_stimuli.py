@@ -230,7 +230,7 @@ def test_grammar_2l_prefers_the_agreeing_verb():
     with torch.no_grad():
         logits = model(stim.ids)
     t = stim.tokens[stim.tokens.is_target]
-    last = logits[torch.as_tensor(t.seq.to_numpy()), torch.as_tensor(t.pos.to_numpy())]
+    last = logits[torch.tensor(t.seq.to_numpy()), torch.tensor(t.pos.to_numpy())]
     diff = last.gather(1, torch.as_tensor(t[["good_id", "bad_id"]].to_numpy())).diff(dim=1).neg()
     assert (diff > 0).float().mean() > 0.8
     stim = grammar(model, n_docs=2, seed=0)
