@@ -28,7 +28,7 @@ from llmscope.errors import AnalysisError
 
 BLOCK = 64  # units copied out of the part at once: their rows are read in whole cache lines, once
 TILE = 32  # rows copied at once: 64 bytes of each unit's row
-MAX_ROWS = (1 << 21) - 1  # a unit's tie term sum(t**3 - t) <= n**3 stays within int64
+MAX_ROWS = (1 << 21) - 1  # up to here a unit's tie term sum(t**3 - t) <= n**3 is an exact int64 sum
 NEG_INF, POS_INF = 0x0400, 0xFC00  # the keys of -inf and +inf: a key outside them is a NaN's
 VALUES = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)  # bit pattern -> value
 
@@ -43,7 +43,7 @@ def key16(bits: int) -> int:
 
 
 @njit(cache=True, nogil=True)
-def _kernel(bits, rows, starts, values, doubled, sums, squares, ties):  # pragma: no cover - compiled
+def _kernel(bits, rows, starts, values, exact, doubled, sums, squares, ties):  # pragma: no cover - compiled
     n_units, n, n_segments = bits.shape[1], rows.size, starts.size - 1
     block = np.empty((BLOCK, n), np.uint16)
     keys = np.empty(n, np.int32)
@@ -59,9 +59,7 @@ def _kernel(bits, rows, starts, values, doubled, sums, squares, ties):  # pragma
             unit = block[j]
             low, high = 0xFFFF, 0
             for i in range(n):
-                b = np.int32(unit[i])
-                sign = b >> 15
-                key = (((sign * 0x7FFF) | 0x8000) ^ b) + sign
+                key = key16(unit[i])
                 keys[i] = key
                 low = min(low, key)
                 high = max(high, key)
@@ -72,13 +70,16 @@ def _kernel(bits, rows, starts, values, doubled, sums, squares, ties):  # pragma
             for i in range(n):
                 keys[i] -= low
                 table[keys[i]] += 1
-            below, tie = 0, 0
+            below, tie, rough = 0, 0, 0.0
             for v in range(span):  # t values at ranks below+1..below+t: midrank below + (t + 1) / 2
                 t = np.int64(table[v])
                 table[v] = 2 * below + t + 1
-                tie += t * t * t - t  # an integer sum: a float one would wait on each add
+                if exact:
+                    tie += t * t * t - t  # an integer sum: a float one would wait on each add
+                else:
+                    rough += np.float64(t) ** 3 - t
                 below += t
-            ties[first + j] = tie
+            ties[first + j] = tie if exact else rough
             for s in range(n_segments):
                 twice, total, square = 0, 0.0, 0.0
                 for i in range(starts[s], starts[s + 1]):
@@ -98,21 +99,18 @@ def segment_sums(part: np.ndarray, rows: np.ndarray, starts: np.ndarray,
     in that order and split into segments at ``starts`` (ascending, from 0, ``len(rows)`` last):
     each segment's sum of doubled midranks (int64, exact), of the responses and of their squares
     (float64), each ``[n_units, n_segments]``; and each unit's tie term ``sum(t**3 - t)`` over its
-    groups of ``t`` equal values (summed exactly in int64, returned as float64).
+    groups of ``t`` equal values (float64; summed exactly in int64 up to ``MAX_ROWS`` rows, in
+    float64 beyond).
 
     Raises:
-        AnalysisError: a NaN response (the recording is damaged), or more than ``MAX_ROWS``
-            rows, naming ``name``.
+        AnalysisError: a NaN response (the recording is damaged), naming ``name``.
     """
     n_units, n_segments = part.shape[1], len(starts) - 1
     doubled = np.empty((n_units, n_segments), np.int64)
     sums, squares = np.empty((n_units, n_segments)), np.empty((n_units, n_segments))
-    ties = np.empty(n_units, np.int64)
-    if len(rows) > MAX_ROWS:
-        raise AnalysisError(f"{name}: {len(rows):,} tokens at once; ranks are counted exactly in int64 up to "
-                            f"{MAX_ROWS:,}: select fewer tokens (recording.select) and analyse the parts.")
+    ties = np.empty(n_units)
     bad = _kernel(np.ascontiguousarray(part).view(np.uint16), np.asarray(rows, np.intp), np.asarray(starts, np.intp),
-                  VALUES, doubled, sums, squares, ties)
+                  VALUES, len(rows) <= MAX_ROWS, doubled, sums, squares, ties)
     if bad >= 0:
         raise AnalysisError(f"{name} has NaN responses: the recording is damaged; record it again.")
     return doubled, sums, squares, ties.astype(np.float64)

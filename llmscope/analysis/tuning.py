@@ -22,8 +22,9 @@ of their squares, in float64) is a sum over one segment of that order, from whic
 H, each AUC, the means, s.e.m. and d', and the whole permutation control follow. Float32
 recordings are ranked by sorting instead, the label codes riding in the low bits of the keys.
 The recording is read as stored, a site (or ``READ_BYTES`` of its columns) at a time, by worker
-processes, one per core: each reads and analyses its own parts and sends back only statistics,
-so memory stays bounded whatever the recording's size.
+processes (one per part, up to the number of cores; on Linux): each reads and analyses its own
+parts, one at a time, and sends back only statistics, so memory stays bounded whatever the
+recording's size.
 
 Caveat: tokens of one document are not independent, so real p-values can be optimistic; the
 shuffle control breaks label-response pairing only, not that dependence.
@@ -40,8 +41,9 @@ from __future__ import annotations
 
 import functools
 import html
-import os
 import multiprocessing
+import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
@@ -346,18 +348,20 @@ def _worker_part(task: tuple[str, int, int]) -> list[dict[str, np.ndarray]]:
 
 
 def _workers(n_tasks: int) -> int:
-    """Worker processes for ``n_tasks`` parts: one per core this process may use (at most
-    ``MAX_WORKERS``), none (work here) for one part or where processes cannot be forked."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    fork = "fork" in multiprocessing.get_all_start_methods()
-    return min(cores, MAX_WORKERS, n_tasks) if fork and n_tasks > 1 else 0
+    """Worker processes for ``n_tasks`` parts: one per part, up to the cores this process may use
+    (and ``MAX_WORKERS``); none (work here) if that is one, or off Linux, the one platform where
+    forking is the default and safe for what the workers use (numpy, zarr, numba)."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    n = min(len(os.sched_getaffinity(0)), MAX_WORKERS, n_tasks)
+    return n if n > 1 else 0
 
 
 def _stream(recording: Recording, names: list[str], rows: np.ndarray, lab: _Labelings,
             bar: tqdm) -> dict[str, list[np.ndarray]]:
     """Every site's statistics, in unit order. Each part of the recording is read and analysed
-    by one of :func:`_workers` forked processes (each holds one part at a time, so memory stays
-    bounded), which inherit the recording and labelings and send back only the statistics."""
+    by one of :func:`_workers` forked processes (each holds one part at a time), which inherit
+    the recording, the labelings and the loaded kernel and send back only the statistics."""
     out: dict[str, list[np.ndarray]] = {}
     tasks = _tasks(recording, names)
     args = (recording, rows[lab.order], lab)
@@ -367,13 +371,13 @@ def _stream(recording: Recording, names: list[str], rows: np.ndarray, lab: _Labe
         from llmscope.analysis import counting
 
         counting.load()
-    if n_workers:
-        pool = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("fork"),
-                                   initializer=_start_worker, initargs=args)
-        results = pool.map(_worker_part, tasks)
-    else:
-        results = map(functools.partial(_part_statistics, _job(*args)), tasks)
     try:
+        if n_workers:
+            pool = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("fork"),
+                                       initializer=_start_worker, initargs=args)
+            results = pool.map(_worker_part, tasks)
+        else:
+            results = map(functools.partial(_part_statistics, _job(*args)), tasks)
         for (_, lo, hi), blocks in zip(tasks, results):
             for stats in blocks:
                 for key, value in stats.items():

@@ -177,34 +177,50 @@ def test_float16_tie_term_of_a_million_tokens():
     assert got["H"][0, 0] == pytest.approx(h, rel=1e-9) and got["p"][0, 0] == pytest.approx(p, rel=1e-6, abs=1e-300)
 
 
-def test_more_tokens_than_the_counting_kernel_takes_is_a_clear_error(monkeypatch):
+def test_past_max_rows_the_tie_term_is_summed_in_float64(monkeypatch):
+    """Past ``MAX_ROWS`` the tie term leaves int64 for float64: the same statistics (exact here)."""
     from llmscope.analysis import counting
 
+    rng = np.random.default_rng(3)
+    x = np.round(rng.standard_normal((5, 3000)), 1).astype(np.float16)  # ~60 values: heavy ties
+    lab = _labelings(rng.integers(0, 4, 3000), 4, 2, seed=0)
+    exact = _block(x, lab)
     monkeypatch.setattr(counting, "MAX_ROWS", 99)
-    x = np.zeros((1, 100), np.float16)
-    with pytest.raises(AnalysisError, match=r"the block: 100 tokens at once; .* up to 99: select fewer tokens"):
-        _block(x, _labelings(np.arange(100) % 2, 2, 1, seed=0))
+    rough = _block(x, lab)
+    for key in ("H", "p", "auc"):
+        np.testing.assert_array_equal(rough[key], exact[key])
 
 
-def test_worker_processes_give_what_one_process_gives(store16, tmp_path, monkeypatch):
-    """Two sites, so two forked workers, each reading its own site; the same table as in-process,
-    and a NaN in the second site still raises, in the caller, naming it."""
+def test_worker_processes_give_what_one_process_gives(store16, monkeypatch):
+    """A site read in column parts (a small ``READ_BYTES``), so forked workers, each reading its
+    own: the same table as in-process; a NaN in a later part still raises, in the caller, naming
+    the site."""
     from llmscope.analysis import tuning as module
 
-    path = tmp_path / "two.zarr"
-    shutil.copytree(store16, path)
-    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
-    rec = Recording.open(path)
-    assert module._workers(len(module._tasks(rec, ["mlp.0", "mlp.0"]))) == min(2, len(os.sched_getaffinity(0)))
-    forked = tuning(rec, ["mlp.0", "mlp.0"], "pos_tag", n_perm=3, progress=False)
+    rec = Recording.open(store16)
+    monkeypatch.setattr(module, "READ_BYTES", 100 * 2 * len(rec))  # 100 float16 units a part
+    tasks = module._tasks(rec, ["mlp.0"])
+    assert len(tasks) == 6 and module._workers(len(tasks)) == min(2, len(os.sched_getaffinity(0)))
+    forked = tuning(rec, "mlp.0", "pos_tag", n_perm=3, progress=False)
     monkeypatch.setattr(module, "_workers", lambda n_tasks: 0)
-    here = tuning(rec, ["mlp.0", "mlp.0"], "pos_tag", n_perm=3, progress=False)
+    here = tuning(rec, "mlp.0", "pos_tag", n_perm=3, progress=False)
+    monkeypatch.setattr(module, "READ_BYTES", 1 << 30)
+    whole = tuning(rec, "mlp.0", "pos_tag", n_perm=3, progress=False)
     pd.testing.assert_frame_equal(forked.df, here.df)
-    pd.testing.assert_frame_equal(forked.means, here.means)
-    monkeypatch.undo()
-    group["mlp.0"][7, 300] = np.nan
+    pd.testing.assert_frame_equal(forked.df, whole.df)
+    pd.testing.assert_frame_equal(forked.means, whole.means)
+
+
+def test_a_nan_in_a_worker_is_named_in_the_caller(store16, tmp_path, monkeypatch):
+    from llmscope.analysis import tuning as module
+
+    path = copy_of(store16, tmp_path)
+    zarr.open_group(str(path), mode="r+", use_consolidated=False)["mlp.0"][7, 450] = np.nan  # the 5th part of 6
+    rec = Recording.open(path)
+    monkeypatch.setattr(module, "READ_BYTES", 100 * 2 * len(rec))
+    assert module._workers(len(module._tasks(rec, ["mlp.0"]))) > 0 or len(os.sched_getaffinity(0)) == 1
     with pytest.raises(AnalysisError, match="mlp.0 has NaN responses"):
-        tuning(Recording.open(path), ["mlp.0", "mlp.0"], "pos_tag", include_bos=True, progress=False)
+        tuning(rec, "mlp.0", "pos_tag", include_bos=True, progress=False)
 
 
 def test_a_float16_recording_is_read_as_stored(store16):
