@@ -2,7 +2,7 @@
 
 Experiments that run the model many times (the lesion atlas, key-neuron attribution) spend most
 of a plain pass on work that cannot change: the blocks below the first one a lesion or an
-attribution touches, and the unembedding of rows nobody scores. These three pieces let them skip
+attribution touches, and the unembedding of rows nobody scores. These pieces let them skip
 it, exactly; each caller checks once, against a plain pass, that the shortcut reproduces it on
 its model, and falls back to plain passes where it does not.
 
@@ -11,7 +11,9 @@ its model, and falls back to plain passes where it does not.
 * :func:`run_from` runs one pass from the tokens or from the residual entering a block, with
   hooks, and returns the residual entering ``ln_final`` (``stop=True``) or the logits;
 * :func:`readout` maps that residual to logits, position by position, so a caller unembeds only
-  the rows it reads.
+  the rows it reads;
+* :func:`rank_one_readout` gives the logits of many copies of that residual, each with one
+  direction taken out (a lesioned neuron of the last block), unembedding the rows once.
 
 Example:
     >>> ids = torch.tensor([[1, 5, 9, 4]])
@@ -73,6 +75,73 @@ def readout(model: "TransformerBridge") -> Callable[[torch.Tensor], torch.Tensor
     return lambda resid: model.unembed(model.ln_final(resid))
 
 
+def _final_norm(ln: Any) -> tuple[bool, torch.Tensor, torch.Tensor | None, float] | None:
+    """(centres, weight, bias or None, eps) of the final norm as the bridge runs it: its own
+    LayerNorm/RMSNorm in Python, or the HF module's (``torch.nn.LayerNorm``, or an RMSNorm with
+    ``variance_epsilon`` as Llama's); None for any other."""
+    hf, config = getattr(ln, "original_component", None), getattr(ln, "config", None)
+    if not getattr(ln, "use_native_layernorm_autograd", False) and not getattr(config, "layer_norm_folding", False):
+        if not all(hasattr(ln, a) for a in ("uses_rms_norm", "uses_weight_offset", "weight")):
+            return None
+        rms = bool(ln.uses_rms_norm)
+        weight = (1.0 + ln.weight) if ln.uses_weight_offset else ln.weight
+        return not rms, weight, None if rms else getattr(hf, "bias", None), float(getattr(config, "eps", 1e-5))
+    if isinstance(hf, torch.nn.LayerNorm):
+        return True, hf.weight, hf.bias, float(hf.eps)
+    if hasattr(hf, "variance_epsilon") and isinstance(getattr(hf, "weight", None), torch.Tensor):
+        return False, hf.weight, None, float(hf.variance_epsilon)
+    return None
+
+
+def rank_one_readout(model: "TransformerBridge") -> Callable[[torch.Tensor], Callable] | None:
+    """Logits of many copies of residuals entering ``ln_final``, each with one direction taken
+    out, without an unembedding per copy: ``prepare(r [..., d])`` returns
+    ``read(at, a [k, n], w [k, d]) -> logits [k, n, d_vocab]``, the logits of the rows
+    ``r[at]`` (``n`` of them) less ``a[j][:, None] * w[j]`` in copy ``j``.
+
+    The final norm's centring and weight and the unembedding are linear, so the logits are
+    ``(P - a * Q) / scale + c``, with ``P`` the unembedded rows of ``r`` (computed once, by
+    ``prepare``) and ``Q`` those of ``w``; only the norm's scale depends on ``a``, and it has a
+    closed form. None for a model whose ``ln_final`` is not a LayerNorm or an RMSNorm
+    :func:`_final_norm` knows (a caller checks the result against :func:`readout` once, as for
+    every shortcut here).
+
+    Example:
+        >>> r, w, a = torch.randn(4, model.cfg.d_model), torch.randn(2, model.cfg.d_model), torch.randn(2, 4)
+        >>> with torch.no_grad():
+        ...     got = rank_one_readout(model)(r)(torch.arange(4), a, w)
+        ...     want = torch.stack([readout(model)(r - a[j][:, None] * w[j]) for j in range(2)])
+        >>> torch.allclose(got, want, atol=1e-4)
+        True
+    """
+    norm = _final_norm(getattr(model, "ln_final", None))
+    if readout(model) is None or norm is None:
+        return None
+    centre, weight, bias, eps = norm
+    unembed = model.unembed
+
+    def prepare(r: torch.Tensor) -> Callable[[Any, torch.Tensor, torch.Tensor], torch.Tensor]:
+        r = r.float()
+        zero = unembed(torch.zeros_like(r.reshape(-1, r.shape[-1])[:1]))
+        shift = zero if bias is None else unembed(bias.float()[None])
+        if centre:
+            r = r - r.mean(-1, keepdim=True)
+        p, r_squared = unembed(r * weight) - zero, (r * r).sum(-1)
+
+        def read(at: Any, a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+            rows, a, w = r[at], a.float(), w.float()
+            if centre:
+                w = w - w.mean(-1, keepdim=True)
+            q = unembed(w * weight) - zero  # [k, V]
+            square = (r_squared[at] - 2 * a * (w @ rows.T) + a * a * (w * w).sum(-1, keepdim=True)) / r.shape[-1]
+            out = torch.addcmul(p[at], a[..., None], q[:, None], value=-1.0)  # [k, n, V]: P - a Q, one pass
+            return out.div_((square + eps).sqrt_()[..., None]).add_(shift)
+
+        return read
+
+    return prepare
+
+
 def run_from(model: "TransformerBridge", x: torch.Tensor, layer: int, hooks: list, stop: bool) -> torch.Tensor:
     """One pass with ``hooks`` (``(name, fn)`` pairs, removed on exit, even on error): from the
     tokens ``x`` (``layer`` 0) or resumed at block ``layer`` from the residual ``x`` entering it
@@ -96,4 +165,4 @@ def run_from(model: "TransformerBridge", x: torch.Tensor, layer: int, hooks: lis
         return held[0]
 
 
-__all__ = ["FINAL", "layer_list", "from_block", "readout", "run_from"]
+__all__ = ["FINAL", "layer_list", "from_block", "readout", "rank_one_readout", "run_from"]

@@ -81,7 +81,7 @@ from llmscope.analysis import trials
 from llmscope.analysis.stats import count, flag, ratio_cis
 from llmscope.behaviour import check_stimuli, cross_entropy
 from llmscope.errors import AnalysisError, LLMScopeError
-from llmscope.passes import layer_list, readout, run_from
+from llmscope.passes import layer_list, rank_one_readout, readout, run_from
 from llmscope.result import Result
 from llmscope.sites import Site, UnitsLike, resolve_units
 from llmscope.stimuli.core import Stimuli
@@ -350,32 +350,55 @@ class _Scorer:
     def behaviours(self) -> list[Behaviour]:
         return self.loss + self.accuracy
 
-    def score(self, x: torch.Tensor, ids: torch.Tensor, seqs: np.ndarray, k: int,
-              readout: Callable | None = None) -> np.ndarray:
+    def score(self, logits_at: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], ids: torch.Tensor,
+              seqs: np.ndarray, k: int) -> np.ndarray:
         """``[k, n_behaviours, len(seqs)]`` sums over each sequence's rows, for ``k`` stacked copies
-        of the sequences ``seqs`` (``ids`` is one copy). ``x`` holds all copies: logits, or with
-        ``readout`` (residual -> logits) the residual entering ``ln_final``."""
+        of the sequences ``seqs`` (``ids`` is one copy); ``logits_at(seq, pos)`` gives the float
+        logits ``[k, n, d_vocab]`` of the copies at those rows (see :func:`_rows`)."""
         b, width = ids.shape
-        x = x.reshape(k, b, width, x.shape[-1])
-        read = (lambda v: v.float()) if readout is None else (lambda v: readout(v).float())  # noqa: E731
         out = []
         if self.loss:
             mask = self.masks[:, torch.as_tensor(seqs), :width]
             seq, pos = mask.any(0).nonzero(as_tuple=True)  # loss rows are never a sequence's first token
-            loss = cross_entropy(read(x[:, seq, pos - 1]), ids[seq, pos].expand(k, -1)).double()
+            loss = cross_entropy(logits_at(seq, pos - 1), ids[seq, pos].expand(k, -1)).double()
             sums = torch.zeros(k, len(self.loss), b, dtype=torch.float64)
             sums.index_add_(2, seq, loss[:, None, :] * mask[:, seq, pos])
             out.append(sums)
         for seq, pos, good, bad in self.targets:
             here = np.isin(seq, seqs)
             local = torch.as_tensor(np.searchsorted(seqs, seq[here]))
-            logits = read(x[:, local, torch.as_tensor(pos[here])])
+            logits = logits_at(local, torch.as_tensor(pos[here]))
             rows = torch.arange(len(local))
             diff = logits[:, rows, torch.as_tensor(good[here])] - logits[:, rows, torch.as_tensor(bad[here])]
             hits = torch.zeros(k, b, dtype=torch.float64)
             hits.index_add_(1, local, (diff > 0).double())
             out.append(hits[:, None])
         return torch.cat(out, 1).numpy()
+
+
+def _rows(x: torch.Tensor, k: int, b: int, readout: Callable | None = None) -> Callable:
+    """``logits_at`` for :meth:`_Scorer.score` from one pass over ``k`` stacked copies of ``b``
+    sequences: ``x`` holds logits, or with ``readout`` (residual -> logits) the residual entering
+    ``ln_final``, of which only the rows read are unembedded (on a large vocabulary most of a
+    lesion's cost)."""
+    x = x.reshape(k, b, *x.shape[1:])
+    if readout is None:
+        return lambda seq, pos: x[:, seq, pos].float()
+    return lambda seq, pos: readout(x[:, seq, pos]).float()
+
+
+def _rank_one_rows(cache: Any, chunk: list[Lesion], weights: torch.Tensor, means: dict[str, torch.Tensor] | None,
+                   read: Callable) -> Callable:
+    """``logits_at`` for copies of the intact pass, copy j with the one neuron of lesion j (all of
+    the last block's MLP site) silenced: the residual entering ``ln_final`` less that neuron's
+    write, unembedded in closed form (``read``: :func:`~llmscope.passes.rank_one_readout`
+    prepared on that residual)."""
+    site = chunk[0][0][0]
+    idx = torch.as_tensor([int(i[0]) for ((_, i),) in chunk])
+    act = cache[site.hook][..., idx]  # [b, width, k]
+    if means is not None:
+        act = act - means[site.hook][idx]
+    return lambda seq, pos: read((seq, pos), act[seq, pos].T, weights[idx])
 
 
 def _silencer(keep: torch.Tensor, b: int, mean: torch.Tensor | None) -> Callable:
@@ -458,7 +481,8 @@ def _run(model: "TransformerBridge", bat: Battery, lesions: list[Lesion], pass_t
 
     * a lesion of neurons of one MLP site ``mlp.L`` starts from the intact residual leaving
       block L less what those neurons wrote (:func:`_subtracted`), at block L + 1 (in the last
-      block: straight to the unembedding);
+      block: straight to the unembedding, and for one neuron not even that: its copies' logits
+      come in closed form through the final norm, :func:`~llmscope.passes.rank_one_readout`);
     * any other lesion resumes at the first block it changes, from the intact residual entering
       it, its units silenced by one hook per site.
 
@@ -476,6 +500,7 @@ def _run(model: "TransformerBridge", bat: Battery, lesions: list[Lesion], pass_t
         sets.setdefault(id(b.stimuli), []).append(b)
     can_resume = stack and layer_list(model) is not None
     read = readout(model) if stack else None
+    rank_one = rank_one_readout(model) if read is not None else None
     weights: dict[str, torch.Tensor | None] = {}
     routes: list[tuple[int, str]] = []  # (first block run, the MLP hook of a closed-form lesion or "")
     for lesion_units in lesions[1:]:
@@ -508,7 +533,8 @@ def _run(model: "TransformerBridge", bat: Battery, lesions: list[Lesion], pass_t
             names = [f"blocks.{L}.hook_resid_pre" for L in resumed]
             names += [n for s in closed.values() for n in (s.hook, f"blocks.{s.layer}.hook_resid_post")]
             logits, cache = model.run_with_cache(ids, names_filter=names)
-            intact = scorer.score(logits, ids, seqs, 1)
+            prepared: dict[str, Callable] = {}
+            intact = scorer.score(_rows(logits, 1, len(seqs)), ids, seqs, 1)
             for i, b in enumerate(scorer.behaviours):
                 sums[b.name][0, seqs] = intact[0, i]
             bar.update()
@@ -521,18 +547,25 @@ def _run(model: "TransformerBridge", bat: Battery, lesions: list[Lesion], pass_t
                 L = _start(model, chunk[0]) if can_resume else 0
                 L = L if L == 0 or checked[L] else 0
                 x = run_from(model, tokens_or_resid(L, len(chunk)), L, _stacked_hooks(chunk, len(seqs), means),
-                          read is not None)
-                return scorer.score(x, ids, seqs, len(chunk), read)
+                             read is not None)
+                return scorer.score(_rows(x, len(chunk), len(seqs), read), ids, seqs, len(chunk))
 
             def subtracted(chunk: list[Lesion], hook: str) -> np.ndarray:
-                x = _subtracted(cache, chunk, weights[hook], means, len(seqs))
-                x = run_from(model, x, closed[hook].layer + 1, [], read is not None)
-                return scorer.score(x, ids, seqs, len(chunk), read)
+                L = closed[hook].layer
+                if rank_one is not None and L + 1 == n_layers and all(len(idx) == 1 for ((_, idx),) in chunk):
+                    if hook not in prepared:  # the intact rows unembedded once per batch, for all its lesions
+                        prepared[hook] = rank_one(cache[f"blocks.{L}.hook_resid_post"])
+                    rows = _rank_one_rows(cache, chunk, weights[hook], means, prepared[hook])
+                else:
+                    x = _subtracted(cache, chunk, weights[hook], means, len(seqs))
+                    rows = _rows(run_from(model, x, L + 1, [], read is not None), len(chunk), len(seqs), read)
+                return scorer.score(rows, ids, seqs, len(chunk))
 
             for L in resumed:
                 if L not in checked:
                     x = run_from(model, tokens_or_resid(L, 1), L, [], read is not None)
-                    checked[L] = np.allclose(scorer.score(x, ids, seqs, 1, read), intact, rtol=1e-4, atol=1e-4)
+                    checked[L] = np.allclose(scorer.score(_rows(x, 1, len(seqs), read), ids, seqs, 1), intact,
+                                             rtol=1e-4, atol=1e-4)
                     if not checked[L]:
                         warnings.warn(f"resuming this model at block {L} does not reproduce its forward pass; "
                                       "the atlas runs those lesions from the tokens instead.", stacklevel=3)
@@ -550,7 +583,7 @@ def _run(model: "TransformerBridge", bat: Battery, lesions: list[Lesion], pass_t
                     chunk = [lesions[i] for i in at]
                     if not stack:
                         with intervene(model, _interventions(chunk[0], "zero" if means is None else "mean", reference)):
-                            scores = scorer.score(model(ids, return_type="logits"), ids, seqs, 1)
+                            scores = scorer.score(_rows(model(ids, return_type="logits"), 1, len(seqs)), ids, seqs, 1)
                     elif hook and checked[hook]:
                         scores = subtracted(chunk, hook)
                     else:

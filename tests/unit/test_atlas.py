@@ -143,13 +143,34 @@ def test_atlas_values_match_the_behaviour_module(organism, tiny_bat):
 
 
 def test_last_block_neurons_need_no_block_pass(organism, tiny_bat, monkeypatch):
-    """A neuron of the last MLP is lesioned in closed form: its passes run no block at all."""
-    layers = []
-    real = atlas_module.run_from
-    monkeypatch.setattr(atlas_module, "run_from", lambda model, x, layer, *a: layers.append(layer) or real(model, x, layer, *a))
-    lesion_atlas(organism, tiny_bat, [("mlp.1", [0, 1, 2, 3])], n_random=1, progress=False)
+    """Neurons of the last MLP are lesioned in closed form: their passes run no block. One neuron
+    is not even unembedded per copy (its logits come through the final norm in closed form); a
+    group of them is, from the subtracted residual. Both equal one forward per lesion."""
+    layers, reads = [], []
+    real_run, real_rank_one = atlas_module.run_from, atlas_module.rank_one_readout
+    monkeypatch.setattr(atlas_module, "run_from", lambda model, x, layer, *a: layers.append(layer) or real_run(model, x, layer, *a))
+
+    def counted(model):
+        prepare = real_rank_one(model)
+
+        def counted_prepare(r):
+            read = prepare(r)
+            return lambda at, a, w: reads.append(len(a)) or read(at, a, w)
+
+        return counted_prepare
+
+    monkeypatch.setattr(atlas_module, "rank_one_readout", counted)
+    kw = dict(n_random=1, seed=2, progress=False)
+    single = lesion_atlas(organism, tiny_bat, [("mlp.1", [0, 1, 2, 3])], **kw)
     n = organism.cfg.n_layers
-    assert layers.count(n) >= 4 and set(layers) <= {n, 1}  # 1: the checks of the route, once each
+    assert sum(reads) >= 4 and set(layers) <= {1}  # 1: the check of the route's hooked pass, once
+    layers.clear()
+    grouped = lesion_atlas(organism, tiny_bat, [("mlp.1", [0, 1, 2, 3])], group_size=2, **kw)
+    assert layers.count(n) >= 2 and set(layers) <= {n, 1}
+    cols = [c for c in single.df if c.startswith("lesioned_")]
+    for result, size in ((single, 1), (grouped, 2)):
+        plain = lesion_atlas(organism, tiny_bat, [("mlp.1", [0, 1, 2, 3])], group_size=size, stack=False, **kw)
+        np.testing.assert_allclose(result.df[cols].to_numpy(float), plain.df[cols].to_numpy(float), rtol=1e-5, atol=1e-5)
 
 
 def test_a_closed_form_that_disagrees_falls_back_to_hooked_passes(organism, tiny_bat, monkeypatch):
