@@ -570,10 +570,11 @@ def _run(model: "TransformerBridge", bat: Battery, lesions: list[Lesion], pass_t
                         warnings.warn(f"resuming this model at block {L} does not reproduce its forward pass; "
                                       "the atlas runs those lesions from the tokens instead.", stacklevel=3)
             for hook, site in closed.items():
-                if hook not in checked:
-                    first = [lesions[members[(site.layer + 1, hook)][0]]]
-                    checked[hook] = (site.layer + 1 == n_layers or checked[site.layer + 1]) and np.allclose(
-                        subtracted(first, hook), hooked(first), rtol=1e-4, atol=1e-4)
+                if hook not in checked:  # the first lone neuron and the first group: their closed forms differ
+                    firsts = {len(lesions[i][0][1]) == 1: lesions[i] for i in members[(site.layer + 1, hook)][::-1]}
+                    checked[hook] = (site.layer + 1 == n_layers or checked[site.layer + 1]) and all(
+                        np.allclose(subtracted([first], hook), hooked([first]), rtol=1e-4, atol=1e-4)
+                        for first in firsts.values())
                     if not checked[hook]:
                         warnings.warn(f"lesions of {site.name} in closed form do not reproduce a hooked pass; "
                                       "the atlas runs them through the model instead.", stacklevel=3)

@@ -165,11 +165,13 @@ def test_last_block_neurons_need_no_block_pass(organism, tiny_bat, monkeypatch):
     n = organism.cfg.n_layers
     assert sum(reads) >= 4 and set(layers) <= {1}  # 1: the check of the route's hooked pass, once
     layers.clear()
-    grouped = lesion_atlas(organism, tiny_bat, [("mlp.1", [0, 1, 2, 3])], group_size=2, **kw)
-    assert layers.count(n) >= 2 and set(layers) <= {n, 1}
+    reads.clear()
+    five = [("mlp.1", [0, 1, 2, 3, 4])]  # groups (0, 1), (2, 3) and a lone (4): both closed forms, each checked
+    grouped = lesion_atlas(organism, tiny_bat, five, group_size=2, **kw)
+    assert layers.count(n) >= 2 and set(layers) <= {n, 1} and sum(reads) >= 1
     cols = [c for c in single.df if c.startswith("lesioned_")]
-    for result, size in ((single, 1), (grouped, 2)):
-        plain = lesion_atlas(organism, tiny_bat, [("mlp.1", [0, 1, 2, 3])], group_size=size, stack=False, **kw)
+    for result, units, size in ((single, [("mlp.1", [0, 1, 2, 3])], 1), (grouped, five, 2)):
+        plain = lesion_atlas(organism, tiny_bat, units, group_size=size, stack=False, **kw)
         np.testing.assert_allclose(result.df[cols].to_numpy(float), plain.df[cols].to_numpy(float), rtol=1e-5, atol=1e-5)
 
 
