@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence, Union
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from llmscope.analysis import trials
 from llmscope.analysis.stats import count
@@ -69,15 +70,18 @@ def next_token_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Cross-entropy (nats) of each target id under its own row of logits: ``logits [..., vocab]``,
-    ``targets [...]`` -> ``[...]``. The log-sum-exp runs over the contiguous last axis, 2-3x
-    faster on a CPU than ``F.cross_entropy`` over the class axis 1 it wants.
+    ``targets [...]`` -> ``[...]``. Runs ``F.cross_entropy`` on the rows flattened to
+    ``[n, vocab]``, whose class axis is then the contiguous last one: one fused log-softmax,
+    1.4x faster on a CPU than a ``logsumexp`` (several passes), and 2-3x faster than
+    ``F.cross_entropy`` over the class axis 1 of a 3-d tensor.
 
     Example:
         >>> cross_entropy(torch.zeros(2, 4), torch.tensor([0, 3])).tolist()
         [1.3862943649291992, 1.3862943649291992]
     """
     logits = logits.float()
-    return torch.logsumexp(logits, -1) - logits.gather(-1, targets[..., None])[..., 0]
+    flat = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    return flat.view(targets.shape)
 
 
 def _check_align(align: str) -> str:

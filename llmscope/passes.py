@@ -13,7 +13,8 @@ its model, and falls back to plain passes where it does not.
 * :func:`readout` maps that residual to logits, position by position, so a caller unembeds only
   the rows it reads;
 * :func:`rank_one_readout` gives the logits of many copies of that residual, each with one
-  direction taken out (a lesioned neuron of the last block), unembedding the rows once.
+  direction taken out (a lesioned neuron of the last block), unembedding the rows once;
+* :func:`fused_activations` runs HF's five-op tanh GELU (GPT-2's) as torch's fused one.
 
 Example:
     >>> ids = torch.tensor([[1, 5, 9, 4]])
@@ -65,6 +66,41 @@ def from_block(model: "TransformerBridge", layer: int) -> Iterator[None]:
         yield
     finally:
         setattr(parent, attr, full)
+
+
+TANH_GELUS = ("NewGELUActivation", "FastGELUActivation")  # transformers' tanh GELUs written out in Python
+
+
+@contextmanager
+def fused_activations(model: "TransformerBridge") -> Iterator[int]:
+    """For the duration, every tanh-approximation GELU that transformers writes out in Python
+    (:data:`TANH_GELUS`: ``gelu_new``, GPT-2's, and ``gelu_fast``; five elementwise passes) runs
+    as ``torch.nn.GELU(approximate="tanh")``: the same function in one pass, equal to float
+    rounding (2.4e-7 on standard normal inputs) and twice as fast, which is a sixth of an MLP
+    block on a small model. Yields how many were swapped; a module with PyTorch hooks of its
+    own is left alone. Always put back, even on error.
+
+    Example:
+        >>> ids = torch.tensor([[1, 5, 9, 4]])
+        >>> with torch.no_grad():
+        ...     plain = model(ids)
+        ...     with fused_activations(model) as n:
+        ...         fused = model(ids)
+        >>> n == model.cfg.n_layers, torch.allclose(plain, fused, atol=1e-4)
+        (True, True)
+    """
+    swapped = []
+    for parent in model.original_model.modules():
+        for name, child in parent.named_children():
+            if type(child).__name__ in TANH_GELUS and not (child._forward_hooks or child._forward_pre_hooks):
+                swapped.append((parent, name, child))
+    try:
+        for parent, name, _ in swapped:
+            setattr(parent, name, torch.nn.GELU(approximate="tanh"))
+        yield len(swapped)
+    finally:
+        for parent, name, child in swapped:
+            setattr(parent, name, child)
 
 
 def readout(model: "TransformerBridge") -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -165,4 +201,4 @@ def run_from(model: "TransformerBridge", x: torch.Tensor, layer: int, hooks: lis
         return held[0]
 
 
-__all__ = ["FINAL", "layer_list", "from_block", "readout", "rank_one_readout", "run_from"]
+__all__ = ["FINAL", "TANH_GELUS", "layer_list", "from_block", "fused_activations", "readout", "rank_one_readout", "run_from"]

@@ -70,6 +70,7 @@ Example:
 from __future__ import annotations
 
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
@@ -81,7 +82,7 @@ from llmscope.analysis import trials
 from llmscope.analysis.stats import count, flag, ratio_cis
 from llmscope.behaviour import check_stimuli, cross_entropy
 from llmscope.errors import AnalysisError, LLMScopeError
-from llmscope.passes import layer_list, rank_one_readout, readout, run_from
+from llmscope.passes import fused_activations, layer_list, rank_one_readout, readout, run_from
 from llmscope.result import Result
 from llmscope.sites import Site, UnitsLike, resolve_units
 from llmscope.stimuli.core import Stimuli
@@ -561,37 +562,38 @@ def _run(model: "TransformerBridge", bat: Battery, lesions: list[Lesion], pass_t
                     rows = _rows(run_from(model, x, L + 1, [], read is not None), len(chunk), len(seqs), read)
                 return scorer.score(rows, ids, seqs, len(chunk))
 
-            for L in resumed:
-                if L not in checked:
-                    x = run_from(model, tokens_or_resid(L, 1), L, [], read is not None)
-                    checked[L] = np.allclose(scorer.score(_rows(x, 1, len(seqs), read), ids, seqs, 1), intact,
-                                             rtol=1e-4, atol=1e-4)
-                    if not checked[L]:
-                        warnings.warn(f"resuming this model at block {L} does not reproduce its forward pass; "
-                                      "the atlas runs those lesions from the tokens instead.", stacklevel=3)
-            for hook, site in closed.items():
-                if hook not in checked:  # the first lone neuron and the first group: their closed forms differ
-                    firsts = {len(lesions[i][0][1]) == 1: lesions[i] for i in members[(site.layer + 1, hook)][::-1]}
-                    checked[hook] = (site.layer + 1 == n_layers or checked[site.layer + 1]) and all(
-                        np.allclose(subtracted([first], hook), hooked([first]), rtol=1e-4, atol=1e-4)
-                        for first in firsts.values())
-                    if not checked[hook]:
-                        warnings.warn(f"lesions of {site.name} in closed form do not reproduce a hooked pass; "
-                                      "the atlas runs them through the model instead.", stacklevel=3)
-            for (L, hook), at_all in members.items():
-                for lo in range(0, len(at_all), per_pass):
-                    at = at_all[lo:lo + per_pass]
-                    chunk = [lesions[i] for i in at]
-                    if not stack:
-                        with intervene(model, _interventions(chunk[0], "zero" if means is None else "mean", reference)):
-                            scores = scorer.score(_rows(model(ids, return_type="logits"), 1, len(seqs)), ids, seqs, 1)
-                    elif hook and checked[hook]:
-                        scores = subtracted(chunk, hook)
-                    else:
-                        scores = hooked(chunk)
-                    for i, b in enumerate(scorer.behaviours):
-                        sums[b.name][np.ix_(at, seqs)] = scores[:, i]
-                    bar.update()
+            with fused_activations(model) if stack else nullcontext():  # lesions only: checked against the plain intact pass
+                for L in resumed:
+                    if L not in checked:
+                        x = run_from(model, tokens_or_resid(L, 1), L, [], read is not None)
+                        checked[L] = np.allclose(scorer.score(_rows(x, 1, len(seqs), read), ids, seqs, 1), intact,
+                                                 rtol=1e-4, atol=1e-4)
+                        if not checked[L]:
+                            warnings.warn(f"resuming this model at block {L} does not reproduce its forward pass; "
+                                          "the atlas runs those lesions from the tokens instead.", stacklevel=3)
+                for hook, site in closed.items():
+                    if hook not in checked:  # the first lone neuron and the first group: their closed forms differ
+                        firsts = {len(lesions[i][0][1]) == 1: lesions[i] for i in members[(site.layer + 1, hook)][::-1]}
+                        checked[hook] = (site.layer + 1 == n_layers or checked[site.layer + 1]) and all(
+                            np.allclose(subtracted([first], hook), hooked([first]), rtol=1e-4, atol=1e-4)
+                            for first in firsts.values())
+                        if not checked[hook]:
+                            warnings.warn(f"lesions of {site.name} in closed form do not reproduce a hooked pass; "
+                                          "the atlas runs them through the model instead.", stacklevel=3)
+                for (L, hook), at_all in members.items():
+                    for lo in range(0, len(at_all), per_pass):
+                        at = at_all[lo:lo + per_pass]
+                        chunk = [lesions[i] for i in at]
+                        if not stack:
+                            with intervene(model, _interventions(chunk[0], "zero" if means is None else "mean", reference)):
+                                scores = scorer.score(_rows(model(ids, return_type="logits"), 1, len(seqs)), ids, seqs, 1)
+                        elif hook and checked[hook]:
+                            scores = subtracted(chunk, hook)
+                        else:
+                            scores = hooked(chunk)
+                        for i, b in enumerate(scorer.behaviours):
+                            sums[b.name][np.ix_(at, seqs)] = scores[:, i]
+                        bar.update()
     return sums
 
 

@@ -4,11 +4,14 @@ set (``stack=False``, the plain way).
 
 * grammar-2l: every MLP neuron (2 x 512) and head (8) over the whole default battery
   (``battery(model)``: 16 documents, 64 agreement pairs), plus the 20 random-group controls, in
-  full; the plain side on a random sample of the same units, extrapolated per lesion.
+  full; the plain side on a random sample of the same units, extrapolated per lesion, half of
+  it run just before the stacked atlas and half just after (the machine's speed drifts by
+  +-20% over minutes; the two halves bracket the stacked run, and their mean is compared).
 * smollm2-135m: all 270 heads and 20 random-group controls on a 64-sequence battery
   (``battery(model, n_docs=32)``: 32 template sentences, 32 random sequences shown twice;
   SmolLM2 has no agreement pairs), in full (6-7 minutes); the plain side on one head of every
-  third layer (a lesion's cost depends on its layer), extrapolated per lesion.
+  third layer (a lesion's cost depends on its layer), extrapolated per lesion, its halves
+  (alternate sampled layers) before and after the stacked run as for the organism.
 
 Each side reports wall and CPU seconds and the load average when it started. The organism runs
 on one torch thread (its small matrices gain little from a second one, and CPU seconds of one
@@ -29,6 +32,12 @@ from llmscope.analysis.atlas import battery, lesion_atlas
 ORGANISM_UNITS = [("mlp.0", None), ("mlp.1", None), ("attn.0", None), ("attn.1", None)]
 N_RANDOM = 20
 PLAIN_SAMPLE = 40
+
+
+def combined(*runs: dict) -> dict:
+    """The runs of one side as one: seconds and lesions added, the first run's load."""
+    return dict(wall=sum(r["wall"] for r in runs), cpu=sum(r["cpu"] for r in runs), load=runs[0]["load"],
+                lesions=sum(r["lesions"] for r in runs))
 
 
 def timed(model, bat, units, **kwargs) -> dict:
@@ -64,8 +73,10 @@ def rows(name: str, stacked: dict, plain: dict, total: int, goal: str, ratio_goa
 def organism() -> list[dict]:
     model = llmscope.load("grammar-2l")
     bat = battery(model)
+    half = dict(n_sample=PLAIN_SAMPLE // 2, n_random=1, stack=False)
+    before = timed(model, bat, ORGANISM_UNITS, seed=0, **half)
     stacked = timed(model, bat, ORGANISM_UNITS, n_random=N_RANDOM)
-    plain = timed(model, bat, ORGANISM_UNITS, n_sample=PLAIN_SAMPLE, n_random=1, stack=False)
+    plain = combined(before, timed(model, bat, ORGANISM_UNITS, seed=1, **half))
     return rows("grammar-2l, 1032 units + 20 controls", stacked, plain, stacked["lesions"], "<= 120 s", ">= 8")
 
 
@@ -73,9 +84,10 @@ def smollm2() -> list[dict]:
     model = llmscope.load("smollm2-135m")
     bat = battery(model, n_docs=32)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    sample = [(f"attn.{L}", [L % n_heads]) for L in range(0, n_layers, 3)]
+    before = timed(model, bat, sample[::2], n_random=1, stack=False)
     stacked = timed(model, bat, [(f"attn.{L}", None) for L in range(n_layers)], n_random=N_RANDOM)
-    plain = timed(model, bat, [(f"attn.{L}", [L % n_heads]) for L in range(0, n_layers, 3)], n_random=1,
-                  stack=False)
+    plain = combined(before, timed(model, bat, sample[1::2], n_random=1, stack=False))
     total = n_layers * n_heads + N_RANDOM + 1
     return rows(f"smollm2-135m, {n_layers * n_heads} heads + {N_RANDOM} controls, {torch.get_num_threads()} threads",
                 stacked, plain, total, "<= 600 s", "")
