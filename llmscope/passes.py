@@ -201,4 +201,5 @@ def run_from(model: "TransformerBridge", x: torch.Tensor, layer: int, hooks: lis
         return held[0]
 
 
-__all__ = ["FINAL", "TANH_GELUS", "layer_list", "from_block", "fused_activations", "readout", "rank_one_readout", "run_from"]
+__all__ = ["FINAL", "TANH_GELUS", "layer_list", "from_block", "fused_activations", "readout", "rank_one_readout",
+           "run_from"]

@@ -566,7 +566,8 @@ def _run(model: "TransformerBridge", bat: Battery, lesions: list[Lesion], pass_t
                     rows = _rows(run_from(model, x, L + 1, [], read is not None), len(chunk), len(seqs), read)
                 return scorer.score(rows, ids, seqs, len(chunk))
 
-            with fused_activations(model) if stack else nullcontext():  # lesions only: checked against the plain intact pass
+            # lesion passes only: the checks compare them with the plain intact pass
+            with fused_activations(model) if stack else nullcontext():
                 for L in resumed:
                     if L not in checked:
                         x = run_from(model, tokens_or_resid(L, 1), L, [], read is not None)
