@@ -38,8 +38,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from llmscope.analysis import trials
-from llmscope.analysis.stats import count
+from llmscope.stimuli import trials
+from llmscope.checks import count
 from llmscope.errors import AnalysisError, ColumnError, PromptError
 from llmscope.stimuli.core import Stimuli
 from llmscope.tokens import check_tokens

@@ -14,8 +14,8 @@ pass per batch; ``confirm_by_lesion`` lesions), :mod:`~llmscope.analysis.lens` (
 surprise), :mod:`~llmscope.analysis.correlates` (runs the model once for behaviour) and
 :mod:`~llmscope.analysis.key_neurons` (attributions, seed 002).
 
-Shared rules live in :mod:`~llmscope.analysis.trials` (which rows and labels take part),
-:mod:`~llmscope.analysis.stats` (argument checks, FDR, bootstrap),
+Shared rules live in :mod:`~llmscope.stimuli.trials` (which rows and labels take part),
+:mod:`~llmscope.analysis.stats` (FDR, bootstrap), :mod:`~llmscope.checks` (argument checks),
 :mod:`~llmscope.analysis.events` (event rows, shuffled events, peri-event weights) and
 :mod:`~llmscope.analysis.responses` (one number per unit and token, in blocks; units of a recording).
 """

@@ -82,8 +82,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from llmscope.analysis import trials
-from llmscope.analysis.stats import count, flag, ratio_cis
+from llmscope.stimuli import trials
+from llmscope.checks import count, flag
+from llmscope.analysis.stats import ratio_cis
 from llmscope.behaviour import check_stimuli, cross_entropy
 from llmscope.errors import AnalysisError, LLMScopeError
 from llmscope.passes import fused_activations, layer_list, rank_one_readout, readout, run_from

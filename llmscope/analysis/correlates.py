@@ -34,9 +34,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from llmscope.analysis import trials
+from llmscope.stimuli import trials
 from llmscope.analysis.responses import check_recording, resolve, scalar
-from llmscope.analysis.stats import count, fdr, flag
+from llmscope.checks import count, flag
+from llmscope.analysis.stats import fdr
 from llmscope.behaviour import confidence, correct, entropy, evaluate, loss
 from llmscope.errors import AnalysisError
 from llmscope.result import Result

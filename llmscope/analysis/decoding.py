@@ -58,8 +58,9 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from llmscope.analysis import responses, trials
-from llmscope.analysis.stats import count, flag
+from llmscope.analysis import responses
+from llmscope.stimuli import trials
+from llmscope.checks import count, flag
 from llmscope.errors import AnalysisError
 from llmscope.recording import Recording
 from llmscope.result import Result

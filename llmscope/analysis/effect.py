@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import pandas as pd
 
-from llmscope.analysis.stats import count, ratio_ci
+from llmscope.checks import count
+from llmscope.analysis.stats import ratio_ci
 from llmscope.behaviour import By, Metric, group_columns, groups, metric_fn, metric_name, scored_rows
 from llmscope.errors import InterventionError
 from llmscope.interventions import Intervention, intervene

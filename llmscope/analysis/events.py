@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from llmscope.analysis.stats import count
+from llmscope.checks import count
 from llmscope.errors import AnalysisError, ColumnError
 
 

@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 
 from llmscope.analysis.responses import check_recording, check_site, scalar
-from llmscope.analysis.stats import count
-from llmscope.analysis.trials import rows
+from llmscope.checks import count
+from llmscope.stimuli.trials import rows
 from llmscope.errors import AnalysisError, SiteError
 from llmscope.recording import Recording
 from llmscope.result import Result

@@ -38,8 +38,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from llmscope.analysis import trials
-from llmscope.analysis.stats import count, flag
+from llmscope.stimuli import trials
+from llmscope.checks import count, flag
 from llmscope.behaviour import check_stimuli
 from llmscope.errors import AnalysisError, SiteError
 from llmscope.result import Result

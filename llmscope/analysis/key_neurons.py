@@ -81,8 +81,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from llmscope.analysis import trials
-from llmscope.analysis.stats import count, flag, fraction
+from llmscope.stimuli import trials
+from llmscope.checks import count, flag, fraction
 from llmscope.behaviour import check_stimuli, cross_entropy, next_token_loss
 from llmscope.errors import AnalysisError, SiteError
 from llmscope.passes import layer_list, readout, run_from

@@ -40,8 +40,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from llmscope.analysis import trials
-from llmscope.analysis.stats import count, fdr, flag
+from llmscope.stimuli import trials
+from llmscope.checks import count, flag
+from llmscope.analysis.stats import fdr
 from llmscope.behaviour import By, check_logit_diff, check_stimuli, group_columns, groups
 from llmscope.errors import AnalysisError, SiteError
 from llmscope.result import Result

@@ -47,8 +47,10 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from llmscope.analysis import events, responses, trials
-from llmscope.analysis.stats import count, fdr, fraction
+from llmscope.analysis import events, responses
+from llmscope.stimuli import trials
+from llmscope.checks import count, fraction
+from llmscope.analysis.stats import fdr
 from llmscope.errors import AnalysisError, SiteError
 from llmscope.recording import Recording
 from llmscope.result import Result

@@ -39,8 +39,9 @@ import pandas as pd
 from scipy import sparse
 from tqdm.auto import tqdm
 
-from llmscope.analysis import events, responses, trials
-from llmscope.analysis.stats import count
+from llmscope.analysis import events, responses
+from llmscope.stimuli import trials
+from llmscope.checks import count
 from llmscope.errors import AnalysisError, SiteError
 from llmscope.recording import Recording
 from llmscope.result import Result

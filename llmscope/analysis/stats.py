@@ -1,4 +1,4 @@
-"""Statistics every analysis shares: cluster bootstrap over sequences, FDR, argument checks.
+"""Statistics every analysis shares: cluster bootstrap over sequences, FDR.
 
 Example:
     >>> import numpy as np
@@ -12,28 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from llmscope.errors import AnalysisError
-
-
-def count(value: Any, name: str, minimum: int = 1, error: type[Exception] = AnalysisError) -> int:
-    """``value`` as an int ``>= minimum``, or an ``error`` (AnalysisError) naming it."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise error(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
-
-
-def flag(value: Any, name: str) -> bool:
-    """``value`` as a bool, or an AnalysisError naming it (no truthy strings or numbers)."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise AnalysisError(f"{name} must be True or False, got {value!r}.")
-    return bool(value)
-
-
-def fraction(value: Any, name: str, low: float = 0.0, high: float = 1.0) -> float:
-    """``value`` as a float in the open interval ``(low, high)``, or an AnalysisError naming it."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not low < value < high:
-        raise AnalysisError(f"{name} must be a number strictly between {low} and {high}, got {value!r}.")
-    return float(value)
+from llmscope.checks import count
 
 
 def fdr(p: np.ndarray) -> np.ndarray:
@@ -84,4 +63,4 @@ def ratio_cis(delta: np.ndarray, n: np.ndarray, n_boot: int, rng: np.random.Gene
     return np.nanpercentile(boot, [2.5, 97.5], axis=1).T
 
 
-__all__ = ["count", "flag", "fraction", "fdr", "ratio_ci", "ratio_cis"]
+__all__ = ["fdr", "ratio_ci", "ratio_cis"]

@@ -53,9 +53,10 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from llmscope.analysis.responses import check_recording, recorded_sites, scalar
-from llmscope.analysis.stats import count, fdr
-from llmscope.analysis.trials import labels as label_values
-from llmscope.analysis.trials import rows
+from llmscope.checks import count
+from llmscope.analysis.stats import fdr
+from llmscope.stimuli.trials import labels as label_values
+from llmscope.stimuli.trials import rows
 from llmscope.errors import AnalysisError, SiteError
 from llmscope.recording import Recording
 from llmscope.result import Result

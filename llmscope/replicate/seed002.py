@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from llmscope.analysis.decoding import decode, decode_curve
 from llmscope.analysis.key_neurons import KeyNeurons, key_neurons
-from llmscope.analysis.stats import count
+from llmscope.checks import count
 from llmscope.behaviour import scored_rows
 from llmscope.errors import LLMScopeError
 from llmscope.interventions import intervene, lesion

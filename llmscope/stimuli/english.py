@@ -121,7 +121,7 @@ def sentences(model: "TransformerBridge", n: int | None = None, seed: int = 0, b
         >>> stim.n_seqs, "NOUN" in set(stim.tokens["pos_tag"])
         (3, True)
     """
-    from llmscope.analysis.stats import count
+    from llmscope.checks import count
 
     lines = [line.strip() for line in SENTENCES.read_text(encoding="utf-8").splitlines() if line.strip()]
     n = len(lines) if n is None else count(n, "n", error=PromptError)

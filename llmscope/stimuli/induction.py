@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from llmscope.analysis.stats import count
+from llmscope.checks import count
 from llmscope.stimuli.core import Stimuli
 from llmscope.stimuli.subwords import prefix_ids
 from llmscope.tokens import PromptError

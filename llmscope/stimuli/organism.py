@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
-from llmscope.analysis.stats import count
+from llmscope.checks import count
 from llmscope.stimuli.core import Stimuli, onsets
 from llmscope.stimuli.subwords import prefix_ids, single_token_id
 from llmscope.tokens import PromptError

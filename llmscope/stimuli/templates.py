@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from llmscope.analysis.stats import count
+from llmscope.checks import count
 from llmscope.stimuli.core import Stimuli
 from llmscope.stimuli.english import tagged_table
 from llmscope.stimuli.subwords import prefix_ids

@@ -39,7 +39,7 @@ import pandas as pd
 import torch
 import traitlets
 
-from llmscope.analysis import trials
+from llmscope.stimuli import trials
 from llmscope.behaviour import check_logit_diff, check_stimuli, logit_diff, loss
 from llmscope.errors import AnalysisError, InterventionError, PromptError
 from llmscope.interventions import Intervention, gain, intervene, steer

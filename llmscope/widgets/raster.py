@@ -48,7 +48,7 @@ import traitlets
 from llmscope.analysis.examples import context_around, text_joiner, top_examples
 from llmscope.analysis.responses import scalar
 from llmscope.analysis.spikes import Spikes, spikes
-from llmscope.analysis.trials import rows
+from llmscope.stimuli.trials import rows
 from llmscope.analysis.tuning import TuningResult, tuning
 from llmscope.errors import AnalysisError, SiteError
 from llmscope.recording import Recording

@@ -11,7 +11,7 @@ import pytest
 import llmscope
 from llmscope.analysis.examples import top_examples
 from llmscope.analysis.responses import scalar
-from llmscope.analysis.trials import rows
+from llmscope.stimuli.trials import rows
 from llmscope.analysis.tuning import tuning
 from llmscope.errors import AnalysisError, SiteError
 from llmscope.recording import IncompleteRecordingWarning, Recording

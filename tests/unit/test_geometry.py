@@ -9,7 +9,8 @@ import pytest
 from scipy.stats import spearmanr
 
 import llmscope
-from llmscope.analysis import responses, trials
+from llmscope.analysis import responses
+from llmscope.stimuli import trials
 from llmscope.analysis.geometry import PCAResult, RDMResult, cka, linear_cka, pca, rdm, rsa
 from llmscope.errors import AnalysisError, ColumnError, SiteError
 

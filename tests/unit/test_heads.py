@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import llmscope
-from llmscope.analysis import trials
+from llmscope.stimuli import trials
 from llmscope.analysis.heads import SCORES, confirm_by_lesion, localize_heads
 from llmscope.errors import AnalysisError, ColumnError, SiteError
 from llmscope.interventions import intervene, lesion

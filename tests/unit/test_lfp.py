@@ -12,7 +12,8 @@ import pytest
 from scipy.signal import welch
 
 import llmscope
-from llmscope.analysis import lfp, responses, trials
+from llmscope.analysis import lfp, responses
+from llmscope.stimuli import trials
 from llmscope.analysis.lfp import (VERDICTS, FieldPotential, event_average, field_potential, granger, lfp_spectrum,
                                    wired)
 from llmscope.errors import AnalysisError, ColumnError, SiteError

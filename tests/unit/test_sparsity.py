@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import llmscope
-from llmscope.analysis import responses, sparsity as sparsity_module, trials
+from llmscope.analysis import responses, sparsity as sparsity_module
+from llmscope.stimuli import trials
 from llmscope.analysis.sparsity import REFERENCE, SparsityResult, _rotation, sparsity
 from llmscope.errors import AnalysisError, SiteError
 

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 import llmscope
-from llmscope.analysis import events, responses, trials
+from llmscope.analysis import events, responses
+from llmscope.stimuli import trials
 from llmscope.analysis.responses import scalar
 from llmscope.analysis.spikes import Spikes, psth, spikes
 from llmscope.errors import AnalysisError, ColumnError, SiteError

@@ -23,7 +23,7 @@ from threadpoolctl import threadpool_limits
 import llmscope
 from llmscope.analysis.responses import scalar
 from llmscope.analysis.stats import fdr
-from llmscope.analysis.trials import rows
+from llmscope.stimuli.trials import rows
 from llmscope.analysis.counting import NEG_INF, POS_INF, key16
 from llmscope.analysis.tuning import ALPHA, TuningResult, _block, _labelings, _read, _tasks, tuning
 from llmscope.errors import AnalysisError, ColumnError, SiteError

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from llmscope.analysis.stats import flag
+from llmscope.checks import flag
 from llmscope.errors import AnalysisError, ColumnError
 
 
