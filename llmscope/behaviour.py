@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from llmscope.stimuli import trials
 from llmscope.checks import count
 from llmscope.errors import AnalysisError, ColumnError, PromptError
-from llmscope.stimuli.core import Stimuli
+from llmscope.stimuli.core import Stimuli, as_stimuli
 from llmscope.tokens import check_tokens
 
 if TYPE_CHECKING:
@@ -199,21 +199,10 @@ def metric_fn(metric: Metric, align: str = "target") -> Callable[[torch.Tensor, 
                         f"got {type(metric).__name__}.")
 
 
-def check_stimuli(model: "TransformerBridge", stimuli: Stimuli) -> Stimuli:
-    """Stimuli that this model can run, or a clear error (before any forward pass)."""
-    if not isinstance(stimuli, Stimuli):
-        raise AnalysisError(f"expected Stimuli, got {type(stimuli).__name__}; build them with a paradigm "
-                            "(llmscope.stimuli) or Stimuli.from_ids.")
-    if len(stimuli) == 0:
-        raise PromptError("empty stimuli: give at least one sequence of at least one token.")
-    check_tokens(model, stimuli.ids)
-    return stimuli
-
-
 def batches(model: "TransformerBridge", stimuli: Stimuli,
             batch_size: int = 8) -> Iterator[tuple[Stimuli, torch.Tensor]]:
     """Yield ``(batch stimuli, logits [b, pos, vocab] float32)``, one forward pass per batch."""
-    check_stimuli(model, stimuli)
+    stimuli = as_stimuli(model, stimuli)
     batch_size = count(batch_size, "batch_size")
     for lo in range(0, stimuli.n_seqs, batch_size):
         part = stimuli.select_seqs(np.arange(lo, min(lo + batch_size, stimuli.n_seqs)))
@@ -246,7 +235,7 @@ def evaluate(model: "TransformerBridge", stimuli: Stimuli, metrics: Metric | Map
     """
     named = dict(metrics) if isinstance(metrics, Mapping) else {metric_name(metrics): metrics}
     fns = {col: metric_fn(m, align) for col, m in named.items()}
-    check_stimuli(model, stimuli)
+    stimuli = as_stimuli(model, stimuli)
     for col, m in named.items():
         if m == "logit_diff":
             check_logit_diff(stimuli, "good_id", "bad_id", "is_target", model.cfg.d_vocab)
@@ -297,6 +286,7 @@ def groups(rows: pd.DataFrame, by: list[str]) -> Iterator[tuple[dict, pd.DataFra
 def scored_rows(model: "TransformerBridge", stimuli: Stimuli, metric: Metric, align: str = "target",
                 include_bos: bool = False, batch_size: int = 8) -> pd.DataFrame:
     """Trial rows that have a value of ``metric`` (column ``value``), BOS rows out unless asked."""
+    stimuli = as_stimuli(model, stimuli)
     keep = trials.rows(stimuli.tokens, include_bos)
     rows = evaluate(model, stimuli, {"value": metric}, align, batch_size)[keep]
     rows = rows.dropna(subset=["value"])
@@ -314,6 +304,7 @@ def metric(model: "TransformerBridge", stimuli: Stimuli, metric: Metric = "loss"
         >>> metric(model, stim, "correct").n.item() > 0
         True
     """
+    stimuli = as_stimuli(model, stimuli)
     group_columns(stimuli.tokens, by)
     rows = scored_rows(model, stimuli, metric, align, include_bos, batch_size)
     cols = group_columns(rows, by)

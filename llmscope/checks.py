@@ -120,10 +120,15 @@ def seed(value: Any, name: str = "seed", error: type[LLMScopeError] = AnalysisEr
     return count(value, name, 0, None, error)
 
 
+RECORD_AGAIN = ("re-record the site (a float16 recording stores values beyond ±65504 as inf: record with "
+                "dtype='float32'), or select rows without them")
+
+
 def finite(values: np.ndarray, what: str, rows: Any = None, units: Any = None,
-           error: type[LLMScopeError] = AnalysisError) -> np.ndarray:
+           error: type[LLMScopeError] = AnalysisError, fix: str = RECORD_AGAIN) -> np.ndarray:
     """``values`` (``[rows, units, ...]``) if every entry is finite, else an error naming the first
-    bad row and unit. ``rows``/``units`` label the axes (trial-table row numbers, unit indices).
+    bad row and unit and saying ``fix``. ``rows``/``units`` label the axes (trial-table row
+    numbers, unit indices).
 
     Example:
         >>> try:
@@ -145,8 +150,7 @@ def finite(values: np.ndarray, what: str, rows: Any = None, units: Any = None,
         where += f", unit {bad[1] if units is None else np.asarray(units)[bad[1]]}"
     n = int((~ok).sum())
     raise error(f"{what} hold {n} non-finite value{'s' if n > 1 else ''} (NaN or inf), the first at {where}: "
-                "re-record the site (a float16 recording stores values beyond ±65504 as inf: record with "
-                "dtype='float32'), or select rows without them.")
+                f"{fix}.")
 
 
 __all__ = ["count", "draws", "flag", "number", "fraction", "choice", "seed", "finite", "MAX_DRAWS"]

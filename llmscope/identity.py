@@ -18,7 +18,8 @@ storage, in the order the model's modules hold them (a view such as the bridge's
 GPT-2's fused ``c_attn`` is hashed once, as its whole storage), so the same weights give the same
 print through another back end that holds the Hugging Face modules (nnsight), two training
 checkpoints of one model differ, and any change to a whole tensor is seen. It is cached on the
-model and recomputed when a parameter is modified in place (PyTorch's version counters).
+model and recomputed when a parameter is modified in place (PyTorch's version counters: an
+optimizer step, ``copy_``, ``load_state_dict``).
 
 Example:
     >>> fp = fingerprint(model)
@@ -121,22 +122,21 @@ def _vocab_hash(model: Any) -> str:
 
 
 def fingerprint(model: "TransformerBridge") -> Fingerprint:
-    """The model's :class:`Fingerprint`, cached on it until a parameter changes.
+    """The model's :class:`Fingerprint`, cached on it until a parameter is modified in place.
 
     Example:
         >>> fingerprint(model).arch == fingerprint(llmscope.load("grammar-2l")).arch
         True
     """
-    tensors = _storages(_module(model))
-    key = tuple((id(t), t._version) for t in tensors)
     memo = model.__dict__.get("_llmscope_fingerprint")
-    if memo is not None and memo[0] == key:
-        return memo[1]
+    if memo is not None and tuple(t._version for t in memo[0]) == memo[1]:
+        return memo[2]
+    tensors = _storages(_module(model))
     cfg = model.cfg
     dims = np.asarray([int(getattr(cfg, k)) for k in DIMS], dtype=np.int64)
-    vocab = memo[1].vocab if memo is not None else _vocab_hash(model)
+    vocab = memo[2].vocab if memo is not None else _vocab_hash(model)
     fp = Fingerprint(str(cfg.model_name), _digest(dims.tobytes()), vocab, _weights_hash(tensors))
-    model.__dict__["_llmscope_fingerprint"] = (key, fp)
+    model.__dict__["_llmscope_fingerprint"] = (tensors, tuple(t._version for t in tensors), fp)
     return fp
 
 
@@ -147,8 +147,9 @@ _LEVEL_TEXT = {"arch": "a model of another shape", "vocab": "a model with anothe
 def check(bound: "Fingerprint | None", model: "TransformerBridge", what: str, level: Level,
           error: type[LLMScopeError] = LLMScopeError, remedy: str = "") -> None:
     """Raise ``error`` when ``what`` (made with the model printed ``bound``) cannot be used with
-    ``model`` at ``level``: its architecture, its vocabulary (and architecture), or its weights
-    (and the rest). ``bound=None`` (an object that does not know its model) passes.
+    ``model`` because they differ at ``level``: the architecture (sites, units), the vocabulary
+    (token ids) or the weights (activations). ``bound=None`` (an object that does not know its
+    model) passes.
 
     Example:
         >>> smol_fp = fingerprint(smol)
@@ -161,15 +162,15 @@ def check(bound: "Fingerprint | None", model: "TransformerBridge", what: str, le
     if bound is None:
         return
     here = fingerprint(model)
-    levels = LEVELS[: LEVELS.index(level) + 1]
-    differ = [lv for lv in levels if getattr(bound, lv) != getattr(here, lv)]
-    if not differ:
+    if getattr(bound, level) == getattr(here, level):
         return
+    differ = [lv for lv in LEVELS if getattr(bound, lv) != getattr(here, lv)]
     same_name = bound.name == here.name
     this = f"this model is {here.short() if same_name else here.name}"
     was = bound.short() if same_name else bound.name
     verb = "were" if what.split()[0] in ("these", "those") or what.endswith("s") else "was"
-    raise error(f"{what} {verb} made for {was}; {this} ({_LEVEL_TEXT[differ[0]]}). "
+    why = _LEVEL_TEXT[differ[0] if level == "weights" else level]
+    raise error(f"{what} {verb} made for {was}; {this} ({why}). "
                 + (remedy or "Make them again with this model, or pass the model they were made with."))
 
 

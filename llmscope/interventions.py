@@ -37,10 +37,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Se
 import numpy as np
 import torch
 
+from llmscope import checks, identity
+from llmscope.checks import choice, finite, number
 from llmscope.errors import InterventionError
 from llmscope.recording import Recording, record
 from llmscope.sites import Site, UnitsLike, parse_units, resolve_units, site, sites
-from llmscope.stimuli.core import Stimuli
+from llmscope.stimuli.core import Stimuli, as_stimuli
 from llmscope.tokens import tokenize
 
 if TYPE_CHECKING:
@@ -85,7 +87,7 @@ def reference_pools(model: "TransformerBridge", reference: Any,
     if isinstance(reference, Stimuli):
         reference = record(model, reference, [s for s, _ in resolved], dtype="float32", progress=False)
     if not (hasattr(reference, "responses") and hasattr(reference, "sites")):
-        raise InterventionError(f"reference must be a Recording or Stimuli, got {type(reference).__name__}.")
+        raise InterventionError.Type(f"reference must be a Recording or Stimuli, got {type(reference).__name__}.")
     if isinstance(reference, Recording) and not reference.made_by(model):
         raise InterventionError(
             f"the reference recording was made by model {reference.model_name!r}, not by this model: its "
@@ -95,7 +97,7 @@ def reference_pools(model: "TransformerBridge", reference: Any,
     for s, idx in resolved:
         name = s.name if s.name in have else s.hook
         if name not in have:
-            raise InterventionError(
+            raise InterventionError.Unknown(
                 f"the reference recording has no site {s.name!r} (it has {sorted(have)}); "
                 f"record it first, e.g. record(model, stimuli, [{s.name!r}])."
             )
@@ -105,6 +107,8 @@ def reference_pools(model: "TransformerBridge", reference: Any,
                 f"the reference responses of {s.name!r} have shape {pool.shape}; expected "
                 f"[n_tokens >= 1, {', '.join(map(str, (len(idx), *s.shape[1:])))}] for units {idx.tolist()}."
             )
+        finite(pool, f"the reference responses of {s.name}", units=idx.numpy(), error=InterventionError,
+               fix="record the reference again (with dtype='float32' if float16 overflowed)")
         pools[s.hook] = torch.from_numpy(pool)
     return pools
 
@@ -176,12 +180,11 @@ class lesion(_UnitIntervention):
     def __init__(self, units: UnitsLike, indices: Any = None, *, mode: str = "zero", reference: Any = None,
                  seed: int = 0):
         super().__init__(units, indices)
-        if not isinstance(mode, str) or mode not in self.MODES:
-            raise InterventionError(f"unknown lesion mode {mode!r}; choose one of {self.MODES}.")
+        choice(mode, "lesion mode", self.MODES, InterventionError)
         if (mode == "zero") != (reference is None):
             need = "takes no reference" if mode == "zero" else "needs reference=Recording or Stimuli"
             raise InterventionError(f"lesion mode {mode!r} {need}.")
-        self.mode, self.reference, self.seed = mode, reference, int(seed)
+        self.mode, self.reference, self.seed = mode, reference, checks.seed(seed, "seed", InterventionError)
         self._ref = _PerModel()
 
     def _value_fns(self, model, resolved):
@@ -231,19 +234,13 @@ class gain(_UnitIntervention):
 
     @factor.setter
     def factor(self, value: float) -> None:
-        self._factor = _real(value, "gain factor")
+        self._factor = number(value, "gain factor", error=InterventionError)
 
     def _value_fns(self, model, resolved):
         return [lambda x: x * self.factor for _ in resolved]
 
     def __repr__(self) -> str:
         return f"gain({self._units_repr()}, factor={self.factor})"
-
-
-def _real(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not np.isfinite(value):
-        raise InterventionError(f"{name} must be a finite number, got {value!r}.")
-    return float(value)
 
 
 # ---------------------------------------------------------------- steering and patching
@@ -267,13 +264,14 @@ class steer(Intervention):
     def __init__(self, site: str | Site, vector: Any, alpha: float = 1.0):
         self.site = site
         try:
-            self.vector = torch.as_tensor(np.asarray(vector, dtype=np.float32))
+            raw = vector.detach().cpu() if isinstance(vector, torch.Tensor) else vector
+            self.vector = torch.as_tensor(np.asarray(raw, dtype=np.float32))
         except (TypeError, ValueError):
-            raise InterventionError(f"a steering vector is an array of numbers, got {type(vector).__name__} "
-                                    f"{str(vector)[:40]!r}.") from None
+            raise InterventionError.Type(f"a steering vector is an array of numbers, got {type(vector).__name__} "
+                                         f"{str(vector)[:40]!r}.") from None
         self.alpha = alpha
-        if not torch.isfinite(self.vector).all():
-            raise InterventionError("the steering vector holds NaN or infinite values.")
+        finite(self.vector.numpy()[None], "the steering vector", error=InterventionError,
+               fix="give a vector of finite numbers")
 
     @property
     def alpha(self) -> float:
@@ -282,7 +280,7 @@ class steer(Intervention):
 
     @alpha.setter
     def alpha(self, value: float) -> None:
-        self._alpha = _real(value, "steering alpha")
+        self._alpha = number(value, "steering alpha", error=InterventionError)
 
     def fwd_hooks(self, model):
         s = site(model, self.site)
@@ -326,29 +324,30 @@ class patch(Intervention):
                  positions: int | Sequence[int] | None = None):
         self.source = source
         self.sites = sites
-        self.positions = None if positions is None else np.atleast_1d(np.asarray(positions))
+        self.positions = None if positions is None else np.atleast_1d(np.asarray(positions, dtype=object))
         pos = self.positions
-        if pos is not None and (pos.size == 0 or not np.issubdtype(pos.dtype, np.integer)):
-            raise InterventionError(f"positions must be None or integer token positions, got {positions!r}.")
+        if pos is not None:
+            if pos.size == 0 or pos.ndim != 1 or not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool)
+                                                         for i in pos):
+                raise InterventionError.Type(f"positions must be None or integer token positions, got {positions!r}.")
+            self.positions = pos.astype(np.int64)
         self._acts = _PerModel()
 
-    def _source_acts(self, model: "TransformerBridge", hooks: list[str]) -> dict[str, torch.Tensor]:
+    def _source_acts(self, model: "TransformerBridge", resolved: list[Site]) -> dict[str, torch.Tensor]:
         from transformer_lens import ActivationCache
 
         src = self.source
         if isinstance(src, (Mapping, ActivationCache)):
-            missing = [h for h in hooks if h not in src]
-            if missing:
-                raise InterventionError(f"the source cache has no activations for {missing}; cache those hooks.")
-            return {h: src[h] for h in hooks}
-        ids = tokenize(model, src.ids if isinstance(src, Stimuli) else src)
+            return _cached(model, src, resolved)
+        ids = as_stimuli(model, src, "patch's source").ids if isinstance(src, Stimuli) else tokenize(model, src)
+        hooks = [s.hook for s in resolved]
         with torch.no_grad():
             _, cache = model.run_with_cache(ids, names_filter=hooks)
         return {h: cache[h] for h in hooks}
 
     def fwd_hooks(self, model):
         resolved = sites(model, self.sites)
-        acts = self._acts.get(model, lambda: self._source_acts(model, [s.hook for s in resolved]))
+        acts = self._acts.get(model, lambda: self._source_acts(model, resolved))
         return [(s.hook, self._patcher(s.name, acts[s.hook])) for s in resolved]
 
     def _patcher(self, name: str, src: torch.Tensor) -> HookFn:
@@ -358,7 +357,7 @@ class patch(Intervention):
         else:
             bad = self.positions[(self.positions < -n_src) | (self.positions >= n_src)]
             if bad.size:
-                raise InterventionError(f"patch positions {bad.tolist()} are outside the source's 0..{n_src - 1}.")
+                raise InterventionError.Range(f"patch positions {bad.tolist()} are outside the source's 0..{n_src - 1}.")
             pos = torch.as_tensor(self.positions % n_src)
 
         def hook_fn(act: torch.Tensor, hook: "HookPoint") -> torch.Tensor:
@@ -380,6 +379,29 @@ class patch(Intervention):
         return f"patch(<{type(self.source).__name__}>, {self.sites!r}, {where})"
 
 
+def _cached(model: "TransformerBridge", cache: Any, resolved: list[Site]) -> dict[str, torch.Tensor]:
+    """A source cache's activations at ``resolved``, checked before any hook: made by a model of
+    this shape (an ActivationCache knows its model), present, ``[batch, pos, *site.shape]``, finite."""
+    owner = getattr(cache, "model", None)
+    if owner is not None and owner is not model:
+        identity.check(identity.fingerprint(owner), model, "the source cache", "arch", InterventionError,
+                       "Run the source through this model (pass the tokens or Stimuli as the source).")
+    out = {}
+    for s in resolved:
+        if s.hook not in cache:
+            raise InterventionError.Unknown(f"the source cache has no activations for {s.hook} ({s.name}); "
+                                            f"cache that hook, e.g. model.run_with_cache(tokens, names_filter=[{s.hook!r}]).")
+        act = cache[s.hook]
+        if not isinstance(act, torch.Tensor) or act.ndim != 2 + len(s.shape) or tuple(act.shape[2:]) != s.shape:
+            got = tuple(act.shape) if isinstance(act, torch.Tensor) else type(act).__name__
+            raise InterventionError(f"the source cache's {s.hook} is {got}; this model's {s.name} needs "
+                                    f"[batch, pos, {', '.join(map(str, s.shape))}]: was it cached from another model?")
+        finite(act.detach().float().reshape(-1, *s.shape).cpu().numpy(), f"the source cache's {s.name}",
+               error=InterventionError, fix="cache a run of this model with finite activations")
+        out[s.hook] = act
+    return out
+
+
 # ---------------------------------------------------------------- applying
 
 
@@ -391,7 +413,7 @@ def _flatten(interventions: Iterable[Any]) -> list[Intervention]:
         elif isinstance(iv, (list, tuple)):
             out.extend(_flatten(iv))
         else:
-            raise InterventionError(
+            raise InterventionError.Type(
                 f"intervene takes lesion(...), gain(...), steer(...) or patch(...) objects; got {type(iv).__name__}."
             )
     return out

@@ -44,13 +44,15 @@ Example:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Sequence, Union
 
 import numpy as np
 import pandas as pd
 
+from llmscope import identity
 from llmscope.errors import SiteError
+from llmscope.identity import Fingerprint
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -70,6 +72,8 @@ class Site:
         layer: the block index, or None for hooks outside the blocks.
         shape: per-token activation shape; ``shape[0]`` is the number of units.
         unit: what one unit is: ``"neuron"``, ``"head"``, ``"dim"``.
+        model: the fingerprint of the model it was resolved on (None if unknown); a model of
+            another shape refuses it.
     """
 
     name: str
@@ -78,6 +82,7 @@ class Site:
     layer: int | None
     shape: tuple[int, ...]
     unit: str
+    model: Fingerprint | None = field(default=None, compare=False, repr=False)
 
     @property
     def n_units(self) -> int:
@@ -99,18 +104,19 @@ class Site:
         if units is None:
             return np.arange(self.n_units)
         if isinstance(units, (str, bytes)):
-            raise SiteError(f"unit indices of {self.name} are integers, got the string {units!r}.")
-        idx = np.atleast_1d(np.asarray(units))
+            raise SiteError.Type(f"unit indices of {self.name} are integers, got the string {units!r}.")
+        idx = np.atleast_1d(np.asarray(units, dtype=object if isinstance(units, (list, tuple)) else None))
         if idx.size == 0:
             raise SiteError(f"no units given for {self.name}; pass indices in 0..{self.n_units - 1}.")
-        if idx.dtype == object and all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in idx.ravel()):
+        if idx.dtype == object and all(isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_))
+                                       for i in idx.ravel()):
             idx = idx.astype(np.int64)
         if not np.issubdtype(idx.dtype, np.integer) or idx.ndim != 1:
-            raise SiteError(f"unit indices of {self.name} must be a list of integers in 0..{self.n_units - 1}, "
-                            f"got {np.asarray(units).tolist()!r}.")
+            raise SiteError.Type(f"unit indices of {self.name} must be a list of integers in 0..{self.n_units - 1}, "
+                                 f"got {str(units)[:80]}.")
         bad = idx[(idx < 0) | (idx >= self.n_units)]
         if bad.size:
-            raise SiteError(
+            raise SiteError.Range(
                 f"{self.unit} {bad.tolist()} out of range for {self.name}: it has "
                 f"{self.n_units} {self.unit}s, indices 0..{self.n_units - 1} (negative indices are not allowed)."
             )
@@ -133,22 +139,22 @@ def _choices(model: "TransformerBridge") -> str:
     )
 
 
-def _short(model: "TransformerBridge", kind: str, layer: int, spec: str) -> Site:
+def _short(model: "TransformerBridge", kind: str, layer: int, spec: str, fp: Fingerprint) -> Site:
     cfg = model.cfg
     top = cfg.n_layers if kind == "resid" else cfg.n_layers - 1
     if not 0 <= layer <= top:
-        raise SiteError(f"layer {layer} out of range in {spec!r}: valid sites are {_choices(model)}.")
+        raise SiteError.Range(f"layer {layer} out of range in {spec!r}: valid sites are {_choices(model)}.")
     if kind == "mlp":
-        return Site(spec, f"blocks.{layer}.mlp.hook_post", kind, layer, (cfg.d_mlp,), "neuron")
+        return Site(spec, f"blocks.{layer}.mlp.hook_post", kind, layer, (cfg.d_mlp,), "neuron", fp)
     if kind == "attn":
-        return Site(spec, f"blocks.{layer}.attn.hook_z", kind, layer, (cfg.n_heads, cfg.d_head), "head")
+        return Site(spec, f"blocks.{layer}.attn.hook_z", kind, layer, (cfg.n_heads, cfg.d_head), "head", fp)
     hook = f"blocks.{layer}.hook_resid_pre" if layer < cfg.n_layers else f"blocks.{layer - 1}.hook_resid_post"
-    return Site(spec, hook, kind, layer, (cfg.d_model,), "dim")
+    return Site(spec, hook, kind, layer, (cfg.d_model,), "dim", fp)
 
 
 def _short_sites(model: "TransformerBridge") -> list[Site]:
-    n = model.cfg.n_layers
-    return [_short(model, kind, layer, f"{kind}.{layer}")
+    n, fp = model.cfg.n_layers, identity.fingerprint(model)
+    return [_short(model, kind, layer, f"{kind}.{layer}", fp)
             for kind in ("mlp", "attn", "resid") for layer in range(n + (kind == "resid"))]
 
 
@@ -162,7 +168,7 @@ def _probe_shape(model: "TransformerBridge", hook: str) -> tuple[int, ...]:
         with torch.no_grad():
             _, cache = model.run_with_cache(tokens, names_filter=lambda n: n == hook)
         if hook not in cache:
-            raise SiteError(f"hook {hook!r} never fires in a forward pass; it cannot be recorded.")
+            raise SiteError.Unknown(f"hook {hook!r} never fires in a forward pass; it cannot be recorded.")
         act = cache[hook]
         if act.ndim < 3 or act.shape[1] != _PROBE_LEN or _PROBE_LEN in act.shape[2:]:
             raise SiteError(
@@ -187,25 +193,30 @@ def site(model: "TransformerBridge", spec: "str | Site") -> Site:
         (4, 32)
     """
     if isinstance(spec, Site):
+        identity.check(spec.model, model, f"the site {spec.name}", "arch", SiteError,
+                       f"Resolve it on this model: llmscope.site(model, {spec.name!r}).")
         return spec
     if not isinstance(spec, str):
-        raise SiteError(f"a site is a string such as 'mlp.0'; got {type(spec).__name__}.")
+        raise SiteError.Type(f"a site is a string such as 'mlp.0'; got {type(spec).__name__}.")
     m = _SHORT.match(spec.strip())
     if m:
-        return _short(model, m.group(1), int(m.group(2)), spec.strip())
+        return _short(model, m.group(1), int(m.group(2)), spec.strip(), identity.fingerprint(model))
     if spec in model.hook_dict:
         named = {s.hook: s for s in _short_sites(model)}
         if spec in named:  # a raw name of a short site resolves to that site
             return named[spec]
         shape = _probe_shape(model, spec)
-        return Site(spec, spec, "hook", _layer_of(spec), shape, "dim")
-    raise SiteError(f"unknown site {spec!r}: valid sites are {_choices(model)}.")
+        return Site(spec, spec, "hook", _layer_of(spec), shape, "dim", identity.fingerprint(model))
+    raise SiteError.Unknown(f"unknown site {spec!r}: valid sites are {_choices(model)}.")
 
 
 def sites(model: "TransformerBridge", specs: "str | Site | Sequence[str | Site]") -> list[Site]:
     """Resolve one or many sites; duplicates are dropped, order is kept."""
     if isinstance(specs, (str, Site)):
         specs = [specs]
+    if not isinstance(specs, (list, tuple, pd.Index, np.ndarray)):
+        raise SiteError.Type(f"sites are a site name or a list of them, such as ['mlp.0', 'attn.1']; "
+                             f"got {type(specs).__name__}.")
     if len(specs) == 0:
         raise SiteError(f"no sites given; valid sites are {_choices(model)}.")
     out: dict[str, Site] = {}
@@ -231,8 +242,17 @@ def table_index(units: Any) -> pd.MultiIndex | None:
     if not isinstance(units, pd.Index):
         return None
     if not (isinstance(units, pd.MultiIndex) and units.nlevels == 2):
-        raise SiteError(f"a unit table is indexed by (site, unit); this one's index is {list(units.names)}. {UNITS_HELP}.")
+        raise SiteError.Type(f"a unit table is indexed by (site, unit); this one's index is {list(units.names)}. {UNITS_HELP}.")
     return units
+
+
+def bound_model(units: Any) -> Fingerprint | None:
+    """The fingerprint of the model a unit table (or Result) was made on, if it says."""
+    if hasattr(units, "meta") and isinstance(getattr(units, "meta"), dict):
+        return Fingerprint.from_dict(units.meta.get("fingerprint"))
+    if isinstance(units, (pd.DataFrame, pd.Series)):
+        return Fingerprint.from_dict(units.attrs.get("fingerprint"))
+    return None
 
 
 def parse_units(units: UnitsLike, indices: Any = None) -> list[tuple[str | Site, Any]]:
@@ -241,7 +261,7 @@ def parse_units(units: UnitsLike, indices: Any = None) -> list[tuple[str | Site,
     if isinstance(units, (str, Site)):
         pairs = [(units, indices)]
     elif indices is not None:
-        raise SiteError(f"indices are given as a second argument only after a site name such as 'mlp.1'; "
+        raise SiteError.Type(f"indices are given as a second argument only after a site name such as 'mlp.1'; "
                         f"got units={units!r} and indices={indices!r}. {UNITS_HELP}.")
     elif (table := table_index(units)) is not None:
         pairs = [(s, table.get_level_values(1)[table.get_level_values(0) == s].to_numpy())
@@ -251,19 +271,19 @@ def parse_units(units: UnitsLike, indices: Any = None) -> list[tuple[str | Site,
     elif isinstance(units, Iterable) and not isinstance(units, (str, bytes, dict)):
         pairs = list(units)
     else:
-        raise SiteError(f"{UNITS_HELP}; got {units!r}.")
+        raise SiteError.Type(f"{UNITS_HELP}; got {str(units)[:80]}.")
     grouped: dict[str | Site, list | None] = {}
     for pair in pairs:
         if isinstance(pair, (str, Site)):  # a bare site in a list: all its units
             pair = (pair, None)
         if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], (str, Site))):
-            raise SiteError(f"{UNITS_HELP}; got the item {pair!r}.")
+            raise SiteError.Type(f"{UNITS_HELP}; got the item {str(pair)[:80]}.")
         spec, idx = pair
         if idx is None or (spec in grouped and grouped[spec] is None):
             grouped[spec] = None
         else:
             if isinstance(idx, (str, bytes)):
-                raise SiteError(f"unit indices of {spec!r} are integers, got the string {idx!r}.")
+                raise SiteError.Type(f"unit indices of {spec!r} are integers, got the string {idx!r}.")
             grouped[spec] = grouped.get(spec, []) + np.atleast_1d(np.asarray(idx, dtype=object)).tolist()
     if not grouped:
         raise SiteError(f"no units given; {UNITS_HELP}.")
@@ -272,7 +292,9 @@ def parse_units(units: UnitsLike, indices: Any = None) -> list[tuple[str | Site,
 
 def resolve_units(model: "TransformerBridge", units: UnitsLike, indices: Any = None) -> list[tuple[Site, np.ndarray]]:
     """Units resolved against ``model``: ``[(Site, sorted unique indices), ...]``; a SiteError
-    names a bad site or index and the valid range."""
+    names a bad site or index and the valid range, or a unit table made on a model of another shape."""
+    identity.check(bound_model(units), model, "these units", "arch", SiteError,
+                   "Take units from an analysis of this model.")
     out: dict[str, tuple[Site, np.ndarray]] = {}
     for spec, idx in parse_units(units, indices):
         s = site(model, spec)

@@ -85,12 +85,14 @@ import torch
 from llmscope.stimuli import trials
 from llmscope.checks import count, flag
 from llmscope.analysis.stats import ratio_cis
-from llmscope.behaviour import check_stimuli, cross_entropy
-from llmscope.errors import AnalysisError, LLMScopeError
+from llmscope.behaviour import cross_entropy
+from llmscope.errors import AnalysisError
 from llmscope.passes import fused_activations, layer_list, rank_one_readout, readout, run_from
 from llmscope.result import Result
 from llmscope.sites import Site, UnitsLike, resolve_units
 from llmscope.stimuli.core import Stimuli
+from llmscope.stimuli.core import as_stimuli
+from llmscope.stimuli.organism import speaks_grammar
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -295,11 +297,9 @@ def battery(model: "TransformerBridge", n_docs: int = 16, n_pairs: int = 64, see
     """
     n_docs, n_pairs = count(n_docs, "n_docs"), count(n_pairs, "n_pairs")
     seed = count(seed, "seed", minimum=0)
-    try:
+    if speaks_grammar(model):
         out = Battery(_grammar_battery(model, n_docs, n_pairs, seed))
-    except ValueError as exc:  # the tokenizer does not speak the toy grammar: English
-        if isinstance(exc, LLMScopeError):
-            raise
+    else:  # English
         out = Battery(_english_battery(model, n_docs, seed))
     return out if behaviours is None else out.select(behaviours)
 
@@ -308,7 +308,7 @@ def _check_battery(model: "TransformerBridge", bat: Any) -> Battery:
     if not isinstance(bat, Battery):
         raise AnalysisError(f"expected a Battery (llmscope.analysis.atlas.battery(model)), got {type(bat).__name__}.")
     for b in bat:
-        check_stimuli(model, b.stimuli)
+        as_stimuli(model, b.stimuli)
         if b.kind == "accuracy":
             ids = b.stimuli.tokens.loc[b.rows, ["good_id", "bad_id"]].to_numpy()
             if not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0 or ids.max() >= model.cfg.d_vocab:

@@ -40,12 +40,13 @@ import torch
 
 from llmscope.stimuli import trials
 from llmscope.checks import count, flag
-from llmscope.behaviour import check_stimuli
+
 from llmscope.errors import AnalysisError, SiteError
 from llmscope.result import Result
 from llmscope.sites import UnitsLike, site, unit_index
 from llmscope.stimuli.core import Stimuli
 from llmscope.tokens import check_tokens
+from llmscope.stimuli.core import as_stimuli
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -182,7 +183,7 @@ def localize_heads(model: "TransformerBridge", stimuli: Stimuli, *, batch_size: 
     """
     from tqdm.auto import tqdm
 
-    stimuli = check_stimuli(model, stimuli)
+    stimuli = as_stimuli(model, stimuli)
     batch_size = count(batch_size, "batch_size")
     progress = flag(progress, "progress")
     grid = _kept_grid(stimuli, trials.rows(stimuli.tokens, include_bos))
@@ -307,7 +308,7 @@ def confirm_by_lesion(model: "TransformerBridge", stimuli: Stimuli, heads: Units
 
     from llmscope.interventions import intervene, lesion
 
-    stimuli = check_stimuli(model, stimuli)
+    stimuli = as_stimuli(model, stimuli)
     if not isinstance(metric, str) or metric not in METRICS:
         raise AnalysisError(f"unknown metric {metric!r}; choose one of {list(METRICS)}.")
     n_random, seed = count(n_random, "n_random"), count(seed, "seed", minimum=0)

@@ -83,12 +83,13 @@ from tqdm.auto import tqdm
 
 from llmscope.stimuli import trials
 from llmscope.checks import count, flag, fraction
-from llmscope.behaviour import check_stimuli, cross_entropy, next_token_loss
+from llmscope.behaviour import cross_entropy, next_token_loss
 from llmscope.errors import AnalysisError, SiteError
 from llmscope.passes import layer_list, readout, run_from
 from llmscope.result import Result
 from llmscope.sites import Site, sites as resolve_sites
 from llmscope.stimuli.core import Stimuli
+from llmscope.stimuli.core import as_stimuli
 
 Block = tuple[int, np.ndarray, torch.Tensor, "torch.Tensor | None"]  # site index, sample rows, scores, change
 
@@ -461,7 +462,7 @@ def _check(model: "TransformerBridge", stimuli: Stimuli, method: str, sites: Any
     count(batch_size, "batch_size")
     flag(include_bos, "include_bos")
     flag(progress, "progress")
-    check_stimuli(model, stimuli)
+    stimuli = as_stimuli(model, stimuli)
     targets = resolve_sites(model, [f"mlp.{i}" for i in range(model.cfg.n_layers)] if sites is None else sites)
     bad = [s.name for s in targets if s.kind != "mlp"]
     if bad:

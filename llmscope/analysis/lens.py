@@ -43,12 +43,13 @@ import torch
 from llmscope.stimuli import trials
 from llmscope.checks import count, flag
 from llmscope.analysis.stats import fdr
-from llmscope.behaviour import By, check_logit_diff, check_stimuli, group_columns, groups
+from llmscope.behaviour import By, check_logit_diff, group_columns, groups
 from llmscope.errors import AnalysisError, SiteError
 from llmscope.result import Result
 from llmscope.sites import Site, UnitsLike, resolve_units, sites as resolve_sites
 from llmscope.stimuli.core import Stimuli
 from llmscope.tokens import check_tokens
+from llmscope.stimuli.core import as_stimuli
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -175,7 +176,7 @@ def logit_lens(model: "TransformerBridge", stimuli: Stimuli, sites: "str | Seque
     """
     from tqdm.auto import tqdm
 
-    stimuli = check_stimuli(model, stimuli)
+    stimuli = as_stimuli(model, stimuli)
     resolved = lens_sites(model, sites)
     cols = group_columns(stimuli.tokens, by)
     batch_size, seed = count(batch_size, "batch_size"), count(seed, "seed", minimum=0)
@@ -397,7 +398,7 @@ def surprise(model: "TransformerBridge", stimuli: Stimuli, *, good: str = "good_
     """
     from tqdm.auto import tqdm
 
-    stimuli = check_stimuli(model, stimuli)
+    stimuli = as_stimuli(model, stimuli)
     seed, batch_size = count(seed, "seed", minimum=0), count(batch_size, "batch_size")
     progress = flag(progress, "progress")
     items = _items(stimuli, good, bad, at, match, seed, model.cfg.d_vocab)

@@ -41,10 +41,11 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from llmscope.analysis.decoding import decode, decode_curve
-from llmscope.analysis.key_neurons import KeyNeurons, key_neurons
+from llmscope.analysis.key_neurons import METHODS, KeyNeurons, key_neurons
+from llmscope import checks
 from llmscope.checks import count
 from llmscope.behaviour import scored_rows
-from llmscope.errors import LLMScopeError
+from llmscope.errors import AnalysisError, SiteError
 from llmscope.interventions import intervene, lesion
 from llmscope.recording import record
 from llmscope.stimuli.core import Stimuli
@@ -109,16 +110,14 @@ def default_stimuli(model: "TransformerBridge", n_docs: int) -> dict[str, tuple[
     """``{name: (train, test)}``: the organism's gold-tagged documents, or for an English model
     gold-tagged template sentences and spaCy-tagged free sentences (the bundled 100, halved)."""
     from llmscope.stimuli import grammar, sentences, templates
+    from llmscope.stimuli.organism import speaks_grammar
 
-    try:
+    if speaks_grammar(model):
         return {"gold": (grammar(model, n_docs=n_docs, seed=0), grammar(model, n_docs=n_docs, seed=1))}
-    except ValueError as exc:  # not an organism's tokenizer: English
-        if isinstance(exc, LLMScopeError):
-            raise
-        free = sentences(model, seed=0)
-        half = free.n_seqs // 2
-        return {"templates (gold)": (templates(model, n=n_docs, seed=0), templates(model, n=n_docs, seed=1)),
-                "sentences (spaCy)": (free.select_seqs(np.arange(half)), free.select_seqs(np.arange(half, free.n_seqs)))}
+    free = sentences(model, seed=0)
+    half = free.n_seqs // 2
+    return {"templates (gold)": (templates(model, n=n_docs, seed=0), templates(model, n=n_docs, seed=1)),
+            "sentences (spaCy)": (free.select_seqs(np.arange(half)), free.select_seqs(np.arange(half, free.n_seqs)))}
 
 
 def _key_set(key: KeyNeurons, site: str, k: int) -> pd.MultiIndex:
@@ -183,6 +182,35 @@ def lesion_test(model: "TransformerBridge", stimuli: Stimuli, key: KeyNeurons, s
     return pd.DataFrame(rows)
 
 
+def _layers(model: "TransformerBridge", layers: Any, name: str) -> list[int]:
+    n = model.cfg.n_layers
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence) or not layers:
+        raise AnalysisError.Type(f"{name} must be a non-empty list of layers in 0..{n - 1}, got {layers!r}.")
+    out = [count(L, f"a layer of {name}", 0, n - 1, SiteError) for L in layers]
+    return list(dict.fromkeys(out))
+
+
+def _check_args(model: "TransformerBridge", layers: Any, lesion_layers: Any, ks: Any, k: Any, method: Any,
+                steps: Any, top_frac: Any, n_classes: Any, n_random: Any, folds: Any, n_docs: Any, seed: Any,
+                progress: Any) -> tuple[list[int], list[int], list[int]]:
+    """Every argument of :func:`seed002` checked before any work: ``(layers, lesion_layers, ks)``."""
+    d_mlp = model.cfg.d_mlp
+    count(k, "k", 1, d_mlp), count(steps, "steps"), count(n_classes, "n_classes"), count(n_docs, "n_docs", 2)
+    count(n_random, "n_random"), count(folds, "folds", 2), checks.seed(seed), checks.flag(progress, "progress")
+    checks.fraction(top_frac, "top_frac")
+    checks.choice(method, "method", METHODS)
+    layers = list(range(model.cfg.n_layers)) if layers is None else _layers(model, layers, "layers")
+    lesion_layers = layers if lesion_layers is None else _layers(model, lesion_layers, "lesion_layers")
+    outside = [L for L in lesion_layers if L not in layers]
+    if outside:
+        raise SiteError.Range(f"lesion layers {outside} are not among the decoded layers {layers}: the lesion "
+                              "test runs on decoded layers only; add them to layers or drop them.")
+    if isinstance(ks, (str, bytes)) or not isinstance(ks, Sequence) or not ks:
+        raise AnalysisError.Type(f"ks must be a non-empty list of set sizes in 1..{d_mlp}, got {ks!r}.")
+    ks = sorted({count(x, "a set size of ks", 1, d_mlp) for x in ks})
+    return layers, lesion_layers, ks
+
+
 def seed002(model: "TransformerBridge", *, stimuli: dict[str, tuple[Stimuli, Stimuli]] | None = None,
             n_docs: int = 40, label: str = "pos_tag", method: str = "ig", k: int = 10, ks: Sequence[int] = KS,
             top_frac: float = 0.05, steps: int = 64, layers: Sequence[int] | None = None,
@@ -214,11 +242,9 @@ def seed002(model: "TransformerBridge", *, stimuli: dict[str, tuple[Stimuli, Sti
         ``_current`` (accuracy on the tokens whose label is decoded that are ``ambiguous`` word
         forms, when the stimuli mark them), ``lesion_specificity`` (median over classes).
     """
-    k, n_random, folds = count(k, "k"), count(n_random, "n_random"), count(folds, "folds", minimum=2)
-    stimuli = default_stimuli(model, count(n_docs, "n_docs")) if stimuli is None else stimuli
-    layers = list(range(model.cfg.n_layers)) if layers is None else [int(L) for L in layers]
-    lesion_layers = layers if lesion_layers is None else [int(L) for L in lesion_layers]
-    ks = [int(x) for x in ks if x <= model.cfg.d_mlp]
+    layers, lesion_layers, ks = _check_args(model, layers, lesion_layers, ks, k, method, steps, top_frac,
+                                            n_classes, n_random, folds, n_docs, seed, progress)
+    stimuli = default_stimuli(model, n_docs) if stimuli is None else stimuli
     sites = [f"mlp.{L}" for L in layers]
     table, curves, lesions, keys = [], [], [], {}
     steps_total = len(stimuli) * (2 + len(layers) * 2 + len(lesion_layers))

@@ -19,13 +19,17 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from llmscope.tokens import PromptError, check_tokens
+from llmscope import identity
+from llmscope.checks import count
+from llmscope.errors import PromptError
+from llmscope.identity import Fingerprint
+from llmscope.tokens import check_tokens
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -61,6 +65,25 @@ def onsets(flags: Sequence[bool] | np.ndarray, seq: Sequence[int] | np.ndarray) 
     return flags & ~before
 
 
+def as_stimuli(model: "TransformerBridge", source: Any, what: str = "stimuli") -> "Stimuli":
+    """``source`` as Stimuli checked for ``model``: Stimuli as they are, a string or a list of
+    strings as free text (one sequence each, untagged, BOS as the model prepends it).
+
+    Example:
+        >>> as_stimuli(model, "the dog runs .").n_seqs
+        1
+    """
+    if isinstance(source, str) or (isinstance(source, (list, tuple)) and source
+                                   and all(isinstance(t, str) for t in source)):
+        from llmscope.stimuli.english import from_texts
+
+        source = from_texts(model, source, tag=False)
+    if not isinstance(source, Stimuli):
+        raise PromptError.Type(f"{what} are Stimuli (built by a paradigm of llmscope.stimuli or Stimuli.from_ids), "
+                               f"a string or a list of strings; got {type(source).__name__}.")
+    return source.check(model)
+
+
 class Stimuli:
     """Token sequences shown to a model, with a per-token trial table.
 
@@ -69,18 +92,24 @@ class Stimuli:
         lengths: ``[n_seqs]`` number of real tokens in each sequence.
         tokens: the trial table, one row per real token (see module docstring).
         name: the paradigm that made these stimuli.
+        model: the :class:`~llmscope.identity.Fingerprint` of the model whose tokenizer made the
+            ids (None when unknown); a model with another vocabulary refuses them.
     """
 
     def __init__(self, ids: torch.Tensor, lengths: Sequence[int], tokens: pd.DataFrame,
-                 name: str = "stimuli", pad_id: int = 0):
+                 name: str = "stimuli", pad_id: int = 0, model: Fingerprint | None = None):
+        if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or not isinstance(tokens, pd.DataFrame):
+            raise PromptError.Type("Stimuli take ids as a [n_seqs, max_len] LongTensor and a trial table as a "
+                                   "DataFrame; build them with a paradigm (llmscope.stimuli) or Stimuli.from_ids.")
         self.ids = ids
         self.lengths = np.asarray(lengths, dtype=np.int64)
         if len(tokens) != int(self.lengths.sum()) or len(self.lengths) != ids.shape[0]:
-            raise ValueError(f"the trial table has {len(tokens)} rows but the {ids.shape[0]} sequences "
-                             f"have {int(self.lengths.sum())} tokens ({len(self.lengths)} lengths given).")
+            raise PromptError(f"the trial table has {len(tokens)} rows but the {ids.shape[0]} sequences "
+                              f"have {int(self.lengths.sum())} tokens ({len(self.lengths)} lengths given).")
         self.tokens = tokens
         self.name = name
         self.pad_id = pad_id
+        self.model = model
 
     @classmethod
     def from_ids(
@@ -103,13 +132,16 @@ class Stimuli:
         Raises:
             PromptError: no sequences, an empty sequence, or one longer than the context.
         """
-        if isinstance(seqs, (str, bytes)) or not all(isinstance(s, (Sequence, np.ndarray, torch.Tensor)) for s in seqs):
-            raise PromptError("stimuli are built from lists of token ids, one list per sequence; "
-                              f"got {type(seqs).__name__}. For text use llmscope.stimuli.from_texts.")
-        arrays = [np.asarray(torch.as_tensor(s) if isinstance(s, torch.Tensor) else s) for s in seqs]
+        if (isinstance(seqs, (str, bytes)) or not isinstance(seqs, (Sequence, np.ndarray, torch.Tensor))
+                or not all(isinstance(s, (Sequence, np.ndarray, torch.Tensor)) and not isinstance(s, (str, bytes))
+                           for s in seqs)):
+            raise PromptError.Type("stimuli are built from lists of token ids, one list per sequence; "
+                                   f"got {type(seqs).__name__}. For text use llmscope.stimuli.from_texts.")
+        arrays = [np.asarray(s.detach().cpu() if isinstance(s, torch.Tensor) else s) for s in seqs]
         if any(a.dtype.kind not in "iu" and a.size for a in arrays):
-            raise PromptError("token ids must be integers; got "
-                              f"{next(a.dtype for a in arrays if a.dtype.kind not in 'iu' and a.size)}.")
+            raise PromptError.Type("token ids must be integers; got "
+                                   f"{next(a.dtype for a in arrays if a.dtype.kind not in 'iu' and a.size)}.")
+        n_bos = count(n_bos, "n_bos", 0, None, PromptError)
         seqs = [list(map(int, a.ravel())) for a in arrays]
         if not seqs or any(len(s) == 0 for s in seqs):
             raise PromptError("empty stimuli: give at least one sequence of at least one token.")
@@ -129,14 +161,20 @@ class Stimuli:
             "is_bos": np.concatenate([np.arange(n) < n_bos for n in lengths]),
         })
         if labels is not None:
-            labels = pd.DataFrame(labels).reset_index(drop=True)
+            try:
+                labels = pd.DataFrame(labels).reset_index(drop=True)
+            except (TypeError, ValueError) as exc:
+                raise PromptError.Type(f"labels are a DataFrame or a mapping of column -> one value per token "
+                                       f"({len(table)} tokens); pandas could not read them ({exc}).") from None
             if len(labels) != len(table):
-                raise ValueError(f"labels have {len(labels)} rows but the stimuli have {len(table)} tokens.")
+                raise PromptError(f"labels have {len(labels)} rows but the stimuli have {len(table)} tokens: "
+                                  "give one label per token, BOS included, in (seq, pos) order.")
             clash = set(labels.columns) & set(table.columns)
             if clash:
-                raise ValueError(f"label columns {sorted(clash)} clash with the trial table's own columns.")
+                raise PromptError(f"label columns {sorted(clash)} clash with the trial table's own columns "
+                                  f"{list(table.columns)}; rename them.")
             table = pd.concat([table, labels], axis=1)
-        return cls(ids, lengths, table, name=name, pad_id=pad_id)
+        return cls(ids, lengths, table, name=name, pad_id=pad_id, model=identity.fingerprint(model))
 
     @property
     def n_seqs(self) -> int:
@@ -153,26 +191,49 @@ class Stimuli:
 
     def batches(self, batch_size: int, start_seq: int = 0) -> Iterator[tuple[int, torch.Tensor]]:
         """Yield ``(first_seq, ids)`` batches of whole sequences, trimmed to their longest one."""
-        if batch_size < 1:
-            raise ValueError("batch_size must be >= 1.")
+        count(batch_size, "batch_size", 1, None, PromptError)
         for lo in range(start_seq, self.n_seqs, batch_size):
             hi = min(lo + batch_size, self.n_seqs)
             yield lo, self.ids[lo:hi, : int(self.lengths[lo:hi].max())]
 
     def select_seqs(self, seqs: Sequence[int] | np.ndarray) -> "Stimuli":
         """A new Stimuli holding only the given sequences, renumbered from 0."""
-        seqs = np.asarray(seqs, dtype=np.int64)
+        raw = np.asarray(seqs.detach().cpu() if isinstance(seqs, torch.Tensor) else seqs)
+        if raw.size and (raw.dtype.kind not in "iu" or raw.ndim != 1):
+            raise PromptError.Type(f"select_seqs takes a list of sequence indices (integers in 0..{self.n_seqs - 1}), "
+                                   f"got {raw.dtype} of shape {raw.shape}.")
+        seqs = raw.astype(np.int64)
         if seqs.size == 0:
             raise PromptError("empty selection: choose at least one sequence.")
-        if seqs.min() < 0 or seqs.max() >= self.n_seqs:
-            raise IndexError(f"sequence index out of range 0..{self.n_seqs - 1}.")
+        bad = seqs[(seqs < 0) | (seqs >= self.n_seqs)]
+        if bad.size:
+            raise PromptError.Range(f"sequence index {int(bad[0])} out of range: these stimuli have {self.n_seqs} "
+                                    f"sequences, 0..{self.n_seqs - 1} (negative indices are not allowed).")
         lengths = self.lengths[seqs]
         off = self.offsets()
         rows = np.concatenate([np.arange(off[q], off[q + 1]) for q in seqs])
         table = self.tokens.iloc[rows].reset_index(drop=True)
         table["seq"] = np.repeat(np.arange(seqs.size), lengths)
         ids = self.ids[torch.as_tensor(seqs)][:, : int(lengths.max())]
-        return Stimuli(ids, lengths, table, name=self.name, pad_id=self.pad_id)
+        return Stimuli(ids, lengths, table, name=self.name, pad_id=self.pad_id, model=self.model)
+
+    def check(self, model: "TransformerBridge") -> "Stimuli":
+        """These stimuli, checked for ``model``: made with its vocabulary, consistent, ids valid, no
+        sequence longer than its context (a :class:`PromptError` says what to do).
+
+        Example:
+            >>> stim.check(model) is stim
+            True
+        """
+        identity.check(self.model, model, f"these stimuli ({self.name})", "vocab", PromptError,
+                       "Build them again with this model, e.g. the same paradigm called with it.")
+        if self.n_seqs == 0 or len(self) == 0:
+            raise PromptError("empty stimuli: give at least one sequence of at least one token.")
+        if len(self) != int(self.lengths.sum()):
+            raise PromptError(f"the trial table has {len(self)} rows but the sequences hold "
+                              f"{int(self.lengths.sum())} tokens: the stimuli are inconsistent.")
+        check_tokens(model, self.ids)
+        return self
 
     def __repr__(self) -> str:
         labels = [c for c in self.tokens.columns if c not in ("seq", "pos", "token", "text")]

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
+from llmscope import checks
 from llmscope.checks import count
 from llmscope.stimuli.core import Stimuli, onsets
 from llmscope.stimuli.subwords import prefix_ids, single_token_id
@@ -52,11 +53,22 @@ def word_ids(model: "TransformerBridge", words: Iterable[str]) -> dict[str, int]
     ids = {w: single_token_id(model, w) for w in set(words)}
     bad = sorted(w for w, i in ids.items() if i is None)
     if bad:
-        raise ValueError(
+        raise PromptError(
             f"this model's tokenizer does not make one token of the grammar's words {bad[:5]} "
             f"({len(bad)} in all): use an organism trained on the toy English, such as 'grammar-2l'."
         )
     return ids  # type: ignore[return-value]
+
+
+def speaks_grammar(model: "TransformerBridge", grammar_seed: int = 0) -> bool:
+    """True when ``model``'s tokenizer has one token for every word of the toy grammar (an organism).
+
+    Example:
+        >>> speaks_grammar(model), speaks_grammar(smol)
+        (True, False)
+    """
+    words = _grammar(grammar_seed).lexicon.word
+    return all(single_token_id(model, w) is not None for w in words)
 
 
 def grammar(model: "TransformerBridge", n_docs: int = 16, seed: int = 0,
@@ -76,7 +88,9 @@ def grammar(model: "TransformerBridge", n_docs: int = 16, seed: int = 0,
         ['<bos>', 'BOS']
     """
     count(n_docs, "n_docs", error=PromptError)
-    max_tokens = max_tokens or min(128, model.cfg.n_ctx)
+    seed, grammar_seed = checks.seed(seed, "seed", PromptError), checks.seed(grammar_seed, "grammar_seed", PromptError)
+    top = min(128, model.cfg.n_ctx)
+    max_tokens = top if max_tokens is None else count(max_tokens, "max_tokens", 8, model.cfg.n_ctx, PromptError)
     df = _grammar(grammar_seed).sample(n_docs, seed, max_tokens=max_tokens)
     ids = df.word.map(word_ids(model, df.word)).to_numpy()
     seqs = np.split(ids, np.cumsum(df.groupby("doc").size().to_numpy())[:-1])  # rows are in doc order
@@ -111,6 +125,8 @@ def agreement(model: "TransformerBridge", n: int = 64, seed: int = 0, grammar_se
         (8, 4)
     """
     count(n, "agreement's n (pairs)", error=PromptError)
+    seed, grammar_seed = checks.seed(seed, "seed", PromptError), checks.seed(grammar_seed, "grammar_seed", PromptError)
+    corrupt = checks.flag(corrupt, "corrupt", PromptError)
     pairs = _grammar(grammar_seed).minimal_pairs(n * (4 if corrupt else 1), seed)
     prefixes = [p.split() for p in pairs.prefix]
     if corrupt:

@@ -40,7 +40,7 @@ import torch
 import traitlets
 
 from llmscope.stimuli import trials
-from llmscope.behaviour import check_logit_diff, check_stimuli, logit_diff, loss
+from llmscope.behaviour import check_logit_diff, logit_diff, loss
 from llmscope.errors import AnalysisError, InterventionError, PromptError
 from llmscope.interventions import Intervention, gain, intervene, steer
 from llmscope.recording import record
@@ -51,6 +51,7 @@ from llmscope.widgets import wire
 from llmscope.widgets.attention import AttentionMap
 from llmscope.widgets.base import LiveWidget, command, static
 from llmscope.widgets.raster import Raster
+from llmscope.stimuli.core import as_stimuli
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -202,7 +203,7 @@ class AblationPanel(LiveWidget):
                                   f"{self._model.cfg.n_ctx}: shorten it.")
             return from_texts(self._model, source, tag=False, name="prompt")
         if isinstance(source, Stimuli):
-            return check_stimuli(self._model, source)
+            return as_stimuli(self._model, source)
         raise AnalysisError(f"AblationPanel runs a prompt (str) or Stimuli; got {type(source).__name__}.")
 
     def _check_metric(self, metric: str | None) -> str:

@@ -40,12 +40,13 @@ import torch.nn.functional as F
 import traitlets
 
 from llmscope.analysis.heads import localize_heads
-from llmscope.behaviour import check_stimuli
+
 from llmscope.errors import AnalysisError, PromptError, SiteError
 from llmscope.stimuli.core import Stimuli
 from llmscope.stimuli.english import from_texts
 from llmscope.widgets import wire
 from llmscope.widgets.base import LiveWidget, command, static
+from llmscope.stimuli.core import as_stimuli
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -129,7 +130,7 @@ class AttentionMap(LiveWidget):
                 raise AnalysisError(f"seq={seq} picks a sequence of Stimuli; a prompt has one sequence (seq=0).")
             self._view = self._measure(self._tokenize(source), source)
         elif isinstance(source, Stimuli):
-            check_stimuli(model, source)
+            as_stimuli(model, source)
             if not 0 <= seq < source.n_seqs:
                 raise AnalysisError(f"seq={seq} is out of range: these stimuli have sequences 0..{source.n_seqs - 1}.")
             one = source.select_seqs([seq])
