@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from llmscope.stimuli import trials
-from llmscope.checks import count
+from llmscope.checks import choice, count, flag
 from llmscope.errors import AnalysisError, ColumnError, PromptError
 from llmscope.stimuli.core import Stimuli, as_stimuli
 from llmscope.tokens import check_tokens
@@ -85,10 +85,7 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def _check_align(align: str) -> str:
-    if align not in ALIGNS:
-        raise AnalysisError(f"align must be one of {ALIGNS} (the predicted token, or the last context token); "
-                            f"got {align!r}.")
-    return align
+    return choice(align, "align (the predicted token, or the last context token)", ALIGNS)
 
 
 def _per_row(values: torch.Tensor, stimuli: Stimuli, align: str) -> np.ndarray:
@@ -149,7 +146,7 @@ def check_logit_diff(stimuli: Stimuli, good: str, bad: str, at: str, d_vocab: in
     ids = table.loc[flag, [good, bad]].to_numpy()
     if not np.issubdtype(ids.dtype, np.integer) or (d_vocab is not None and (ids.min() < 0 or ids.max() >= d_vocab)):
         top = "" if d_vocab is None else f" in 0..{d_vocab - 1}"
-        raise AnalysisError(f"{good!r} and {bad!r} must hold token ids{top} at the {at!r} rows.")
+        raise AnalysisError.Range(f"{good!r} and {bad!r} must hold token ids{top} at the {at!r} rows.")
 
 
 def logit_diff(logits: torch.Tensor, stimuli: Stimuli, good: str = "good_id", bad: str = "bad_id",
@@ -189,13 +186,13 @@ def metric_fn(metric: Metric, align: str = "target") -> Callable[[torch.Tensor, 
     _check_align(align)
     if isinstance(metric, str):
         if metric not in METRICS:
-            raise AnalysisError(f"unknown metric {metric!r}; choose one of {list(METRICS)} or pass a callable "
+            raise AnalysisError.Unknown(f"unknown metric {metric!r}; choose one of {list(METRICS)} or pass a callable "
                                 "fn(logits, stimuli) -> one value per trial row.")
         fn = METRICS[metric]
         return fn if fn is logit_diff else partial(fn, align=align)
     if callable(metric):
         return metric
-    raise AnalysisError(f"a metric is a name ({list(METRICS)}) or a callable fn(logits, stimuli); "
+    raise AnalysisError.Type(f"a metric is a name ({list(METRICS)}) or a callable fn(logits, stimuli); "
                         f"got {type(metric).__name__}.")
 
 
@@ -219,7 +216,7 @@ def _values(fn: Callable, logits: torch.Tensor, part: Stimuli, name: str) -> np.
         values = None
     if values is None or values.shape != (len(part),):
         shape = "" if values is None else f" of shape {values.shape}"
-        raise AnalysisError(
+        raise AnalysisError.Type(
             f"the metric {name!r} must return one number per trial row of the stimuli it is given "
             f"({len(part)} rows), as an array; it returned {type(raw).__name__}{shape}.")
     return values

@@ -216,7 +216,10 @@ def load(name: str, device: str = "cpu") -> "TransformerBridge":
         >>> model.cfg.n_layers
         2
     """
-    if not isinstance(name, (str, os.PathLike)) or not str(name).strip():
+    if not isinstance(name, (str, os.PathLike)):
+        raise ModelNotAvailable.Type(f"a model name is a string, got {type(name).__name__} {name!r}; "
+                                     f"choose from {offline_names()}")
+    if not str(name).strip():
         raise ModelNotAvailable(f"a model name must be a non-empty string; choose from {offline_names()}")
     _check_device(device)
     path = Path(name).expanduser()
@@ -244,7 +247,7 @@ def _check_device(device: Any) -> None:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ModelNotAvailable(f"unknown device {device!r}; use 'cpu' (or 'cuda' where a GPU exists).") from None
+        raise ModelNotAvailable.Unknown(f"unknown device {device!r}; use 'cpu' (or 'cuda' where a GPU exists).") from None
     if dev.type != "cpu" and not (dev.type == "cuda" and torch.cuda.is_available()) and not (
             dev.type == "mps" and torch.backends.mps.is_available()):
         raise ModelNotAvailable(f"device {device!r} is not available on this machine; use 'cpu'.")

@@ -75,8 +75,8 @@ from zarr.storage import MemoryStore
 from llmscope.errors import ColumnError, RecordingError
 from llmscope.sites import Site, SiteError
 from llmscope.sites import sites as resolve_sites
-from llmscope.stimuli.core import Stimuli
-from llmscope.tokens import PromptError, check_tokens
+from llmscope.checks import choice, count, flag
+from llmscope.stimuli.core import Stimuli, as_stimuli
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -403,17 +403,6 @@ def _store(store: str | os.PathLike | None, meta: dict[str, Any], stimuli: Stimu
 # ---------------------------------------------------------------- recording
 
 
-def _check_stimuli(model: "TransformerBridge", stimuli: Stimuli) -> None:
-    if not isinstance(stimuli, Stimuli):
-        raise RecordingError(f"record() takes a Stimuli (see llmscope.stimuli), got {type(stimuli).__name__}.")
-    if stimuli.n_seqs == 0 or len(stimuli) == 0:
-        raise PromptError("empty stimuli: nothing to record.")
-    if len(stimuli) != int(stimuli.lengths.sum()):
-        raise PromptError(f"the trial table has {len(stimuli)} rows but the sequences hold "
-                          f"{int(stimuli.lengths.sum())} tokens: the stimuli are inconsistent.")
-    check_tokens(model, stimuli.ids)
-
-
 def _stop_at_layer(model: "TransformerBridge", sites: list[Site]) -> int | None:
     """The first block no site needs, so the forward pass can stop before it (None: run all)."""
     blocks = [int(s.hook.split(".")[1]) if s.hook.startswith("blocks.") else None for s in sites]
@@ -460,16 +449,13 @@ def record(
         >>> ind.responses("mlp.1").shape
         (168, 512)
     """
-    if not isinstance(dtype, str) or dtype not in DTYPES:
-        raise RecordingError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise RecordingError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
+    choice(dtype, "dtype", list(DTYPES), RecordingError)
+    count(batch_size, "batch_size", 1, None, RecordingError)
     if store is not None and not isinstance(store, (str, os.PathLike)):
-        raise RecordingError(f"store must be None (in memory) or a folder path, got {type(store).__name__}.")
-    if not isinstance(progress, (bool, np.bool_)):
-        raise RecordingError(f"progress must be True or False, got {progress!r}.")
+        raise RecordingError.Type(f"store must be None (in memory) or a folder path, got {type(store).__name__}.")
+    flag(progress, "progress", RecordingError)
     resolved = resolve_sites(model, sites)
-    _check_stimuli(model, stimuli)
+    stimuli = as_stimuli(model, stimuli)
     meta = _metadata(model, stimuli, resolved, dtype)
     _check_columns(stimuli.tokens, meta)
     with _exclusive(store):
@@ -636,7 +622,7 @@ class Recording:
         for s in self._sites.values():
             if name in (s.name, s.hook):
                 return s
-        raise SiteError(f"site {name!r} was not recorded; this recording holds {', '.join(self._sites)}.")
+        raise SiteError.Unknown(f"site {name!r} was not recorded; this recording holds {', '.join(self._sites)}.")
 
     def _row_index(self) -> slice | np.ndarray:
         """This view's rows of the store: a slice when they are contiguous (faster to read)."""
@@ -679,8 +665,7 @@ class Recording:
             >>> rec.responses("mlp.0", units=[3, 7], labelled=True).columns.tolist()
             [('mlp.0', 3), ('mlp.0', 7)]
         """
-        if not isinstance(labelled, (bool, np.bool_)):
-            raise RecordingError(f"labelled must be True or False, got {labelled!r}.")
+        flag(labelled, "labelled", RecordingError)
         if dtype is not None and (not isinstance(dtype, str) or dtype != "float32"):
             raise RecordingError(f"dtype must be 'float32' or None (as stored: {self.dtype}), got {dtype!r}.")
         stored = np.dtype(self.dtype if dtype is None else dtype)

@@ -83,7 +83,8 @@ import pandas as pd
 import torch
 
 from llmscope.stimuli import trials
-from llmscope.checks import count, flag
+from llmscope import checks
+from llmscope.checks import count, draws, flag
 from llmscope.analysis.stats import ratio_cis
 from llmscope.behaviour import cross_entropy
 from llmscope.errors import AnalysisError
@@ -137,11 +138,11 @@ class Behaviour:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
-            raise AnalysisError(f"a behaviour is named by a non-empty string, got {self.name!r}.")
+            raise AnalysisError.Type(f"a behaviour is named by a non-empty string, got {self.name!r}.")
         if not isinstance(self.stimuli, Stimuli):
-            raise AnalysisError(f"behaviour {self.name!r}: stimuli must be Stimuli, got {type(self.stimuli).__name__}.")
+            raise AnalysisError.Type(f"behaviour {self.name!r}: stimuli must be Stimuli, got {type(self.stimuli).__name__}.")
         if self.kind not in KINDS:
-            raise AnalysisError(f"behaviour {self.name!r}: unknown kind {self.kind!r}; choose one of {list(KINDS)}.")
+            raise AnalysisError.Unknown(f"behaviour {self.name!r}: unknown kind {self.kind!r}; choose one of {list(KINDS)}.")
         rows = np.asarray(self.rows)
         if rows.dtype != bool or rows.shape != (len(self.stimuli),) or not rows.any():
             raise AnalysisError(f"behaviour {self.name!r}: rows must be a boolean mask with one entry per trial row "
@@ -205,10 +206,10 @@ class Battery:
 
     def _check(self, names: Any) -> list[str]:
         if isinstance(names, str) or not isinstance(names, (list, tuple)) or not names:
-            raise AnalysisError(f"behaviours are a non-empty list of names from {self.names}; got {names!r}.")
+            raise AnalysisError.Type(f"behaviours are a non-empty list of names from {self.names}; got {names!r}.")
         missing = [n for n in names if n not in self.names]
         if missing:
-            raise AnalysisError(f"the battery has no behaviour {missing}; its behaviours are {self.names}.")
+            raise AnalysisError.Unknown(f"the battery has no behaviour {missing}; its behaviours are {self.names}.")
         return list(names)
 
     def select(self, names: Sequence[str]) -> "Battery":
@@ -306,13 +307,13 @@ def battery(model: "TransformerBridge", n_docs: int = 16, n_pairs: int = 64, see
 
 def _check_battery(model: "TransformerBridge", bat: Any) -> Battery:
     if not isinstance(bat, Battery):
-        raise AnalysisError(f"expected a Battery (llmscope.analysis.atlas.battery(model)), got {type(bat).__name__}.")
+        raise AnalysisError.Type(f"expected a Battery (llmscope.analysis.atlas.battery(model)), got {type(bat).__name__}.")
     for b in bat:
         as_stimuli(model, b.stimuli)
         if b.kind == "accuracy":
             ids = b.stimuli.tokens.loc[b.rows, ["good_id", "bad_id"]].to_numpy()
             if not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0 or ids.max() >= model.cfg.d_vocab:
-                raise AnalysisError(f"behaviour {b.name!r}: good_id and bad_id must hold token ids in "
+                raise AnalysisError.Range(f"behaviour {b.name!r}: good_id and bad_id must hold token ids in "
                                     f"0..{model.cfg.d_vocab - 1} at its rows.")
     return bat
 
@@ -616,7 +617,7 @@ def _groups(resolved: list[tuple[Site, np.ndarray]], group_size: int) -> list[Le
     """Consecutive runs of ``group_size`` chosen units within each site (the last may be smaller)."""
     for s, idx in resolved:
         if group_size > len(idx):
-            raise AnalysisError(f"group_size={group_size} is larger than {s.name}, which has {len(idx)} chosen "
+            raise AnalysisError.Range(f"group_size={group_size} is larger than {s.name}, which has {len(idx)} chosen "
                                 f"{s.unit}s (of {s.n_units}); use group_size <= {len(idx)}.")
     return [[(s, idx[i:i + group_size])] for s, idx in resolved for i in range(0, len(idx), group_size)]
 
@@ -722,7 +723,7 @@ class AtlasResult(Result):
         """
         names = list(self.behaviours.index)
         if not isinstance(behaviour, str) or behaviour not in names:
-            raise AnalysisError(f"the atlas has no behaviour {behaviour!r}; its behaviours are {names}.")
+            raise AnalysisError.Unknown(f"the atlas has no behaviour {behaviour!r}; its behaviours are {names}.")
         best = self.df.sort_values(f"harm_{behaviour}", ascending=False, kind="stable").head(count(n, "n"))
         sites = best.index.get_level_values(0)
         rows = [(s, int(u), i) for i, (s, members) in enumerate(zip(sites, best["members"])) for u in members]
@@ -797,11 +798,11 @@ def lesion_atlas(model: "TransformerBridge", battery: Battery, units: UnitsLike 
     bat = _check_battery(model, battery)
     bat = bat if behaviours is None else bat.select(behaviours)
     resolved = resolve_units(model, units if units is not None else [(f"attn.{L}", None) for L in range(model.cfg.n_layers)])
-    group_size, n_random = count(group_size, "group_size"), count(n_random, "n_random")
-    n_boot, seed = count(n_boot, "n_boot"), count(seed, "seed", minimum=0)
+    group_size, n_random = count(group_size, "group_size"), draws(n_random, "n_random", "pass")
+    n_boot, seed = draws(n_boot, "n_boot", "resample"), checks.seed(seed)
     stack, progress = flag(stack, "stack"), flag(progress, "progress")
     if mode not in MODES:
-        raise AnalysisError(f"unknown lesion mode {mode!r}; the atlas takes one of {MODES}.")
+        raise AnalysisError.Unknown(f"unknown lesion mode {mode!r}; the atlas takes one of {MODES}.")
     if mode == "zero" and reference is not None:
         raise AnalysisError("lesion mode 'zero' takes no reference; pass mode='mean' to use one.")
     effects = _min_effects(bat, min_effect)
@@ -812,7 +813,7 @@ def lesion_atlas(model: "TransformerBridge", battery: Battery, units: UnitsLike 
     if n_sample is not None:
         n_sample = count(n_sample, "n_sample")
         if n_sample > len(groups):
-            raise AnalysisError(f"n_sample={n_sample} exceeds the {len(groups)} groups of these units; "
+            raise AnalysisError.Range(f"n_sample={n_sample} exceeds the {len(groups)} groups of these units; "
                                 f"use n_sample <= {len(groups)} or None (all).")
         groups = [groups[i] for i in np.sort(rng_sample.choice(len(groups), n_sample, replace=False))]
     controls = _random_groups(resolved, group_size, n_random, rng_control)

@@ -36,7 +36,8 @@ import torch
 
 from llmscope.stimuli import trials
 from llmscope.analysis.responses import check_recording, resolve, scalar
-from llmscope.checks import count, flag
+from llmscope import checks
+from llmscope.checks import count, draws, flag
 from llmscope.analysis.stats import fdr
 from llmscope.behaviour import confidence, correct, entropy, evaluate, loss
 from llmscope.errors import AnalysisError
@@ -144,8 +145,8 @@ def behaviour_correlates(model: "TransformerBridge", recording: "Recording", beh
 
     provenance = check_recording(recording, "behaviour_correlates")
     if not isinstance(behaviour, str) or behaviour not in BEHAVIOURS:
-        raise AnalysisError(f"unknown behaviour {behaviour!r}; choose one of {list(BEHAVIOURS)}.")
-    n_null, seed = count(n_null, "n_null", minimum=2), count(seed, "seed", minimum=0)
+        raise AnalysisError.Unknown(f"unknown behaviour {behaviour!r}; choose one of {list(BEHAVIOURS)}.")
+    n_null, seed = draws(n_null, "n_null", "resample", minimum=2), checks.seed(seed)
     progress = flag(progress, "progress")
     resolved = resolve(recording, [(s, None) for s in recording.sites] if units is None else units)
     if not recording.made_by(model):

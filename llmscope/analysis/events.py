@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from llmscope.checks import count
+from llmscope.checks import count, draws
 from llmscope.errors import AnalysisError, ColumnError
 
 
@@ -50,7 +50,7 @@ def rows(tokens: pd.DataFrame, event: Any) -> np.ndarray:
         [False, True, False]
     """
     if not isinstance(event, str) or not event.strip():
-        raise AnalysisError(f"an event is a boolean column name or a query string such as "
+        raise AnalysisError.Type(f"an event is a boolean column name or a query string such as "
                             f"\"pos_tag == 'NOUN'\", got {event!r}.")
     if event in tokens.columns:
         mask = tokens[event]
@@ -64,7 +64,7 @@ def rows(tokens: pd.DataFrame, event: Any) -> np.ndarray:
             raise AnalysisError(f"the event {event!r} is not a valid query on the trial table "
                                 f"({type(exc).__name__}: {exc}).") from None
     if not isinstance(mask, pd.Series) or not pd.api.types.is_bool_dtype(mask):
-        raise AnalysisError(f"the event {event!r} must select rows (a boolean column or a comparison "
+        raise AnalysisError.Type(f"the event {event!r} must select rows (a boolean column or a comparison "
                             f"such as \"pos_tag == 'NOUN'\"), but it gives {getattr(mask, 'dtype', mask)!r}.")
     mask = mask.astype("boolean").fillna(False).to_numpy(dtype=bool)
     if not mask.any():
@@ -117,7 +117,7 @@ def weights(tokens: pd.DataFrame, events: np.ndarray, window: int, n_shuffle: in
     Raises:
         AnalysisError: rows not in ``(seq, pos)`` order, one per token.
     """
-    window, n_shuffle = count(window, "window"), count(n_shuffle, "n_shuffle", minimum=0)
+    window, n_shuffle = count(window, "window"), draws(n_shuffle, "n_shuffle", "resample", minimum=0)
     seq, pos = tokens["seq"].to_numpy(np.int64), tokens["pos"].to_numpy(np.int64)
     key = seq * (int(pos.max()) + window + 1) + pos  # offsets never reach another sequence's keys
     if np.any(np.diff(key) <= 0):

@@ -40,7 +40,7 @@ def _one_unit(recording: Recording, site: Any, unit: Any) -> tuple[str, int]:
     """``(site name, unit index)`` from a site and an index, or from a one-row unit table."""
     pairs = parse_units(site, unit)
     if len(pairs) != 1 or pairs[0][1] is None or len(pairs[0][1]) != 1:
-        raise SiteError(f"top_examples shows one unit: a site and an index ('mlp.0', 12) or a one-row unit "
+        raise SiteError.Type(f"top_examples shows one unit: a site and an index ('mlp.0', 12) or a one-row unit "
                         f"table such as tuning(...).top(1); got site={site!r}, unit={unit!r}.")
     spec, (idx,) = pairs[0]
     name = check_site(recording, spec.name if isinstance(spec, Site) else spec)

@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 
 from llmscope.analysis import responses
 from llmscope.stimuli import trials
-from llmscope.checks import count, flag
+from llmscope.checks import count, draws, flag
 from llmscope.errors import AnalysisError
 from llmscope.recording import Recording
 from llmscope.result import Result
@@ -61,7 +61,6 @@ from llmscope.sites import UnitsLike
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
-MAX_PERM = 10_000  # RSA permutations: each holds a ranked upper triangle per site of b
 MIN_RSA_CATEGORIES = 3  # an RDM over 3 conditions has 3 pairs: the fewest a rank correlation can use
 
 
@@ -106,7 +105,7 @@ def _pca_figure(result: "PCAResult", x: str = "PC1", y: str = "PC2", n_seqs: int
 
     pcs = [c for c in result.df.columns if c.startswith("PC")]
     if x not in pcs or y not in pcs:
-        raise AnalysisError(f"x and y must be components of this result, {pcs}; got {x!r}, {y!r}.")
+        raise AnalysisError.Unknown(f"x and y must be components of this result, {pcs}; got {x!r}, {y!r}.")
     df = result.df[result.df.seq.isin(result.df.seq.unique()[:count(n_seqs, "n_seqs")])]
     fig = go.Figure()
     for _, part in df.groupby("seq", sort=False):  # each sequence's path through the space, in token order
@@ -203,7 +202,7 @@ def pca(recording: Recording, units: UnitsLike, label: str | None = None, n_comp
     resolved = responses.resolve(recording, units)
     n_units, n_rows = sum(len(idx) for _, idx in resolved), int(keep.sum())
     if n_components > min(n_units, n_rows):
-        raise AnalysisError(f"n_components={n_components} is more than this population allows: it has {n_units} "
+        raise AnalysisError.Range(f"n_components={n_components} is more than this population allows: it has {n_units} "
                             f"units and {n_rows} tokens, so at most {min(n_units, n_rows)} components.")
     X, index = responses.matrix(recording, [(s.name, idx) for s, idx in resolved], keep)
     fit = PCA(n_components=n_components, random_state=seed).fit(X)
@@ -273,7 +272,7 @@ class RDMResult(Result):
     def matrix(self, site: str, shuffled: bool = False) -> pd.DataFrame:
         """One site's RDM ``[categories, categories]`` (the control's with ``shuffled=True``)."""
         if site not in self.meta["sites"]:
-            raise AnalysisError(f"this RDM result holds sites {self.meta['sites']}, not {site!r}.")
+            raise AnalysisError.Unknown(f"this RDM result holds sites {self.meta['sites']}, not {site!r}.")
         return (self.shuffled if shuffled else self.df).loc[site]
 
 
@@ -393,13 +392,11 @@ def rsa(a: RDMResult, b: RDMResult | None = None, *, n_perm: int = 1000, seed: i
     b = a if b is None else b
     for name, x in (("a", a), ("b", b)):
         if not isinstance(x, RDMResult):
-            raise AnalysisError(f"rsa() compares results of rdm(); {name} is a {type(x).__name__}.")
+            raise AnalysisError.Type(f"rsa() compares results of rdm(); {name} is a {type(x).__name__}.")
     if a.meta["label"] != b.meta["label"]:
         raise AnalysisError(f"rsa() compares RDMs over the same label; a is over {a.meta['label']!r}, "
                             f"b over {b.meta['label']!r}.")
-    n_perm = count(n_perm, "n_perm")
-    if n_perm > MAX_PERM:
-        raise AnalysisError(f"n_perm must be an integer in 1..{MAX_PERM}, got {n_perm}.")
+    n_perm = draws(n_perm, "n_perm", "resample")
     seed = count(seed, "seed", minimum=0)
     shared = [c for c in a.meta["categories"] if c in set(b.meta["categories"])]
     if len(shared) < MIN_RSA_CATEGORIES:
@@ -548,7 +545,7 @@ def cka(recording: Recording, sites: str | Sequence[str], other: Recording | Non
     meta_a = responses.check_recording(recording, "cka")
     other = recording if other is None else other
     meta_b = meta_a if other is recording else responses.check_recording(other, "cka")
-    n_shuffle = count(n_shuffle, "n_shuffle")
+    n_shuffle = draws(n_shuffle, "n_shuffle", "resample")
     seed = count(seed, "seed", minimum=0)
     flag(progress, "progress")
     names_a = responses.recorded_sites(recording, sites)

@@ -39,7 +39,8 @@ import pandas as pd
 import torch
 
 from llmscope.stimuli import trials
-from llmscope.checks import count, flag
+from llmscope import checks
+from llmscope.checks import count, draws, flag
 
 from llmscope.errors import AnalysisError, SiteError
 from llmscope.result import Result
@@ -123,7 +124,7 @@ class HeadScores(Result):
             [('attn.0', 2)]
         """
         if not isinstance(score, str) or score not in SCORES:
-            raise AnalysisError(f"unknown head score {score!r}; choose one of {list(SCORES)}.")
+            raise AnalysisError.Unknown(f"unknown head score {score!r}; choose one of {list(SCORES)}.")
         n = count(n, "n")
         if self.df[score].isna().all():
             raise AnalysisError(f"no head has a {score} score: no query of these stimuli has a target "
@@ -136,7 +137,7 @@ def _plot_scores(result: Result, score: str | None = None) -> "go.Figure":
     from plotly.subplots import make_subplots
 
     if score is not None and score not in SCORES:
-        raise AnalysisError(f"unknown head score {score!r}; choose one of {list(SCORES)} or None (all).")
+        raise AnalysisError.Unknown(f"unknown head score {score!r}; choose one of {list(SCORES)} or None (all).")
     names = list(SCORES) if score is None else [score]
     df = result.df
     layers = [f"attn.{L}" for L in sorted(df["layer"].unique())]
@@ -234,7 +235,7 @@ def _rows_of_interest(stimuli: Stimuli, where: str | None) -> np.ndarray:
         return keep
     col = trials.column(stimuli.tokens, where, "where column")
     if not (pd.api.types.is_bool_dtype(col) or col.dropna().isin([True, False]).all()):
-        raise AnalysisError(f"where={where!r} must name a boolean column (such as 'is_repeat'); "
+        raise AnalysisError.Type(f"where={where!r} must name a boolean column (such as 'is_repeat'); "
                             f"it holds {col.dtype} values such as {col.dropna().unique()[:3].tolist()}.")
     keep &= col.astype("boolean").fillna(False).to_numpy(dtype=bool)
     if not keep.any():
@@ -310,8 +311,8 @@ def confirm_by_lesion(model: "TransformerBridge", stimuli: Stimuli, heads: Units
 
     stimuli = as_stimuli(model, stimuli)
     if not isinstance(metric, str) or metric not in METRICS:
-        raise AnalysisError(f"unknown metric {metric!r}; choose one of {list(METRICS)}.")
-    n_random, seed = count(n_random, "n_random"), count(seed, "seed", minimum=0)
+        raise AnalysisError.Unknown(f"unknown metric {metric!r}; choose one of {list(METRICS)}.")
+    n_random, seed = draws(n_random, "n_random", "pass"), checks.seed(seed)
     batch_size = count(batch_size, "batch_size")
     progress = flag(progress, "progress")
     keep = _rows_of_interest(stimuli, where)
@@ -320,7 +321,7 @@ def confirm_by_lesion(model: "TransformerBridge", stimuli: Stimuli, heads: Units
                                         range(model.cfg.n_heads)], names=["site", "unit"])
     pool = every.difference(tested, sort=False)
     if len(pool) == 0:
-        raise AnalysisError(f"all {len(every)} heads are tested, so no head is left for the random-head "
+        raise AnalysisError.Range(f"all {len(every)} heads are tested, so no head is left for the random-head "
                             "control; test fewer heads.")
     rng = np.random.default_rng(seed)
     null = pool[np.sort(rng.choice(len(pool), size=min(n_random, len(pool)), replace=False))]

@@ -457,7 +457,7 @@ def _check(model: "TransformerBridge", stimuli: Stimuli, method: str, sites: Any
            include_bos: bool, progress: bool) -> list[Site]:
     """The MLP sites to score, after checking every argument shared by both entry points."""
     if method not in METHODS:
-        raise AnalysisError(f"unknown method {method!r}; choose one of {list(METHODS)}.")
+        raise AnalysisError.Unknown(f"unknown method {method!r}; choose one of {list(METHODS)}.")
     count(steps, "steps")
     count(batch_size, "batch_size")
     flag(include_bos, "include_bos")
@@ -690,10 +690,10 @@ class KeyNeurons(Result):
             True
         """
         if cls not in self.n_samples.index:
-            raise AnalysisError(f"class {cls!r} is not a value of {self.meta['label']!r} here; "
+            raise AnalysisError.Unknown(f"class {cls!r} is not a value of {self.meta['label']!r} here; "
                                 f"the classes are {self.meta['classes']}.")
         if site is not None and site not in self.meta["sites"]:
-            raise SiteError(f"site {site!r} was not scored; the scored sites are {self.meta['sites']} (or None: all).")
+            raise SiteError.Unknown(f"site {site!r} was not scored; the scored sites are {self.meta['sites']} (or None: all).")
         k = self.meta["k"] if k is None else count(k, "k")
         rows = slice(None) if site is None else self.counts.index.get_level_values("site") == site
         which = np.array([self.n_samples.index.get_loc(cls)])
@@ -769,7 +769,7 @@ def key_neurons(model: "TransformerBridge", stimuli: Stimuli, label: str = "pos_
         (True, 10)
     """
     if label_of not in LABEL_OF:
-        raise AnalysisError(f"label_of must be one of {list(LABEL_OF)} (the predicted token, or the token the "
+        raise AnalysisError.Unknown(f"label_of must be one of {list(LABEL_OF)} (the predicted token, or the token the "
                             f"neurons sit on); got {label_of!r}.")
     top_frac = fraction(top_frac, "top_frac")
     k = count(k, "k")
@@ -778,11 +778,11 @@ def key_neurons(model: "TransformerBridge", stimuli: Stimuli, label: str = "pos_
     targets = _check(model, stimuli, method, sites, steps, batch_size, include_bos, progress)
     d_mlp = min(s.n_units for s in targets)
     if k > d_mlp:
-        raise AnalysisError(f"k must be an integer in 1..{d_mlp} (the neurons of a layer); got {k}.")
+        raise AnalysisError.Range(f"k must be an integer in 1..{d_mlp} (the neurons of a layer); got {k}.")
     samples = _samples(stimuli, label, label_of, include_bos)
     values = trials.labels(samples, "class", min_categories=2)
     if values.nunique() > MAX_CLASSES:
-        raise AnalysisError(f"the label {label!r} has {values.nunique()} classes; key neurons count at most "
+        raise AnalysisError.Range(f"the label {label!r} has {values.nunique()} classes; key neurons count at most "
                             f"{MAX_CLASSES} (a table per class): bin it, or pick a coarser label.")
     samples = samples.loc[values.index].reset_index(drop=True)
     codes, classes = pd.factorize(samples["class"], sort=True)

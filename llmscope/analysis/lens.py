@@ -129,7 +129,7 @@ def _plot_lens(result: Result, measure: str = "kl") -> "go.Figure":
     import plotly.graph_objects as go
 
     if measure not in MEASURES + ("top1",):
-        raise AnalysisError(f"unknown lens measure {measure!r}; choose one of {[*MEASURES, 'top1']}.")
+        raise AnalysisError.Unknown(f"unknown lens measure {measure!r}; choose one of {[*MEASURES, 'top1']}.")
     df, by = result.df, result.meta["by"]
     fig = go.Figure()
     for key, g in groups(df, by):
@@ -405,7 +405,7 @@ def surprise(model: "TransformerBridge", stimuli: Stimuli, *, good: str = "good_
     tail_ids = _tail_ids(model, tail)
     offset = count(unit_offset, "unit_offset", minimum=0)
     if offset > len(tail_ids):
-        raise AnalysisError(f"unit_offset must be in 0..{len(tail_ids)} (the critical token and the tail's "
+        raise AnalysisError.Range(f"unit_offset must be in 0..{len(tail_ids)} (the critical token and the tail's "
                             f"{len(tail_ids)} tokens); got {unit_offset}.")
     resolved = lens_sites(model, sites)
     unit_sites = resolve_units(model, [(f"mlp.{L}", None) for L in range(model.cfg.n_layers)] if units is None else units)

@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 
 from llmscope.analysis import events, responses
 from llmscope.stimuli import trials
-from llmscope.checks import count, fraction
+from llmscope.checks import count, draws, fraction, flag
 from llmscope.analysis.stats import fdr
 from llmscope.errors import AnalysisError, SiteError
 from llmscope.recording import Recording
@@ -101,7 +101,7 @@ class FieldPotential(Result):
         for name in names:
             match = [j for j, s in enumerate(self.site_info) if name in (s.name, s.hook)]
             if not match:
-                raise SiteError(f"site {name!r} is not in this field potential; it holds {self.sites}.")
+                raise SiteError.Unknown(f"site {name!r} is not in this field potential; it holds {self.sites}.")
             cols.append(match[0])
         cols = list(dict.fromkeys(cols))
         if not cols:
@@ -139,7 +139,7 @@ def _site_names(recording: Recording, sites: str | Sequence[str] | None) -> list
         return recording.sites
     names = [sites] if isinstance(sites, str) else sites
     if isinstance(names, (bytes, dict)) or not isinstance(names, Sequence) or not names:
-        raise SiteError(f"sites are a site name or a list of them, from {recording.sites}; got {sites!r}.")
+        raise SiteError.Type(f"sites are a site name or a list of them, from {recording.sites}; got {sites!r}.")
     return list(dict.fromkeys(responses.check_site(recording, s) for s in names))
 
 
@@ -171,8 +171,9 @@ def field_potential(recording: Recording, sites: str | Sequence[str] | None = No
     names = _site_names(recording, sites)
     keep = trials.rows(recording.tokens, include_bos)
     if not keep.any():
-        raise AnalysisError(f"field_potential: no tokens to analyse among the {len(recording)} recorded "
-                            "(all are BOS rows; pass include_bos=True).")
+        why = ("an empty selection" if len(recording) == 0 else
+               f"all {len(recording)} are BOS rows; pass include_bos=True" if not include_bos else "")
+        raise AnalysisError(f"field_potential: no tokens to analyse ({why}); select some tokens.")
     info = [recording.site(name) for name in names]
     signal = np.empty((int(keep.sum()), len(info)))
     before = np.concatenate([[0], np.cumsum(keep)])
@@ -199,6 +200,8 @@ class _Source(NamedTuple):
 
 def _source(source: Any, sites: Any, include_bos: bool | None, analysis: str) -> _Source:
     """Check a FieldPotential (its sites subset) or a Recording (computed by ``load``)."""
+    if include_bos is not None:
+        flag(include_bos, "include_bos")
     if isinstance(source, FieldPotential):
         if include_bos is not None:
             raise AnalysisError(f"{analysis}: include_bos applies to a Recording; a FieldPotential keeps "
@@ -211,7 +214,7 @@ def _source(source: Any, sites: Any, include_bos: bool | None, analysis: str) ->
         tokens = source.tokens[trials.rows(source.tokens, include_bos)]
         return _Source(tokens, [source.site(n) for n in names], _segments(tokens, analysis),
                        lambda progress: field_potential(source, names, include_bos=include_bos, progress=progress))
-    raise AnalysisError(f"{analysis}() takes a FieldPotential (field_potential(...)) or a Recording; "
+    raise AnalysisError.Type(f"{analysis}() takes a FieldPotential (field_potential(...)) or a Recording; "
                         f"got {type(source).__name__}.")
 
 
@@ -239,7 +242,7 @@ def _fp_figure(fp: FieldPotential, seq: int | None = None) -> "go.Figure":
     seq = int(seqs[0]) if seq is None else seq
     rows = seqs == seq
     if not rows.any():
-        raise AnalysisError(f"sequence {seq!r} is not in this field potential; it holds sequences "
+        raise AnalysisError.Unknown(f"sequence {seq!r} is not in this field potential; it holds sequences "
                             f"{np.unique(seqs)[:10].tolist()}...")
     pos = fp.tokens["pos"].to_numpy()[rows]
     text = [html.escape(str(t)) for t in fp.tokens["text"].to_numpy()[rows]] if "text" in fp.tokens else None
@@ -342,13 +345,13 @@ def lfp_spectrum(source: "FieldPotential | Recording", sites: str | Sequence[str
         ([0.0625, 0.125], 4)
     """
     nperseg = count(nperseg, "nperseg", minimum=4)
-    n_shuffle = count(n_shuffle, "n_shuffle")
+    n_shuffle = draws(n_shuffle, "n_shuffle", "resample")
     seed = count(seed, "seed", minimum=0)
     src = _source(source, sites, include_bos, "lfp_spectrum")
     segments = src.segments
     lengths = np.array([s.stop - s.start for s in segments])
     if lengths.max() < nperseg:
-        raise AnalysisError(f"lfp_spectrum: Welch needs sequences of at least nperseg={nperseg} tokens; the longest "
+        raise AnalysisError.Range(f"lfp_spectrum: Welch needs sequences of at least nperseg={nperseg} tokens; the longest "
                             f"here has {lengths.max()}. Lower nperseg or use longer stimuli.")
     fp = src.load(progress)
     groups = {int(n): np.stack([fp.signal[s] for s, k in zip(segments, lengths) if k == n], axis=1).transpose(2, 1, 0)
@@ -460,12 +463,12 @@ def event_average(source: "FieldPotential | Recording", event: str, *, before: i
         [-2, -1, 0, 1, 2, 3]
     """
     before, after = count(before, "before"), count(after, "after", minimum=0)
-    n_shuffle = count(n_shuffle, "n_shuffle")
+    n_shuffle = draws(n_shuffle, "n_shuffle", "resample")
     seed = count(seed, "seed", minimum=0)
     src = _source(source, sites, include_bos, "event_average")
     longest = max(s.stop - s.start for s in src.segments)
     if before + after + 1 > longest:
-        raise AnalysisError(f"event_average: the window of {before} + 1 + {after} tokens is longer than every "
+        raise AnalysisError.Range(f"event_average: the window of {before} + 1 + {after} tokens is longer than every "
                             f"sequence (the longest has {longest} tokens); shorten before/after.")
     is_event = events.rows(src.tokens, event)
     fp = src.load(progress)
@@ -656,7 +659,7 @@ def granger(source: "FieldPotential | Recording", sites: Sequence[str] | None = 
     lengths = np.array([s.stop - s.start for s in segments])
     usable = [s for s, n in zip(segments, lengths) if n > 3 * maxlag + 1]
     if len(usable) < 2:
-        raise AnalysisError(f"granger: maxlag={maxlag} needs sequences of more than {3 * maxlag + 1} tokens, and at "
+        raise AnalysisError.Range(f"granger: maxlag={maxlag} needs sequences of more than {3 * maxlag + 1} tokens, and at "
                             f"least two of them (one for the control to mismatch); {len(usable)} of {len(segments)} "
                             f"are that long (the longest has {lengths.max()}). Lower maxlag.")
     fp = src.load(progress)

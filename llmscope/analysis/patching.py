@@ -17,12 +17,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from llmscope.checks import flag
 from llmscope.behaviour import Metric, evaluate, metric_fn, metric_name
 from llmscope.errors import AnalysisError
 from llmscope.interventions import intervene, patch
 from llmscope.result import Result
 from llmscope.sites import Site, sites as resolve_sites
-from llmscope.stimuli.core import Stimuli
+from llmscope.stimuli.core import Stimuli, as_stimuli
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -34,13 +35,14 @@ PASS_TOKENS = 1024  # tokens per patching pass: the logits of 1024 SmolLM2 token
 def _corrupt_run(clean: Stimuli, corrupt: Stimuli) -> Stimuli:
     """Corrupt tokens read with clean's labels, so every run is scored against the clean answer."""
     if not (isinstance(clean, Stimuli) and isinstance(corrupt, Stimuli)):
-        raise AnalysisError("patching takes clean and corrupt Stimuli (e.g. ioi(..., corrupt=True)).")
+        raise AnalysisError.Type("patching takes clean and corrupt Stimuli (e.g. ioi(..., corrupt=True)).")
     if clean.n_seqs != corrupt.n_seqs or not np.array_equal(clean.lengths, corrupt.lengths):
         raise AnalysisError("clean and corrupt stimuli must pair up: same number of sequences, same lengths; "
                             f"got {clean.n_seqs} and {corrupt.n_seqs} sequences.")
     table = clean.tokens.copy()
     table[["token", "text"]] = corrupt.tokens[["token", "text"]].to_numpy()
-    return Stimuli(corrupt.ids, corrupt.lengths, table, name=f"{corrupt.name} (corrupt)", pad_id=corrupt.pad_id)
+    return Stimuli(corrupt.ids, corrupt.lengths, table, name=f"{corrupt.name} (corrupt)", pad_id=corrupt.pad_id,
+                   model=corrupt.model)
 
 
 def _scored(model: "TransformerBridge", stimuli: Stimuli, metric: Metric, batch_size: int) -> pd.DataFrame:
@@ -103,6 +105,8 @@ def patching(model: "TransformerBridge", clean: Stimuli, corrupt: Stimuli, metri
     """
     from tqdm.auto import tqdm
 
+    clean, corrupt = as_stimuli(model, clean, "clean"), as_stimuli(model, corrupt, "corrupt")
+    per_head, progress = flag(per_head, "per_head"), flag(progress, "progress")
     target = _corrupt_run(clean, corrupt)
     metric_fn(metric)
     targets = resolve_sites(model, sites or [f"resid.{L}" for L in range(model.cfg.n_layers + 1)])
@@ -110,9 +114,9 @@ def patching(model: "TransformerBridge", clean: Stimuli, corrupt: Stimuli, metri
     if positions is None:
         positions = list(range(width))
     elif isinstance(positions, (str, bytes)) or not all(isinstance(p, (int, np.integer)) for p in positions):
-        raise AnalysisError(f"positions are integer token positions, got {positions!r}.")
+        raise AnalysisError.Type(f"positions are integer token positions, got {positions!r}.")
     if any(not -width <= p < width for p in positions) or len(positions) == 0:
-        raise AnalysisError(f"positions {list(positions)} must lie in -{width}..{width - 1} (the longest clean sequence).")
+        raise AnalysisError.Range(f"positions {list(positions)} must lie in -{width}..{width - 1} (the longest clean sequence).")
     positions = [int(p) % width for p in positions]
 
     clean_value = float(_scored(model, clean, metric, n)["value"].mean())

@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 
 from llmscope.analysis import responses
 from llmscope.stimuli import trials
-from llmscope.checks import count, flag
+from llmscope.checks import count, flag, number
 from llmscope.errors import AnalysisError
 from llmscope.recording import Recording
 from llmscope.result import Result
@@ -73,10 +73,13 @@ CONTROLS = ("rotation", None)
 
 
 def _check_thresholds(thresholds: Any) -> np.ndarray:
-    ok = isinstance(thresholds, (list, tuple, np.ndarray)) and len(thresholds) > 0 and all(
-        not isinstance(t, bool) and isinstance(t, (int, float, np.number)) and math.isfinite(t) and t >= 0
-        for t in thresholds)
-    if not ok or len(set(map(float, thresholds))) != len(thresholds):
+    what = "thresholds (multiples of the site's RMS response)"
+    if not isinstance(thresholds, (list, tuple, np.ndarray)) or len(thresholds) == 0:
+        raise AnalysisError.Type(f"{what} are a non-empty list of numbers >= 0, such as (0.0, 1.0, 3.0); "
+                                 f"got {thresholds!r}.")
+    for t in thresholds:
+        number(t, f"each of {what}", 0)
+    if len(set(map(float, thresholds))) != len(thresholds):
         raise AnalysisError(f"thresholds must be a non-empty list of distinct finite numbers >= 0 (multiples of "
                             f"the site's RMS response), such as (0.0, 1.0, 3.0); got {thresholds!r}.")
     return np.sort(np.asarray(thresholds, dtype=np.float64))
@@ -247,9 +250,9 @@ def sparsity(recording: Recording, sites: str | Sequence[str], thresholds: Seque
     meta = responses.check_recording(recording, "sparsity")
     thresholds = _check_thresholds(thresholds)
     if negative not in NEGATIVE:
-        raise AnalysisError(f"unknown negative={negative!r}; choose one of {list(NEGATIVE)}.")
+        raise AnalysisError.Unknown(f"unknown negative={negative!r}; choose one of {list(NEGATIVE)}.")
     if control not in CONTROLS:
-        raise AnalysisError(f"unknown control {control!r}; choose one of {list(CONTROLS)}.")
+        raise AnalysisError.Unknown(f"unknown control {control!r}; choose one of {list(CONTROLS)}.")
     seed = count(seed, "seed", minimum=0)
     flag(progress, "progress")
     names = responses.recorded_sites(recording, sites)

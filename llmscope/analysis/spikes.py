@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from llmscope.analysis import events, responses
 from llmscope.stimuli import trials
-from llmscope.checks import count
+from llmscope.checks import choice, count, draws, flag, fraction
 from llmscope.errors import AnalysisError, SiteError
 from llmscope.recording import Recording
 from llmscope.result import Result
@@ -79,17 +79,10 @@ def _kept_blocks(recording: Recording, site: str, units: np.ndarray, keep: np.nd
 
 
 def _check_threshold(method: Any, threshold: Any) -> float:
-    if method not in METHODS:
-        raise AnalysisError(f"unknown spike method {method!r}; choose one of {list(METHODS)}.")
-    ok = (not isinstance(threshold, bool) and isinstance(threshold, (int, float, np.number))
-          and math.isfinite(threshold))
-    if method == "zscore" and not (ok and threshold > 0):
-        raise AnalysisError(f"a z-score threshold must be a finite number > 0 (standard deviations "
-                            f"above the mean), got {threshold!r}.")
-    if method == "quantile" and not (ok and 0 < threshold < 1):
-        raise AnalysisError(f"a quantile threshold must be a number strictly between 0 and 1 "
-                            f"(0.95 = the top 5% of tokens spike), got {threshold!r}.")
-    return float(threshold)
+    choice(method, "spike method", METHODS)
+    if method == "quantile":
+        return fraction(threshold, "a quantile threshold (0.95 = the top 5% of tokens spike)")
+    return fraction(threshold, "a z-score threshold (standard deviations above the mean)", 0, math.inf)
 
 
 # ---------------------------------------------------------------- thresholds (pass 1)
@@ -164,7 +157,7 @@ class Spikes(Result):
     def window(self, units: slice = slice(None), tokens: slice = slice(None)) -> np.ndarray:
         """The dense uint8 ``[n_units, n_tokens]`` raster of a window (rows and columns as slices)."""
         if not isinstance(units, slice) or not isinstance(tokens, slice):
-            raise AnalysisError(f"window() takes two slices (unit rows, token columns), got {units!r}, {tokens!r}.")
+            raise AnalysisError.Type(f"window() takes two slices (unit rows, token columns), got {units!r}, {tokens!r}.")
         return self.matrix[units, tokens].toarray().astype(np.uint8)
 
     def reorder(self, units: Any) -> "Spikes":
@@ -180,10 +173,10 @@ def _rows_of(index: pd.MultiIndex, units: Any, name: str) -> np.ndarray:
     have = index.get_level_values("unit").to_numpy()
     want = np.atleast_1d(np.asarray(units))
     if isinstance(units, (str, bytes)) or want.size == 0 or not np.issubdtype(want.dtype, np.integer):
-        raise SiteError(f"units of {name} are integer indices among {have.tolist()[:10]}..., got {units!r}.")
+        raise SiteError.Type(f"units of {name} are integer indices among {have.tolist()[:10]}..., got {units!r}.")
     pos = pd.Index(have).get_indexer(want)
     if (pos < 0).any():
-        raise SiteError(f"units {want[pos < 0].tolist()} of {name} are not in these spikes "
+        raise SiteError.Range(f"units {want[pos < 0].tolist()} of {name} are not in these spikes "
                         f"(they hold {len(have)} units: {have.tolist()[:10]}...).")
     return pos
 
@@ -322,6 +315,8 @@ def _psth_source(source: Any, site: str | None, units: Any, include_bos: bool | 
                  progress: bool) -> tuple[str, pd.MultiIndex, pd.DataFrame, bool, Any]:
     """Check a PSTH's source; return its site, units, analysed rows, BOS choice and
     ``summed(w) -> [n_rows of w, n_units]``: the spikes or responses summed under weights ``w``."""
+    if include_bos is not None:
+        flag(include_bos, "include_bos")
     if isinstance(source, Spikes):
         name = source.meta["site"]
         if site is not None and site != name:
@@ -332,7 +327,7 @@ def _psth_source(source: Any, site: str | None, units: Any, include_bos: bool | 
         return (name, source.df.index[rows], source.tokens, source.meta["include_bos"],
                 lambda w: (source.matrix[rows] @ w.T).toarray().T)
     if not isinstance(source, Recording):
-        raise AnalysisError(f"psth takes Spikes or a Recording, got {type(source).__name__}.")
+        raise AnalysisError.Type(f"psth takes Spikes or a Recording, got {type(source).__name__}.")
     if site is None:
         raise SiteError(f"psth of a Recording needs site=, one of {source.sites}.")
     name = responses.check_site(source, site)
@@ -413,7 +408,7 @@ def psth(source: "Spikes | Recording", event: str, window: int = 5, *, site: str
     window = count(window, "window")
     if control not in CONTROLS:
         raise AnalysisError(f"unknown control {control!r}; choose one of {list(CONTROLS)}.")
-    n_shuffle = count(n_shuffle, "n_shuffle") if control else 0
+    n_shuffle = draws(n_shuffle, "n_shuffle", "resample") if control else 0
     seed = count(seed, "seed", minimum=0)
     name, index, tokens, include_bos, summed = _psth_source(source, site, units, include_bos, progress)
     is_event = events.rows(tokens, event)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from llmscope.checks import count
+from llmscope.checks import draws
 
 
 def fdr(p: np.ndarray) -> np.ndarray:
@@ -41,7 +41,7 @@ def ratio_ci(delta: np.ndarray, n: np.ndarray, n_boot: int = 2000, seed: int = 0
     """
     from scipy import stats
 
-    n_boot = count(n_boot, "n_boot")
+    n_boot = draws(n_boot, "n_boot", "resample")
     if len(delta) < 2:
         return np.nan, np.nan
     ci = stats.bootstrap((np.asarray(delta, float), np.asarray(n, float)),

@@ -52,8 +52,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from llmscope.analysis.responses import check_recording, recorded_sites, scalar
-from llmscope.checks import count
+from llmscope.analysis.responses import check_finite, check_recording, recorded_sites, scalar
+from llmscope.checks import count, draws, flag
 from llmscope.analysis.stats import fdr
 from llmscope.stimuli.trials import labels as label_values
 from llmscope.stimuli.trials import rows
@@ -66,7 +66,6 @@ if TYPE_CHECKING:
     import plotly.graph_objects as go
 
 ALPHA = 0.05  # FDR level of the ``significant`` columns and the meta counts
-MAX_PERM = 100  # each shuffle adds work per unit (labelings beyond the first group re-order the tokens)
 MAX_CATEGORIES = 256  # category tables [units, categories] stay small
 READ_BYTES = 256 << 20  # responses read at once, as stored: a whole site, or a column block of it
 TASK_UNITS = 64  # float32 units gathered at once: their rows in whole cache lines
@@ -237,12 +236,10 @@ def _rank_sums(x: np.ndarray, codes: np.ndarray, k: int) -> tuple[np.ndarray, np
     return sums, ties
 
 
-def _sorted(x: np.ndarray, lab: _Labelings, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _sorted(x: np.ndarray, lab: _Labelings) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """What :func:`_counted` gives, for float32 units ``x [u, n]`` (C order, tokens in
     ``lab.order``), ranked by sorting ``RANK_UNITS`` units at a time."""
     (u, n), n_lab, k = x.shape, len(lab.codes), len(lab.counts)
-    if np.isnan(x).any():
-        raise AnalysisError(f"{name} has NaN responses: the recording is damaged; record it again.")
     codes = lab.codes[:, lab.order]
     sums, squares, rank_sums, ties = np.empty((n_lab, u, k)), np.empty((n_lab, u, k)), np.empty((n_lab, u, k)), np.empty(u)
     for lo in range(0, u, RANK_UNITS):
@@ -290,7 +287,7 @@ def _block(x: np.ndarray, lab: _Labelings, name: str = "the block") -> dict[str,
     ``[u, k]`` for the real labels (what :func:`tuning` computes, one part of a recording at a time)."""
     if x.dtype == np.float16:
         return _statistics(*_counted(x.T, lab.order, lab, name), lab)
-    return _statistics(*_sorted(np.ascontiguousarray(x[:, lab.order]), lab, name), lab)
+    return _statistics(*_sorted(np.ascontiguousarray(x[:, lab.order]), lab), lab)
 
 
 # ---------------------------------------------------------------- reading the recording
@@ -311,9 +308,10 @@ def _tasks(recording: Recording, names: list[str]) -> list[tuple[str, int, int]]
 def _read(recording: Recording, site: str, lo: int, hi: int) -> np.ndarray:
     """Responses ``[n_tokens, hi - lo]`` of units ``lo..hi-1``: as stored (float16 by default: no
     conversion, half the bytes) for one value per unit, else the float32 L2 norms of ``scalar``."""
-    units = None if (lo, hi) == (0, recording.site(site).n_units) else np.arange(lo, hi)
-    if len(recording.site(site).shape) == 1:
-        return recording.responses(site, units, dtype=None)
+    s = recording.site(site)
+    units = None if (lo, hi) == (0, s.n_units) else np.arange(lo, hi)
+    if len(s.shape) == 1:
+        return check_finite(recording, s, recording.responses(site, units, dtype=None), 0, units)
     return scalar(recording, site, units)
 
 
@@ -333,7 +331,7 @@ def _part_statistics(job: dict[str, Any], task: tuple[str, int, int]) -> list[di
     out = []
     for j in range(0, part.shape[1], TASK_UNITS):
         x = np.ascontiguousarray(part[ordered, j: j + TASK_UNITS].T)
-        out.append(_statistics(*_sorted(x, lab, name), lab))
+        out.append(_statistics(*_sorted(x, lab), lab))
     return out
 
 
@@ -397,7 +395,7 @@ def _plot(result: "TuningResult", n: int = 30, kind: str = "heatmap") -> "go.Fig
     import plotly.graph_objects as go
 
     if kind not in ("heatmap", "curves"):
-        raise AnalysisError(f"kind must be 'heatmap' or 'curves', got {kind!r}.")
+        raise AnalysisError.Unknown(f"kind must be 'heatmap' or 'curves', got {kind!r}.")
     top = result.top(count(n, "n")).index
     names = unit_labels(top)
     cats = [html.escape(str(c)) for c in result.counts.index]
@@ -470,7 +468,7 @@ class TuningResult(Result):
         df = self.df
         if category is not None:
             if category not in self.counts.index:
-                raise AnalysisError(f"category {category!r} is not a value of {self.meta['label']!r}; "
+                raise AnalysisError.Unknown(f"category {category!r} is not a value of {self.meta['label']!r}; "
                                     f"its categories are {self.meta['categories']}.")
             df = df[df["preferred"] == category]
         return df.sort_values("auc", ascending=False, kind="stable").head(n)
@@ -491,7 +489,7 @@ class TuningResult(Result):
             unit = (self.meta["sites"][0], unit)
         pairs = [(s, i) for s, idx in parse_units(unit) for i in np.atleast_1d(np.asarray(idx, dtype=object))]
         if len(pairs) != 1 or pairs[0] not in self.means.index:
-            raise SiteError(f"curve() takes one unit of this result (sites {self.meta['sites']}, units "
+            raise SiteError.Type(f"curve() takes one unit of this result (sites {self.meta['sites']}, units "
                             f"0..n_units-1 of each); got {unit!r}.")
         key = pairs[0]
         return pd.DataFrame({"category": self.counts.index, "mean": self.means.loc[key].to_numpy(),
@@ -532,12 +530,9 @@ def tuning(recording: Recording, site: str | Sequence[str], label: str, *, inclu
         (['site', 'unit'], 1024)
     """
     meta = check_recording(recording, "tuning")
-    n_perm = count(n_perm, "n_perm")
-    if n_perm > MAX_PERM:
-        raise AnalysisError(f"n_perm must be an integer in 1..{MAX_PERM}, got {n_perm}.")
+    n_perm = draws(n_perm, "n_perm", "pass")
     seed = count(seed, "seed", minimum=0)
-    if not isinstance(progress, (bool, np.bool_)):
-        raise AnalysisError(f"progress must be True or False, got {progress!r}.")
+    flag(progress, "progress")
     names = recorded_sites(recording, site)
     keep = rows(recording.tokens, include_bos)
     if not keep.any():
@@ -545,7 +540,7 @@ def tuning(recording: Recording, site: str | Sequence[str], label: str, *, inclu
                             f"{'' if len(recording) else ': an empty selection'}); select some tokens.")
     values = label_values(recording.tokens, label, keep)
     if values.nunique() > MAX_CATEGORIES:
-        raise AnalysisError(f"the label column {label!r} has {values.nunique()} categories; tuning compares at "
+        raise AnalysisError.Range(f"the label column {label!r} has {values.nunique()} categories; tuning compares at "
                             f"most {MAX_CATEGORIES} (its tables grow with them): bin it, or pick a coarser label.")
 
     codes, categories = pd.factorize(values, sort=True)

@@ -28,6 +28,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
+from llmscope.errors import ModelNotAvailable
 from llmscope.behaviour import next_token_loss
 from llmscope.organisms.grammar import PAD_ID, Grammar, predictable_repeats
 
@@ -57,7 +58,7 @@ def organism_folder(name: str | Path) -> Path:
     folder = Path(name) if Path(name).is_dir() else HERE / str(name)
     if not (folder / "card.json").is_file():
         bundled = sorted(p.parent.name for p in HERE.glob("*/card.json"))
-        raise FileNotFoundError(f"{name!r} is not an organism (no card.json); bundled: {bundled}")
+        raise ModelNotAvailable(f"{name!r} is not an organism (no card.json); bundled: {bundled}")
     return folder
 
 

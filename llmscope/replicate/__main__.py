@@ -1,8 +1,8 @@
 """``python -m llmscope.replicate seed002 --model grammar-2l [--out DIR]``: run a replication
 offline, print its table (one row per layer), and write CSV tables and HTML figures.
 
-Every argument is checked before any work; a bad one prints one line and exits with status 2,
-as argparse does. ``TQDM_DISABLE=1`` silences the progress bar."""
+Every argument is checked before any work; a bad one prints one line (``python -m
+llmscope.replicate: error: ...``) and exits with status 2, as argparse does. ``TQDM_DISABLE=1`` silences the progress bar."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser(sorted(STUDIES))
     args = parser.parse_args(argv)
     if args.out is not None and (why := _writable(args.out)):
-        parser.error(why)
+        parser.exit(2, f"{parser.prog}: error: {why}\n")
 
     import llmscope
     from llmscope.errors import LLMScopeError
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                                      layers=args.layers, lesion_layers=args.lesion_layers, n_random=args.n_random,
                                      folds=args.folds, **options)
     except LLMScopeError as exc:  # a bad argument, found before any work: one line, as argparse does
-        parser.error(str(exc))
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 3):
         print(result.table.to_string(index=False))
         if not result.lesions.empty:

@@ -32,7 +32,8 @@ import pandas as pd
 
 from llmscope.stimuli.core import Stimuli
 from llmscope.stimuli.subwords import encode_words, prefix_ids, word_labels, word_starts
-from llmscope.tokens import PromptError
+from llmscope.checks import flag
+from llmscope.errors import PromptError
 
 if TYPE_CHECKING:
     import spacy
@@ -94,8 +95,12 @@ def from_texts(model: "TransformerBridge", texts: str | Sequence[str], tag: bool
         >>> stim.tokens.query("pos_tag == 'NOUN'").text.tolist()
         [' cat', ' mat', ' bark']
     """
+    if not isinstance(texts, (str, list, tuple)) or not all(isinstance(t, str) for t in texts):
+        raise PromptError.Type(f"texts are a string or a list of strings; got {type(texts).__name__} "
+                               f"{str(texts)[:40]!r}.")
+    tag, bos = flag(tag, "tag", PromptError), flag(bos, "bos", PromptError)
     texts = [texts] if isinstance(texts, str) else list(texts)
-    if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
+    if not texts or any(not t.strip() for t in texts):
         raise PromptError("empty stimuli: give at least one non-blank text.")
     n_bos = len(prefix_ids(model)) if bos else 0
     if not tag:
@@ -126,7 +131,7 @@ def sentences(model: "TransformerBridge", n: int | None = None, seed: int = 0, b
     lines = [line.strip() for line in SENTENCES.read_text(encoding="utf-8").splitlines() if line.strip()]
     n = len(lines) if n is None else count(n, "n", error=PromptError)
     if n > len(lines):
-        raise PromptError(f"llmscope bundles {len(lines)} sentences; asked for n={n}.")
+        raise PromptError.Range(f"llmscope bundles {len(lines)} sentences; asked for n={n}.")
     order = np.random.default_rng(seed).permutation(len(lines))[:n]
     return from_texts(model, [lines[i] for i in order], name=f"sentences(n={n}, seed={seed})", bos=bos)
 

@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from llmscope import checks
 from llmscope.checks import count
 from llmscope.stimuli.core import Stimuli
 from llmscope.stimuli.subwords import prefix_ids
-from llmscope.tokens import PromptError
+from llmscope.errors import PromptError
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -61,9 +62,10 @@ def induction(model: "TransformerBridge", n_seqs: int = 32, half_len: int = 20, 
     """
     count(n_seqs, "n_seqs", error=PromptError)
     count(half_len, "half_len", error=PromptError)
+    seed = checks.seed(seed, "seed", PromptError)
     vocab = ordinary_vocab(model)
     if half_len > vocab.size:
-        raise PromptError(f"half_len {half_len} exceeds the {vocab.size} ordinary tokens of this model.")
+        raise PromptError.Range(f"half_len {half_len} exceeds the {vocab.size} ordinary tokens of this model.")
     rng = np.random.default_rng(seed)
     bos = prefix_ids(model)
     halves = [rng.choice(vocab, size=half_len, replace=False) for _ in range(n_seqs)]

@@ -28,10 +28,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from llmscope import checks
 from llmscope.checks import count
 from llmscope.stimuli.core import Stimuli
 from llmscope.stimuli.subwords import encode_words, single_token_id
-from llmscope.tokens import PromptError
+from llmscope.errors import PromptError
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -93,6 +94,7 @@ def ioi(model: "TransformerBridge", n: int = 32, seed: int = 0,
         >>> stim.tokens.query("role != ''").role.tolist()[:3]
         ['IO', 'S1', 'S2']
     """
+    seed, corrupt = checks.seed(seed, "seed", PromptError), checks.flag(corrupt, "corrupt", PromptError)
     names = single_token_names(model)
     if len(names) < 2:
         raise PromptError(

@@ -32,7 +32,7 @@ from llmscope import checks
 from llmscope.checks import count
 from llmscope.stimuli.core import Stimuli, onsets
 from llmscope.stimuli.subwords import prefix_ids, single_token_id
-from llmscope.tokens import PromptError
+from llmscope.errors import PromptError
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from llmscope.tokens import PromptError
+from llmscope.errors import PromptError
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge

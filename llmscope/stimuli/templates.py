@@ -22,11 +22,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from llmscope import checks
 from llmscope.checks import count
 from llmscope.stimuli.core import Stimuli
 from llmscope.stimuli.english import tagged_table
 from llmscope.stimuli.subwords import prefix_ids
-from llmscope.tokens import PromptError
+from llmscope.errors import PromptError
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -88,6 +89,7 @@ def templates(model: "TransformerBridge", n: int = 64, seed: int = 0, bos: bool 
         ['ADJ', 'ADP', 'ADV', 'AUX', 'BOS', 'CCONJ', 'DET', 'NOUN', 'PRON', 'PUNCT', 'VERB']
     """
     count(n, "templates' n (sentences)", error=PromptError)
+    seed, bos = checks.seed(seed, "seed", PromptError), checks.flag(bos, "bos", PromptError)
     rng = np.random.default_rng(seed)
     seqs, tables = [], []
     for i in range(n):

@@ -38,7 +38,7 @@ def rows(tokens: pd.DataFrame, include_bos: bool = False) -> np.ndarray:
 def column(tokens: pd.DataFrame, name: str, what: str = "column") -> pd.Series:
     """The trial-table column ``name``, or a :class:`ColumnError` listing the columns there are."""
     if not isinstance(name, str):
-        raise ColumnError(f"a {what} is named by a string; got {name!r}. Columns: {list(tokens.columns)}.")
+        raise ColumnError.Type(f"a {what} is named by a string; got {name!r}. Columns: {list(tokens.columns)}.")
     if name not in tokens.columns:
         raise ColumnError(f"the trial table has no {what} {name!r}; its columns are {list(tokens.columns)}.")
     return tokens[name]

@@ -226,7 +226,7 @@ def test_bad_behaviour_input_raises_and_leaves_the_model_pristine(tiny, stim, pa
         (lambda: metric(tiny, stim, "loss", by="pos_tag"), ColumnError, "no column to group by 'pos_tag'"),
         (lambda: metric(tiny, stim, "perplexity"), AnalysisError, "unknown metric"),
         (lambda: metric(tiny, stim, 3), AnalysisError, "a metric is a name"),
-        (lambda: metric(tiny, stim, "loss", align="next"), AnalysisError, "align must be one of"),
+        (lambda: metric(tiny, stim, "loss", align="next"), AnalysisError, "unknown align"),
         (lambda: evaluate(tiny, stim, partial(logit_diff, good="io_id")), ColumnError, "io_id"),
         (lambda: effect(tiny, stim, lesion(("mlp.1", [99]))), SiteError, "out of range"),
         (lambda: effect(tiny, stim, gain(("mlp.1", [1]), factor=3.0), metric=lambda lg, s: 1 / 0),

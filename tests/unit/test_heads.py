@@ -16,7 +16,7 @@ import torch
 import llmscope
 from llmscope.stimuli import trials
 from llmscope.analysis.heads import SCORES, confirm_by_lesion, localize_heads
-from llmscope.errors import AnalysisError, ColumnError, SiteError
+from llmscope.errors import AnalysisError, ColumnError, SiteError, LLMScopeError
 from llmscope.interventions import intervene, lesion
 from llmscope.organisms.facts import organism_folder
 from llmscope.stimuli import Stimuli, grammar, induction
@@ -148,7 +148,7 @@ def test_localize_bad_arguments(organism, docs, baseline, kwargs, match):
 
 
 def test_localize_refuses_what_it_cannot_score(organism, docs, scores, baseline):
-    with pytest.raises(AnalysisError, match="Stimuli"):
+    with pytest.raises(TypeError, match="Stimuli"):
         localize_heads(organism, docs.ids)
     bos = int(docs.ids[0, 0])
     with pytest.raises(AnalysisError, match="no query token"):
@@ -214,13 +214,13 @@ def test_correct_metric_counts_a_fall_as_harm(organism, docs, baseline):
     (dict(heads=[("attn.1", 4)]), SiteError, r"\[4\] out of range for attn.1.*0\.\.3"),
     (dict(heads=[("attn.2", 0)]), SiteError, "layer 2 out of range"),
     (dict(heads=[("mlp.0", 1)]), SiteError, r"\['mlp.0'\] are not attention sites"),
-    (dict(n_random=0), AnalysisError, "n_random must be an integer >= 1, got 0"),
+    (dict(n_random=0), AnalysisError, "n_random must be an integer >= 1 and <= 100, got 0"),
     (dict(n_random=2.5), AnalysisError, "n_random"),
     (dict(metric="perplexity"), AnalysisError, r"unknown metric 'perplexity'.*'loss', 'correct'"),
     (dict(where="is_copy"), ColumnError, "no where column 'is_copy'.*is_repeat"),
     (dict(where="pos_tag"), AnalysisError, "where='pos_tag' must name a boolean column"),
     (dict(seed=-1), AnalysisError, "seed"),
-    (dict(stimuli="the dog"), AnalysisError, "Stimuli"),
+    (dict(stimuli=3), LLMScopeError, "Stimuli"),
 ])
 def test_confirm_bad_arguments(organism, docs, baseline, kwargs, error, match):
     args = dict(stimuli=docs, heads=[("attn.1", 0)], progress=False) | kwargs

@@ -196,8 +196,8 @@ def test_empty_and_too_long_stimuli_fail_before_the_store(tiny, tmp_path):
 def test_bad_record_arguments_are_clear_errors(tiny, stim, kwargs, message):
     with pytest.raises(RecordingError, match=message):
         record(tiny, stim, "mlp.0", **kwargs)
-    with pytest.raises(RecordingError, match="takes a Stimuli"):
-        record(tiny, "w1 w2", "mlp.0")
+    with pytest.raises(TypeError, match="Stimuli"):
+        record(tiny, 3, "mlp.0")
 
 
 def test_columns_named_like_arrays_are_refused_before_the_store(tiny, stim, tmp_path):
