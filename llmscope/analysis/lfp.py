@@ -658,10 +658,14 @@ def granger(source: "FieldPotential | Recording", sites: Sequence[str] | None = 
     segments = src.segments
     lengths = np.array([s.stop - s.start for s in segments])
     usable = [s for s, n in zip(segments, lengths) if n > 3 * maxlag + 1]
+    if len(segments) < 2:
+        raise AnalysisError(f"granger needs at least two sequences (its control pairs one sequence's source with "
+                            f"another's target); these stimuli have {len(segments)}. Record more sequences.")
     if len(usable) < 2:
-        raise AnalysisError.Range(f"granger: maxlag={maxlag} needs sequences of more than {3 * maxlag + 1} tokens, and at "
-                            f"least two of them (one for the control to mismatch); {len(usable)} of {len(segments)} "
-                            f"are that long (the longest has {lengths.max()}). Lower maxlag.")
+        raise AnalysisError.Range(
+            f"granger: maxlag={maxlag} needs sequences of more than {3 * maxlag + 1} tokens, and at least two of "
+            f"them (one for the control to mismatch); {len(usable)} of {len(segments)} are that long (the longest "
+            f"has {lengths.max()}). Lower maxlag, or record longer sequences.")
     fp = src.load(progress)
     half, mismatched = _halves(usable, len(fp.tokens), np.random.default_rng(seed))
     ensemble = pd.DataFrame(fp.signal).groupby([half, fp.tokens["pos"].to_numpy()]).transform("mean")
