@@ -101,7 +101,7 @@ def patching(model: "TransformerBridge", clean: Stimuli, corrupt: Stimuli, metri
         mean) and ``value``; ``meta``: ``metric``, ``clean``, ``corrupt``, ``sites``,
         ``per_head``; ``.plot()`` is a heatmap.
     """
-    from tqdm.auto import tqdm
+    from llmscope.progress import progress_bar
 
     target = _corrupt_run(clean, corrupt)
     metric_fn(metric)
@@ -128,7 +128,7 @@ def patching(model: "TransformerBridge", clean: Stimuli, corrupt: Stimuli, metri
     cells = _cells(targets, positions, per_head)
     per_pass = max(1, PASS_TOKENS // (n * width))
     rows = []
-    with tqdm(total=len(cells), desc="patching", leave=False, disable=not progress) as bar:
+    with progress_bar(total=len(cells), desc="patching", leave=False, show=progress) as bar:
         for s in targets:
             mine = [c for c in cells if c[0] is s]
             for i in range(0, len(mine), per_pass):
