@@ -32,11 +32,11 @@ copy works.
 
 What is read is what was written, and a store is complete only if its rows were written:
 
-- every chunk of every array (sites, unit indices, trial-table columns) ends with its crc32c
-  checksum (zarr v3's ``crc32c`` codec), so bytes changed on disk fail on read with a
-  :class:`~llmscope.errors.RecordingError` naming the site or column and the chunk; a chunk
-  file deleted or cut short is caught by its size (raw bytes + 4) when the store is opened,
-  and on read;
+- on disk, every chunk of every array (sites, unit indices, trial-table columns) ends with
+  its crc32c checksum (zarr v3's ``crc32c`` codec), so bytes changed on disk fail on read
+  with a :class:`~llmscope.errors.RecordingError` naming the site or column and the chunk; a
+  chunk file deleted or cut short is caught by its size (raw bytes + 4) when the store is
+  opened, and on read (a recording in memory has no disk to damage it, and no checksums);
 - completeness is not the counter alone: after a batch's rows are written, each site array's
   own metadata records how many rows it holds (``written_rows``, the ledger), and only then
   does the root's ``done_seqs`` advance. :meth:`Recording.open` refuses a store whose
@@ -116,7 +116,7 @@ DTYPES = {"float16": torch.float16, "float32": torch.float32}
 CHUNK_BYTES = 1 << 20  # about 1 MB of activations per chunk
 _TABLE_CHUNK = 1 << 16
 _LOCK = ".llmscope-recording.lock"  # held inside a store on disk while record() writes to it
-_CHECKSUM: tuple[Crc32cCodec, ...] = (Crc32cCodec(),)  # ends every chunk (the bench swaps it out to price it)
+_CHECKSUM: tuple[Crc32cCodec, ...] = (Crc32cCodec(),)  # ends every chunk on disk (the bench swaps it out to price it)
 _LEDGER = "written_rows"  # a site array's attr: how many of its rows were written
 _READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -299,13 +299,18 @@ def _check_columns(table: pd.DataFrame, meta: dict[str, Any]) -> None:
                              f"'.' or '__') and not the name of a site's array ({sorted(taken)}); rename {bad}.")
 
 
+def _checksum(group: zarr.Group) -> tuple[Crc32cCodec, ...]:
+    """The codecs that end every chunk: a checksum on disk, nothing in memory (no disk to damage it)."""
+    return () if isinstance(group.store, MemoryStore) else _CHECKSUM
+
+
 def _write_table(group: zarr.Group, table: pd.DataFrame) -> None:
     kinds = []
     for name in table.columns:
         kind, values = _stored(table[name])
         arr = group.create_array(name, shape=(len(table),), dtype=str if kind == "str" else kind,
                                  chunks=(min(len(table), _TABLE_CHUNK),), dimension_names=("token",),
-                                 compressors=(ZstdCodec(), *_CHECKSUM), overwrite=True)
+                                 compressors=(ZstdCodec(), *_checksum(group)), overwrite=True)
         arr[:] = values
         kinds.append([name, kind])
     group.attrs["columns"] = kinds
@@ -392,12 +397,12 @@ def _create(group: zarr.Group, meta: dict[str, Any], stimuli: Stimuli) -> None:
         dims = _unit_dims(s)
         group.create_array(
             s["name"], shape=(n, *s["shape"]), chunks=(s["chunk_rows"], *s["shape"]),
-            dtype=meta["dtype"], fill_value=np.nan, compressors=_CHECKSUM, overwrite=True,
+            dtype=meta["dtype"], fill_value=np.nan, compressors=_checksum(group), overwrite=True,
             config={"write_empty_chunks": True}, dimension_names=("token", *dims),
             attributes={"coordinates": coords, _LEDGER: 0})
         for dim, size in zip(dims, s["shape"]):
             group.create_array(dim, data=np.arange(size), dimension_names=(dim,),
-                               compressors=(ZstdCodec(), *_CHECKSUM), overwrite=True)
+                               compressors=(ZstdCodec(), *_checksum(group)), overwrite=True)
     _write_table(group, stimuli.tokens)
 
 
@@ -602,7 +607,7 @@ def record(
         sites: one site or a list (``"mlp.1"``, ``"attn.0"``, ``"resid.2"``, or hook names).
         store: None to keep the recording in memory, or a folder path for a zarr store on
             disk. An existing store of the same model, stimuli, sites and dtype is resumed
-            (or returned at once if complete).
+            (or returned at once if complete, without writing to it: a read-only copy works).
         dtype: ``"float16"`` (default, half the disk) or ``"float32"``.
         batch_size: sequences per forward pass.
         progress: show a tqdm progress bar (tokens).
