@@ -552,11 +552,12 @@ def _disk_full(store: str | os.PathLike, group: zarr.Group | None, meta: dict[st
     rows = len(stimuli) - int(stimuli.offsets()[done])
     row_bytes = sum(math.prod(s["shape"]) for s in meta["sites"]) * np.dtype(meta["dtype"]).itemsize
     free = shutil.disk_usage(path).free if path.exists() else 0
+    need = (f"the {rows} rows still to record need about {_size(rows * row_bytes)} ({_size(row_bytes)} a row)"
+            if rows else "only its closing metadata (a few kB) is still to write")
     return RecordingError(
         f"the disk holding the recording at {path} is full ({exc.strerror or exc}): it holds {done} of "
-        f"{stimuli.n_seqs} sequences, and the {rows} rows still to record need about {_size(rows * row_bytes)} "
-        f"({_size(row_bytes)} a row); {_size(free)} are free. Free some space, then call record() again with the "
-        "same arguments: it resumes where it stopped.")
+        f"{stimuli.n_seqs} sequences, and {need}; {_size(free)} are free. Free some space, then call record() "
+        "again with the same arguments: it resumes where it stopped.")
 
 
 def _size(n: float) -> str:

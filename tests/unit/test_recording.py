@@ -496,14 +496,14 @@ def test_float16_overflow_warns(tiny_dir, stim):
 
 
 def _fill_disk(monkeypatch, store: Path, at) -> None:
-    """Make zarr's writes into ``store`` fail with ENOSPC from the first one ``at(parts)`` picks
-    (``parts``: the file's path inside the store), as a full disk does."""
+    """Make zarr's writes into ``store`` fail with ENOSPC from the first one ``at(parts, data)``
+    picks (``parts``: the file's path inside the store; ``data``: its bytes), as a full disk does."""
     import zarr.storage._local as local
 
     real, full = local._put, []
 
     def put(path, value, exclusive=False):
-        if full or at(Path(path).relative_to(store).parts):
+        if full or at(Path(path).relative_to(store).parts, value.to_bytes()):
             full.append(path)
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(path, value, exclusive)
@@ -514,7 +514,7 @@ def _fill_disk(monkeypatch, store: Path, at) -> None:
 def test_full_disk_names_the_store_and_what_it_needs_then_resumes(tiny, stim, saved, tmp_path, monkeypatch):
     store = tmp_path / "full.zarr"
     chunks = []  # the second batch's first site chunk fails: the first batch (2 sequences, 7 rows) is in
-    _fill_disk(monkeypatch, store, lambda parts: parts[0] in SITES and "c" in parts
+    _fill_disk(monkeypatch, store, lambda parts, _: parts[0] in SITES and "c" in parts
                and (chunks.append(parts) or len(chunks) > len(SITES)))
     with pytest.raises(RecordingError) as err:
         record(tiny, stim, SITES, store=store, batch_size=2, progress=False)
@@ -531,10 +531,26 @@ def test_full_disk_names_the_store_and_what_it_needs_then_resumes(tiny, stim, sa
         assert np.array_equal(resumed.responses(name), full.responses(name)), name
 
 
+def test_full_disk_at_the_closing_metadata_resumes(tiny, stim, saved, tmp_path, monkeypatch):
+    import xarray as xr
+
+    store = tmp_path / "full.zarr"
+    _fill_disk(monkeypatch, store, lambda parts, data: parts == ("zarr.json",) and b"consolidated_metadata" in data)
+    with pytest.raises(RecordingError, match="holds 5 of 5 sequences, and only its closing metadata .* is still to "
+                                             "write; .* call record\\(\\) again"):
+        record(tiny, stim, SITES, store=store, batch_size=2, progress=False)
+    monkeypatch.undo()
+    assert record(tiny, stim, SITES, store=store, batch_size=2, progress=False).complete
+    assert json.loads((store / "zarr.json").read_text())["consolidated_metadata"] is not None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # consolidated: xarray opens it without a fallback warning
+        assert set(xr.open_zarr(store).data_vars) == set(SITES)
+
+
 @pytest.mark.parametrize("first_failed", [("zarr.json",), ("mlp.0", "zarr.json"), ("text", "c", "0")])
 def test_open_after_a_failed_creation_advises_what_works(tiny, stim, saved, tmp_path, monkeypatch, first_failed):
     store = tmp_path / "made.zarr"
-    _fill_disk(monkeypatch, store, lambda parts: parts == first_failed)
+    _fill_disk(monkeypatch, store, lambda parts, _: parts == first_failed)
     with pytest.raises(RecordingError, match="is full .*it holds 0 of 5 sequences"):
         record(tiny, stim, SITES, store=store, batch_size=2, progress=False)
     monkeypatch.undo()
