@@ -481,16 +481,16 @@ def _finished(store: str | os.PathLike | None, meta: dict[str, Any], stimuli: St
 
 def _cannot_write(path: Path, exc: OSError) -> RecordingError:
     """The error for a store record() must write to but cannot (a read-only folder or disk)."""
-    done = ""
     try:
         attrs = json.loads((path / "zarr.json").read_text())["attributes"]
-        done = f" holds {attrs['done_seqs']} of {attrs['llmscope']['stimuli']['n_seqs']} sequences and"
-    except Exception:  # no store yet, or unreadable: say less
-        pass
+        done = f"{attrs['done_seqs']} of {attrs['llmscope']['stimuli']['n_seqs']}"
+    except Exception:  # no store there yet (or not a readable one)
+        return RecordingError(f"cannot write to {path} ({exc.strerror or exc}): record() makes its store there. "
+                              "Give it a folder path you can write to.")
     return RecordingError(
-        f"cannot write to {path} ({exc.strerror or exc}): the recording there{done} needs writing to be finished. "
-        "Make the folder writable, or copy it somewhere writable and record there; Recording.open(path) "
-        "reads what it holds so far.")
+        f"cannot write to {path} ({exc.strerror or exc}): the recording there holds {done} sequences and needs "
+        "writing to be finished. Make the folder writable, or copy it somewhere writable and record there; "
+        "Recording.open(path) reads what it holds so far.")
 
 
 @contextmanager
@@ -992,7 +992,12 @@ class Recording:
         if len(self._rows) != ds.sizes["token"]:
             ds = ds.isel(token=self._row_index())
         ds = ds.assign({s: ds[s].astype(np.float32) for s in self._sites})
-        return ds.assign_coords({c: ds[c].compute() for c in self.tokens.columns})
+        try:
+            coords = {c: ds[c].compute() for c in self.tokens.columns}
+        except Exception as exc:  # a chunk of the table damaged since the table was read and checked
+            raise RecordingError(f"the trial table of the recording at {where} cannot be read ({type(exc).__name__}: "
+                                 f"{exc}): the store is damaged; {_REDO}.") from None
+        return ds.assign_coords(coords)
 
     @property
     def stimuli(self) -> Stimuli:

@@ -1,8 +1,9 @@
 """Recording cost on SmolLM2: tokens/s of ``record`` (two MLP sites, fp16, into a zarr store
 on disk) vs a bare forward of the same batches, timed side by side (interleaved); the cost of
 the crc32c checksum on every chunk, on record and on read (organism stores written with and without
-the codec, so that the forward pass weighs little; timed interleaved in CPU time, which a crowded
-machine disturbs less than wall time; reads come from the page cache: they price the CPU work); and peak
+the codec, so that the forward pass weighs little; timed interleaved in CPU time on one torch thread,
+which a crowded machine disturbs less than wall time; reads come from the page cache: they price the
+CPU work); and peak
 RSS while recording 1x vs 10x the stimuli, each in a fresh process so the peaks are independent.
 
 The child process is this module: ``python -m tests.bench.bench_recording N_SEQS STORE``
@@ -104,6 +105,8 @@ def checksums() -> list[dict]:
     def reader(rec: Recording, dtype: str | None) -> Callable[[], object]:
         return lambda: [rec.responses(s, dtype=dtype) for s in CRC_SITES]
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # CPU time of a forward on 1 thread is steady; on 2, waiting threads spin it up
     with tmp:
         rec_med = interleaved_medians({"crc": recorder(nullcontext), "plain": recorder(_unchecksummed)},
                                       CRC_REPEATS, time.process_time)
@@ -116,9 +119,10 @@ def checksums() -> list[dict]:
             "crc, stored": reader(crc, None), "plain, stored": reader(plain, None),
             "crc, float32": reader(crc, "float32"), "plain, float32": reader(plain, "float32"),
             "zarr": lambda: [a[:] for a in bare]}, READ_REPEATS, time.process_time)
+    torch.set_num_threads(threads)
     mb = len(stim) * sum(llmscope.site(model, s).n_units * math.prod(llmscope.site(model, s).shape[1:])
                          for s in CRC_SITES) * 2 / 2**20
-    case = f"grammar-2l, {CRC_DOCS} docs ({len(stim)} tok), {'+'.join(CRC_SITES)} fp16 ({mb:.0f} MB)"
+    case = f"grammar-2l, {CRC_DOCS} docs ({len(stim)} tok), {'+'.join(CRC_SITES)} fp16 ({mb:.0f} MB), 1 thread"
     ms = dict(case=case, unit="ms CPU (median)", goal="")
     ratio = dict(case=case, unit="ratio", goal="<= 1.05")
     return [

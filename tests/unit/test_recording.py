@@ -392,6 +392,8 @@ def test_flipped_bytes_are_named_on_read(saved, tmp_path):
     assert np.array_equal(rec.responses("resid.2"), Recording.open(saved).responses("resid.2"))  # others read
     assert not np.isnan(clean).any()
     _flip(Path(rec.path) / "pos" / "c" / "0", 3)
+    with pytest.raises(RecordingError, match="trial table .* cannot be read .*checksum.*record it again"):
+        rec.to_xarray()
     with pytest.raises(RecordingError, match="chunk 0 of the trial-table column 'pos' .* cannot be read"):
         Recording.open(rec.path)
 
@@ -616,6 +618,18 @@ def test_an_incomplete_read_only_store_is_a_clear_error(tiny, stim, saved, tmp_p
             assert len(Recording.open(path)) == 7  # what it holds stays readable
     finally:
         _writable(path)
+
+
+def test_a_new_store_in_a_read_only_folder_is_a_clear_error(tiny, stim, tmp_path, monkeypatch):
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    _read_only(folder, monkeypatch)
+    try:
+        with pytest.raises(RecordingError, match=r"cannot write to .*new.zarr \(.*\): record\(\) makes its store "
+                                                 r"there\. Give it a folder path you can write to"):
+            record(tiny, stim, SITES, store=folder / "new.zarr", progress=False)
+    finally:
+        _writable(folder)
 
 
 def test_resume_refuses_other_labels(tiny, stim, saved, tmp_path):
