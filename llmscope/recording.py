@@ -9,21 +9,45 @@ array sits at the root and names its axes (zarr ``dimension_names``), so the sto
 xarray Dataset as it stands:
 
 ============================  ===================================================================
-``zarr.json``                 attrs ``llmscope`` (model name + fingerprint, sites, dtype, stimuli
-                              name and size, llmscope version), ``done_seqs`` and ``columns``
-                              (each trial-table column and how it is stored); once :func:`record`
-                              returns, also the consolidated metadata of every array
-``<site>``                    ``[n_tokens, *shape]``, fp16 by default, chunked along tokens, raw;
-                              dims ``("token", "<site>.<unit>", ...)``
+``zarr.json``                 attrs ``llmscope`` (store format, ``fingerprints``: the recording
+                              model's :class:`~llmscope.identity.Fingerprint` under ``model``,
+                              sites, dtype, stimuli name and size, llmscope version),
+                              ``done_seqs`` and ``columns`` (each trial-table column and how it
+                              is stored); once :func:`record` returns, also the consolidated
+                              metadata of every array
+``<site>``                    ``[n_tokens, *shape]``, fp16 by default, chunked along tokens, raw
+                              bytes + a crc32c checksum per chunk; dims ``("token",
+                              "<site>.<unit>", ...)``; attr ``written_rows`` (see below)
 ``<site>.<unit>``, ...        the indices ``0..n-1`` along each unit axis of a site (coordinates)
 ``<column>``                  the trial table, one 1-D array per column, dims ``("token",)``
 ``.llmscope-recording.lock``  locked while :func:`record` writes: a second recorder is refused
 ============================  ===================================================================
 
 On disk, each batch is written before ``done_seqs`` is advanced, and zarr writes each
-chunk atomically, so an interrupted recording resumes where it stopped when ``record`` is
-called again with the same path: no row is written twice or missed. Memory stays bounded by
-one batch whatever the number of stimuli.
+chunk atomically, so an interrupted recording (killed, or stopped by a full disk) resumes
+where it stopped when ``record`` is called again with the same path: no row is written twice
+or missed. Memory stays bounded by one batch whatever the number of stimuli. A complete
+store is returned by ``record`` without taking its lock or writing anything, so a read-only
+copy works.
+
+What is read is what was written, and a store is complete only if its rows were written:
+
+- on disk, every chunk of every array (sites, unit indices, trial-table columns) ends with
+  its crc32c checksum (zarr v3's ``crc32c`` codec), so bytes changed on disk fail on read
+  with a :class:`~llmscope.errors.RecordingError` naming the site or column and the chunk; a
+  chunk file deleted or cut short is caught by its size (raw bytes + 4) when the store is
+  opened, and on read (a recording in memory has no disk to damage it, and no checksums);
+- completeness is not the counter alone: after a batch's rows are written, each site array's
+  own metadata records how many rows it holds (``written_rows``, the ledger), and only then
+  does the root's ``done_seqs`` advance. :meth:`Recording.open` refuses a store whose
+  ``done_seqs`` claims rows that some site's ledger does not hold (a counter raised by hand,
+  or a damaged store), and ``record`` resumes such a store after the sequences every site
+  holds;
+- the model is the one that made it: ``fingerprints.model`` samples every parameter tensor
+  (:mod:`llmscope.identity`), so ``Recording.open(path, model=...)`` and a resume refuse a model
+  with other weights, another training checkpoint of the same model included. Prints of other
+  weights a recording depends on (an SAE whose features a site holds) go beside it, each
+  under its own key.
 
 Dimensions: rows are ``token``, one per trial-table row, indexed by the token ids (the
 ``token`` column): ``ds.sel(token=id)`` picks every occurrence of a token, ``ds.isel(token=...)``
@@ -54,11 +78,13 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
+import errno
 import html
 import importlib.metadata
+import json
 import math
 import os
+import shutil
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -68,11 +94,13 @@ import numpy as np
 import pandas as pd
 import torch
 import zarr
-from tqdm.auto import tqdm
+from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
 from zarr.errors import ZarrUserWarning
 from zarr.storage import MemoryStore
 
 from llmscope.errors import ColumnError, RecordingError
+from llmscope.identity import Fingerprint, check, fingerprint
+from llmscope.progress import progress_bar
 from llmscope.sites import Site, SiteError
 from llmscope.sites import sites as resolve_sites
 from llmscope.checks import choice, count, flag
@@ -82,11 +110,16 @@ if TYPE_CHECKING:
     import xarray as xr
     from transformer_lens.model_bridge import TransformerBridge
 
-FORMAT = 2  # 2: every array at the root with dimension_names (1 had responses/ and tokens/ groups)
+FORMAT = 3  # 3: crc32c chunks, written_rows ledgers, identity fingerprints; 2: no checksums, 16-row
+#             embedding hash; 1: responses/ and tokens/ groups
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 CHUNK_BYTES = 1 << 20  # about 1 MB of activations per chunk
 _TABLE_CHUNK = 1 << 16
 _LOCK = ".llmscope-recording.lock"  # held inside a store on disk while record() writes to it
+_CHECKSUM: tuple[Crc32cCodec, ...] = (Crc32cCodec(),)  # ends every chunk on disk (the bench swaps it out to price it)
+_LEDGER = "written_rows"  # a site array's attr: how many of its rows were written
+_READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class IncompleteRecordingWarning(UserWarning):
@@ -101,15 +134,6 @@ def _version() -> str:
         return importlib.metadata.version("llmscope")
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
-
-
-def fingerprint(model: "TransformerBridge") -> dict[str, Any]:
-    """The model's dimensions and a hash of its first 16 embedding rows: same model, same print."""
-    cfg = model.cfg
-    head = model.W_E[:16].detach().to("cpu", torch.float32).contiguous().numpy()
-    dims = {k: int(getattr(cfg, k)) for k in ("n_layers", "d_model", "d_mlp", "n_heads", "d_head",
-                                              "d_vocab", "n_ctx")}
-    return {**dims, "W_E_sha256": hashlib.sha256(head.tobytes()).hexdigest()[:16]}
 
 
 def _site_meta(s: Site) -> dict[str, Any]:
@@ -132,7 +156,7 @@ def _chunk_rows(shape: Sequence[int], dtype: str, n_tokens: int) -> int:
 def _metadata(model: "TransformerBridge", stimuli: Stimuli, sites: list[Site], dtype: str) -> dict[str, Any]:
     return {
         "format": FORMAT, "llmscope_version": _version(),
-        "model": {"name": str(model.cfg.model_name), "fingerprint": fingerprint(model)},
+        "fingerprints": {"model": fingerprint(model).to_dict()},
         "stimuli": {"name": stimuli.name, "n_seqs": stimuli.n_seqs, "n_tokens": len(stimuli),
                     "pad_id": int(stimuli.pad_id)},
         "sites": [{**_site_meta(s), "chunk_rows": _chunk_rows(s.shape, dtype, len(stimuli))} for s in sites],
@@ -142,8 +166,8 @@ def _metadata(model: "TransformerBridge", stimuli: Stimuli, sites: list[Site], d
 
 def _valid_meta(meta: Any) -> bool:
     st, sites = meta["stimuli"], meta["sites"]
-    return (meta["format"] == FORMAT and isinstance(meta["model"]["name"], str)
-            and isinstance(meta["model"]["fingerprint"], dict) and isinstance(st["name"], str)
+    return (meta["format"] == FORMAT and Fingerprint.from_dict(meta["fingerprints"]["model"]) is not None
+            and isinstance(st["name"], str)
             and all(isinstance(st[k], int) and st[k] >= 1 for k in ("n_seqs", "n_tokens"))
             and isinstance(st["pad_id"], int) and meta["dtype"] in DTYPES and bool(sites)
             and all(all(isinstance(s[k], str) for k in ("name", "hook", "kind", "unit"))
@@ -151,19 +175,101 @@ def _valid_meta(meta: Any) -> bool:
                     and isinstance(s["chunk_rows"], int) and s["chunk_rows"] >= 1 for s in sites))
 
 
+_REDO = "record it again into a new path, or delete this store and record it again there"
+
+
 def _check_meta(meta: Any, where: str) -> dict[str, Any]:
     """The ``llmscope`` attrs of a store, or a RecordingError saying they are damaged."""
     if isinstance(meta, dict) and isinstance(meta.get("format"), int) and meta["format"] != FORMAT:
         raise RecordingError(f"the recording at {where} is in store format {meta['format']}; this llmscope "
-                             f"({_version()}) reads format {FORMAT}: record it again into a new path.")
+                             f"({_version()}) reads format {FORMAT}: {_REDO}.")
     try:
         ok = _valid_meta(meta)
     except (KeyError, TypeError):
         ok = False
     if not ok:
-        raise RecordingError(f"the metadata of the recording at {where} is missing or damaged; "
-                             "record it again into a new path.")
+        raise RecordingError(f"the metadata of the recording at {where} is missing or damaged; {_REDO}.")
     return meta
+
+
+# ---------------------------------------------------------------- reading arrays, checked
+
+
+def _where(group: zarr.Group) -> str:
+    return "memory" if isinstance(group.store, MemoryStore) else str(group.store.root)
+
+
+def _chunk_ids(rows: slice | np.ndarray, chunk_rows: int, n: int) -> list[int]:
+    """The chunks (along the rows) that hold ``rows``."""
+    if isinstance(rows, slice):
+        start, stop, _ = rows.indices(n)
+        return list(range(start // chunk_rows, -(-stop // chunk_rows))) if stop > start else []
+    return np.unique(np.asarray(rows, dtype=np.int64) // chunk_rows).tolist()
+
+
+def _chunk_size(arr: zarr.Array) -> int | None:
+    """The bytes of each chunk file of a raw array (values + 4 per checksum); None when
+    compressed (only its presence can be checked)."""
+    codecs = arr.metadata.codecs
+    if not all(isinstance(c, (BytesCodec, Crc32cCodec)) for c in codecs):
+        return None
+    return math.prod(arr.chunks) * arr.dtype.itemsize + 4 * sum(isinstance(c, Crc32cCodec) for c in codecs)
+
+
+def _gone(where: str) -> RecordingError:
+    return RecordingError(f"the recording at {where} is gone (its folder was deleted or moved after it was "
+                          "opened): Recording.open it where it is now, or record it again.")
+
+
+def _check_chunks(arr: zarr.Array, what: str, where: str, ids: Sequence[int]) -> None:
+    """On disk, the chunk files ``ids`` of ``arr`` exist, at their full size if it is raw: zarr
+    would read a missing chunk as its fill value."""
+    root = Path(where)
+    if not root.is_dir():
+        raise _gone(where)
+    size, folder = _chunk_size(arr), root / arr.path
+    for i in ids:
+        path = folder.joinpath("c", str(i), *["0"] * (arr.ndim - 1))  # a chunk spans the other axes whole
+        got = path.stat().st_size if path.is_file() else None
+        if got is None or (size is not None and got != size):
+            state = "is missing" if got is None else f"holds {got} bytes, not {size}"
+            raise RecordingError(f"chunk {i} of {what} ({path}) {state}: the store is damaged; {_REDO}.")
+
+
+def _read(arr: zarr.Array, what: str, where: str, rows: slice | np.ndarray, rest: tuple = ()) -> np.ndarray:
+    """``arr[rows, *rest]`` (orthogonal indexing), or a RecordingError naming the chunk of
+    ``what`` (``"site mlp.0"``) that is missing or fails its checksum, and what to do."""
+    ids = _chunk_ids(rows, arr.chunks[0], arr.shape[0])
+    if where != "memory":
+        _check_chunks(arr, what, where, ids)
+    try:
+        return arr.get_orthogonal_selection((rows, *rest))
+    except Exception as exc:  # a checksum that does not match, a chunk that does not decode
+        for i in ids:  # name the first chunk that cannot be read on its own
+            lo = i * arr.chunks[0]
+            try:
+                arr[lo: lo + arr.chunks[0]]
+            except Exception as err:
+                cause = err
+                break
+        else:
+            i, cause = None, exc
+        chunk = f"chunk {i} of {what}" if i is not None else what
+        raise RecordingError(
+            f"{chunk} in the recording at {where} cannot be read ({type(cause).__name__}: {cause}): its bytes "
+            f"changed after they were recorded, so the store is damaged; {_REDO}.") from None
+
+
+class _Checked:
+    """An array as dask reads it (``dask.array.from_array``): every read goes through :func:`_read`."""
+
+    def __init__(self, arr: zarr.Array, what: str, where: str):
+        self.arr, self.what, self.where = arr, what, where
+        self.shape, self.dtype, self.ndim = arr.shape, arr.dtype, arr.ndim
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        return _read(self.arr, self.what, self.where, key[0], key[1:])
 
 
 # ---------------------------------------------------------------- the trial table in zarr
@@ -193,13 +299,18 @@ def _check_columns(table: pd.DataFrame, meta: dict[str, Any]) -> None:
                              f"'.' or '__') and not the name of a site's array ({sorted(taken)}); rename {bad}.")
 
 
+def _checksum(group: zarr.Group) -> tuple[Crc32cCodec, ...]:
+    """The codecs that end every chunk: a checksum on disk, nothing in memory (no disk to damage it)."""
+    return () if isinstance(group.store, MemoryStore) else _CHECKSUM
+
+
 def _write_table(group: zarr.Group, table: pd.DataFrame) -> None:
     kinds = []
     for name in table.columns:
         kind, values = _stored(table[name])
         arr = group.create_array(name, shape=(len(table),), dtype=str if kind == "str" else kind,
                                  chunks=(min(len(table), _TABLE_CHUNK),), dimension_names=("token",),
-                                 overwrite=True)
+                                 compressors=(ZstdCodec(), *_checksum(group)), overwrite=True)
         arr[:] = values
         kinds.append([name, kind])
     group.attrs["columns"] = kinds
@@ -212,60 +323,56 @@ def _same_table(stored: pd.DataFrame, table: pd.DataFrame) -> bool:
 
 def _read_table(group: zarr.Group, n_tokens: int, where: str) -> pd.DataFrame:
     try:
-        cols = {}
-        for name, kind in group.attrs["columns"]:
-            data = group[name][:]
-            cols[name] = data.astype(object) if kind == "str" else data.astype(kind)
-        table = pd.DataFrame(cols)
-    except Exception as exc:  # missing group/array, damaged chunk, bad attrs: all mean damaged
-        raise RecordingError(
-            f"the trial table of the recording at {where} cannot be read ({type(exc).__name__}: {exc}); "
-            "the store is damaged: record it again into a new path."
-        ) from None
+        columns = [(name, kind, group[name]) for name, kind in group.attrs["columns"]]
+    except Exception as exc:  # missing array, damaged metadata, bad attrs: all mean damaged
+        raise RecordingError(f"the trial table of the recording at {where} cannot be read ({type(exc).__name__}: "
+                             f"{exc}): the store is damaged; {_REDO}.") from None
+    cols = {}
+    for name, kind, arr in columns:
+        data = _read(arr, f"the trial-table column {name!r}", where, slice(None))
+        cols[name] = data.astype(object) if kind == "str" else data.astype(kind)
+    table = pd.DataFrame(cols)
     if len(table) != n_tokens or not {"seq", "pos", "token"} <= set(table.columns):
-        raise RecordingError(f"the trial table at {where} has {len(table)} rows, not {n_tokens}: the store is damaged.")
+        raise RecordingError(f"the trial table at {where} has {len(table)} rows, not {n_tokens}: the store is "
+                             f"damaged; {_REDO}.")
     return table
 
 
 # ---------------------------------------------------------------- stores
 
 
-def _where(group: zarr.Group) -> str:
-    return "memory" if isinstance(group.store, MemoryStore) else str(group.store.root)
-
-
-def _check_arrays(group: zarr.Group, meta: dict[str, Any], done_rows: int) -> None:
-    """Every site array is present with its shape and dtype, and on disk every chunk of the
-    first ``done_rows`` rows exists at its full size (chunks are stored uncompressed)."""
-    where, n = _where(group), meta["stimuli"]["n_tokens"]
+def _check_arrays(group: zarr.Group, meta: dict[str, Any], offsets: np.ndarray, done: int) -> int:
+    """Check every site array (present, with its shape and dtype) and return how many of the
+    first ``done`` sequences every site's ledger holds (``offsets[k]``: the first row of
+    sequence ``k``); on disk, the chunks of those rows must exist at their full size."""
+    where = _where(group)
+    arrays, n = {}, meta["stimuli"]["n_tokens"]
     for s in meta["sites"]:
-        key = s["name"]
         try:
-            arr = group[key]
-        except KeyError:
-            raise RecordingError(f"the recording at {where} has lost the array of site {s['name']}: "
-                                 "the store is damaged; record it again into a new path.") from None
+            arr = arrays[s["name"]] = group[s["name"]]
+        except Exception as exc:
+            lost = isinstance(exc, KeyError)
+            what = (f"the recording at {where} has lost the array of site {s['name']}" if lost else
+                    f"the metadata of site {s['name']} in the recording at {where} cannot be read "
+                    f"({type(exc).__name__}: {exc})")
+            raise RecordingError(f"{what}: the store is damaged; {_REDO}.") from None
         shape, chunks = (n, *s["shape"]), (s["chunk_rows"], *s["shape"])
         if tuple(arr.shape) != shape or tuple(arr.chunks) != chunks or str(arr.dtype) != meta["dtype"]:
             raise RecordingError(
                 f"the array of site {s['name']} at {where} is {tuple(arr.shape)} {arr.dtype}, not {shape} "
-                f"{meta['dtype']}: the store is damaged; record it again into a new path.")
-        if where != "memory":
-            _check_chunks(Path(where) / key, chunks, meta["dtype"], done_rows, s["name"])
+                f"{meta['dtype']}: the store is damaged; {_REDO}.")
+    held = min(_ledger(arr) for arr in arrays.values())
+    verified = min(done, int(np.searchsorted(offsets, held, side="right")) - 1)
+    if where != "memory":
+        for name, arr in arrays.items():
+            _check_chunks(arr, f"site {name}", where, _chunk_ids(slice(0, int(offsets[verified])), arr.chunks[0], n))
+    return verified
 
 
-def _check_chunks(folder: Path, chunks: tuple[int, ...], dtype: str, done_rows: int, name: str) -> None:
-    size = math.prod(chunks) * np.dtype(dtype).itemsize
-    inner = "/".join("0" * len(chunks[1:]))  # a chunk spans whole units: its other indices are 0
-    for i in range(math.ceil(done_rows / chunks[0])):
-        path = folder / "c" / str(i) / inner if inner else folder / "c" / str(i)
-        got = path.stat().st_size if path.is_file() else None
-        if got != size:
-            what = "is missing" if got is None else f"holds {got} bytes, not {size}"
-            raise RecordingError(
-                f"chunk {i} of site {name} ({path}) {what}: the store is damaged; "
-                "record it again into a new path."
-            )
+def _ledger(arr: zarr.Array) -> int:
+    """How many rows of a site array were written (its ``written_rows`` attr; 0 if unreadable)."""
+    rows = arr.attrs.get(_LEDGER)
+    return rows if isinstance(rows, int) and not isinstance(rows, bool) and rows >= 0 else 0
 
 
 def _open_group(path: str | os.PathLike, mode: str) -> zarr.Group:
@@ -274,6 +381,11 @@ def _open_group(path: str | os.PathLike, mode: str) -> zarr.Group:
     try:
         return zarr.open_group(str(path), mode=mode, zarr_format=3, use_consolidated=False)
     except Exception as exc:
+        meta = Path(path) / "zarr.json"
+        if meta.is_file():
+            raise RecordingError(
+                f"the metadata file of the recording at {path} ({meta}) cannot be read ({type(exc).__name__}: "
+                f"{exc}): without it the store cannot be read; {_REDO}.") from None
         raise RecordingError(f"{path} is not a zarr v3 recording ({type(exc).__name__}: {exc}).") from None
 
 
@@ -285,11 +397,12 @@ def _create(group: zarr.Group, meta: dict[str, Any], stimuli: Stimuli) -> None:
         dims = _unit_dims(s)
         group.create_array(
             s["name"], shape=(n, *s["shape"]), chunks=(s["chunk_rows"], *s["shape"]),
-            dtype=meta["dtype"], fill_value=np.nan, compressors=None, overwrite=True,
+            dtype=meta["dtype"], fill_value=np.nan, compressors=_checksum(group), overwrite=True,
             config={"write_empty_chunks": True}, dimension_names=("token", *dims),
-            attributes={"coordinates": coords})
+            attributes={"coordinates": coords, _LEDGER: 0})
         for dim, size in zip(dims, s["shape"]):
-            group.create_array(dim, data=np.arange(size), dimension_names=(dim,), overwrite=True)
+            group.create_array(dim, data=np.arange(size), dimension_names=(dim,),
+                               compressors=(ZstdCodec(), *_checksum(group)), overwrite=True)
     _write_table(group, stimuli.tokens)
 
 
@@ -302,12 +415,11 @@ def _consolidate(group: zarr.Group) -> None:
         zarr.consolidate_metadata(group.store)
 
 
-def _same_model(meta: dict[str, Any], model: "TransformerBridge", where: str) -> None:
-    if meta["model"]["fingerprint"] != fingerprint(model):
-        raise RecordingError(
-            f"the recording at {where} was made by model {meta['model']['name']!r}, not by this model "
-            f"({model.cfg.model_name!r}): their weights differ. Load that model, or record into a new path."
-        )
+def _same_model(meta: dict[str, Any], model: "TransformerBridge", where: str,
+                remedy: str = "Load that model, or record into a new path.") -> None:
+    """A RecordingError unless ``model`` has the weights that made the recording."""
+    check(Fingerprint.from_dict(meta["fingerprints"]["model"]), model, f"the recording at {where}", "weights",
+          RecordingError, remedy)
 
 
 def _describe(meta: dict[str, Any], key: str) -> str:
@@ -322,7 +434,7 @@ def _describe(meta: dict[str, Any], key: str) -> str:
 def _resume_point(group: zarr.Group, meta: dict[str, Any], stimuli: Stimuli,
                   model: "TransformerBridge") -> int:
     """How many sequences an existing store already holds, after checking it records the same
-    model, stimuli, sites and dtype."""
+    model, stimuli, sites and dtype: those its ``done_seqs`` counts and every site's ledger holds."""
     where = _where(group)
     old = _check_meta(group.attrs.get("llmscope"), where)
     _same_model(old, model, where)
@@ -340,13 +452,45 @@ def _resume_point(group: zarr.Group, meta: dict[str, Any], stimuli: Stimuli,
         if not _same_table(_read_table(group, len(stimuli), where), stimuli.tokens):
             raise RecordingError(f"the recording at {where} was made from other {meta['stimuli']['name']!r} "
                                  "stimuli (other tokens or labels); use a new path or delete that store.")
-        _check_arrays(group, old, int(stimuli.offsets()[done]))
+        done = _check_arrays(group, old, stimuli.offsets(), done)
     return done
 
 
 def _fresh(path: Path) -> bool:
-    """No store yet: the folder is missing or holds nothing but the lock file."""
-    return not path.exists() or all(p.name == _LOCK for p in path.iterdir())
+    """No store yet: the folder is missing or holds nothing but the lock file (and temporary
+    files of a write cut short)."""
+    return not path.exists() or all(p.name == _LOCK or p.suffix == ".partial" for p in path.iterdir())
+
+
+def _finished(store: str | os.PathLike | None, meta: dict[str, Any], stimuli: Stimuli,
+              model: "TransformerBridge") -> "Recording | None":
+    """The store, if it already holds this whole recording (checked, nothing written, no lock)."""
+    if store is None:
+        return None
+    path = Path(store).expanduser()
+    if not path.is_dir() or _fresh(path) or not (path / "zarr.json").is_file():
+        return None
+    group = _open_group(path, "r")
+    if group.attrs.get("done_seqs") != stimuli.n_seqs or _resume_point(group, meta, stimuli, model) < stimuli.n_seqs:
+        return None
+    consolidated = json.loads((path / "zarr.json").read_text()).get("consolidated_metadata") is not None
+    if not consolidated and os.access(path, os.W_OK):  # stopped before consolidating: let record() do it
+        return None
+    return Recording(group)
+
+
+def _cannot_write(path: Path, exc: OSError) -> RecordingError:
+    """The error for a store record() must write to but cannot (a read-only folder or disk)."""
+    try:
+        attrs = json.loads((path / "zarr.json").read_text())["attributes"]
+        done = f"{attrs['done_seqs']} of {attrs['llmscope']['stimuli']['n_seqs']}"
+    except Exception:  # no store there yet (or not a readable one)
+        return RecordingError(f"cannot write to {path} ({exc.strerror or exc}): record() makes its store there. "
+                              "Give it a folder path you can write to.")
+    return RecordingError(
+        f"cannot write to {path} ({exc.strerror or exc}): the recording there holds {done} sequences and needs "
+        "writing to be finished. Make the folder writable, or copy it somewhere writable and record there; "
+        "Recording.open(path) reads what it holds so far.")
 
 
 @contextmanager
@@ -387,17 +531,42 @@ def _store(store: str | os.PathLike | None, meta: dict[str, Any], stimuli: Stimu
         _create(group, meta, stimuli)
         return group, 0
     path = Path(store).expanduser()
-    if _fresh(path):
-        group = _open_group(path, "a")
+    for junk in path.rglob("*.partial"):  # temporary files of chunk writes cut short by a kill
+        junk.unlink()
+    if _fresh(path):  # the root's metadata is written once, whole, with the llmscope attrs
+        group = zarr.open_group(str(path), mode="a", zarr_format=3, attributes={"llmscope": meta, "done_seqs": 0})
         done = 0
     else:
         group = _open_group(path, "r+")
         done = _resume_point(group, meta, stimuli, model)
-        for junk in path.rglob("*.partial"):  # temporary files of chunk writes cut short by a kill
-            junk.unlink()
     if done == 0:
         _create(group, meta, stimuli)
     return group, done
+
+
+def _disk_full(store: str | os.PathLike, group: zarr.Group | None, meta: dict[str, Any],
+               stimuli: Stimuli, exc: OSError) -> RecordingError:
+    """The error for a full disk: the store, the space still needed, and that record() resumes."""
+    path = Path(store).expanduser()
+    done = group.attrs.get("done_seqs", 0) if group is not None else 0
+    rows = len(stimuli) - int(stimuli.offsets()[done])
+    row_bytes = sum(math.prod(s["shape"]) for s in meta["sites"]) * np.dtype(meta["dtype"]).itemsize
+    free = shutil.disk_usage(path).free if path.exists() else 0
+    need = (f"the {rows} rows still to record need about {_size(rows * row_bytes)} ({_size(row_bytes)} a row)"
+            if rows else "only its closing metadata (a few kB) is still to write")
+    return RecordingError(
+        f"the disk holding the recording at {path} is full ({exc.strerror or exc}): it holds {done} of "
+        f"{stimuli.n_seqs} sequences, and {need}; {_size(free)} are free. Free some space, then call record() "
+        "again with the same arguments: it resumes where it stopped.")
+
+
+def _size(n: float) -> str:
+    """Bytes, readably: ``_size(3 << 20) == '3.0 MB'``."""
+    for unit in ("bytes", "kB", "MB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
 
 
 # ---------------------------------------------------------------- recording
@@ -428,7 +597,7 @@ def record(
         sites: one site or a list (``"mlp.1"``, ``"attn.0"``, ``"resid.2"``, or hook names).
         store: None to keep the recording in memory, or a folder path for a zarr store on
             disk. An existing store of the same model, stimuli, sites and dtype is resumed
-            (or returned at once if complete).
+            (or returned at once if complete, without writing to it: a read-only copy works).
         dtype: ``"float16"`` (default, half the disk) or ``"float32"``.
         batch_size: sequences per forward pass.
         progress: show a tqdm progress bar (tokens).
@@ -442,7 +611,9 @@ def record(
         SiteError: an unknown site.
         RecordingError: a bad argument (``dtype``, ``batch_size``, ``store``, a trial-table
             column named like a site array), ``store`` holds something else (another
-            model, stimuli or sites), or another process is recording into it now.
+            model, stimuli or sites), another process is recording into it now, it cannot
+            be written (read-only), or the disk is full (the message says how much is
+            needed; free it and call ``record`` again: it resumes).
 
     Example:
         >>> ind = record(model, induction(model, n_seqs=8, half_len=10), ["mlp.0", "mlp.1"], progress=False)
@@ -458,10 +629,21 @@ def record(
     stimuli = as_stimuli(model, stimuli)
     meta = _metadata(model, stimuli, resolved, dtype)
     _check_columns(stimuli.tokens, meta)
-    with _exclusive(store):
-        group, done = _store(store, meta, stimuli, model)
-        _stream(model, stimuli, resolved, group, done, int(batch_size), DTYPES[dtype], progress)
-        _consolidate(group)
+    finished = _finished(store, meta, stimuli, model)
+    if finished is not None:
+        return finished
+    group = None
+    try:
+        with _exclusive(store):
+            group, done = _store(store, meta, stimuli, model)
+            _stream(model, stimuli, resolved, group, done, int(batch_size), DTYPES[dtype], progress)
+            _consolidate(group)
+    except OSError as exc:  # zarr's own, with no store path: say where, and what to do
+        if exc.errno in _DISK_FULL:
+            raise _disk_full(store, group, meta, stimuli, exc) from None
+        if exc.errno in _READ_ONLY:
+            raise _cannot_write(Path(store).expanduser(), exc) from None
+        raise
     return Recording(group)
 
 
@@ -473,8 +655,8 @@ def _stream(model: "TransformerBridge", stimuli: Stimuli, sites: list[Site], gro
     hooks = [s.hook for s in sites]
     stop = _stop_at_layer(model, sites)
     overflow = False
-    bar = tqdm(total=len(stimuli), initial=int(offsets[start]), unit="tok", disable=not progress,
-               desc=f"record {stimuli.name}")
+    bar = progress_bar(total=len(stimuli), initial=int(offsets[start]), unit="tok", show=progress,
+                       desc=f"record {stimuli.name}")
     with bar, torch.no_grad():
         for lo, ids in stimuli.batches(batch_size, start):
             hi = lo + ids.shape[0]
@@ -490,6 +672,8 @@ def _stream(model: "TransformerBridge", stimuli: Stimuli, sites: list[Site], gro
                     warnings.warn(f"{s.name} has activations beyond the float16 range (±65504), stored "
                                   "as ±inf; record with dtype='float32' to keep them.", stacklevel=3)
                 arrays[s.name][offsets[lo]:offsets[hi]] = rows.numpy()
+            for s in sites:  # the ledger: each site says what it holds before done_seqs moves on
+                arrays[s.name] = arrays[s.name].update_attributes({_LEDGER: int(offsets[hi])})
             group.attrs["done_seqs"] = hi
             bar.update(int(offsets[hi] - offsets[lo]))
 
@@ -546,7 +730,8 @@ class Recording:
 
         Raises:
             RecordingError: no recording there, a damaged store (missing array, wrong shape,
-                bad metadata, truncated chunk), or a recording by another model.
+                bad metadata, truncated chunk), a ``done_seqs`` that counts sequences the
+                sites do not hold, or a recording by a model with other weights.
 
         An interrupted recording opens with an :class:`IncompleteRecordingWarning` and holds
         the sequences recorded so far; call ``record`` again with the same path to finish it.
@@ -556,18 +741,37 @@ class Recording:
         path = Path(path).expanduser()
         if not path.is_dir():
             raise RecordingError(f"no recording at {path}: it is not a folder.")
+        again = f"call record(model, stimuli, sites, store={str(path)!r}) to record into it"
+        if _fresh(path):
+            raise RecordingError(f"nothing was recorded at {path} (the folder is empty, or a recording stopped "
+                                 f"before its store was made): {again}.")
         group = _open_group(path, "r")
         if "llmscope" not in group.attrs:
             raise RecordingError(f"{path} is a zarr store but not an llmscope recording (no 'llmscope' metadata).")
         meta = _check_meta(group.attrs["llmscope"], str(path))
         if model is not None:
-            _same_model(meta, model, str(path))
+            _same_model(meta, model, str(path), "Pass the model that made it, or record the stimuli again with "
+                        "this one (into a new path).")
         done = group.attrs.get("done_seqs")
         n_seqs = meta["stimuli"]["n_seqs"]
         if not isinstance(done, int) or not 0 <= done <= n_seqs:
             raise RecordingError(f"the recording at {path} has a damaged done_seqs counter ({done!r}).")
-        rec = cls(group)
-        _check_arrays(group, meta, len(rec.tokens))
+        try:
+            table = _read_table(group, meta["stimuli"]["n_tokens"], str(path))
+            offsets = np.searchsorted(table.seq.to_numpy(), np.arange(n_seqs + 1))
+            held = _check_arrays(group, meta, offsets, done)
+        except RecordingError:
+            if done:
+                raise
+            raise RecordingError(f"the recording at {path} stopped while its store was being made, before any "
+                                 f"sequence was recorded (parts of the store are missing): {again}; it starts "
+                                 "over.") from None
+        if held < done:
+            raise RecordingError(
+                f"the recording at {path} counts {done} of {n_seqs} sequences as recorded (done_seqs), but its "
+                f"sites hold only the first {held}: the counter was changed by hand or the store is damaged. "
+                f"To finish it, {again[5:]}: it records the sequences after those {held}.")
+        rec = cls(group, tokens=table.iloc[: int(offsets[done])])
         if done < n_seqs:
             warnings.warn(
                 f"the recording at {path} is incomplete: {done} of {n_seqs} sequences were recorded "
@@ -583,8 +787,13 @@ class Recording:
         return list(self._sites)
 
     @property
+    def fingerprint(self) -> Fingerprint:
+        """The :class:`~llmscope.identity.Fingerprint` of the model that made this recording."""
+        return Fingerprint.from_dict(self._meta["fingerprints"]["model"])
+
+    @property
     def model_name(self) -> str:
-        return self._meta["model"]["name"]
+        return self.fingerprint.name
 
     @property
     def name(self) -> str:
@@ -610,8 +819,13 @@ class Recording:
         return self._done == self.n_seqs
 
     def made_by(self, model: "TransformerBridge") -> bool:
-        """True when ``model`` has the weights that made this recording (same fingerprint)."""
-        return self._meta["model"]["fingerprint"] == fingerprint(model)
+        """True when ``model`` has the weights that made this recording (:func:`llmscope.identity.check`
+        at the ``"weights"`` level)."""
+        try:
+            _same_model(self._meta, model, self.path or "memory")
+        except RecordingError:
+            return False
+        return True
 
     def __len__(self) -> int:
         """Number of recorded tokens (rows)."""
@@ -680,16 +894,22 @@ class Recording:
             data = np.empty((0, len(idx), *s.shape[1:]), dtype=stored)
         else:
             cols = slice(None) if units is None else idx
-            try:
-                data = self._group[s.name].get_orthogonal_selection((self._row_index(), cols))
-            except Exception as exc:  # a chunk damaged after opening
-                raise RecordingError(
-                    f"the responses of {s.name} cannot be read ({type(exc).__name__}: {exc}): the store "
-                    "is damaged; record it again into a new path.") from None
+            data = _read(self._array(s.name), f"site {s.name}", _where(self._group), self._row_index(), (cols,))
             data = np.asarray(data, dtype=stored)
         if labelled:
             return pd.DataFrame(data, index=self.tokens.index, columns=s.unit_index(idx))
         return data
+
+    def _array(self, name: str) -> zarr.Array:
+        """The store's array ``name``, or a RecordingError if the store is gone or damaged since it was opened."""
+        where = _where(self._group)
+        if where != "memory" and not Path(where).is_dir():
+            raise _gone(where)
+        try:
+            return self._group[name]
+        except Exception as exc:
+            raise RecordingError(f"the array of {name} in the recording at {where} cannot be opened "
+                                 f"({type(exc).__name__}: {exc}): the store is damaged; {_REDO}.") from None
 
     def select(self, mask: str | np.ndarray | pd.Series | Sequence[bool]) -> "Recording":
         """A view of some rows: a boolean mask over ``tokens`` or a query on its columns
@@ -732,22 +952,37 @@ class Recording:
         (loaded, as grouping needs them in memory; the ``token`` ids index it); the unit
         indices as coordinates of the unit axes; the store's attrs (``llmscope``,
         ``done_seqs``, ``columns``) as ``attrs``. The rows are this Recording's: a
-        selection's, or those recorded so far of an incomplete recording.
+        selection's, or those recorded so far of an incomplete recording. A chunk missing
+        or damaged when it is computed raises a RecordingError that names it.
 
         Example:
             >>> ds = rec.to_xarray()
             >>> ds["mlp.0"].groupby("pos_tag").mean("token").compute().shape
             (10, 512)
         """
+        import dask.array
         import xarray as xr
 
-        with warnings.catch_warnings():  # zarr names the lock file while it lists the folder: harmless
-            warnings.filterwarnings("ignore", f"Object at {_LOCK} is not recognized", ZarrUserWarning)
-            ds = xr.open_zarr(self._group.store, consolidated=False)
+        where = _where(self._group)
+        arrays = {s: self._array(s) for s in self._sites}
+        try:
+            with warnings.catch_warnings():  # zarr names the lock file while it lists the folder: harmless
+                warnings.filterwarnings("ignore", f"Object at {_LOCK} is not recognized", ZarrUserWarning)
+                ds = xr.open_zarr(self._group.store, consolidated=False)
+        except Exception as exc:
+            raise RecordingError(f"the recording at {where} cannot be opened as a Dataset ({type(exc).__name__}: "
+                                 f"{exc}): the store is damaged; {_REDO}.") from None
+        ds = ds.assign({s: ds[s].copy(data=dask.array.from_array(  # read through _read: damage is named
+            _Checked(arr, f"site {s}", where), chunks=arr.chunks, name=False)) for s, arr in arrays.items()})
         if len(self._rows) != ds.sizes["token"]:
             ds = ds.isel(token=self._row_index())
         ds = ds.assign({s: ds[s].astype(np.float32) for s in self._sites})
-        return ds.assign_coords({c: ds[c].compute() for c in self.tokens.columns})
+        try:
+            coords = {c: ds[c].compute() for c in self.tokens.columns}
+        except Exception as exc:  # a chunk of the table damaged since the table was read and checked
+            raise RecordingError(f"the trial table of the recording at {where} cannot be read ({type(exc).__name__}: "
+                                 f"{exc}): the store is damaged; {_REDO}.") from None
+        return ds.assign_coords(coords)
 
     @property
     def stimuli(self) -> Stimuli:

@@ -497,7 +497,7 @@ def _run(model: "TransformerBridge", bat: Battery, lesions: list[Lesion], pass_t
     ``stack=False`` runs one intervened forward per lesion and batch through
     :func:`~llmscope.interventions.lesion`: the plain way, which the stacked passes match.
     """
-    from tqdm.auto import tqdm
+    from llmscope.progress import progress_bar
 
     from llmscope.interventions import intervene
 
@@ -533,8 +533,8 @@ def _run(model: "TransformerBridge", bat: Battery, lesions: list[Lesion], pass_t
     total = sum(1 + sum(-(-len(m) // k) for m in members.values()) for *_, k in plans)
     sums = {b.name: np.zeros((len(lesions), b.stimuli.n_seqs)) for b in bat}
     checked: dict[Any, bool] = {}  # block L: resuming there is exact; an MLP hook: its closed form is
-    with torch.no_grad(), tqdm(total=total, desc="lesion atlas", unit="pass", disable=not progress,
-                               leave=False) as bar:
+    with torch.no_grad(), progress_bar(total=total, desc="lesion atlas", unit="pass", show=progress,
+                                       leave=False) as bar:
         for group, seqs, ids, per_pass in plans:
             scorer = _Scorer(group[0].stimuli, group)
             names = [f"blocks.{L}.hook_resid_pre" for L in resumed]

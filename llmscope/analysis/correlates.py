@@ -141,7 +141,7 @@ def behaviour_correlates(model: "TransformerBridge", recording: "Recording", beh
         ([('attn.1', 0)], True)
     """
     from scipy import stats
-    from tqdm.auto import tqdm
+    from llmscope.progress import progress_bar
 
     provenance = check_recording(recording, "behaviour_correlates")
     if not isinstance(behaviour, str) or behaviour not in BEHAVIOURS:
@@ -163,7 +163,7 @@ def behaviour_correlates(model: "TransformerBridge", recording: "Recording", beh
     y = _standard_ranks(measured[keep])
     shifted = y[circular_shifts(stimuli.tokens["seq"].to_numpy()[keep], n_null + 1, rng)]  # [rows, null + control]
     parts = []
-    for s, idx in tqdm(resolved, desc="correlates", unit="site", disable=not progress, leave=False):
+    for s, idx in progress_bar(resolved, desc="correlates", unit="site", show=progress, leave=False):
         X = _standard_ranks(scalar(recording, s.name, idx)[keep].astype(np.float64))
         rho, null = (X.T @ y) / len(y), (X.T @ shifted) / len(y)             # [units], [units, null + 1]
         parts.append(pd.DataFrame({"rho": rho, "null_mean": null[:, :-1].mean(1), "null_sd": null[:, :-1].std(1, ddof=1),

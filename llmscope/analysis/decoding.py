@@ -62,6 +62,7 @@ from llmscope.analysis import responses
 from llmscope.stimuli import trials
 from llmscope.checks import count, flag
 from llmscope.errors import AnalysisError
+from llmscope.progress import progress_bar
 from llmscope.recording import Recording
 from llmscope.result import Result
 from llmscope.sites import Site, UnitsLike, table_index
@@ -426,7 +427,7 @@ def decode(recording: Recording, units: UnitsLike, label: str, *, target: str = 
     n = len(columns)
     rng_units, rng_labels = _rngs(seed)
     n_fits = folds * (2 + n_permutations + (0 if _every_unit(resolved) else n_random))
-    with tqdm(total=n_fits, unit="fit", desc=f"decode {label}", disable=not progress, leave=False) as bar:
+    with progress_bar(total=n_fits, unit="fit", desc=f"decode {label}", show=progress, leave=False) as bar:
         real = _score(task, columns, task.y, _probe, bar)
         rows = [_row("units", 0, n, real, subset)]
         rows += _random_rows(task, resolved, n_random, rng_units, subset, bar)
@@ -551,7 +552,7 @@ def decode_curve(recording: Recording, units: Any, label: str, ks: Any = KS, *, 
     rng_units, _ = _rngs(seed)
     n_fits = folds * (1 + sum(1 + (0 if _every_unit(r) else n_random) for r in sets.values()))
     rows = []
-    with tqdm(total=n_fits, unit="fit", desc=f"decode {label} by k", disable=not progress, leave=False) as bar:
+    with progress_bar(total=n_fits, unit="fit", desc=f"decode {label} by k", show=progress, leave=False) as bar:
         for k, resolved in sets.items():
             n = sum(len(idx) for _, idx in resolved)
             rows.append(_row("units", 0, n, _score(task, _columns(task, resolved), task.y, _probe, bar), subset, k=k))

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from llmscope.progress import progress_bar
 
 from llmscope.analysis import responses
 from llmscope.stimuli import trials
@@ -569,7 +569,7 @@ def cka(recording: Recording, sites: str | Sequence[str], other: Recording | Non
     rng = np.random.default_rng(seed)
     perms = [rng.permutation(n) for _ in range(n_shuffle)]
     found: dict[tuple[str, str], dict[str, Any]] = {}
-    for sa, sb in tqdm(list(itertools.product(names_a, names_b)), unit="pair", desc="cka", disable=not progress):
+    for sa, sb in progress_bar(list(itertools.product(names_a, names_b)), unit="pair", desc="cka", show=progress):
         if other is recording and (sb, sa) in found:  # CKA is symmetric; the mirrored shuffles are shuffles too
             found[sa, sb] = dict(found[sb, sa], site_a=sa, site_b=sb)
             continue

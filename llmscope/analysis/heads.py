@@ -182,7 +182,7 @@ def localize_heads(model: "TransformerBridge", stimuli: Stimuli, *, batch_size: 
         >>> heads.df.nlargest(1, "previous_token")[["layer", "head"]].values.tolist()
         [[0, 2]]
     """
-    from tqdm.auto import tqdm
+    from llmscope.progress import progress_bar
 
     stimuli = as_stimuli(model, stimuli)
     batch_size = count(batch_size, "batch_size")
@@ -199,8 +199,8 @@ def localize_heads(model: "TransformerBridge", stimuli: Stimuli, *, batch_size: 
     cfg = model.cfg
     acc = _Accumulator(cfg.n_layers, cfg.n_heads)
     hooks = [(f"blocks.{L}.attn.hook_pattern", acc.hook(L)) for L in range(cfg.n_layers)]
-    with torch.no_grad(), tqdm(total=stimuli.n_seqs, desc="localize heads", unit="seq",
-                               disable=not progress, leave=False) as bar:
+    with torch.no_grad(), progress_bar(total=stimuli.n_seqs, desc="localize heads", unit="seq",
+                                       show=progress, leave=False) as bar:
         for lo, ids in stimuli.batches(batch_size):
             acc.masks = _targets(ids, grid[lo:lo + len(ids), : ids.shape[1]])
             model.run_with_hooks(check_tokens(model, ids).to(cfg.device), fwd_hooks=hooks)
@@ -305,7 +305,7 @@ def confirm_by_lesion(model: "TransformerBridge", stimuli: Stimuli, heads: Units
         [0.125]
     """
     from scipy import stats
-    from tqdm.auto import tqdm
+    from llmscope.progress import progress_bar
 
     from llmscope.interventions import intervene, lesion
 
@@ -326,7 +326,7 @@ def confirm_by_lesion(model: "TransformerBridge", stimuli: Stimuli, heads: Units
     rng = np.random.default_rng(seed)
     null = pool[np.sort(rng.choice(len(pool), size=min(n_random, len(pool)), replace=False))]
     sign = METRICS[metric]
-    with tqdm(total=1 + len(tested) + len(null), desc="lesion heads", disable=not progress, leave=False) as bar:
+    with progress_bar(total=1 + len(tested) + len(null), desc="lesion heads", show=progress, leave=False) as bar:
         baseline = _metric_mean(model, stimuli, metric, keep, batch_size)
         bar.update()
         deltas = {}

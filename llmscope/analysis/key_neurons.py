@@ -85,6 +85,7 @@ from llmscope.stimuli import trials
 from llmscope.checks import count, flag, fraction
 from llmscope.behaviour import cross_entropy, next_token_loss
 from llmscope.errors import AnalysisError, SiteError
+from llmscope.progress import progress_bar
 from llmscope.passes import layer_list, readout, run_from
 from llmscope.result import Result
 from llmscope.sites import Site, sites as resolve_sites
@@ -478,7 +479,7 @@ def _run(model: "TransformerBridge", stimuli: Stimuli, samples: pd.DataFrame, ta
     (empty for the other methods), and warns where it exceeds ``COMPLETENESS``."""
     gap, change = np.zeros(len(targets)), np.zeros(len(targets))
     total = len(samples) * (len(targets) if method == "ig" else 1)
-    with tqdm(total=total, unit="token", desc=f"key neurons ({method})", disable=not progress) as bar:
+    with progress_bar(total=total, unit="token", desc=f"key neurons ({method})", show=progress) as bar:
         for block in _scores(model, stimuli, samples, targets, method, steps, batch_size, bar):
             each(block)
             i, _, scores, delta = block

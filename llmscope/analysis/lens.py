@@ -174,7 +174,7 @@ def logit_lens(model: "TransformerBridge", stimuli: Stimuli, sites: "str | Seque
         >>> r.df.columns[:3].tolist()
         ['site', 'layer', 'pos_tag']
     """
-    from tqdm.auto import tqdm
+    from llmscope.progress import progress_bar
 
     stimuli = as_stimuli(model, stimuli)
     resolved = lens_sites(model, sites)
@@ -190,7 +190,7 @@ def logit_lens(model: "TransformerBridge", stimuli: Stimuli, sites: "str | Seque
     n_rows = len(stimuli.tokens)
     values = {(s.name, m + tag): np.full(n_rows, np.nan) for s in resolved for m in MEASURES for tag in ("", "_control")}
     check = None
-    with tqdm(total=stimuli.n_seqs, desc="logit lens", unit="seq", disable=not progress, leave=False) as bar:
+    with progress_bar(total=stimuli.n_seqs, desc="logit lens", unit="seq", show=progress, leave=False) as bar:
         for lo, ids in stimuli.batches(batch_size):
             with torch.no_grad():
                 logits, cache = model.run_with_cache(check_tokens(model, ids).to(model.cfg.device),
@@ -396,7 +396,7 @@ def surprise(model: "TransformerBridge", stimuli: Stimuli, *, good: str = "good_
         >>> r.df.loc[r.df.site == "resid.2", ["offset", "word"]].values.tolist()
         [[0, '<critical>'], [1, '.']]
     """
-    from tqdm.auto import tqdm
+    from llmscope.progress import progress_bar
 
     stimuli = as_stimuli(model, stimuli)
     seed, batch_size = count(seed, "seed", minimum=0), count(batch_size, "batch_size")
@@ -417,7 +417,7 @@ def surprise(model: "TransformerBridge", stimuli: Stimuli, *, good: str = "good_
     crit = torch.tensor([len(p) for p in items.prefixes])
     surprisal = {c: {s.name: np.empty((n, width)) for s in resolved} for c in conditions}
     response = {c: {s.name: [] for s, _ in unit_sites} for c in conditions}
-    with tqdm(total=3 * n, desc="surprise", unit="seq", disable=not progress, leave=False) as bar:
+    with progress_bar(total=3 * n, desc="surprise", unit="seq", show=progress, leave=False) as bar:
         for cond, stim in conditions.items():
             for lo, ids in stim.batches(batch_size):
                 with torch.no_grad():

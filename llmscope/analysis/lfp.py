@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from llmscope.progress import progress_bar
 
 from llmscope.analysis import events, responses
 from llmscope.stimuli import trials
@@ -177,7 +177,7 @@ def field_potential(recording: Recording, sites: str | Sequence[str] | None = No
     info = [recording.site(name) for name in names]
     signal = np.empty((int(keep.sum()), len(info)))
     before = np.concatenate([[0], np.cumsum(keep)])
-    with tqdm(total=len(recording) * len(info), unit="tok", desc="field potential", disable=not progress) as bar:
+    with progress_bar(total=len(recording) * len(info), unit="tok", desc="field potential", show=progress) as bar:
         for j, s in enumerate(info):
             for rows, block in responses.blocks(recording, s.name):
                 kept = keep[rows]
@@ -360,7 +360,7 @@ def lfp_spectrum(source: "FieldPotential | Recording", sites: str | Sequence[str
     rng = np.random.default_rng(seed)
     batch = max(1, SHUFFLE_VALUES // fp.signal.size)
     null = []  # [n_shuffle, n_sites, n_freqs] in batches
-    with tqdm(total=n_shuffle, desc="spectrum shuffles", disable=not progress) as bar:
+    with progress_bar(total=n_shuffle, desc="spectrum shuffles", show=progress) as bar:
         for start in range(0, n_shuffle, batch):
             null.append(_welch_mean(groups, nperseg, rng, min(batch, n_shuffle - start))[:, :, 1:])
             bar.update(null[-1].shape[0])
@@ -672,7 +672,7 @@ def granger(source: "FieldPotential | Recording", sites: Sequence[str] | None = 
     signal = fp.signal - ensemble.to_numpy()
     pairs = [(a, b) for a in range(len(fp.sites)) for b in range(len(fp.sites)) if a != b]
     rows = []
-    with tqdm(total=len(pairs) * (len(usable) + len(mismatched)), desc="granger", disable=not progress) as bar:
+    with progress_bar(total=len(pairs) * (len(usable) + len(mismatched)), desc="granger", show=progress) as bar:
         for a, b in pairs:
             real = np.array([_granger_seq(signal[seg, b], signal[seg, a], maxlag) for seg in usable])
             bar.update(len(usable))

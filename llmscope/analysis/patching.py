@@ -103,7 +103,7 @@ def patching(model: "TransformerBridge", clean: Stimuli, corrupt: Stimuli, metri
         mean) and ``value``; ``meta``: ``metric``, ``clean``, ``corrupt``, ``sites``,
         ``per_head``; ``.plot()`` is a heatmap.
     """
-    from tqdm.auto import tqdm
+    from llmscope.progress import progress_bar
 
     clean, corrupt = as_stimuli(model, clean, "clean"), as_stimuli(model, corrupt, "corrupt")
     per_head, progress = flag(per_head, "per_head"), flag(progress, "progress")
@@ -132,7 +132,7 @@ def patching(model: "TransformerBridge", clean: Stimuli, corrupt: Stimuli, metri
     cells = _cells(targets, positions, per_head)
     per_pass = max(1, PASS_TOKENS // (n * width))
     rows = []
-    with tqdm(total=len(cells), desc="patching", leave=False, disable=not progress) as bar:
+    with progress_bar(total=len(cells), desc="patching", leave=False, show=progress) as bar:
         for s in targets:
             mine = [c for c in cells if c[0] is s]
             for i in range(0, len(mine), per_pass):

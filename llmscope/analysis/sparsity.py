@@ -58,6 +58,7 @@ from llmscope.analysis import responses
 from llmscope.stimuli import trials
 from llmscope.checks import count, flag, number
 from llmscope.errors import AnalysisError
+from llmscope.progress import progress_bar
 from llmscope.recording import Recording
 from llmscope.result import Result
 
@@ -269,7 +270,7 @@ def sparsity(recording: Recording, sites: str | Sequence[str], thresholds: Seque
     rows, units, tokens = [], [], recording.tokens.loc[keep, ["seq", "pos", "text"]].copy()
     scales: dict[str, dict[str, float]] = {"scale": {}, "scale_rotated": {}}
     labels = [f"{t:g}" for t in thresholds]
-    with tqdm(total=2 * len(recording) * len(names), unit="tok", desc="sparsity", disable=not progress) as bar:
+    with progress_bar(total=2 * len(recording) * len(names), unit="tok", desc="sparsity", show=progress) as bar:
         for name in names:
             d = recording.site(name).n_units
             if control is not None and d not in rotations:

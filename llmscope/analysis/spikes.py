@@ -43,6 +43,7 @@ from llmscope.analysis import events, responses
 from llmscope.stimuli import trials
 from llmscope.checks import choice, count, draws, flag, fraction
 from llmscope.errors import AnalysisError, SiteError
+from llmscope.progress import progress_bar
 from llmscope.recording import Recording
 from llmscope.result import Result
 from llmscope.sites import Site, parse_units, unit_labels
@@ -256,7 +257,7 @@ def spikes(recording: Recording, site: str, units: Any = None, *, threshold: flo
     n = int(keep.sum())
     if n < 2:
         raise AnalysisError(f"spikes need at least 2 analysed tokens; this recording has {n}.")
-    with tqdm(total=2 * len(recording), unit="tok", desc=f"spikes {name}", disable=not progress) as bar:
+    with progress_bar(total=2 * len(recording), unit="tok", desc=f"spikes {name}", show=progress) as bar:
         blocks = _kept_blocks(recording, name, idx, keep, bar)
         thr = (_zscore_thresholds(blocks, len(idx), threshold) if method == "zscore"
                else _quantile_thresholds(blocks, len(idx), n, threshold))
@@ -337,7 +338,7 @@ def _psth_source(source: Any, site: str | None, units: Any, include_bos: bool | 
 
     def summed(w: sparse.csc_matrix) -> np.ndarray:
         out = np.zeros((w.shape[0], len(idx)))
-        with tqdm(total=len(source), unit="tok", desc=f"psth {name}", disable=not progress) as bar:
+        with progress_bar(total=len(source), unit="tok", desc=f"psth {name}", show=progress) as bar:
             for c0, x in _kept_blocks(source, name, idx, keep, bar):
                 out += (w if len(x) == w.shape[1] else w[:, c0:c0 + len(x)]) @ x
         return out

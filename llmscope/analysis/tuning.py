@@ -58,6 +58,7 @@ from llmscope.analysis.stats import fdr
 from llmscope.stimuli.trials import labels as label_values
 from llmscope.stimuli.trials import rows
 from llmscope.errors import AnalysisError, SiteError
+from llmscope.progress import progress_bar
 from llmscope.recording import Recording
 from llmscope.result import Result
 from llmscope.sites import parse_units, unit_labels
@@ -547,7 +548,7 @@ def tuning(recording: Recording, site: str | Sequence[str], label: str, *, inclu
     analysed = values.index.to_numpy()
     lab = _labelings(codes, len(categories), n_perm, seed)
     sizes = [recording.site(s).n_units for s in names]
-    with tqdm(total=sum(sizes), unit="unit", desc=f"tuning {label}", disable=not progress) as bar:
+    with progress_bar(total=sum(sizes), unit="unit", desc=f"tuning {label}", show=progress) as bar:
         parts = _stream(recording, names, analysed, lab, bar)
     return _result(parts, names, sizes, categories, lab, label, values, recording,
                    dict(meta, include_bos=include_bos, n_perm=n_perm, seed=seed))

@@ -26,7 +26,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
-from tqdm.auto import tqdm
+from llmscope.progress import progress_bar
 
 from llmscope.errors import ModelNotAvailable
 from llmscope.behaviour import next_token_loss
@@ -179,7 +179,7 @@ class _Run:
         self._record()
 
     def _batches(self, desc: str):
-        return tqdm([slice(i, i + BATCH) for i in range(0, len(self.ids), BATCH)], desc=desc, leave=False)
+        return progress_bar([slice(i, i + BATCH) for i in range(0, len(self.ids), BATCH)], desc=desc, leave=False)
 
     def _rows(self, matrix: torch.Tensor) -> np.ndarray:
         """`[doc, pos, ...]` values at the rows of `tokens`."""
@@ -287,7 +287,7 @@ def _pos_decoding(tokens: pd.DataFrame, neurons: dict[int, np.ndarray]) -> dict:
             return clf.fit(x[train], labels[train]).predict(x[test])
 
     layers = {}
-    for layer, x in tqdm(neurons.items(), desc="decode POS", leave=False):
+    for layer, x in progress_bar(neurons.items(), desc="decode POS", leave=False):
         pred = fit(x, y)
         layers[layer] = {"accuracy": round(float((pred == y[test]).mean()), 4),
                          "ambiguous_accuracy": round(float((pred == y[test])[amb[test]].mean()), 4)}

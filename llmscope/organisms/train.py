@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from llmscope.progress import progress_bar
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from llmscope.behaviour import next_token_loss
@@ -132,7 +132,7 @@ def train(name: str, cfg: TrainConfig, folder: Path) -> dict:
     curve: dict[str, list] = {}
     recent: list[float] = []
     start = time.time()
-    bar = tqdm(range(cfg.steps), desc=f"train {name}", unit="step")
+    bar = progress_bar(range(cfg.steps), desc=f"train {name}", unit="step")
     for step in bar:
         if step % cfg.eval_every == 0 or step == cfg.steps - 1:
             point = {"step": step, "tokens": step * cfg.batch_size * cfg.n_ctx,

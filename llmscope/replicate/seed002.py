@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from llmscope.analysis.decoding import decode, decode_curve
 from llmscope.analysis.key_neurons import METHODS, KeyNeurons, key_neurons
@@ -47,6 +46,7 @@ from llmscope.checks import count
 from llmscope.behaviour import scored_rows
 from llmscope.errors import AnalysisError, SiteError
 from llmscope.interventions import intervene, lesion
+from llmscope.progress import progress_bar
 from llmscope.recording import record
 from llmscope.stimuli.core import Stimuli
 
@@ -248,7 +248,7 @@ def seed002(model: "TransformerBridge", *, stimuli: dict[str, tuple[Stimuli, Sti
     sites = [f"mlp.{L}" for L in layers]
     table, curves, lesions, keys = [], [], [], {}
     steps_total = len(stimuli) * (2 + len(layers) * 2 + len(lesion_layers))
-    with tqdm(total=steps_total, desc="seed002", disable=not progress) as bar:
+    with progress_bar(total=steps_total, desc="seed002", show=progress) as bar:
         for name, (train, test) in stimuli.items():
             key = keys[name] = key_neurons(model, train, label, method, sites=sites, top_frac=top_frac,
                                            k=max([k, *ks]), steps=steps, progress=False)

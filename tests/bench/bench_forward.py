@@ -14,16 +14,18 @@ SHAPES = [(1, 64), (8, 128)]
 REPEATS = 7
 
 
-def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int = REPEATS) -> dict[str, float]:
-    """Median seconds of each function, timed round-robin so drift hits all of them alike."""
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int = REPEATS,
+                        clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """Median seconds of each function, timed round-robin so drift hits all of them alike
+    (wall time; ``clock=time.process_time`` prices the CPU work alone, steadier on a shared machine)."""
     for fn in fns.values():  # warm-up
         fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            t = time.perf_counter()
+            t = clock()
             fn()
-            times[name].append(time.perf_counter() - t)
+            times[name].append(clock() - t)
     return {k: statistics.median(v) for k, v in times.items()}
 
 

@@ -1,5 +1,9 @@
 """Recording cost on SmolLM2: tokens/s of ``record`` (two MLP sites, fp16, into a zarr store
-on disk) vs a bare forward of the same batches, timed side by side (interleaved); and peak
+on disk) vs a bare forward of the same batches, timed side by side (interleaved); the cost of
+the crc32c checksum on every chunk, on record and on read (organism stores written with and without
+the codec, so that the forward pass weighs little; timed interleaved in CPU time on one torch thread,
+which a crowded machine disturbs less than wall time; reads come from the page cache: they price the
+CPU work); and peak
 RSS while recording 1x vs 10x the stimuli, each in a fresh process so the peaks are independent.
 
 The child process is this module: ``python -m tests.bench.bench_recording N_SEQS STORE``
@@ -20,16 +24,22 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import os
 import subprocess
 import sys
 import tempfile
+import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
+import zarr
 
 import llmscope
-from llmscope.recording import record
+from llmscope import recording
+from llmscope.recording import Recording, record
 from llmscope.stimuli import induction
 from tests.bench.bench_forward import interleaved_medians
 
@@ -37,6 +47,7 @@ REPO = Path(__file__).resolve().parents[2]
 SPEED_SITES = ["mlp.15", "mlp.29"]  # the last layer too, so the forward pass cannot stop early
 SPEED_SEQS, HALF_LEN, BATCH = 16, 31, 8  # 16 x 63 tokens, 2 batches
 REPEATS = 3
+CRC_DOCS, CRC_SITES, CRC_REPEATS, READ_REPEATS = 80, ["mlp.0", "mlp.1", "attn.0", "attn.1"], 7, 41
 RSS_SITES = ["mlp.3", "resid.4"]
 RSS_SEQS = 16  # 1x; 10x is 160
 
@@ -66,6 +77,67 @@ def speed() -> list[dict]:
         dict(benchmark="record", case=case, value=rate["record"], unit="tokens/s (median)", goal=""),
         dict(benchmark="record / bare forward", case=case, value=rate["record"] / rate["bare"],
              unit="ratio", goal=">= 0.85"),
+    ]
+
+
+@contextmanager
+def _unchecksummed() -> Iterator[None]:
+    """Stores made inside are written without the crc32c codec: the baseline that prices it."""
+    codecs, recording._CHECKSUM = recording._CHECKSUM, ()
+    try:
+        yield
+    finally:
+        recording._CHECKSUM = codecs
+
+
+def checksums() -> list[dict]:
+    model = llmscope.load("grammar-2l")  # a small forward: the writes and reads weigh the most here
+    stim = llmscope.stimuli.grammar(model, n_docs=CRC_DOCS, seed=0)
+    tmp = tempfile.TemporaryDirectory(prefix="bench-recording-crc-")
+    root, runs = Path(tmp.name), iter(range(10**6))
+
+    def recorder(context: Callable) -> Callable[[], None]:
+        def run() -> None:  # a new store each time: an existing one would be resumed, not redone
+            with context():
+                record(model, stim, CRC_SITES, store=root / f"r{next(runs)}.zarr", progress=False)
+        return run
+
+    def reader(rec: Recording, dtype: str | None) -> Callable[[], object]:
+        return lambda: [rec.responses(s, dtype=dtype) for s in CRC_SITES]
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # CPU time of a forward on 1 thread is steady; on 2, waiting threads spin it up
+    with tmp:
+        rec_med = interleaved_medians({"crc": recorder(nullcontext), "plain": recorder(_unchecksummed)},
+                                      CRC_REPEATS, time.process_time)
+        with _unchecksummed():
+            record(model, stim, CRC_SITES, store=root / "plain.zarr", progress=False)
+        record(model, stim, CRC_SITES, store=root / "crc.zarr", progress=False)
+        crc, plain = Recording.open(root / "crc.zarr"), Recording.open(root / "plain.zarr")
+        bare = [zarr.open_array(root / "plain.zarr" / s, mode="r") for s in CRC_SITES]
+        read_med = interleaved_medians({
+            "crc, stored": reader(crc, None), "plain, stored": reader(plain, None),
+            "crc, float32": reader(crc, "float32"), "plain, float32": reader(plain, "float32"),
+            "zarr": lambda: [a[:] for a in bare]}, READ_REPEATS, time.process_time)
+    torch.set_num_threads(threads)
+    mb = len(stim) * sum(llmscope.site(model, s).n_units * math.prod(llmscope.site(model, s).shape[1:])
+                         for s in CRC_SITES) * 2 / 2**20
+    case = f"grammar-2l, {CRC_DOCS} docs ({len(stim)} tok), {'+'.join(CRC_SITES)} fp16 ({mb:.0f} MB), 1 thread"
+    ms = dict(case=case, unit="ms CPU (median)", goal="")
+    ratio = dict(case=case, unit="ratio", goal="<= 1.05")
+    return [
+        dict(ms, benchmark="record, crc32c chunks", value=1e3 * rec_med["crc"]),
+        dict(ms, benchmark="record, no checksum", value=1e3 * rec_med["plain"]),
+        dict(ratio, benchmark="record: crc32c / no checksum", value=rec_med["crc"] / rec_med["plain"]),
+        dict(ms, benchmark="read every row as stored (fp16), crc32c", value=1e3 * read_med["crc, stored"]),
+        dict(ms, benchmark="read every row as stored (fp16), no checksum", value=1e3 * read_med["plain, stored"]),
+        dict(ratio, benchmark="read as stored: crc32c / no checksum",
+             value=read_med["crc, stored"] / read_med["plain, stored"]),
+        dict(ms, benchmark="read every row as float32, crc32c", value=1e3 * read_med["crc, float32"]),
+        dict(ms, benchmark="read every row as float32, no checksum", value=1e3 * read_med["plain, float32"]),
+        dict(ratio, benchmark="read as float32: crc32c / no checksum",
+             value=read_med["crc, float32"] / read_med["plain, float32"]),
+        dict(ms, benchmark="bare zarr read of the unchecksummed store (a floor)", value=1e3 * read_med["zarr"]),
     ]
 
 
@@ -104,7 +176,7 @@ def memory() -> list[dict]:
 
 
 def run() -> list[dict]:
-    return speed() + memory()
+    return speed() + checksums() + memory()
 
 
 if __name__ == "__main__":

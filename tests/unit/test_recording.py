@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -16,9 +18,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import zarr
 
 import llmscope
 from llmscope.errors import ColumnError, LLMScopeError
+from llmscope.identity import fingerprint
 from llmscope.recording import IncompleteRecordingWarning, Recording, RecordingError, record
 from llmscope.sites import SiteError
 from llmscope.stimuli import Stimuli, from_texts, induction
@@ -251,9 +255,9 @@ def test_second_recorder_is_refused_until_the_first_dies(tiny, stim, tmp_path):
 
 def test_store_of_another_model_is_refused(tiny, stim, saved, tmp_path):
     other = llmscope.load(str(make_tiny_gpt2(tmp_path / "other", seed=1)))
-    with pytest.raises(RecordingError, match=f"made by model {str(tiny.cfg.model_name)!r}"):
+    with pytest.raises(RecordingError, match=f"was made for {re.escape(str(tiny.cfg.model_name))}; this model is "):
         Recording.open(saved, model=other)
-    with pytest.raises(RecordingError, match="weights differ"):
+    with pytest.raises(RecordingError, match="a model with other weights"):
         record(other, stim, SITES, store=damaged(saved, tmp_path))
 
 
@@ -261,8 +265,32 @@ def test_recording_names_a_zoo_model_by_its_name(organism, tiny, tmp_path):
     stim = llmscope.stimuli.grammar(organism, n_docs=2, seed=0)
     rec = record(organism, stim, "mlp.0", store=tmp_path / "g.zarr", progress=False)
     assert rec.model_name == "grammar-2l" and "by 'grammar-2l'" in repr(rec)
-    with pytest.raises(RecordingError, match="made by model 'grammar-2l', not by this model"):
+    with pytest.raises(RecordingError, match="was made for grammar-2l; this model is /"):
         Recording.open(tmp_path / "g.zarr", model=tiny)
+
+
+def test_one_changed_tensor_makes_another_model(organism, tmp_path):
+    stim = llmscope.stimuli.grammar(organism, n_docs=4, seed=0)
+    path = tmp_path / "g.zarr"
+    rec = record(organism, stim, "mlp.0", store=path, batch_size=2, progress=False)
+    assert rec.fingerprint == fingerprint(organism) and rec.made_by(organism)
+    edit_meta(path, lambda a: a.update(done_seqs=2))  # stopped early: a resume would write
+    other = llmscope.load("grammar-2l")
+    weight = next(p for n, p in other.original_model.named_parameters()
+                  if ".h.0." in n and "c_fc" in n and n.endswith("weight"))
+    with torch.no_grad():
+        weight.neg_()  # block 0's MLP input weights, one tensor, in place
+    first = stim.select_seqs([0])
+    assert not np.allclose(record(other, first, "mlp.0", progress=False).responses("mlp.0"),
+                           rec.responses("mlp.0")[: len(first)], atol=0.1)
+    assert not rec.made_by(other)
+    with pytest.raises(RecordingError, match="was made for grammar-2l .*a model with other weights"):
+        Recording.open(path, model=other)
+    with pytest.raises(RecordingError, match="was made for grammar-2l .*a model with other weights"):
+        record(other, stim, "mlp.0", store=path, batch_size=2, progress=False)
+    with pytest.warns(IncompleteRecordingWarning):
+        assert Recording.open(path, model=organism).done_seqs == 2  # the same weights are accepted
+    assert record(organism, stim, "mlp.0", store=path, batch_size=2, progress=False).complete
 
 
 def test_store_of_other_stimuli_or_sites_is_refused(tiny, stim, saved, tmp_path):
@@ -312,15 +340,20 @@ def _bad_json(p: Path) -> None:
     (p / "zarr.json").write_text("{not json")
 
 
+def _bad_site_json(p: Path) -> None:
+    (p / "mlp.0" / "zarr.json").write_text('{"zarr_format": 3, "node_type": "arr')
+
+
 @pytest.mark.parametrize("damage,message", [
     (_delete_chunk, "chunk 0 of site mlp.0 .* is missing"),
     (_truncate_chunk, "chunk 0 of site attn.1 .* holds 100 bytes"),
     (_delete_array, "lost the array of site resid.2"),
-    (_truncate_table, "trial table .* cannot be read"),
+    (_truncate_table, "chunk 0 of the trial-table column 'text' .* cannot be read"),
     (_wrong_shape, "site mlp.0 .* not \\(21, 65\\)"),
     (_bad_metadata, "metadata .* damaged"),
-    (_old_format, "in store format 1; .* reads format 2"),
-    (_bad_json, "not a zarr v3 recording"),
+    (_old_format, "in store format 1; .* reads format 3: record it again"),
+    (_bad_json, r"zarr.json\) cannot be read \(JSONDecodeError.*record it again"),
+    (_bad_site_json, "the metadata of site mlp.0 .* cannot be read .*record it again"),
 ])
 def test_damaged_store_is_a_clear_error(tiny, stim, saved, tmp_path, damage, message):
     path = damaged(saved, tmp_path)
@@ -329,10 +362,72 @@ def test_damaged_store_is_a_clear_error(tiny, stim, saved, tmp_path, damage, mes
         Recording.open(path)
 
 
+def _flip(chunk: Path, at: int) -> None:
+    data = bytearray(chunk.read_bytes())
+    data[at] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+
+
+def test_every_chunk_carries_a_checksum(saved):
+    group = zarr.open_group(str(saved), mode="r")
+    names = [name for name, _ in group.arrays()]
+    assert {"mlp.0", "attn.1.head", "text", "seq"} <= set(names)
+    for name in names:
+        assert any(type(c).__name__ == "Crc32cCodec" for c in group[name].metadata.codecs), name
+    chunk = saved / "mlp.0" / "c" / "0" / "0"
+    assert chunk.stat().st_size == 21 * 64 * 2 + 4  # raw float16 values, then the checksum
+
+
+def test_flipped_bytes_are_named_on_read(saved, tmp_path):
+    rec = Recording.open(damaged(saved, tmp_path))
+    clean = rec.responses("mlp.0")
+    _flip(Path(rec.path) / "mlp.0" / "c" / "0" / "0", 1000)  # same size: only the checksum can tell
+    message = r"chunk 0 of site mlp.0 in the recording at .* cannot be read \(.*checksum.*record it again"
+    with pytest.raises(RecordingError, match=message):
+        rec.responses("mlp.0")
+    with pytest.raises(RecordingError, match=message):
+        rec.to_xarray()["mlp.0"].values
+    with pytest.raises(RecordingError, match=message):
+        Recording.open(rec.path).select("seq == 4").responses("mlp.0", units=[2])
+    assert np.array_equal(rec.responses("resid.2"), Recording.open(saved).responses("resid.2"))  # others read
+    assert not np.isnan(clean).any()
+    _flip(Path(rec.path) / "pos" / "c" / "0", 3)
+    with pytest.raises(RecordingError, match="trial table .* cannot be read .*checksum.*record it again"):
+        rec.to_xarray()
+    with pytest.raises(RecordingError, match="chunk 0 of the trial-table column 'pos' .* cannot be read"):
+        Recording.open(rec.path)
+
+
+def _partial(path: Path, seqs: int, rows: int) -> None:
+    """Make a copy of a complete store look stopped after ``seqs`` sequences (``rows`` rows):
+    counter, ledgers and the rows past them as a real interruption leaves them."""
+    edit_meta(path, lambda a: a.update(done_seqs=seqs))
+    for site in SITES:
+        arr = zarr.open_array(path / site, mode="r+")
+        arr[rows:] = np.nan
+        arr.update_attributes({"written_rows": rows})
+
+
+def test_a_raised_done_seqs_is_caught_and_resumed(tiny, stim, saved, tmp_path):
+    path = damaged(saved, tmp_path)
+    _partial(path, 2, 7)
+    with pytest.warns(IncompleteRecordingWarning):
+        assert len(Recording.open(path)) == 7
+    edit_meta(path, lambda a: a.update(done_seqs=5))  # raised by hand: rows 7.. are NaN holes
+    with pytest.raises(RecordingError, match=r"counts 5 of 5 sequences .* hold only the first 2: .*"
+                                             r"record\(model, stimuli, sites, store=.*it records the sequences after"):
+        Recording.open(path)
+    rec = record(tiny, stim, SITES, store=path, batch_size=2, progress=False)  # resumes after the 2 it holds
+    full = Recording.open(saved)
+    assert Recording.open(path).complete
+    for name in SITES:
+        assert np.array_equal(rec.responses(name), full.responses(name)), name
+
+
 def test_damage_after_opening_is_a_clear_error(saved, tmp_path):
     rec = Recording.open(damaged(saved, tmp_path))
     _truncate_chunk(Path(rec.path))
-    with pytest.raises(RecordingError, match="attn.1 cannot be read"):
+    with pytest.raises(RecordingError, match=r"chunk 0 of site attn.1 \(.*/attn.1/c/0/0/0\) holds 100 bytes"):
         rec.responses("attn.1")
 
 
@@ -342,10 +437,7 @@ def test_damage_after_opening_is_a_clear_error(saved, tmp_path):
 def test_incomplete_store_warns_then_resumes(tiny, stim, saved, tmp_path):
     path = damaged(saved, tmp_path)
     edit_meta(path, lambda a: a.update(done_seqs=2))  # as if stopped after the first batch
-    chunk = path / "mlp.0" / "c" / "0" / "0"  # rows 7.. (not done) may hold anything
-    rows = np.frombuffer(chunk.read_bytes(), np.float16).reshape(21, 64).copy()
-    rows[7:] = np.nan
-    chunk.write_bytes(rows.tobytes())
+    zarr.open_array(path / "mlp.0", mode="r+")[7:] = np.nan  # rows 7.. (not done) may hold anything
     with pytest.warns(IncompleteRecordingWarning, match="2 of 5 sequences.*call record"):
         part = Recording.open(path)
     assert len(part) == 7 and not part.complete and "incomplete" in repr(part)
@@ -405,6 +497,141 @@ def test_float16_overflow_warns(tiny_dir, stim):
     assert np.isfinite(record(big, stim, "resid.0", dtype="float32", progress=False).responses("resid.0")).all()
 
 
+def _fill_disk(monkeypatch, store: Path, at) -> None:
+    """Make zarr's writes into ``store`` fail with ENOSPC from the first one ``at(parts, data)``
+    picks (``parts``: the file's path inside the store; ``data``: its bytes), as a full disk does."""
+    import zarr.storage._local as local
+
+    real, full = local._put, []
+
+    def put(path, value, exclusive=False):
+        if full or at(Path(path).relative_to(store).parts, value.to_bytes()):
+            full.append(path)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, value, exclusive)
+
+    monkeypatch.setattr(local, "_put", put)
+
+
+def test_full_disk_names_the_store_and_what_it_needs_then_resumes(tiny, stim, saved, tmp_path, monkeypatch):
+    store = tmp_path / "full.zarr"
+    chunks = []  # the second batch's first site chunk fails: the first batch (2 sequences, 7 rows) is in
+    _fill_disk(monkeypatch, store, lambda parts, _: parts[0] in SITES and "c" in parts
+               and (chunks.append(parts) or len(chunks) > len(SITES)))
+    with pytest.raises(RecordingError) as err:
+        record(tiny, stim, SITES, store=store, batch_size=2, progress=False)
+    # 14 rows of (64 + 4 * 8 + 32) float16 values: 3.5 kB
+    expected = (rf"the disk holding the recording at {re.escape(str(store))} is full \(No space left on device\): "
+                r"it holds 2 of 5 sequences, and the 14 rows still to record need about 3\.5 kB "
+                r"\(256 bytes a row\); .* are free\. Free some space, then call record\(\) again .*it resumes")
+    assert re.search(expected, str(err.value)), err.value
+    monkeypatch.undo()
+    resumed = record(tiny, stim, SITES, store=store, batch_size=2, progress=False)
+    full = Recording.open(saved)
+    pd.testing.assert_frame_equal(Recording.open(store).tokens, full.tokens)
+    for name in SITES:
+        assert np.array_equal(resumed.responses(name), full.responses(name)), name
+
+
+def test_full_disk_at_the_closing_metadata_resumes(tiny, stim, saved, tmp_path, monkeypatch):
+    import xarray as xr
+
+    store = tmp_path / "full.zarr"
+    _fill_disk(monkeypatch, store, lambda parts, data: parts == ("zarr.json",) and b"consolidated_metadata" in data)
+    with pytest.raises(RecordingError, match="holds 5 of 5 sequences, and only its closing metadata .* is still to "
+                                             "write; .* call record\\(\\) again"):
+        record(tiny, stim, SITES, store=store, batch_size=2, progress=False)
+    monkeypatch.undo()
+    assert record(tiny, stim, SITES, store=store, batch_size=2, progress=False).complete
+    assert json.loads((store / "zarr.json").read_text())["consolidated_metadata"] is not None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # consolidated: xarray opens it without a fallback warning
+        assert set(xr.open_zarr(store).data_vars) == set(SITES)
+
+
+@pytest.mark.parametrize("first_failed", [("zarr.json",), ("mlp.0", "zarr.json"), ("text", "c", "0")])
+def test_open_after_a_failed_creation_advises_what_works(tiny, stim, saved, tmp_path, monkeypatch, first_failed):
+    store = tmp_path / "made.zarr"
+    _fill_disk(monkeypatch, store, lambda parts, _: parts == first_failed)
+    with pytest.raises(RecordingError, match="is full .*it holds 0 of 5 sequences"):
+        record(tiny, stim, SITES, store=store, batch_size=2, progress=False)
+    monkeypatch.undo()
+    with pytest.raises(RecordingError) as err:
+        Recording.open(store)
+    message = str(err.value)
+    assert f"record(model, stimuli, sites, store={str(store)!r})" in message and "new path" not in message, message
+    rec = record(tiny, stim, SITES, store=store, batch_size=2, progress=False)  # the advice works
+    assert Recording.open(store).complete
+    for name in SITES:
+        assert np.array_equal(rec.responses(name), Recording.open(saved).responses(name))
+
+
+def _read_only(path: Path, monkeypatch) -> None:
+    """Make a store read-only: chmod, and where that does not stop writes (root), make taking
+    the lock fail as it does in a read-only folder."""
+    for p in [path, *path.rglob("*")]:
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    try:
+        (path / "probe").touch()
+    except PermissionError:
+        return
+    (path / "probe").unlink()
+    import filelock
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", self.lock_file)
+
+    monkeypatch.setattr(filelock.FileLock, "acquire", refuse)
+
+
+def _writable(path: Path) -> None:
+    for p in [path, *path.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+
+
+def _snapshot(path: Path) -> dict:
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in path.rglob("*") if p.is_file()}
+
+
+def test_record_returns_a_complete_read_only_store_untouched(tiny, stim, saved, tmp_path, monkeypatch):
+    path = damaged(saved, tmp_path)
+    before = _snapshot(path)
+    _read_only(path, monkeypatch)
+    try:
+        rec = record(tiny, stim, SITES, store=path, batch_size=2, progress=False)
+        assert rec.complete and _snapshot(path) == before
+        for name in SITES:
+            assert np.array_equal(rec.responses(name), Recording.open(saved).responses(name))
+    finally:
+        _writable(path)
+
+
+def test_an_incomplete_read_only_store_is_a_clear_error(tiny, stim, saved, tmp_path, monkeypatch):
+    path = damaged(saved, tmp_path)
+    _partial(path, 2, 7)
+    _read_only(path, monkeypatch)
+    try:
+        with pytest.raises(RecordingError, match=r"cannot write to .*: the recording there holds 2 of 5 sequences "
+                                                 r"and needs writing to be finished\. Make the folder writable"):
+            record(tiny, stim, SITES, store=path, batch_size=2, progress=False)
+        with pytest.warns(IncompleteRecordingWarning):
+            assert len(Recording.open(path)) == 7  # what it holds stays readable
+    finally:
+        _writable(path)
+
+
+def test_a_new_store_in_a_read_only_folder_is_a_clear_error(tiny, stim, tmp_path, monkeypatch):
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    _read_only(folder, monkeypatch)
+    try:
+        with pytest.raises(RecordingError, match=r"cannot write to .*new.zarr \(.*\): record\(\) makes its store "
+                                                 r"there\. Give it a folder path you can write to"):
+            record(tiny, stim, SITES, store=folder / "new.zarr", progress=False)
+    finally:
+        _writable(folder)
+
+
 def test_resume_refuses_other_labels(tiny, stim, saved, tmp_path):
     path = damaged(saved, tmp_path)
     edit_meta(path, lambda a: a.update(done_seqs=2))
@@ -417,8 +644,6 @@ def test_resume_refuses_other_labels(tiny, stim, saved, tmp_path):
 
 
 def test_arrays_name_their_dimensions(saved, stim):
-    import zarr
-
     group = zarr.open_group(str(saved), mode="r")
     assert group["mlp.0"].metadata.dimension_names == ("token", "mlp.0.neuron")
     assert group["attn.1"].metadata.dimension_names == ("token", "attn.1.head", "attn.1.d_head")
@@ -460,6 +685,24 @@ def test_dask_reduces_a_store_as_numpy_does(organism, tmp_path):
     np.testing.assert_allclose(head_norm.values, np.linalg.norm(rec.responses("attn.1"), axis=2).max(0), rtol=1e-5)
 
 
+def test_a_store_deleted_after_opening_is_a_clear_error(saved, tmp_path):
+    rec = Recording.open(damaged(saved, tmp_path))
+    shutil.rmtree(rec.path)
+    for read in (rec.to_xarray, lambda: rec.responses("mlp.0")):
+        with pytest.raises(RecordingError, match="is gone .*deleted or moved.*Recording.open it where it is now"):
+            read()
+
+
+def test_a_metadata_file_damaged_after_opening_is_a_clear_error(saved, tmp_path):
+    rec = Recording.open(damaged(saved, tmp_path))
+    _bad_json(Path(rec.path))
+    with pytest.raises(RecordingError, match=r"cannot be opened as a Dataset \(.*record it again"):
+        rec.to_xarray()
+    _bad_site_json(Path(rec.path))
+    with pytest.raises(RecordingError, match=r"the array of mlp.0 .* cannot be opened .*record it again"):
+        rec.responses("mlp.0")
+
+
 def test_to_xarray_is_lazy_and_matches_responses(tiny, stim, saved, tmp_path):
     import dask.array
 
@@ -480,8 +723,10 @@ def test_to_xarray_is_lazy_and_matches_responses(tiny, stim, saved, tmp_path):
         assert rec.select(np.zeros(len(rec), bool)).to_xarray()["mlp.0"].shape == (0, 64)
     rec = Recording.open(damaged(saved, tmp_path))
     ds = rec.to_xarray()
-    _delete_chunk(Path(rec.path))  # nothing was read yet: the missing chunk reads as its fill value
-    assert np.isnan(ds["mlp.0"].values).all() and not np.isnan(rec.to_xarray()["resid.2"].values).any()
+    _delete_chunk(Path(rec.path))  # nothing was read yet: the missing chunk is named, not read as NaN
+    with pytest.raises(RecordingError, match=r"chunk 0 of site mlp.0 \(.*\) is missing"):
+        ds["mlp.0"].values
+    assert not np.isnan(rec.to_xarray()["resid.2"].values).any()
 
 
 def test_responses_as_stored_are_the_float16_values_and_bad_dtypes_are_named(saved):
