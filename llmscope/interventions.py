@@ -88,10 +88,9 @@ def reference_pools(model: "TransformerBridge", reference: Any,
         reference = record(model, reference, [s for s, _ in resolved], dtype="float32", progress=False)
     if not (hasattr(reference, "responses") and hasattr(reference, "sites")):
         raise InterventionError.Type(f"reference must be a Recording or Stimuli, got {type(reference).__name__}.")
-    if isinstance(reference, Recording) and not reference.made_by(model):
-        raise InterventionError(
-            f"the reference recording was made by model {reference.model_name!r}, not by this model: its "
-            "means would not be this model's. Record a reference with this model, or pass Stimuli.")
+    if isinstance(reference, Recording):
+        identity.check(reference.fingerprint, model, "the reference recording", "weights", InterventionError,
+                       "Its means would not be this model's: record a reference with this model, or pass Stimuli.")
     have = set(map(str, reference.sites))
     pools = {}
     for s, idx in resolved:

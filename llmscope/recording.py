@@ -716,7 +716,8 @@ class Recording:
             tokens = table.iloc[:done_rows]
         self.tokens = tokens.reset_index(drop=True)
         self._rows = np.arange(len(self.tokens)) if rows is None else rows
-        self._sites = {s["name"]: Site(s["name"], s["hook"], s["kind"], s["layer"], tuple(s["shape"]), s["unit"])
+        self._sites = {s["name"]: Site(s["name"], s["hook"], s["kind"], s["layer"], tuple(s["shape"]), s["unit"],
+                                       Fingerprint.from_dict(self._meta["fingerprints"]["model"]))
                        for s in self._meta["sites"]}
         self.path = None if where == "memory" else where
 
@@ -995,7 +996,7 @@ class Recording:
         ids = torch.full((len(lengths), int(lengths.max())), pad_id, dtype=torch.long)
         seq, pos, token = (torch.tensor(t[c].to_numpy()) for c in ("seq", "pos", "token"))
         ids[seq, pos] = token
-        return Stimuli(ids, lengths, t.copy(), name=self.name, pad_id=pad_id)
+        return Stimuli(ids, lengths, t.copy(), name=self.name, pad_id=pad_id, model=self.fingerprint)
 
     # ---- display
     def _summary(self) -> str:

@@ -51,6 +51,11 @@ class Result:
     meta: dict[str, Any] = field(default_factory=dict)
     plotter: Callable[..., "go.Figure"] | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        # units taken from this result (its .df, .top(), .head()) remember the model they belong to
+        if "fingerprint" in self.meta:
+            self.df.attrs["fingerprint"] = self.meta["fingerprint"]
+
     def plot(self, **kwargs: Any) -> "go.Figure":
         """The result as a plotly Figure (no browser needed; ``fig.show()`` displays it)."""
         return (self.plotter or _table_figure)(self, **kwargs)

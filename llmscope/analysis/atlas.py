@@ -83,7 +83,7 @@ import pandas as pd
 import torch
 
 from llmscope.stimuli import trials
-from llmscope import checks
+from llmscope import checks, identity
 from llmscope.checks import count, draws, flag
 from llmscope.analysis.stats import ratio_cis
 from llmscope.behaviour import cross_entropy
@@ -825,7 +825,7 @@ def lesion_atlas(model: "TransformerBridge", battery: Battery, units: UnitsLike 
     ctrl = _classify(values.iloc[1 + len(groups):].reset_index(drop=True).rename_axis("control"), bat.names)
     ctrl.insert(3, "group_size", group_size)
     ctrl.insert(4, "members", [tuple(f"{s.name}:{i}" for s, idx in g for i in idx) for g in controls])
-    meta = dict(model=str(model.cfg.model_name), behaviours=bat.names, mode=mode, group_size=group_size,
+    meta = dict(model=str(model.cfg.model_name), fingerprint=identity.fingerprint(model).to_dict(), behaviours=bat.names, mode=mode, group_size=group_size,
                 n_groups=n_groups, n_lesioned=len(groups), n_random=n_random, n_boot=n_boot, seed=seed,
                 stacked=stack, pass_tokens=pass_tokens,
                 criterion="harm >= min_effect and the 95% cluster-bootstrap interval of harm above 0")

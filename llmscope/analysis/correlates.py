@@ -36,7 +36,7 @@ import torch
 
 from llmscope.stimuli import trials
 from llmscope.analysis.responses import check_recording, resolve, scalar
-from llmscope import checks
+from llmscope import checks, identity
 from llmscope.checks import count, draws, flag
 from llmscope.analysis.stats import fdr
 from llmscope.behaviour import confidence, correct, entropy, evaluate, loss
@@ -149,9 +149,8 @@ def behaviour_correlates(model: "TransformerBridge", recording: "Recording", beh
     n_null, seed = draws(n_null, "n_null", "resample", minimum=2), checks.seed(seed)
     progress = flag(progress, "progress")
     resolved = resolve(recording, [(s, None) for s in recording.sites] if units is None else units)
-    if not recording.made_by(model):
-        raise AnalysisError(f"the recording {recording.name!r} was made by {recording.model_name!r}, not by this model "
-                            f"({model.cfg.model_name!r}): behaviour must come from the model that made the responses.")
+    identity.check(recording.fingerprint, model, f"the recording {recording.name!r}", "weights", AnalysisError,
+                   "Behaviour must come from the model that made the responses: pass that model.")
     stimuli = recording.stimuli
     measured = evaluate(model, stimuli, {"value": partial(BEHAVIOURS[behaviour], align="context")},
                         batch_size=batch_size)["value"].to_numpy()

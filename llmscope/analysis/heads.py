@@ -39,7 +39,7 @@ import pandas as pd
 import torch
 
 from llmscope.stimuli import trials
-from llmscope import checks
+from llmscope import checks, identity
 from llmscope.checks import count, draws, flag
 
 from llmscope.errors import AnalysisError, SiteError
@@ -212,7 +212,7 @@ def localize_heads(model: "TransformerBridge", stimuli: Stimuli, *, batch_size: 
         columns[name] = acc.score[name].numpy().ravel() / n
         columns[f"{name}_control"] = acc.control[name].numpy().ravel() / n
     index = pd.MultiIndex.from_arrays([[f"attn.{L}" for L in layer], head], names=["site", "unit"])
-    meta = dict(model=str(cfg.model_name), stimuli=stimuli.name, include_bos=include_bos, n_queries=n_queries)
+    meta = dict(model=str(cfg.model_name), fingerprint=identity.fingerprint(model).to_dict(), stimuli=stimuli.name, include_bos=include_bos, n_queries=n_queries)
     return HeadScores(pd.DataFrame(columns, index=index), kind="heads", meta=meta, plotter=_plot_scores)
 
 
@@ -345,7 +345,7 @@ def confirm_by_lesion(model: "TransformerBridge", stimuli: Stimuli, heads: Units
                      "p": (1 + int((null_harm >= harm).sum())) / (1 + len(null))})
     df = pd.DataFrame(rows, index=tested)
     df = df.iloc[np.argsort(-sign * df[f"delta_{metric}"].to_numpy(), kind="stable")]
-    meta = dict(model=str(model.cfg.model_name), stimuli=stimuli.name, metric=metric, where=where,
+    meta = dict(model=str(model.cfg.model_name), fingerprint=identity.fingerprint(model).to_dict(), stimuli=stimuli.name, metric=metric, where=where,
                 baseline=baseline, n_rows=int(keep.sum()), n_null=len(null),
                 null_heads=[f"{s}:{h}" for s, h in null], null_deltas=null_delta.tolist(), seed=seed)
     return Result(df, kind="head lesions", meta=meta, plotter=_plot_lesions)

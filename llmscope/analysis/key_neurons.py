@@ -81,6 +81,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from llmscope import identity
 from llmscope.stimuli import trials
 from llmscope.checks import count, flag, fraction
 from llmscope.behaviour import cross_entropy, next_token_loss
@@ -498,7 +499,8 @@ def _run(model: "TransformerBridge", stimuli: Stimuli, samples: pd.DataFrame, ta
 
 def _meta(model: "TransformerBridge", stimuli: Stimuli, targets: list[Site], method: str, steps: int,
           include_bos: bool, samples: pd.DataFrame, errors: dict[str, float]) -> dict[str, Any]:
-    return dict(model=str(model.cfg.model_name), stimuli=stimuli.name, method=method,
+    return dict(model=str(model.cfg.model_name), fingerprint=identity.fingerprint(model).to_dict(),
+                stimuli=stimuli.name, method=method,
                 sites=[s.name for s in targets], steps=steps if method == "ig" else None,
                 ig="Captum IntegratedGradients, Gauss-Legendre, zero-activation baseline at the context position"
                 if method == "ig" else None,

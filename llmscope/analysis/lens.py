@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from llmscope import identity
 from llmscope.stimuli import trials
 from llmscope.checks import count, flag
 from llmscope.analysis.stats import fdr
@@ -210,7 +211,7 @@ def logit_lens(model: "TransformerBridge", stimuli: Stimuli, sites: "str | Seque
                       "this model's head is more than ln_final + unembed, so lens numbers are approximate.",
                       stacklevel=2)
     df = _lens_table(stimuli.tokens, resolved, values, cols)
-    meta = dict(model=str(model.cfg.model_name), stimuli=stimuli.name, sites=[s.name for s in resolved], by=cols,
+    meta = dict(model=str(model.cfg.model_name), fingerprint=identity.fingerprint(model).to_dict(), stimuli=stimuli.name, sites=[s.name for s in resolved], by=cols,
                 include_bos=include_bos, seed=seed, final_max_abs_diff=check,
                 control="lens applied to residuals shuffled across the batch's scored tokens")
     return Result(df, kind="logit lens", meta=meta, plotter=_plot_lens)
@@ -434,7 +435,7 @@ def surprise(model: "TransformerBridge", stimuli: Stimuli, *, good: str = "good_
     df = _surprise_table(model, resolved, surprisal, items.group, tail_ids)
     table = _unit_table(unit_sites, {c: {k: np.concatenate(v) for k, v in r.items()} for c, r in response.items()},
                         items.group)
-    meta = dict(model=str(model.cfg.model_name), stimuli=stimuli.name, good=good, bad=bad, at=at, match=match,
+    meta = dict(model=str(model.cfg.model_name), fingerprint=identity.fingerprint(model).to_dict(), stimuli=stimuli.name, good=good, bad=bad, at=at, match=match,
                 groups=pd.Series(items.group).value_counts().sort_index().to_dict(),
                 tail=model.tokenizer.decode(tail_ids) if tail_ids else "", unit_offset=offset, seed=seed,
                 control=f"each prefix continued with another pair's {good!r} token of the same {match!r} group",

@@ -74,7 +74,8 @@ def check_recording(recording: Any, analysis: str) -> dict[str, Any]:
         warnings.warn(f"{analysis}: the recording {recording.name!r} is incomplete ({recording.done_seqs} of "
                       f"{recording.n_seqs} sequences); analysing the {len(recording)} tokens it holds. Finish it "
                       "with record(...) on the same store.", IncompleteRecordingWarning, stacklevel=3)
-    return {"model": recording.model_name, "stimuli": recording.name, "complete": recording.complete,
+    return {"model": recording.model_name, "fingerprint": recording.fingerprint.to_dict(),
+            "stimuli": recording.name, "complete": recording.complete,
             "recorded_seqs": recording.done_seqs, "stimuli_seqs": recording.n_seqs}
 
 

@@ -95,7 +95,7 @@ def test_correlates_bad_input(organism, tiny, rec):
         behaviour_correlates(organism, rec.stimuli, progress=False)
     with pytest.raises(AnalysisError, match="n_null"):
         behaviour_correlates(organism, rec, n_null=1, progress=False)
-    with pytest.raises(AnalysisError, match="not by this model"):
+    with pytest.raises(AnalysisError, match="was made for .*; this model is"):
         behaviour_correlates(tiny, rec, progress=False)
     with pytest.raises(RecordingError, match="whole recording"):
         behaviour_correlates(organism, rec.select("pos > 3"), progress=False)

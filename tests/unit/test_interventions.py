@@ -248,7 +248,7 @@ def test_live_factor_and_alpha_refuse_non_finite(tiny, base):
 
 def test_mean_reference_from_another_model_is_refused(tiny, base, organism):
     other = record(organism, grammar(organism, n_docs=2, seed=0), ["mlp.1"], progress=False)
-    with pytest.raises(InterventionError, match="made by model .*not by this model"):
+    with pytest.raises(InterventionError, match="made for grammar-2l; this model is"):
         with intervene(tiny, lesion("mlp.1", [0], mode="mean", reference=other)):
             pytest.fail("the block must not run")
     assert_pristine(tiny, base)
