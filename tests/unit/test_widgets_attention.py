@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import threading
 import time
 import weakref
 import zlib
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -313,15 +315,25 @@ class Gate:
             assert self.opened.wait(timeout=60)
 
 
+@contextlib.contextmanager
+def held(amap: AttentionMap, prompt: str) -> Iterator[tuple[int, threading.Event]]:
+    """Start ``prompt`` from the page and hold its pass at layer 1 (layer 0 read): yields its
+    run id and the event that lets it go on; on exit, waits for it to end."""
+    gate = Gate()
+    with amap._model.hooks(fwd_hooks=[("blocks.1.attn.hook_pattern", gate)]):  # added first: before the widget's
+        run = opened(*ask(amap, "_run", prompt=prompt))["run"]
+        assert gate.reached.wait(timeout=60)
+        yield run, gate.opened
+        gate.opened.set()
+        settle(amap)
+
+
 def test_a_running_prompt_is_shown_layer_by_layer_and_a_cancel_stops_it_at_the_next_layer(organism) -> None:
     amap = AttentionMap(organism, REPEATED)
     before = (amap.prompt, amap.version, amap._view)
-    gate = Gate()
     states = []
     amap.observe(lambda change: states.append((change["new"]["state"], change["new"]["done"])), names="_progress")
-    with organism.hooks(fwd_hooks=[("blocks.1.attn.hook_pattern", gate)]):  # added first: runs before the widget's
-        run = opened(*ask(amap, "_run", prompt="the cat sleeps . the cat"))["run"]
-        assert gate.reached.wait(timeout=60)
+    with held(amap, "the cat sleeps . the cat") as (run, _):
         partial = opened(*ask(amap, "_overview"))  # layer 0 read, layer 1 held
         assert (partial["run"], partial["done"], partial["complete"]) == (run, 1, False)
         assert partial["tokens"] == ["<bos>", "the", "cat", "sleeps", ".", "the", "cat"]  # the new prompt's, at once
@@ -331,8 +343,6 @@ def test_a_running_prompt_is_shown_layer_by_layer_and_a_cancel_stops_it_at_the_n
         assert opened(*ask(amap, "_head", layer=0, head=2))["pattern"].shape == (7, 7)
         assert opened(*ask(amap, "_cancel", run=run + 1))["cancelling"] is False  # not the running one
         assert opened(*ask(amap, "_cancel", run=run))["cancelling"] is True
-        gate.opened.set()
-        settle(amap)
     assert (amap.prompt, amap.version, amap._view) == before  # the prompt shown before stays
     assert states == [("running", 0), ("running", 1), ("cancelled", 1)]
     shown = opened(*ask(amap, "_overview"))
@@ -342,13 +352,8 @@ def test_a_running_prompt_is_shown_layer_by_layer_and_a_cancel_stops_it_at_the_n
 
 def test_a_running_prompt_left_alone_completes_and_becomes_the_view(organism) -> None:
     amap = AttentionMap(organism, REPEATED)
-    gate = Gate()
-    with organism.hooks(fwd_hooks=[("blocks.1.attn.hook_pattern", gate)]):
-        ask(amap, "_run", prompt="the cat sleeps . the cat")
-        assert gate.reached.wait(timeout=60)
+    with held(amap, "the cat sleeps . the cat"):
         assert amap.prompt == REPEATED  # not before it completes
-        gate.opened.set()
-        settle(amap)
     assert amap.prompt == "the cat sleeps . the cat" and amap._progress["state"] == "done"
     data = opened(*ask(amap, "_overview"))
     assert data["complete"] and data["done"] == 2 and np.isfinite(data["scores"]).any()
@@ -358,11 +363,8 @@ def test_a_running_prompt_left_alone_completes_and_becomes_the_view(organism) ->
 
 def test_a_prompt_set_from_python_replaces_a_running_one(organism) -> None:
     amap = AttentionMap(organism, REPEATED)
-    gate = Gate()
-    with organism.hooks(fwd_hooks=[("blocks.1.attn.hook_pattern", gate)]):
-        ask(amap, "_run", prompt="the cat sleeps . the cat")
-        assert gate.reached.wait(timeout=60)
-        stopper = threading.Timer(0.2, gate.opened.set)  # the background run reaches its next layer, and stops
+    with held(amap, "the cat sleeps . the cat") as (_, go_on):
+        stopper = threading.Timer(0.2, go_on.set)  # the background run reaches its next layer, and stops
         stopper.start()
         amap.prompt = "a dog runs ."  # cancels it, waits for it, then runs here
         stopper.join()
