@@ -10,8 +10,8 @@ Each widget is shown at its best on a meaningful example, driven as a user would
 to the widget:
 
 * ``attention_map.png``: SmolLM2 on a sentence said twice; the widget focuses its best
-  induction head, and a token of the repeat is hovered (it attends to the token after its
-  first occurrence).
+  induction head, and the first token of the repeat whose strongest attention goes to the
+  first half (not to BOS, the usual sink) is hovered.
 * ``raster.png``: tutorial 04's raster (the organism's mlp.0, sorted by part of speech), its
   most selective unit selected from Python: its tuning curve and top examples show.
 * ``ablation_panel.png``: the organism's best induction head lesioned and its best
@@ -68,10 +68,14 @@ def attention_map(page: Page) -> None:
     expect(widget.locator("canvas.llmscope-heatmap")).to_have_attribute("data-focus", re.compile(r"^\d"),
                                                                         timeout=TIMEOUT_MS)
     tokens = widget.locator(".llmscope-token")
-    second = tokens.evaluate_all("spans => spans.map(s => s.textContent)").index("␣keeper", 5)
+    texts = tokens.evaluate_all("spans => spans.map(s => s.textContent)")
     widget.scroll_into_view_if_needed()
-    tokens.nth(second).hover()
-    expect(widget.locator(".llmscope-readout")).to_contain_text("attends most to")
+    readout = widget.locator(".llmscope-readout")
+    for i in range(texts.index("␣keeper", 5), len(texts)):  # the first token of the repeat that attends most
+        tokens.nth(i).hover()                               # to a token of the first half, not to BOS
+        expect(readout).to_contain_text("attends most to")
+        if "<|im_start|>" not in readout.inner_text().split("attends most to")[1]:
+            break
     widget.screenshot(path=OUT / "attention_map.png")
 
 
@@ -93,7 +97,7 @@ def ablation_panel(page: Page) -> None:
     page.keyboard.press("End")  # the previous-token head: doubled
     expect(widget.locator(".llmscope-dist")).to_have_attribute("data-factors", "0,2", timeout=TIMEOUT_MS)
     widget.scroll_into_view_if_needed()
-    page.mouse.move(0, 0)
+    page.evaluate("() => document.activeElement.blur()")  # no focus ring in the picture
     widget.screenshot(path=OUT / "ablation_panel.png")
 
 
