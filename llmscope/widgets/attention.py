@@ -12,9 +12,10 @@ key]``; with grouped-query attention, as in SmolLM2, one pattern per query head)
 pattern as byte codes (``code / 255`` = attention) of its lower triangle, zlib-compressed, and
 its thumbnail, max-pooled to at most ``THUMB`` x ``THUMB`` (a cell shows the strongest
 attention of its block, so a thin diagonal survives). A layer's float patterns are never kept
-past that; only the compressed codes are (SmolLM2, all 270 heads: about 38 MB at 2,048
-tokens), so a focus change costs no model run. The hooks sit around the head localizer's own
-forward pass, so thumbnails and scores come from one run; they are always removed.
+past that; only the compressed codes are (SmolLM2, all 270 heads: about 37 MB at 2,048
+tokens, 91 MB at 4,096), so a focus change costs no model run. The hooks sit around the head
+localizer's own forward pass, so thumbnails and scores come from one run; they are always
+removed.
 
 A prompt typed in the page runs in a background thread of the kernel: the command returns at
 once, ``_progress`` reports each layer, and the page shows the layers done so far with a

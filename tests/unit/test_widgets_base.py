@@ -94,6 +94,14 @@ def test_array_rejects_what_the_page_cannot_read() -> None:
         wire.packed(np.zeros(5, dtype=np.uint8), (3, 3), tril=True)
 
 
+def test_a_large_payload_is_compressed_fast_and_a_small_one_tight() -> None:
+    small = np.tile(np.arange(256, dtype=np.uint8), 1024)  # 256 kB: zlib's default level
+    large = np.tile(np.arange(256, dtype=np.uint8), 8192)  # 2 MiB, past FAST_ZLIB_ABOVE: level 1
+    assert bytes(wire.array(small, compress=True)["buffer"]) == zlib.compress(small.tobytes())
+    assert bytes(wire.array(large, compress=True)["buffer"]) == zlib.compress(large.tobytes(), 1)
+    assert large.nbytes > wire.FAST_ZLIB_ABOVE >= small.nbytes
+
+
 def test_packed_codes_read_back_as_the_full_array() -> None:
     full = np.tril(np.arange(1, 17, dtype=np.uint8).reshape(4, 4))
     rows = np.concatenate([full[i, : i + 1] for i in range(4)])
