@@ -50,7 +50,7 @@ bundle:
 widgets-test: bundle
 	@test -z "$$(git status --porcelain -- llmscope/static)" || { git status --short -- llmscope/static; \
 	  echo "llmscope/static/ differs from the committed bundle: commit what make bundle built."; exit 1; }
-	node --test widgets/test/
+	cd widgets && npm test --silent  # tsc --noEmit (the JSDoc types), then node --test
 
 test: install $(CHROMIUM) widgets-test
 	$(BIN)/python -m pytest tests/unit tests/browser notebooks llmscope --nbval-lax --doctest-modules -p no:cacheprovider --durations=15

@@ -28,7 +28,7 @@ import numpy as np
 
 from llmscope.errors import AnalysisError, LLMScopeError
 
-MAX_DRAWS = {"resample": 10_000, "fit": 1_000, "pass": 100}
+MAX_DRAWS = {"resample": 100_000, "fit": 1_000, "pass": 100}
 
 
 def _is_int(value: Any) -> bool:

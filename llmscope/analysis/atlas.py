@@ -22,8 +22,8 @@ The behaviours of :func:`battery`:
 
 **Criterion.** A lesion *breaks* a behaviour when its harm is at least the behaviour's
 ``min_effect`` (:data:`MIN_EFFECT`: 0.5 nats for a loss, 0.1 for an accuracy) and the 95%
-cluster-bootstrap interval of the harm (whole sequences resampled, as
-:func:`llmscope.analysis.stats.ratio_ci` does) lies above zero, so a large change on a handful
+cluster-bootstrap interval of the harm (whole sequences resampled:
+:func:`llmscope.analysis.stats.cluster_bootstrap`) lies above zero, so a large change on a handful
 of tokens from one document does not count. ``class`` is ``"all"`` when every behaviour of the
 battery breaks, ``"none"`` when none does, else ``"some"`` (``broken`` says which).
 
@@ -85,7 +85,7 @@ import torch
 from llmscope.stimuli import trials
 from llmscope import checks, identity
 from llmscope.checks import count, draws, flag
-from llmscope.analysis.stats import ratio_cis
+from llmscope.analysis.stats import cluster_bootstrap, interval
 from llmscope.behaviour import cross_entropy
 from llmscope.errors import AnalysisError
 from llmscope.passes import fused_activations, layer_list, rank_one_readout, readout, run_from
@@ -656,8 +656,8 @@ def _values(bat: Battery, sums: dict[str, np.ndarray], effects: dict[str, float]
         used = n > 0
         value = sums[b.name].sum(1) / n.sum()
         harm = b.sign * (value - value[0]) + 0.0  # + 0.0: no -0.0 in tables
-        ci = b.sign * ratio_cis(sums[b.name][:, used] - sums[b.name][:1, used], n[used], n_boot, rng)
-        low, high = np.minimum(ci[:, 0], ci[:, 1]) + 0.0, np.maximum(ci[:, 0], ci[:, 1]) + 0.0
+        ci = interval(b.sign * cluster_bootstrap(sums[b.name][:, used] - sums[b.name][:1, used], n[used], n_boot, rng))
+        low, high = ci[:, 0] + 0.0, ci[:, 1] + 0.0
         for q, v in dict(harm=harm, breaks=(harm >= effects[b.name]) & (low > 0), lesioned=value,
                          baseline=np.full(len(value), value[0]), ci_low=low, ci_high=high).items():
             cols[q][b.name] = v

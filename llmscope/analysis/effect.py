@@ -8,14 +8,13 @@ Example:
 
 from __future__ import annotations
 
-import warnings
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
 
 from llmscope.checks import count
-from llmscope.analysis.stats import ratio_ci
+from llmscope.analysis.stats import LEVEL, cluster_bootstrap, interval, p_value
 from llmscope.behaviour import By, Metric, group_columns, groups, metric_fn, metric_name, scored_rows
 from llmscope.errors import InterventionError
 from llmscope.interventions import Intervention, intervene
@@ -28,21 +27,30 @@ if TYPE_CHECKING:
 
 
 def compare(rows: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> dict:
-    """Baseline vs intervened means of paired rows (columns ``baseline``, ``intervened``, ``seq``),
-    with a 95% cluster-bootstrap CI over sequences and a t-test of per-sequence differences."""
-    per_seq = rows.groupby("seq").agg(b=("baseline", "sum"), i=("intervened", "sum"), n=("baseline", "size"))
-    base, hit = per_seq["b"].sum() / per_seq["n"].sum(), per_seq["i"].sum() / per_seq["n"].sum()
-    delta, n = (per_seq["i"] - per_seq["b"]).to_numpy(), per_seq["n"].to_numpy()
-    low, high = ratio_ci(delta, n, n_boot, seed)
-    p = np.nan
-    if len(per_seq) >= 2:
-        from scipy import stats
+    """Baseline vs intervened means of paired rows (columns ``baseline``, ``intervened``, ``seq``).
 
-        with warnings.catch_warnings():  # identical differences: p is NaN, which is the answer
-            warnings.simplefilter("ignore", RuntimeWarning)
-            p = float(stats.ttest_1samp(delta / n, 0.0).pvalue)
-    return dict(baseline=base, intervened=hit, difference=hit - base,
-                ratio=hit / base if base != 0 else np.nan, ci_low=low, ci_high=high, p=p,
+    The difference's 95% interval and its p-value come from one cluster bootstrap over
+    sequences (:func:`~llmscope.analysis.stats.cluster_bootstrap`): the percentile interval and
+    the p-value that inverts it, so the interval excludes zero exactly when ``p < 0.05``. The
+    ratio is kept only where the baseline is bounded away from zero (its interval, from the same
+    draws, excludes zero); else NaN.
+
+    Example:
+        >>> rows = pd.DataFrame({"seq": [0, 0, 1, 1, 2], "baseline": [1.0, 2, 1, 1, 2],
+        ...                      "intervened": [2.0, 3, 2, 1, 3]})
+        >>> out = compare(rows, n_boot=200)
+        >>> round(out["difference"], 3), bool(out["ci_low"] > 0) == bool(out["p"] < 0.05)
+        (0.8, True)
+    """
+    per_seq = rows.groupby("seq").agg(b=("baseline", "sum"), i=("intervened", "sum"), n=("baseline", "size"))
+    n = per_seq["n"].to_numpy()
+    base, hit = float(per_seq["b"].sum() / n.sum()), float(per_seq["i"].sum() / n.sum())
+    draws = cluster_bootstrap(np.stack([per_seq["b"].to_numpy(), (per_seq["i"] - per_seq["b"]).to_numpy()]), n,
+                              n_boot, seed)
+    (base_low, base_high), (low, high) = interval(draws)
+    bounded = base_low > 0 or base_high < 0
+    return dict(baseline=base, intervened=hit, difference=hit - base, ratio=hit / base if bounded else np.nan,
+                ci_low=float(low), ci_high=float(high), p=float(p_value(draws[1])),
                 n=int(n.sum()), n_seqs=len(per_seq))
 
 
@@ -84,9 +92,11 @@ def effect(model: "TransformerBridge", stimuli: Stimuli, intervention: Intervent
 
     ``df`` has one row per group of ``by``: the group's labels, ``intervention`` (what was
     measured), ``baseline`` and ``intervened`` means over rows, their ``difference``
-    (intervened - baseline) and ``ratio``, a 95% CI of the difference (``ci_low``, ``ci_high``:
-    percentile bootstrap resampling whole sequences), ``p`` (t-test of per-sequence mean
-    differences against 0), ``n`` rows and ``n_seqs``. A loss is grouped by the predicted
+    (intervened - baseline) and ``ratio`` (intervened / baseline; NaN unless the baseline's 95%
+    interval excludes zero), a 95% interval of the difference (``ci_low``, ``ci_high``) and
+    ``p``, two-sided against no change, both from one bootstrap resampling whole sequences
+    (``n_boot`` draws; p inverts the percentile interval, so the interval excludes zero exactly
+    when ``p < 0.05``, and p is never below ``1 / n_boot``), ``n`` rows and ``n_seqs``. A loss is grouped by the predicted
     token's labels unless ``align="context"``; BOS rows are left out unless ``include_bos``.
     ``meta``: ``metric``, ``intervention``, ``by``, ``align``, ``stimuli``, ``ci``.
     """
@@ -104,7 +114,8 @@ def effect(model: "TransformerBridge", stimuli: Stimuli, intervention: Intervent
     name = " + ".join(map(repr, ivs))
     df = pd.DataFrame([{**key, "intervention": name, **compare(g, n_boot, seed)} for key, g in groups(rows, cols)])
     meta = dict(metric=metric_name(metric), intervention=name, by=cols, align=align,
-                stimuli=stimuli.name, ci="95% percentile bootstrap over sequences")
+                stimuli=stimuli.name, ci=f"{LEVEL:.0%} percentile interval and the p-value that inverts it, "
+                                                 f"from one bootstrap over sequences ({n_boot} draws)")
     return Result(df, kind="effect", meta=meta, plotter=_plot_effect)
 
 

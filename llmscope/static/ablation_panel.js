@@ -9,7 +9,8 @@ function h(tag, attrs = {}, ...children) {
     if (key === "class") el.className = String(value);
     else el.setAttribute(key, value === true ? "" : String(value));
   }
-  el.append(...children.filter((c) => c !== null && c !== void 0 && c !== false && c !== ""));
+  el.append(.../** @type {Array<Node | string>} */
+  children.filter((c) => c !== null && c !== void 0 && c !== false && c !== ""));
   return el;
 }
 function indexIn(target, root, selector) {
@@ -112,7 +113,10 @@ function unpackTril(packed, n, count) {
   return full;
 }
 async function inflate(bytes) {
-  const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("deflate"));
+  const stream = new Blob([
+    /** @type {Uint8Array<ArrayBuffer>} */
+    bytes
+  ]).stream().pipeThrough(new DecompressionStream("deflate"));
   return new Uint8Array(await new Response(stream).arrayBuffer());
 }
 async function decodeArray(payload) {
@@ -308,9 +312,85 @@ function debounce(fn, ms) {
   return debounced;
 }
 
+// src/mount.js
+var View = class {
+  /** @param {any} model an anywidget model @param {HTMLElement} el @param {Invoke} invoke */
+  constructor(model, el, invoke) {
+    this.model = model;
+    this.el = el;
+    this.invoke = invoke;
+    this.errors = new ErrorBox();
+    this.channels = [];
+    this.timers = [];
+    this.listeners = [];
+    this.status = document.createElement("div");
+    this.status.className = "llmscope-status";
+    this.status.setAttribute("role", "status");
+  }
+  /** A channel for the kernel command `command` (see wire.js), cancelled on destroy. */
+  channel(command, timeoutMs = 6e4) {
+    const channel = new Channel(this.invoke, command, { timeoutMs });
+    this.channels.push(channel);
+    return channel;
+  }
+  /**
+   * `fn` debounced by `ms` (see timing.js), cancelled on destroy.
+   * @template {any[]} A @param {(...args: A) => void} fn @param {number} ms
+   */
+  soon(fn, ms) {
+    const debounced = debounce(fn, ms);
+    this.timers.push(debounced);
+    return debounced;
+  }
+  /** Listen to the model's `event` until destroy. */
+  on(event, fn) {
+    this.model.on(event, fn);
+    this.listeners.push([event, fn]);
+  }
+  /**
+   * Run `work`, showing its error in `slot` of the error box instead of losing it (a failure
+   * also empties the status line). Resolves to whether `work` succeeded.
+   * @param {string} slot @param {() => Promise<void>} work
+   */
+  async guard(slot, work) {
+    const ok = await guard(this.errors, slot, work);
+    if (!ok) this.status.textContent = "";
+    return ok;
+  }
+  /** The kernel is gone: say so, fail every request at once, disable the controls. */
+  lost(error) {
+    showLost(error, this.el, this.errors, this.channels);
+  }
+  destroy() {
+    for (const [event, fn] of this.listeners) this.model.off(event, fn);
+    for (const timer of this.timers) timer.cancel();
+    for (const channel of this.channels) channel.cancel();
+  }
+};
+function keepKeys(el) {
+  el.setAttribute("data-lm-suppress-shortcuts", "true");
+  el.addEventListener("focusin", (event) => {
+    if (event.target instanceof Element) event.target.setAttribute("data-lm-suppress-shortcuts", "true");
+  });
+}
+function mount(ViewClass) {
+  return {
+    /** @param {{model: any, el: HTMLElement, experimental: {invoke: Invoke}}} props */
+    render({ model, el, experimental }) {
+      keepKeys(el);
+      const view = new ViewClass(model, el, experimental.invoke);
+      const unwatch = watchKernel(model, (error) => view.lost(error));
+      return () => {
+        unwatch();
+        view.destroy();
+      };
+    }
+  };
+}
+
 // src/tokens.js
 function displayText(text) {
-  const shown = String(text).replace(/\r?\n/g, "↵").replace(/\t/g, "⇥");
+  const shown = String(text).replace(/\r?\n/g, "↵").replace(/\t/g, "⇥").replace(/^ +| +$/g, (spaces) => "␣".repeat(spaces.length));
   return shown === "" ? "∅" : shown;
 }
 function stepToken(index, key, n) {
@@ -375,9 +455,7 @@ var TokenStrip = class {
 
 // src/ablation_panel.js
 var MOVE_DEBOUNCE_MS = 60;
-var VIEW_TIMEOUT_MS = 6e4;
 var MOVE_TIMEOUT_MS = 3e5;
-var GAIN = { min: 0, max: 2, step: 0.05 };
 function describeGain(f) {
   const what = f === 0 ? "lesioned" : f === 1 ? "intact" : f > 1 ? "stimulated" : "weakened";
   return `×${f.toFixed(2)} ${what}`;
@@ -396,35 +474,23 @@ function percent(p) {
   const v = Number.isFinite(p) ? Math.min(Math.max(p, 0), 1) * 100 : 0;
   return { width: v, text: `${v < 10 ? v.toFixed(1) : v.toFixed(0)}%` };
 }
-function toGain(value) {
+function toGain(value, range) {
   const v = Number(value);
   if (!Number.isFinite(v)) return NaN;
-  const perUnit = Math.round(1 / GAIN.step);
-  return Math.min(Math.max(Math.round(v * perUnit) / perUnit, GAIN.min), GAIN.max);
+  const perUnit = Math.round(1 / range.step);
+  return Math.min(Math.max(Math.round(v * perUnit) / perUnit, range.min), range.max);
 }
-var AblationView = class {
+var AblationView = class extends View {
   /** @param {any} model @param {HTMLElement} el @param {import("./wire.js").Invoke} invoke */
   constructor(model, el, invoke) {
-    this.model = model;
-    this.channels = {
-      view: new Channel(invoke, "_view", { timeoutMs: VIEW_TIMEOUT_MS }),
-      move: new Channel(invoke, "_move", { timeoutMs: MOVE_TIMEOUT_MS })
-    };
-    this.errors = new ErrorBox();
+    super(model, el, invoke);
+    this.views = this.channel("_view");
+    this.moves = this.channel("_move", MOVE_TIMEOUT_MS);
+    this.range = model.get("_meta").gain;
     this.sliders = [];
     this.readouts = [];
     this.labels = [];
-    this.modeName = `llmscope-mode-${Math.random().toString(36).slice(2)}`;
-    this.build(el);
-    this.moveSoon = debounce(() => this.move(), MOVE_DEBOUNCE_MS);
-    this.unwatch = watchKernel(model, (error) => showLost(error, el, this.errors, Object.values(this.channels)));
-    this.onVersion = () => this.refresh();
-    model.on("change:version", this.onVersion);
-    this.refresh();
-  }
-  /** @param {HTMLElement} el */
-  build(el) {
-    this.status = h("div", { class: "llmscope-status", role: "status" });
+    const modeName = `llmscope-mode-${Math.random().toString(36).slice(2)}`;
     this.sliderBox = h("div", { class: "llmscope-sliders", role: "group", "aria-label": "gain of each unit" });
     this.modes = {};
     const modeBox = h(
@@ -433,15 +499,15 @@ var AblationView = class {
       ...[["zero", "zero ablation"], ["mean", "mean ablation"]].map(([value, text]) => {
         const input = (
           /** @type {HTMLInputElement} */
-          h("input", { type: "radio", name: this.modeName, value })
+          h("input", { type: "radio", name: modeName, value })
         );
         this.modes[value] = input;
         input.addEventListener("change", () => this.moveSoon());
         return h("label", {}, input, ` ${text}`);
       })
     );
-    this.resetButton = h("button", { type: "button", class: "llmscope-reset" }, "reset (all ×1)");
-    this.resetButton.addEventListener("click", () => this.reset());
+    const resetButton = h("button", { type: "button", class: "llmscope-reset" }, "reset (all ×1)");
+    resetButton.addEventListener("click", () => this.reset());
     this.metric = h("div", { class: "llmscope-metric", "aria-live": "polite" });
     this.dist = h("div", { class: "llmscope-dist", role: "table", "aria-label": "next-token probabilities" });
     this.context = new TokenStrip({ label: "the context the next token is predicted from", onActive: () => {
@@ -453,7 +519,7 @@ var AblationView = class {
       h(
         "div",
         { class: "llmscope-columns" },
-        h("div", { class: "llmscope-column llmscope-controls" }, this.sliderBox, modeBox, this.resetButton, this.status),
+        h("div", { class: "llmscope-column llmscope-controls" }, this.sliderBox, modeBox, resetButton, this.status),
         h(
           "div",
           { class: "llmscope-column llmscope-results" },
@@ -470,13 +536,13 @@ var AblationView = class {
         )
       )
     ));
-  }
-  /** Run `work`, showing its error (in `slot`) inside the widget; a failure also clears the status. */
-  async guard(slot, work) {
-    if (!await guard(this.errors, slot, work)) this.status.textContent = "";
+    this.moveSoon = this.soon(() => this.move(), MOVE_DEBOUNCE_MS);
+    this.on("change:version", () => this.refresh());
+    this.refresh();
   }
   /** @param {string[]} labels */
   buildSliders(labels) {
+    const { min, max, step } = this.range;
     this.labels = labels;
     this.sliders = [];
     this.readouts = [];
@@ -485,19 +551,17 @@ var AblationView = class {
         /** @type {HTMLInputElement} */
         h("input", {
           type: "range",
-          min: GAIN.min,
-          max: GAIN.max,
-          step: GAIN.step,
+          min,
+          max,
+          step,
           value: 1,
           "data-index": i,
-          "aria-label": `gain of ${label}: 0 lesions, 1 intact, 2 doubles`,
-          // JupyterLab's command-mode shortcuts would otherwise take the arrow keys from the slider
-          "data-lm-suppress-shortcuts": "true"
+          "aria-label": `gain of ${label}: ${min} lesions, 1 intact, up to ${max} stimulates`
         })
       );
       const out = h("output", { class: "llmscope-gain" });
       input.addEventListener("input", () => {
-        out.textContent = describeGain(toGain(input.value));
+        out.textContent = describeGain(toGain(input.value, this.range));
         input.setAttribute("aria-valuetext", out.textContent);
         this.moveSoon();
       });
@@ -510,18 +574,18 @@ var AblationView = class {
   refresh() {
     return this.guard("view", async () => {
       this.status.textContent = "loading…";
-      const data = await this.channels.view.request();
+      const data = await this.views.request();
       if (data !== null) await this.show(data, true);
     });
   }
   /** Send every gain and the mode; the kernel runs the model once and answers. */
   move() {
-    const factors = this.sliders.map((s) => toGain(s.value));
+    const factors = this.sliders.map((s) => toGain(s.value, this.range));
     const mode = this.modes.mean.checked ? "mean" : "zero";
     return this.guard("move", async () => {
       this.status.textContent = "running the model…";
       const started = performance.now();
-      const data = await this.channels.move.request({ factors, mode });
+      const data = await this.moves.request({ factors, mode });
       if (data === null) return;
       await this.show(data, false);
       this.status.textContent += ` · ${Math.round(performance.now() - started)} ms`;
@@ -567,22 +631,9 @@ var AblationView = class {
     const off = data.factors.filter((f) => f !== 1).length;
     this.status.textContent = `${data.model}, ${data.mode} mode: ${off ? `${off} of ${data.factors.length} off ×1` : "all intact"}`;
   }
-  destroy() {
-    this.unwatch();
-    this.model.off("change:version", this.onVersion);
-    this.moveSoon.cancel();
-    Object.values(this.channels).forEach((channel) => channel.cancel());
-  }
 };
-var ablation_panel_default = {
-  /** @param {{model: any, el: HTMLElement, experimental: {invoke: import("./wire.js").Invoke}}} props */
-  render({ model, el, experimental }) {
-    const view = new AblationView(model, el, experimental.invoke);
-    return () => view.destroy();
-  }
-};
+var ablation_panel_default = mount(AblationView);
 export {
-  GAIN,
   ablation_panel_default as default,
   describeGain,
   distributionRows,

@@ -1,5 +1,37 @@
 /* Built by esbuild from widgets/src (cd widgets && npm run build); do not edit. */
 
+// src/colormap.js
+var MAPS = {
+  /** @type {Stops} */
+  blues: [[247, 251, 255], [198, 219, 239], [107, 174, 214], [33, 113, 181], [8, 48, 107]],
+  /** @type {Stops} */
+  oranges: [[255, 245, 235], [253, 208, 162], [253, 141, 60], [217, 72, 1], [127, 39, 4]],
+  /** @type {Stops} */
+  viridis: [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]]
+};
+var LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+function pack(r, g, b, a = 255) {
+  return (LITTLE_ENDIAN ? a << 24 | b << 16 | g << 8 | r : r << 24 | g << 16 | b << 8 | a) >>> 0;
+}
+function colourAt(stops, x) {
+  const t = Math.min(Math.max(Number.isFinite(x) ? x : 0, 0), 1) * (stops.length - 1);
+  const i = Math.min(Math.floor(t), stops.length - 2);
+  const f = t - i;
+  return (
+    /** @type {[number, number, number]} */
+    stops[i].map((c, k) => Math.round(c + f * (stops[i + 1][k] - c)))
+  );
+}
+function lut(stops, { gamma = 1 } = {}) {
+  const table = new Uint32Array(256);
+  for (let v = 0; v < 256; v++) table[v] = pack(...colourAt(stops, (v / 255) ** gamma));
+  return table;
+}
+function css(stops, x, alpha = 1) {
+  const [r, g, b] = colourAt(stops, x);
+  return `rgba(${r}, ${g}, ${b}, ${alpha})`;
+}
+
 // src/dom.js
 function h(tag, attrs = {}, ...children) {
   const el = document.createElement(tag);
@@ -9,12 +41,89 @@ function h(tag, attrs = {}, ...children) {
     if (key === "class") el.className = String(value);
     else el.setAttribute(key, value === true ? "" : String(value));
   }
-  el.append(...children.filter((c) => c !== null && c !== void 0 && c !== false && c !== ""));
+  el.append(.../** @type {Array<Node | string>} */
+  children.filter((c) => c !== null && c !== void 0 && c !== false && c !== ""));
   return el;
 }
 function indexIn(target, root, selector) {
   const hit = target instanceof Element ? target.closest(selector) : null;
   return hit && root.contains(hit) ? Number(hit.getAttribute("data-index")) : null;
+}
+
+// src/heatmap.js
+function pixelOf(i, n, m) {
+  return Math.floor(i * m / n);
+}
+function firstCell(p, n, m) {
+  return Math.ceil(p * n / m);
+}
+function fit(cells, pixels) {
+  return Math.max(1, Math.min(cells, Math.floor(pixels)));
+}
+function poolMax(codes, width, height, cols, rows) {
+  if (codes.length !== width * height) throw new RangeError(`${codes.length} codes for ${height} x ${width} cells`);
+  if (cols === width && rows === height) return codes;
+  const out = new Uint8Array(cols * rows);
+  const column = new Uint32Array(width);
+  for (let c = 0; c < width; c++) column[c] = pixelOf(c, width, cols);
+  for (let r = 0, i = 0; r < height; r++) {
+    const base = pixelOf(r, height, rows) * cols;
+    for (let c = 0; c < width; c++, i++) {
+      const v = codes[i];
+      if (v > out[base + column[c]]) out[base + column[c]] = v;
+    }
+  }
+  return out;
+}
+function fillPixels(pixels, codes, table, width, { causal = false, cells = width } = {}) {
+  if (pixels.length !== codes.length) throw new RangeError(`${codes.length} codes for ${pixels.length} pixels`);
+  for (let i = 0; i < codes.length; i++) pixels[i] = table[codes[i]];
+  if (causal) {
+    for (let row = 0; row * width < pixels.length; row++) {
+      const lastCell = firstCell(row + 1, cells, width) - 1;
+      let col = row + 1;
+      while (col > 0 && firstCell(col, cells, width) > lastCell) col--;
+      while (col < width && firstCell(col, cells, width) <= lastCell) col++;
+      pixels.fill(0, row * width + col, (row + 1) * width);
+    }
+  }
+  return pixels;
+}
+var frames = /* @__PURE__ */ new WeakMap();
+function drawHeatmap(canvas, codes, width, height, table, { causal = false, maxWidth = width, maxHeight = height } = {}) {
+  const cols = fit(width, maxWidth);
+  const rows = fit(height, maxHeight);
+  let frame = frames.get(canvas);
+  if (!frame || frame.image.width !== cols || frame.image.height !== rows) {
+    canvas.width = cols;
+    canvas.height = rows;
+    const context = (
+      /** @type {CanvasRenderingContext2D} */
+      canvas.getContext("2d")
+    );
+    const image = context.createImageData(cols, rows);
+    frame = { image, context, pixels: new Uint32Array(image.data.buffer), codes: null, pooled: new Uint8Array(0) };
+    frames.set(canvas, frame);
+  }
+  if (width * height === 0) {
+    frame.pixels.fill(0);
+  } else {
+    if (frame.codes !== codes) {
+      frame.pooled = poolMax(codes, width, height, cols, rows);
+      frame.codes = codes;
+    }
+    fillPixels(frame.pixels, frame.pooled, table, cols, { causal, cells: width });
+  }
+  frame.context.putImageData(frame.image, 0, 0);
+  return { width: cols, height: rows };
+}
+function cellAt(event, box, width, height) {
+  const col = Math.floor(event.offsetX / box.clientWidth * width);
+  const row = Math.floor(event.offsetY / box.clientHeight * height);
+  return row >= 0 && row < height && col >= 0 && col < width ? { row, col } : null;
+}
+function devicePixels(box) {
+  return Math.round(box * (globalThis.devicePixelRatio || 1));
 }
 
 // src/wire.js
@@ -112,7 +221,10 @@ function unpackTril(packed, n, count) {
   return full;
 }
 async function inflate(bytes) {
-  const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("deflate"));
+  const stream = new Blob([
+    /** @type {Uint8Array<ArrayBuffer>} */
+    bytes
+  ]).stream().pipeThrough(new DecompressionStream("deflate"));
   return new Uint8Array(await new Response(stream).arrayBuffer());
 }
 async function decodeArray(payload) {
@@ -240,63 +352,15 @@ var ErrorBox = class {
     this.el.hidden = this.slots.size === 0;
   }
 };
-
-// src/colormap.js
-var MAPS = {
-  /** @type {Stops} */
-  blues: [[247, 251, 255], [198, 219, 239], [107, 174, 214], [33, 113, 181], [8, 48, 107]],
-  /** @type {Stops} */
-  oranges: [[255, 245, 235], [253, 208, 162], [253, 141, 60], [217, 72, 1], [127, 39, 4]],
-  /** @type {Stops} */
-  viridis: [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]]
-};
-var LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
-function pack(r, g, b, a = 255) {
-  return (LITTLE_ENDIAN ? a << 24 | b << 16 | g << 8 | r : r << 24 | g << 16 | b << 8 | a) >>> 0;
-}
-function colourAt(stops, x) {
-  const t = Math.min(Math.max(Number.isFinite(x) ? x : 0, 0), 1) * (stops.length - 1);
-  const i = Math.min(Math.floor(t), stops.length - 2);
-  const f = t - i;
-  return (
-    /** @type {[number, number, number]} */
-    stops[i].map((c, k) => Math.round(c + f * (stops[i + 1][k] - c)))
-  );
-}
-function lut(stops, { gamma = 1 } = {}) {
-  const table = new Uint32Array(256);
-  for (let v = 0; v < 256; v++) table[v] = pack(...colourAt(stops, (v / 255) ** gamma));
-  return table;
-}
-function css(stops, x, alpha = 1) {
-  const [r, g, b] = colourAt(stops, x);
-  return `rgba(${r}, ${g}, ${b}, ${alpha})`;
-}
-
-// src/heatmap.js
-function fillPixels(pixels, codes, table, width, { causal = false } = {}) {
-  if (pixels.length !== codes.length) throw new RangeError(`${codes.length} codes for ${pixels.length} pixels`);
-  for (let i = 0; i < codes.length; i++) pixels[i] = table[codes[i]];
-  if (causal) {
-    for (let row = 0; row * width < pixels.length; row++) pixels.fill(0, row * width + row + 1, (row + 1) * width);
+async function guard(errors, slot, work) {
+  try {
+    await work();
+    errors.clear(slot);
+    return true;
+  } catch (error) {
+    errors.show(slot, error);
+    return false;
   }
-  return pixels;
-}
-function drawHeatmap(canvas, codes, width, height, table, options = {}) {
-  canvas.width = Math.max(width, 1);
-  canvas.height = Math.max(height, 1);
-  const context = (
-    /** @type {CanvasRenderingContext2D} */
-    canvas.getContext("2d")
-  );
-  const image = context.createImageData(canvas.width, canvas.height);
-  if (width * height) fillPixels(new Uint32Array(image.data.buffer), codes, table, width, options);
-  context.putImageData(image, 0, 0);
-}
-function cellAt(event, box, width, height) {
-  const col = Math.floor(event.offsetX / box.clientWidth * width);
-  const row = Math.floor(event.offsetY / box.clientHeight * height);
-  return row >= 0 && row < height && col >= 0 && col < width ? { row, col } : null;
 }
 
 // src/kernel.js
@@ -356,9 +420,85 @@ function debounce(fn, ms) {
   return debounced;
 }
 
+// src/mount.js
+var View = class {
+  /** @param {any} model an anywidget model @param {HTMLElement} el @param {Invoke} invoke */
+  constructor(model, el, invoke) {
+    this.model = model;
+    this.el = el;
+    this.invoke = invoke;
+    this.errors = new ErrorBox();
+    this.channels = [];
+    this.timers = [];
+    this.listeners = [];
+    this.status = document.createElement("div");
+    this.status.className = "llmscope-status";
+    this.status.setAttribute("role", "status");
+  }
+  /** A channel for the kernel command `command` (see wire.js), cancelled on destroy. */
+  channel(command, timeoutMs = 6e4) {
+    const channel = new Channel(this.invoke, command, { timeoutMs });
+    this.channels.push(channel);
+    return channel;
+  }
+  /**
+   * `fn` debounced by `ms` (see timing.js), cancelled on destroy.
+   * @template {any[]} A @param {(...args: A) => void} fn @param {number} ms
+   */
+  soon(fn, ms) {
+    const debounced = debounce(fn, ms);
+    this.timers.push(debounced);
+    return debounced;
+  }
+  /** Listen to the model's `event` until destroy. */
+  on(event, fn) {
+    this.model.on(event, fn);
+    this.listeners.push([event, fn]);
+  }
+  /**
+   * Run `work`, showing its error in `slot` of the error box instead of losing it (a failure
+   * also empties the status line). Resolves to whether `work` succeeded.
+   * @param {string} slot @param {() => Promise<void>} work
+   */
+  async guard(slot, work) {
+    const ok = await guard(this.errors, slot, work);
+    if (!ok) this.status.textContent = "";
+    return ok;
+  }
+  /** The kernel is gone: say so, fail every request at once, disable the controls. */
+  lost(error) {
+    showLost(error, this.el, this.errors, this.channels);
+  }
+  destroy() {
+    for (const [event, fn] of this.listeners) this.model.off(event, fn);
+    for (const timer of this.timers) timer.cancel();
+    for (const channel of this.channels) channel.cancel();
+  }
+};
+function keepKeys(el) {
+  el.setAttribute("data-lm-suppress-shortcuts", "true");
+  el.addEventListener("focusin", (event) => {
+    if (event.target instanceof Element) event.target.setAttribute("data-lm-suppress-shortcuts", "true");
+  });
+}
+function mount(ViewClass) {
+  return {
+    /** @param {{model: any, el: HTMLElement, experimental: {invoke: Invoke}}} props */
+    render({ model, el, experimental }) {
+      keepKeys(el);
+      const view = new ViewClass(model, el, experimental.invoke);
+      const unwatch = watchKernel(model, (error) => view.lost(error));
+      return () => {
+        unwatch();
+        view.destroy();
+      };
+    }
+  };
+}
+
 // src/tokens.js
 function displayText(text) {
-  const shown = String(text).replace(/\r?\n/g, "↵").replace(/\t/g, "⇥");
+  const shown = String(text).replace(/\r?\n/g, "↵").replace(/\t/g, "⇥").replace(/^ +| +$/g, (spaces) => "␣".repeat(spaces.length));
   return shown === "" ? "∅" : shown;
 }
 function stepToken(index, key, n) {
@@ -424,8 +564,8 @@ var TokenStrip = class {
 // src/attention_map.js
 var PROMPT_DEBOUNCE_MS = 400;
 var FOCUS_DEBOUNCE_MS = 40;
-var FETCH_TIMEOUT_MS = 6e4;
-var RUN_TIMEOUT_MS = 3e5;
+var LAYER_DEBOUNCE_MS = 30;
+var HEATMAP_PX = 360;
 var TABLE = lut(MAPS.blues, { gamma: 0.5 });
 function moveFocus([layer, head], key, nLayers, nHeads) {
   const clamp = (v, n) => Math.min(Math.max(v, 0), n - 1);
@@ -441,6 +581,9 @@ function moveFocus([layer, head], key, nLayers, nHeads) {
   };
   const to = moves[key];
   return to ? [clamp(to[0], nLayers), clamp(to[1], nHeads)] : null;
+}
+function stallMs(nTokens) {
+  return 6e4 * Math.max(1, (nTokens / 1024) ** 2);
 }
 function formatScore(x) {
   return Number.isFinite(x) ? x.toFixed(2).replace(/^0\./, ".") : "–";
@@ -458,25 +601,28 @@ function shadeColours({ attends, attendedBy }, i) {
     return v > 0 ? css(j <= i ? MAPS.blues : MAPS.oranges, 0.75, Math.sqrt(v)) : null;
   });
 }
-var AttentionView = class {
+var AttentionView = class extends View {
   /** @param {any} model @param {HTMLElement} el @param {import("./wire.js").Invoke} invoke */
   constructor(model, el, invoke) {
-    this.model = model;
-    this.channels = {
-      overview: new Channel(invoke, "_overview", { timeoutMs: FETCH_TIMEOUT_MS }),
-      head: new Channel(invoke, "_head", { timeoutMs: FETCH_TIMEOUT_MS }),
-      run: new Channel(invoke, "_run", { timeoutMs: RUN_TIMEOUT_MS })
-    };
-    this.errors = new ErrorBox();
+    super(model, el, invoke);
+    this.overviews = this.channel("_overview");
+    this.heads = this.channel("_head");
+    this.runs = this.channel("_run");
+    this.cancels = this.channel("_cancel");
     this.shown = {
-      version: -1,
+      run: -1,
+      complete: false,
+      painted: 0,
       nLayers: 0,
       nHeads: 0,
       tokens: (
         /** @type {string[]} */
         []
       ),
-      scores: new Float32Array(0),
+      scores: (
+        /** @type {ArrayLike<number>} */
+        new Float32Array(0)
+      ),
       scoreNames: (
         /** @type {string[]} */
         []
@@ -484,24 +630,7 @@ var AttentionView = class {
     };
     this.pattern = null;
     this.cells = [];
-    this.build(el);
-    this.submitSoon = debounce((text) => this.submit(text), PROMPT_DEBOUNCE_MS);
-    this.fetchHeadSoon = debounce(() => this.fetchHead(), FOCUS_DEBOUNCE_MS);
-    this.unwatch = watchKernel(model, (error) => showLost(error, el, this.errors, Object.values(this.channels)));
-    this.listeners = {
-      "change:version": () => this.refresh(),
-      "change:focus": () => {
-        this.markFocus();
-        this.fetchHeadSoon();
-      },
-      "change:prompt": () => this.syncPrompt()
-    };
-    for (const [event, fn] of Object.entries(this.listeners)) model.on(event, fn);
-    this.syncPrompt();
-    this.refresh();
-  }
-  /** @param {HTMLElement} el */
-  build(el) {
+    this.stall = null;
     this.promptBox = /** @type {HTMLTextAreaElement} */
     h("textarea", {
       class: "llmscope-prompt",
@@ -510,7 +639,21 @@ var AttentionView = class {
       placeholder: "a prompt: the model reads it as you type",
       "aria-label": "prompt: editing it runs the model again"
     });
-    this.status = h("div", { class: "llmscope-status", role: "status" });
+    this.progress = /** @type {HTMLProgressElement} */
+    h("progress", {
+      class: "llmscope-progress",
+      max: 1,
+      value: 0,
+      "aria-label": "layers of the model run so far"
+    });
+    this.cancelButton = /** @type {HTMLButtonElement} */
+    h("button", {
+      type: "button",
+      class: "llmscope-cancel",
+      "aria-label": "cancel: stop the model at the next layer"
+    }, "cancel");
+    this.runBox = h("div", { class: "llmscope-run" }, this.progress, this.cancelButton);
+    this.runBox.hidden = true;
     this.grid = h("div", {
       class: "llmscope-grid",
       role: "grid",
@@ -537,7 +680,7 @@ var AttentionView = class {
       h(
         "div",
         { class: "llmscope-columns" },
-        h("div", { class: "llmscope-column" }, this.promptBox, this.status, this.grid),
+        h("div", { class: "llmscope-column llmscope-overview" }, this.promptBox, this.status, this.runBox, this.grid),
         h(
           "div",
           { class: "llmscope-column llmscope-focus" },
@@ -555,7 +698,11 @@ var AttentionView = class {
         )
       )
     ));
+    this.submitSoon = this.soon((text) => this.submit(text), PROMPT_DEBOUNCE_MS);
+    this.fetchHeadSoon = this.soon(() => this.fetchHead(), FOCUS_DEBOUNCE_MS);
+    this.refreshSoon = this.soon(() => this.refresh(), LAYER_DEBOUNCE_MS);
     this.promptBox.addEventListener("input", () => this.submitSoon(this.promptBox.value));
+    this.cancelButton.addEventListener("click", () => this.cancel());
     this.grid.addEventListener("click", (e) => {
       const cell = e.target instanceof Element ? e.target.closest(".llmscope-cell") : null;
       if (cell) this.setFocus(Number(cell.getAttribute("data-layer")), Number(cell.getAttribute("data-head")));
@@ -565,55 +712,103 @@ var AttentionView = class {
       if (!to) return;
       e.preventDefault();
       this.setFocus(...to);
-      this.cells[to[0]]?.[to[1]]?.focus();
+      this.cells[to[0]]?.[to[1]]?.focus({ preventScroll: true });
+      this.scrollToFocus();
     });
     this.canvas.addEventListener("mousemove", (e) => this.hoverCell(e));
-  }
-  /** Run `work`, showing its error (in `slot`) inside the widget instead of losing it. */
-  async guard(slot, work) {
-    try {
-      await work();
-    } catch (error) {
-      this.errors.show(slot, error);
-      this.status.textContent = "";
-    }
+    this.on("change:version", () => this.refresh());
+    this.on("change:focus", () => {
+      this.markFocus();
+      this.scrollToFocus();
+      this.fetchHeadSoon();
+    });
+    this.on("change:prompt", () => this.syncPrompt());
+    this.on("change:_progress", () => this.followRun());
+    this.syncPrompt();
+    this.followRun();
+    this.refresh();
   }
   syncPrompt() {
     const prompt = this.model.get("prompt");
     if (this.promptBox.value !== prompt && document.activeElement !== this.promptBox) this.promptBox.value = prompt;
   }
-  /** Ask for the thumbnails, scores and tokens of the kernel's current prompt; redraw. */
+  /** Follow the kernel's run of a prompt: progress, the layers it finished, how it ended. */
+  followRun() {
+    const run = this.model.get("_progress");
+    if (!run || run.run === void 0) return;
+    const running = run.state === "running";
+    this.runBox.hidden = !running;
+    if (this.stall !== null) clearTimeout(this.stall);
+    this.stall = null;
+    if (running) {
+      if (run.run !== this.shown.run) this.clearShown(run.run);
+      this.progress.max = run.total;
+      this.progress.value = run.done;
+      this.cancelButton.disabled = false;
+      this.status.textContent = `running the model on ${run.n_tokens} tokens: ${run.done} of ${run.total} layers`;
+      const ms = stallMs(run.n_tokens);
+      this.stall = setTimeout(() => {
+        this.status.textContent += ` · no layer for ${Math.round(ms / 1e3)} s: the kernel may be busy or stuck`;
+      }, ms);
+      this.refreshSoon();
+    } else if (run.state === "cancelled") {
+      this.status.textContent = `cancelled after ${run.done} of ${run.total} layers: the previous prompt is shown`;
+      this.refresh();
+    } else if (run.state === "failed") {
+      this.errors.show("run", new KernelError(run.error));
+      this.refresh();
+    }
+  }
+  /** Forget what is shown at once (a new prompt is on its way): tokens, pictures, readouts, errors. */
+  clearShown(run) {
+    for (const slot of ["run", "overview", "head", "cancel"]) this.errors.clear(slot);
+    this.shown = { ...this.shown, run, complete: false, painted: 0, tokens: [], scores: [], scoreNames: [] };
+    this.pattern = null;
+    this.tokens.setTokens([], 0);
+    this.readout.textContent = "";
+    this.title.textContent = "";
+    this.canvas.getContext("2d")?.clearRect(0, 0, this.canvas.width, this.canvas.height);
+    delete this.canvas.dataset.focus;
+    for (const cell of this.cells.flat()) {
+      cell.firstChild.getContext("2d")?.clearRect(0, 0, 1e4, 1e4);
+      cell.classList.add("is-pending");
+      cell.lastChild.textContent = "…";
+    }
+    this.grid.dataset.run = String(run);
+    this.grid.dataset.done = "0";
+  }
+  /** Ask for the thumbnails, scores and tokens of what the kernel shows; draw what is new. */
   refresh() {
     return this.guard("overview", async () => {
-      this.status.textContent = "loading…";
-      const data = await this.channels.overview.request();
+      const data = await this.overviews.request();
       if (data === null) return;
       const [thumbs, scores] = await Promise.all([decodeArray(data.thumbs), decodeArray(data.scores)]);
-      if (data.version !== this.model.get("version")) return;
       const [nLayers, nHeads] = thumbs.shape;
-      if (nLayers !== this.shown.nLayers || nHeads !== this.shown.nHeads) this.buildGrid(nLayers, nHeads);
-      this.shown = {
-        version: data.version,
-        nLayers,
-        nHeads,
-        tokens: data.tokens,
-        scores: (
-          /** @type {Float32Array} */
-          scores.data
-        ),
-        scoreNames: data.score_names
-      };
+      if (data.run !== this.shown.run || nLayers !== this.shown.nLayers || nHeads !== this.shown.nHeads) {
+        if (nLayers !== this.shown.nLayers || nHeads !== this.shown.nHeads) this.buildGrid(nLayers, nHeads);
+        this.clearShown(data.run);
+        this.shown = { ...this.shown, nLayers, nHeads };
+      }
+      if (this.shown.tokens.length === 0 && data.tokens.length) {
+        this.shown.tokens = data.tokens;
+        this.tokens.setTokens(data.tokens, data.n_bos);
+      }
       this.paintThumbs(
         /** @type {Uint8Array} */
         thumbs.data,
-        thumbs.shape[2]
+        thumbs.shape[2],
+        data.done
       );
-      this.tokens.setTokens(data.tokens, data.n_bos);
-      this.readout.textContent = "";
-      this.status.textContent = `${data.model}: ${data.tokens.length} tokens`;
+      if (data.complete && !this.shown.complete) {
+        this.shown = { ...this.shown, complete: true, scores: scores.data, scoreNames: data.score_names };
+        this.labelCells();
+        this.pattern = null;
+        this.status.textContent = `${data.model}: ${data.tokens.length} tokens`;
+        this.markFocus();
+        this.scrollToFocus();
+      }
       this.errors.clear("overview");
-      this.markFocus();
-      await this.fetchHead();
+      if (!this.pattern && this.model.get("focus")[0] < data.done) await this.fetchHead();
     });
   }
   /** @param {number} nLayers @param {number} nHeads */
@@ -645,22 +840,33 @@ var AttentionView = class {
       ...row
     )));
   }
-  /** @param {Uint8Array} thumbs [layers, heads, t, t] @param {number} t */
-  paintThumbs(thumbs, t) {
+  /** Draw the thumbnails of the layers done since the last paint. @param {Uint8Array} thumbs [layers, heads, t, t] */
+  paintThumbs(thumbs, t, done) {
+    const { nHeads } = this.shown;
+    for (let layer = this.shown.painted; layer < done; layer++) {
+      this.cells[layer].forEach((cell, head) => {
+        const at = layer * nHeads + head;
+        drawHeatmap(
+          /** @type {HTMLCanvasElement} */
+          cell.firstChild,
+          thumbs.subarray(at * t * t, (at + 1) * t * t),
+          t,
+          t,
+          TABLE
+        );
+        cell.classList.remove("is-pending");
+      });
+    }
+    this.shown.painted = Math.max(this.shown.painted, done);
+    this.grid.dataset.done = String(this.shown.painted);
+  }
+  /** Label each cell with its scores (once the run is complete). */
+  labelCells() {
     const { nHeads, scores, scoreNames } = this.shown;
     const [previous, induction] = ["previous_token", "induction"].map((name) => scoreNames.indexOf(name));
     this.cells.forEach((row, layer) => row.forEach((cell, head) => {
-      const at = layer * nHeads + head;
-      drawHeatmap(
-        /** @type {HTMLCanvasElement} */
-        cell.firstChild,
-        thumbs.subarray(at * t * t, (at + 1) * t * t),
-        t,
-        t,
-        TABLE
-      );
-      const p = scores[at * scoreNames.length + previous];
-      const i = scores[at * scoreNames.length + induction];
+      const at = (layer * nHeads + head) * scoreNames.length;
+      const [p, i] = [scores[at + previous], scores[at + induction]];
       cell.lastChild.textContent = `P ${formatScore(p)} I ${formatScore(i)}`;
       cell.setAttribute("aria-label", `layer ${layer}, head ${head}: previous-token score ${formatScore(p)}, induction score ${formatScore(i)}`);
     }));
@@ -675,6 +881,20 @@ var AttentionView = class {
       cell.setAttribute("tabindex", on ? "0" : "-1");
     }));
   }
+  /** Scroll the grid (and only the grid, not the notebook) so that the focused head is in view. */
+  scrollToFocus() {
+    const [layer, head] = this.model.get("focus");
+    const cell = this.cells[layer]?.[head];
+    if (!cell) return;
+    const { grid } = this;
+    const [top, left] = [cell.offsetTop, cell.offsetLeft];
+    if (top < grid.scrollTop || top + cell.offsetHeight > grid.scrollTop + grid.clientHeight) {
+      grid.scrollTop = top - (grid.clientHeight - cell.offsetHeight) / 2;
+    }
+    if (left < grid.scrollLeft || left + cell.offsetWidth > grid.scrollLeft + grid.clientWidth) {
+      grid.scrollLeft = left - (grid.clientWidth - cell.offsetWidth) / 2;
+    }
+  }
   /** @param {number} layer @param {number} head */
   setFocus(layer, head) {
     const [l, hd] = this.model.get("focus");
@@ -682,26 +902,29 @@ var AttentionView = class {
     this.model.set("focus", [layer, head]);
     this.model.save_changes();
   }
-  /** Ask for the focused head's pattern and draw it. */
+  /** Ask for the focused head's pattern and draw it, max-pooled to the canvas's pixels. */
   fetchHead() {
     return this.guard("head", async () => {
       const [layer, head] = this.model.get("focus");
-      const data = await this.channels.head.request({ layer, head });
-      if (data === null) return;
+      const data = await this.heads.request({ layer, head });
+      if (data === null || data.pattern === null) return;
       const pattern = await decodeArray(data.pattern);
       const [l, hd] = this.model.get("focus");
-      if (data.version !== this.shown.version || data.layer !== l || data.head !== hd) return;
+      if (data.run !== this.shown.run || data.layer !== l || data.head !== hd) return;
       const n = pattern.shape[0];
       this.pattern = { data: (
         /** @type {Uint8Array} */
         pattern.data
       ), n, layer, head };
-      drawHeatmap(this.canvas, this.pattern.data, n, n, TABLE, { causal: true });
+      const side = devicePixels(this.canvas.clientWidth || HEATMAP_PX);
+      const drawn = drawHeatmap(this.canvas, this.pattern.data, n, n, TABLE, { causal: true, maxWidth: side, maxHeight: side });
       const at = (layer * this.shown.nHeads + head) * this.shown.scoreNames.length;
       const scores = this.shown.scoreNames.map((name, k) => `${name.replace("_", "-")} ${formatScore(this.shown.scores[at + k])}`);
-      this.title.textContent = `attn.${layer} head ${head}: ${scores.join(", ")}`;
-      this.canvas.setAttribute("aria-label", `attention pattern of layer ${layer} head ${head}: ${n} query rows by ${n} key columns`);
+      this.title.textContent = `attn.${layer} head ${head}${scores.length ? ": " : ""}${scores.join(", ")}`;
+      const pooled = drawn.width < n ? `, each pixel the largest of ${(n / drawn.width).toFixed(1)} x ${(n / drawn.width).toFixed(1)} cells` : "";
+      this.canvas.setAttribute("aria-label", `attention pattern of layer ${layer} head ${head}: ${n} query rows by ${n} key columns${pooled}`);
       this.canvas.dataset.focus = `${layer},${head}`;
+      this.canvas.dataset.run = String(data.run);
       this.canvas.dataset.version = String(data.version);
       this.errors.clear("head");
       this.shadeTokens();
@@ -732,35 +955,40 @@ var AttentionView = class {
     });
     this.readout.textContent = `${JSON.stringify(this.shown.tokens[i])} (position ${i}) attends most to ${JSON.stringify(this.shown.tokens[top])} (position ${top}): ${shades.attends[top].toFixed(3)}`;
   }
-  /** Send an edited prompt; the kernel bumps `version` when it took it, and refresh() follows. */
+  /** Send an edited prompt: the kernel starts it at once, and `_progress` follows its layers. */
   submit(text) {
+    for (const slot of ["run", "overview", "head", "cancel"]) this.errors.clear(slot);
     return this.guard("run", async () => {
-      this.status.textContent = "running the model…";
-      const data = await this.channels.run.request({ prompt: text });
+      this.status.textContent = "starting…";
+      const data = await this.runs.request({ prompt: text });
       if (data === null) return;
-      this.errors.clear("run");
-      if (data.version === this.shown.version) this.status.textContent = `${data.n_tokens} tokens (unchanged)`;
+      if (data.started) {
+        if (data.run !== this.shown.run) this.clearShown(data.run);
+      } else {
+        this.status.textContent = `${data.n_tokens} tokens (unchanged)`;
+      }
+    });
+  }
+  /** Ask the kernel to stop the running prompt at its next layer. */
+  cancel() {
+    const { run } = this.model.get("_progress");
+    this.cancelButton.disabled = true;
+    return this.guard("cancel", async () => {
+      this.status.textContent = "cancelling: the model stops at the end of this layer…";
+      await this.cancels.request({ run });
     });
   }
   destroy() {
-    this.unwatch();
-    for (const [event, fn] of Object.entries(this.listeners)) this.model.off(event, fn);
-    this.submitSoon.cancel();
-    this.fetchHeadSoon.cancel();
-    Object.values(this.channels).forEach((channel) => channel.cancel());
+    if (this.stall !== null) clearTimeout(this.stall);
+    super.destroy();
   }
 };
-var attention_map_default = {
-  /** @param {{model: any, el: HTMLElement, experimental: {invoke: import("./wire.js").Invoke}}} props */
-  render({ model, el, experimental }) {
-    const view = new AttentionView(model, el, experimental.invoke);
-    return () => view.destroy();
-  }
-};
+var attention_map_default = mount(AttentionView);
 export {
   attention_map_default as default,
   formatScore,
   moveFocus,
   shadeColours,
+  stallMs,
   tokenShades
 };

@@ -1,5 +1,19 @@
 /* Built by esbuild from widgets/src (cd widgets && npm run build); do not edit. */
 
+// src/colormap.js
+var MAPS = {
+  /** @type {Stops} */
+  blues: [[247, 251, 255], [198, 219, 239], [107, 174, 214], [33, 113, 181], [8, 48, 107]],
+  /** @type {Stops} */
+  oranges: [[255, 245, 235], [253, 208, 162], [253, 141, 60], [217, 72, 1], [127, 39, 4]],
+  /** @type {Stops} */
+  viridis: [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]]
+};
+var LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+function pack(r, g, b, a = 255) {
+  return (LITTLE_ENDIAN ? a << 24 | b << 16 | g << 8 | r : r << 24 | g << 16 | b << 8 | a) >>> 0;
+}
+
 // src/dom.js
 function h(tag, attrs = {}, ...children) {
   const el = document.createElement(tag);
@@ -9,8 +23,85 @@ function h(tag, attrs = {}, ...children) {
     if (key === "class") el.className = String(value);
     else el.setAttribute(key, value === true ? "" : String(value));
   }
-  el.append(...children.filter((c) => c !== null && c !== void 0 && c !== false && c !== ""));
+  el.append(.../** @type {Array<Node | string>} */
+  children.filter((c) => c !== null && c !== void 0 && c !== false && c !== ""));
   return el;
+}
+
+// src/heatmap.js
+function pixelOf(i, n, m) {
+  return Math.floor(i * m / n);
+}
+function firstCell(p, n, m) {
+  return Math.ceil(p * n / m);
+}
+function fit(cells, pixels) {
+  return Math.max(1, Math.min(cells, Math.floor(pixels)));
+}
+function poolMax(codes, width, height, cols, rows) {
+  if (codes.length !== width * height) throw new RangeError(`${codes.length} codes for ${height} x ${width} cells`);
+  if (cols === width && rows === height) return codes;
+  const out = new Uint8Array(cols * rows);
+  const column = new Uint32Array(width);
+  for (let c = 0; c < width; c++) column[c] = pixelOf(c, width, cols);
+  for (let r = 0, i = 0; r < height; r++) {
+    const base = pixelOf(r, height, rows) * cols;
+    for (let c = 0; c < width; c++, i++) {
+      const v = codes[i];
+      if (v > out[base + column[c]]) out[base + column[c]] = v;
+    }
+  }
+  return out;
+}
+function fillPixels(pixels, codes, table, width, { causal = false, cells = width } = {}) {
+  if (pixels.length !== codes.length) throw new RangeError(`${codes.length} codes for ${pixels.length} pixels`);
+  for (let i = 0; i < codes.length; i++) pixels[i] = table[codes[i]];
+  if (causal) {
+    for (let row = 0; row * width < pixels.length; row++) {
+      const lastCell = firstCell(row + 1, cells, width) - 1;
+      let col = row + 1;
+      while (col > 0 && firstCell(col, cells, width) > lastCell) col--;
+      while (col < width && firstCell(col, cells, width) <= lastCell) col++;
+      pixels.fill(0, row * width + col, (row + 1) * width);
+    }
+  }
+  return pixels;
+}
+var frames = /* @__PURE__ */ new WeakMap();
+function drawHeatmap(canvas, codes, width, height, table, { causal = false, maxWidth = width, maxHeight = height } = {}) {
+  const cols = fit(width, maxWidth);
+  const rows = fit(height, maxHeight);
+  let frame = frames.get(canvas);
+  if (!frame || frame.image.width !== cols || frame.image.height !== rows) {
+    canvas.width = cols;
+    canvas.height = rows;
+    const context = (
+      /** @type {CanvasRenderingContext2D} */
+      canvas.getContext("2d")
+    );
+    const image = context.createImageData(cols, rows);
+    frame = { image, context, pixels: new Uint32Array(image.data.buffer), codes: null, pooled: new Uint8Array(0) };
+    frames.set(canvas, frame);
+  }
+  if (width * height === 0) {
+    frame.pixels.fill(0);
+  } else {
+    if (frame.codes !== codes) {
+      frame.pooled = poolMax(codes, width, height, cols, rows);
+      frame.codes = codes;
+    }
+    fillPixels(frame.pixels, frame.pooled, table, cols, { causal, cells: width });
+  }
+  frame.context.putImageData(frame.image, 0, 0);
+  return { width: cols, height: rows };
+}
+function cellAt(event, box, width, height) {
+  const col = Math.floor(event.offsetX / box.clientWidth * width);
+  const row = Math.floor(event.offsetY / box.clientHeight * height);
+  return row >= 0 && row < height && col >= 0 && col < width ? { row, col } : null;
+}
+function devicePixels(box) {
+  return Math.round(box * (globalThis.devicePixelRatio || 1));
 }
 
 // src/wire.js
@@ -108,7 +199,10 @@ function unpackTril(packed, n, count) {
   return full;
 }
 async function inflate(bytes) {
-  const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("deflate"));
+  const stream = new Blob([
+    /** @type {Uint8Array<ArrayBuffer>} */
+    bytes
+  ]).stream().pipeThrough(new DecompressionStream("deflate"));
   return new Uint8Array(await new Response(stream).arrayBuffer());
 }
 async function decodeArray(payload) {
@@ -247,35 +341,6 @@ async function guard(errors, slot, work) {
   }
 }
 
-// src/colormap.js
-var MAPS = {
-  /** @type {Stops} */
-  blues: [[247, 251, 255], [198, 219, 239], [107, 174, 214], [33, 113, 181], [8, 48, 107]],
-  /** @type {Stops} */
-  oranges: [[255, 245, 235], [253, 208, 162], [253, 141, 60], [217, 72, 1], [127, 39, 4]],
-  /** @type {Stops} */
-  viridis: [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]]
-};
-var LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
-function pack(r, g, b, a = 255) {
-  return (LITTLE_ENDIAN ? a << 24 | b << 16 | g << 8 | r : r << 24 | g << 16 | b << 8 | a) >>> 0;
-}
-
-// src/heatmap.js
-function fillPixels(pixels, codes, table, width, { causal = false } = {}) {
-  if (pixels.length !== codes.length) throw new RangeError(`${codes.length} codes for ${pixels.length} pixels`);
-  for (let i = 0; i < codes.length; i++) pixels[i] = table[codes[i]];
-  if (causal) {
-    for (let row = 0; row * width < pixels.length; row++) pixels.fill(0, row * width + row + 1, (row + 1) * width);
-  }
-  return pixels;
-}
-function cellAt(event, box, width, height) {
-  const col = Math.floor(event.offsetX / box.clientWidth * width);
-  const row = Math.floor(event.offsetY / box.clientHeight * height);
-  return row >= 0 && row < height && col >= 0 && col < width ? { row, col } : null;
-}
-
 // src/kernel.js
 var LOST_STATUSES = /* @__PURE__ */ new Set(["restarting", "autorestarting", "starting", "dead"]);
 function watchKernel(model, onLost) {
@@ -333,9 +398,85 @@ function debounce(fn, ms) {
   return debounced;
 }
 
+// src/mount.js
+var View = class {
+  /** @param {any} model an anywidget model @param {HTMLElement} el @param {Invoke} invoke */
+  constructor(model, el, invoke) {
+    this.model = model;
+    this.el = el;
+    this.invoke = invoke;
+    this.errors = new ErrorBox();
+    this.channels = [];
+    this.timers = [];
+    this.listeners = [];
+    this.status = document.createElement("div");
+    this.status.className = "llmscope-status";
+    this.status.setAttribute("role", "status");
+  }
+  /** A channel for the kernel command `command` (see wire.js), cancelled on destroy. */
+  channel(command, timeoutMs = 6e4) {
+    const channel = new Channel(this.invoke, command, { timeoutMs });
+    this.channels.push(channel);
+    return channel;
+  }
+  /**
+   * `fn` debounced by `ms` (see timing.js), cancelled on destroy.
+   * @template {any[]} A @param {(...args: A) => void} fn @param {number} ms
+   */
+  soon(fn, ms) {
+    const debounced = debounce(fn, ms);
+    this.timers.push(debounced);
+    return debounced;
+  }
+  /** Listen to the model's `event` until destroy. */
+  on(event, fn) {
+    this.model.on(event, fn);
+    this.listeners.push([event, fn]);
+  }
+  /**
+   * Run `work`, showing its error in `slot` of the error box instead of losing it (a failure
+   * also empties the status line). Resolves to whether `work` succeeded.
+   * @param {string} slot @param {() => Promise<void>} work
+   */
+  async guard(slot, work) {
+    const ok = await guard(this.errors, slot, work);
+    if (!ok) this.status.textContent = "";
+    return ok;
+  }
+  /** The kernel is gone: say so, fail every request at once, disable the controls. */
+  lost(error) {
+    showLost(error, this.el, this.errors, this.channels);
+  }
+  destroy() {
+    for (const [event, fn] of this.listeners) this.model.off(event, fn);
+    for (const timer of this.timers) timer.cancel();
+    for (const channel of this.channels) channel.cancel();
+  }
+};
+function keepKeys(el) {
+  el.setAttribute("data-lm-suppress-shortcuts", "true");
+  el.addEventListener("focusin", (event) => {
+    if (event.target instanceof Element) event.target.setAttribute("data-lm-suppress-shortcuts", "true");
+  });
+}
+function mount(ViewClass) {
+  return {
+    /** @param {{model: any, el: HTMLElement, experimental: {invoke: Invoke}}} props */
+    render({ model, el, experimental }) {
+      keepKeys(el);
+      const view = new ViewClass(model, el, experimental.invoke);
+      const unwatch = watchKernel(model, (error) => view.lost(error));
+      return () => {
+        unwatch();
+        view.destroy();
+      };
+    }
+  };
+}
+
 // src/tokens.js
 function displayText(text) {
-  const shown = String(text).replace(/\r?\n/g, "↵").replace(/\t/g, "⇥");
+  const shown = String(text).replace(/\r?\n/g, "↵").replace(/\t/g, "⇥").replace(/^ +| +$/g, (spaces) => "␣".repeat(spaces.length));
   return shown === "" ? "∅" : shown;
 }
 
@@ -343,8 +484,10 @@ function displayText(text) {
 var WINDOW_DEBOUNCE_MS = 60;
 var SAVE_DEBOUNCE_MS = 150;
 var CLICK_DEBOUNCE_MS = 120;
-var TIMEOUT_MS = 6e4;
 var MIN_TOKENS = 16;
+var UNIT_TICK_PX = 14;
+var TOKEN_TICK_PX = 64;
+var TOKEN_TEXT_PX = 30;
 var SPIKE = pack(...MAPS.blues[4]);
 var SHADE = [247, 251, 255];
 function spikeTable(rung) {
@@ -353,7 +496,8 @@ function spikeTable(rung) {
     if (c > rung) table[c] = SPIKE;
     else {
       const f = rung > 0 ? 1 - 0.18 * (c / rung) : 1;
-      table[c] = pack(...SHADE.map((v) => Math.round(v * f)));
+      const [r, g, b] = SHADE.map((v) => Math.round(v * f));
+      table[c] = pack(r, g, b);
     }
   }
   return table;
@@ -370,7 +514,10 @@ function warmUp() {
   const codes = new Uint8Array(1 << 16);
   const pixels = new Uint32Array(codes.length);
   const table = spikeTable(0);
-  for (let k = 0; k < 4; k++) fillPixels(pixels, codes, table, 256);
+  for (let k = 0; k < 4; k++) {
+    fillPixels(pixels, codes, table, 256);
+    poolMax(codes, 256, 256, 100, 100);
+  }
 }
 function shows(window, [u0, u1, t0, t1], version) {
   const shape = window?.codes?.shape;
@@ -395,72 +542,59 @@ function moveView([u0, u1, t0, t1], action, nUnits, nTokens) {
   b = Math.min(Math.max(b, 0), nTokens - nt);
   return [a, a + nu, b, b + nt];
 }
-function stepRung(rung, key, max) {
-  const to = {
-    ArrowLeft: rung - 1,
-    ArrowDown: rung - 1,
-    ArrowRight: rung + 1,
-    ArrowUp: rung + 1,
-    PageDown: rung - 10,
-    PageUp: rung + 10,
-    Home: 0,
-    End: max
-  }[key];
-  return to === void 0 ? null : Math.min(Math.max(to, 0), max);
-}
 function formatThreshold(method, value) {
   return method === "zscore" ? `z > ${value.toFixed(2)}` : `quantile > ${value.toFixed(3)}`;
 }
-var RasterView = class {
+function tickEvery(n, px, minPx) {
+  const least = minPx * n / Math.max(px, 1);
+  for (let power = 1; ; power *= 10) {
+    for (const step of [1, 2, 5]) if (step * power >= least) return step * power;
+  }
+}
+function bands(categories) {
+  const out = [];
+  categories.forEach((name, row) => {
+    const last = out[out.length - 1];
+    if (last && last.name === name) last.end = row + 1;
+    else out.push({ name, start: row, end: row + 1 });
+  });
+  return out;
+}
+function barGeometry(mean, sem) {
+  const m = Array.from(mean);
+  const s = Array.from(sem, (v) => Number.isFinite(v) ? v : 0);
+  const lo = Math.min(0, ...m.map((v, i) => v - s[i]));
+  const hi = Math.max(0, ...m.map((v, i) => v + s[i]));
+  const span = hi - lo || 1;
+  const x = (v) => 100 * (v - lo) / span;
+  return {
+    zero: x(0),
+    bars: m.map((v, i) => ({
+      left: x(Math.min(0, v)),
+      width: Math.abs(x(v) - x(0)),
+      error: Number.isFinite(sem[i]) ? { left: x(v - s[i]), width: x(v + s[i]) - x(v - s[i]) } : null
+    }))
+  };
+}
+var RasterView = class extends View {
   /** @param {any} model @param {HTMLElement} el @param {import("./wire.js").Invoke} invoke */
   constructor(model, el, invoke) {
-    this.model = model;
+    super(model, el, invoke);
     this.started = performance.now();
-    this.channels = {
-      window: new Channel(invoke, "_window", { timeoutMs: TIMEOUT_MS }),
-      unit: new Channel(invoke, "_unit", { timeoutMs: TIMEOUT_MS }),
-      token: new Channel(invoke, "_token", { timeoutMs: TIMEOUT_MS })
-    };
-    this.errors = new ErrorBox();
+    this.windows = this.channel("_window");
+    this.units = this.channel("_unit");
+    this.tokenContexts = this.channel("_token");
     this.meta = null;
     this.win = null;
-    this.frame = null;
     this.cursor = null;
-    this.build(el);
-    this.fetchWindowSoon = debounce(() => this.fetchWindow(), WINDOW_DEBOUNCE_MS);
-    this.saveRungSoon = debounce(
-      () => {
-        this.model.set("rung", this.rung());
-        this.model.save_changes();
-      },
-      SAVE_DEBOUNCE_MS
-    );
-    this.fetchUnitSoon = debounce((unit) => this.fetchUnit(unit), CLICK_DEBOUNCE_MS);
-    this.fetchTokenSoon = debounce((column) => this.fetchToken(column), CLICK_DEBOUNCE_MS);
-    this.unwatch = watchKernel(model, (error) => showLost(error, el, this.errors, Object.values(this.channels)));
-    this.listeners = {
-      "change:version": () => this.refresh(),
-      "change:rung": () => {
-        this.slider.value = String(this.model.get("rung"));
-        this.paint();
-      },
-      "change:selection": () => this.markSelection(),
-      "change:view": () => {
-        if (!this.showing(this.model.get("view"))) this.fetchWindowSoon();
-      }
-    };
-    for (const [event, fn] of Object.entries(this.listeners)) model.on(event, fn);
-    this.refresh(model.get("_first_window"));
-  }
-  /** @param {HTMLElement} el */
-  build(el) {
+    const meta = model.get("_meta");
     this.slider = /** @type {HTMLInputElement} */
     h("input", {
       type: "range",
       min: 0,
-      max: 254,
+      max: meta.rungs - 1,
       step: 1,
-      value: this.model.get("rung"),
+      value: model.get("rung"),
       class: "llmscope-threshold",
       "aria-label": "spike threshold: a unit spikes where its response is above it"
     });
@@ -470,7 +604,6 @@ var RasterView = class {
       b.addEventListener("click", () => this.move(action));
       return b;
     };
-    this.status = h("div", { class: "llmscope-status", role: "status" });
     this.canvas = /** @type {HTMLCanvasElement} */
     h("canvas", {
       class: "llmscope-raster-canvas",
@@ -479,6 +612,9 @@ var RasterView = class {
       "aria-label": "spike raster, a row per unit and a column per token: click a cell to select its unit and token; arrow keys move the selection, Page Up/Down scroll units, + and - zoom tokens"
     });
     this.marks = h("div", { class: "llmscope-raster-marks", "aria-hidden": "true" });
+    this.stage = h("div", { class: "llmscope-raster-stage" }, this.canvas, this.marks);
+    this.gutter = h("div", { class: "llmscope-raster-gutter", "aria-hidden": "true" });
+    this.tokenAxis = h("div", { class: "llmscope-raster-taxis", "aria-hidden": "true" });
     this.readout = h("div", { class: "llmscope-readout", "aria-live": "polite" });
     this.unitPanel = h(
       "div",
@@ -505,31 +641,40 @@ var RasterView = class {
       this.status,
       h(
         "div",
-        { class: "llmscope-columns" },
+        { class: "llmscope-raster-body" },
         h(
           "div",
-          { class: "llmscope-column" },
-          h("div", { class: "llmscope-raster-frame" }, this.canvas, this.marks),
+          { class: "llmscope-raster-plot" },
+          h(
+            "div",
+            { class: "llmscope-raster-frame" },
+            this.gutter,
+            this.stage,
+            h("div", { class: "llmscope-raster-corner" }, "unit ↓ token →"),
+            this.tokenAxis
+          ),
           this.readout
         ),
-        h("div", { class: "llmscope-column llmscope-raster-side" }, this.unitPanel, this.tokenPanel)
+        h("div", { class: "llmscope-raster-side" }, this.unitPanel, this.tokenPanel)
       )
     ));
+    this.fetchWindowSoon = this.soon(() => this.fetchWindow(), WINDOW_DEBOUNCE_MS);
+    this.saveRungSoon = this.soon(
+      () => {
+        this.model.set("rung", this.rung());
+        this.model.save_changes();
+      },
+      SAVE_DEBOUNCE_MS
+    );
+    this.fetchUnitSoon = this.soon((unit) => this.fetchUnit(unit), CLICK_DEBOUNCE_MS);
+    this.fetchTokenSoon = this.soon((column) => this.fetchToken(column), CLICK_DEBOUNCE_MS);
     this.slider.addEventListener("input", () => {
-      this.paint();
-      this.saveRungSoon();
-    });
-    this.slider.addEventListener("keydown", (e) => {
-      const to = stepRung(this.rung(), e.key, Number(this.slider.max));
-      if (to === null) return;
-      e.preventDefault();
-      e.stopPropagation();
-      this.slider.value = String(to);
       this.paint();
       this.saveRungSoon();
     });
     this.canvas.addEventListener("click", (e) => this.click(e));
     this.canvas.addEventListener("mousemove", (e) => this.hover(e));
+    this.canvas.addEventListener("mouseleave", () => this.gutter.querySelector(".is-hover")?.remove());
     this.canvas.addEventListener("keydown", (e) => this.key(e));
     this.canvas.addEventListener("wheel", (e) => {
       e.preventDefault();
@@ -538,6 +683,24 @@ var RasterView = class {
       const back = (tokens && !e.shiftKey ? e.deltaX : e.deltaY) < 0;
       this.move(zoom ? back ? "in" : "out" : tokens ? back ? "left" : "right" : back ? "up" : "down");
     }, { passive: false });
+    this.resized = new ResizeObserver(() => {
+      if (this.win) this.show();
+    });
+    this.resized.observe(this.stage);
+    this.on("change:version", () => this.refresh());
+    this.on("change:rung", () => {
+      this.slider.value = String(this.model.get("rung"));
+      this.paint();
+    });
+    this.on("change:selection", () => {
+      this.markSelection();
+      const selection = this.model.get("selection");
+      if (selection.length) this.fetchUnitSoon(selection[selection.length - 1]);
+    });
+    this.on("change:view", () => {
+      if (!this.showing(this.model.get("view"))) this.fetchWindowSoon();
+    });
+    this.refresh(model.get("_first_window"));
   }
   rung() {
     return Number(this.slider.value);
@@ -554,7 +717,7 @@ var RasterView = class {
    */
   async refresh(first) {
     this.win = null;
-    const read = await guard(this.errors, "meta", async () => {
+    const read = await this.guard("meta", async () => {
       const data = this.model.get("_meta");
       const ladder = await decodeArray(data.ladder);
       this.meta = {
@@ -567,11 +730,11 @@ var RasterView = class {
           ladder.data
         )
       };
-      this.slider.max = String(ladder.data.length - 1);
+      this.slider.max = String(data.rungs - 1);
     });
     if (!read) return;
     if (shows(first, this.model.get("view"), this.model.get("version"))) {
-      await guard(this.errors, "window", () => this.show(first, performance.now()));
+      await this.guard("window", () => this.receive(first, performance.now()));
     } else {
       await this.fetchWindow();
     }
@@ -586,24 +749,24 @@ var RasterView = class {
   }
   /** Ask for the codes of the view and draw them. */
   fetchWindow() {
-    return guard(this.errors, "window", async () => {
+    return this.guard("window", async () => {
       const [u0, u1, t0, t1] = this.model.get("view");
       this.status.textContent = "loading…";
       const asked = performance.now();
-      const reply = this.channels.window.request({ u0, u1, t0, t1 });
+      const reply = this.windows.request({ u0, u1, t0, t1 });
       warmUp();
       const data = await reply;
       if (data === null) return;
       const arrived = performance.now();
       this.canvas.dataset.roundTripMs = (arrived - asked).toFixed(2);
-      await this.show(data, arrived);
+      await this.receive(data, arrived);
     });
   }
   /**
-   * Decode a window and paint it; `since` is when it was at hand (ms, performance.now()).
+   * Decode a window and show it; `since` is when it was at hand (ms, performance.now()).
    * @param {any} data a `_window` answer @param {number} since
    */
-  async show(data, since) {
+  async receive(data, since) {
     const [codes, counts, units] = await Promise.all([data.codes, data.counts, data.units].map(decodeArray));
     const [nu, nt] = codes.shape;
     this.win = {
@@ -627,41 +790,25 @@ var RasterView = class {
       tokens: data.tokens
     };
     this.cursor = null;
-    this.paint();
+    this.show();
     this.canvas.dataset.windowMs = (performance.now() - since).toFixed(2);
   }
-  /**
-   * Colour the window's cells through `table`, one canvas pixel a cell. The ImageData is kept
-   * while the window's size stays: a slider step then writes 4 bytes a cell and nothing else
-   * (setting a canvas's size, even to the same value, reallocates and clears it).
-   * @param {NonNullable<RasterView["win"]>} win @param {Uint32Array} table
-   */
-  draw(win, table) {
-    let frame = this.frame;
-    if (!frame || frame.image.width !== win.nt || frame.image.height !== win.nu) {
-      this.canvas.width = win.nt;
-      this.canvas.height = win.nu;
-      const context = (
-        /** @type {CanvasRenderingContext2D} */
-        this.canvas.getContext("2d")
-      );
-      const image = context.createImageData(win.nt, win.nu);
-      frame = this.frame = { image, context, pixels: new Uint32Array(image.data.buffer) };
-    }
-    fillPixels(frame.pixels, win.codes, table, win.nt);
-    frame.context.putImageData(frame.image, 0, 0);
+  /** Lay out the axes of the window on show and paint it. */
+  show() {
+    this.labelUnits();
+    this.labelTokens();
+    this.paint();
   }
-  /** The label of a window row's unit: "mlp.0:12". */
-  label(row) {
-    return `${this.meta?.site}:${this.win?.units[row]}`;
-  }
-  /** Draw the window at the slider's rung (no kernel involved). */
+  /** Draw the window at the slider's rung (no kernel involved), pooled to the canvas's pixels. */
   paint() {
     const { win, meta } = this;
     if (!win || !meta) return;
     const rung = this.rung();
     const start = performance.now();
-    this.draw(win, spikeTable(rung));
+    drawHeatmap(this.canvas, win.codes, win.nt, win.nu, spikeTable(rung), {
+      maxWidth: devicePixels(this.stage.clientWidth || win.nt),
+      maxHeight: devicePixels(this.stage.clientHeight || win.nu)
+    });
     const spikes = spikesAbove(win.counts, rung);
     this.canvas.dataset.paintMs = (performance.now() - start).toFixed(2);
     this.canvas.dataset.rung = String(rung);
@@ -671,30 +818,91 @@ var RasterView = class {
     const shown = formatThreshold(meta.method, meta.ladder[rung]);
     this.thresholdText.textContent = shown;
     this.slider.setAttribute("aria-valuetext", shown);
-    this.status.textContent = `${meta.site}: units ${win.u0}–${win.u0 + win.nu - 1} of ${meta.nUnits}, tokens ${win.t0}–${win.t0 + win.nt - 1} of ${meta.nTokens}; ${spikes} spikes in view`;
+    const pooled = this.canvas.width < win.nt || this.canvas.height < win.nu ? ` (each pixel ${(win.nu / this.canvas.height).toFixed(1)} units x ${(win.nt / this.canvas.width).toFixed(1)} tokens: dark if any spikes)` : "";
+    this.status.textContent = `${meta.site}: units ${win.u0}–${win.u0 + win.nu - 1} of ${meta.nUnits}, tokens ${win.t0}–${win.t0 + win.nt - 1} of ${meta.nTokens}; ${spikes} spikes in view${pooled}`;
     this.markSelection();
   }
-  /** Mark the selected units (rows) and the cursor's token (column) over the canvas. */
+  /** The gutter: a band per run of one `sort_by` category, and unit ids where they fit. */
+  labelUnits() {
+    const win = (
+      /** @type {NonNullable<RasterView["win"]>} */
+      this.win
+    );
+    const height = this.stage.clientHeight || win.nu;
+    const pct = (row) => `${100 * row / win.nu}%`;
+    const marks = [];
+    if (win.preferred) {
+      bands(win.preferred).forEach(({ name, start, end }, i) => {
+        const tall = (end - start) * height / win.nu >= 12;
+        marks.push(h("div", {
+          class: `llmscope-band is-${i % 2 ? "odd" : "even"}`,
+          title: `prefers ${name}`,
+          style: `top: ${pct(start)}; height: ${pct(end - start)}`
+        }, tall ? name : ""));
+      });
+    }
+    const every = tickEvery(win.nu, height, UNIT_TICK_PX);
+    for (let row = 0; row < win.nu; row += every) {
+      marks.push(h("div", { class: "llmscope-tick", style: `top: ${pct(row + 0.5)}` }, String(win.units[row])));
+    }
+    this.gutter.replaceChildren(...marks);
+    this.gutter.classList.toggle("has-bands", win.preferred !== null);
+  }
+  /** The token axis: positions where they fit, and each token's text once the columns are wide. */
+  labelTokens() {
+    const win = (
+      /** @type {NonNullable<RasterView["win"]>} */
+      this.win
+    );
+    const width = this.stage.clientWidth || win.nt;
+    const perToken = width / win.nt;
+    const ticks = [];
+    if (perToken >= TOKEN_TEXT_PX) {
+      win.tokens.forEach((text, col) => ticks.push(h("div", {
+        class: "llmscope-tick is-text",
+        title: `token ${win.t0 + col}: ${JSON.stringify(text)}`,
+        style: `left: ${100 * col / win.nt}%; width: ${100 / win.nt}%`
+      }, displayText(text))));
+    } else {
+      const every = tickEvery(win.nt, width, TOKEN_TICK_PX);
+      for (let t = Math.ceil(win.t0 / every) * every; t < win.t0 + win.nt; t += every) {
+        ticks.push(h("div", { class: "llmscope-tick", style: `left: ${100 * (t - win.t0 + 0.5) / win.nt}%` }, String(t)));
+      }
+    }
+    this.tokenAxis.replaceChildren(...ticks);
+  }
+  /** Mark the selected units (rows, and their ids in the gutter) and the cursor's token (column). */
   markSelection() {
     const { win } = this;
     if (!win) return;
     const selected = new Set(this.model.get("selection"));
     const marks = [];
+    this.gutter.querySelectorAll(".is-selected").forEach((mark) => mark.remove());
     win.units.forEach((unit, row) => {
       if (!selected.has(unit)) return;
-      marks.push(h("div", { class: "llmscope-raster-row", style: `top: ${100 * row / win.nu}%; height: max(2px, ${100 / win.nu}%)`, "data-row": row }));
+      const middle = `${100 * (row + 0.5) / win.nu}%`;
+      marks.push(h("div", { class: "llmscope-raster-row", style: `top: ${middle}; height: ${100 / win.nu}%`, "data-row": row }));
+      this.gutter.append(h(
+        "div",
+        { class: "llmscope-tick is-selected", style: `top: ${100 * (row + 0.5) / win.nu}%` },
+        `▶ ${unit}`
+      ));
     });
     if (this.cursor) {
-      marks.push(h("div", { class: "llmscope-raster-col", style: `left: ${100 * this.cursor.col / win.nt}%; width: max(2px, ${100 / win.nt}%)` }));
+      marks.push(h("div", { class: "llmscope-raster-col", style: `left: ${100 * this.cursor.col / win.nt}%; width: ${100 / win.nt}%` }));
     }
     this.marks.replaceChildren(...marks);
     this.canvas.dataset.selection = [...selected].join(",");
   }
+  /** The label of a window row's unit: "mlp.0:12". */
+  label(row) {
+    return `${this.meta?.site}:${this.win?.units[row]}`;
+  }
   /** A line about a cell: unit, token, spike or not. */
   describeCell({ row, col }) {
-    const { win } = (
-      /** @type {any} */
-      this
+    const win = (
+      /** @type {NonNullable<RasterView["win"]>} */
+      this.win
     );
     const code = win.codes[row * win.nt + col];
     const pref = win.preferred ? ` (prefers ${win.preferred[row]})` : "";
@@ -702,9 +910,17 @@ var RasterView = class {
   }
   /** @param {MouseEvent} event */
   hover(event) {
-    if (!this.win) return;
-    const cell = cellAt(event, this.canvas, this.win.nt, this.win.nu);
-    if (cell) this.readout.textContent = this.describeCell(cell);
+    const { win } = this;
+    if (!win) return;
+    const cell = cellAt(event, this.canvas, win.nt, win.nu);
+    if (!cell) return;
+    this.readout.textContent = this.describeCell(cell);
+    this.gutter.querySelector(".is-hover")?.remove();
+    this.gutter.append(h(
+      "div",
+      { class: "llmscope-tick is-hover", style: `top: ${100 * (cell.row + 0.5) / win.nu}%` },
+      String(win.units[cell.row])
+    ));
   }
   /** @param {MouseEvent} event */
   click(event) {
@@ -732,14 +948,11 @@ var RasterView = class {
   key(event) {
     if (!this.win) return;
     const pages = { PageUp: "up", PageDown: "down", "+": "in", "=": "in", "-": "out", Home: "home", End: "end" };
-    const action = pages[
-      /** @type {keyof typeof pages} */
-      event.key
-    ];
-    const step = { ArrowUp: [-1, 0], ArrowDown: [1, 0], ArrowLeft: [0, -1], ArrowRight: [0, 1] }[event.key];
+    const steps = { ArrowUp: [-1, 0], ArrowDown: [1, 0], ArrowLeft: [0, -1], ArrowRight: [0, 1] };
+    const action = pages[event.key];
+    const step = steps[event.key];
     if (!action && !step) return;
     event.preventDefault();
-    event.stopPropagation();
     if (action) {
       this.move(action);
       return;
@@ -751,27 +964,18 @@ var RasterView = class {
   }
   /** Ask for a unit's tuning curve and top examples; show them. */
   fetchUnit(unit) {
-    return guard(this.errors, "unit", async () => {
-      const data = await this.channels.unit.request({ unit });
+    return this.guard("unit", async () => {
+      const data = await this.units.request({ unit });
       if (data === null) return;
       const parts = [h("div", { class: "llmscope-title" }, data.label)];
       if (data.curve) {
         const [mean, sem] = await Promise.all([decodeArray(data.curve.mean), decodeArray(data.curve.sem)]);
         parts.push(
           h("div", { class: "llmscope-axes" }, `tuning curve: mean response by ${data.curve.label} (± s.e.m.)`),
-          this.curve(
-            data.curve.categories,
-            /** @type {Float32Array} */
-            mean.data,
-            /** @type {Float32Array} */
-            sem.data
-          )
+          this.curve(data.curve.categories, mean.data, sem.data)
         );
       }
-      const activation = (
-        /** @type {Float32Array} */
-        (await decodeArray(data.examples.activation)).data
-      );
+      const activation = (await decodeArray(data.examples.activation)).data;
       const gap = data.joiner;
       parts.push(h("div", { class: "llmscope-axes" }, "top examples"), h(
         "ol",
@@ -795,24 +999,37 @@ var RasterView = class {
     });
   }
   /**
-   * Horizontal bars of a tuning curve, drawn with elements (each category's name as text).
-   * @param {string[]} categories @param {Float32Array} mean @param {Float32Array} sem
+   * Horizontal bars of a tuning curve from zero, with ± s.e.m. error bars, drawn with
+   * elements (each category's name as text).
+   * @param {string[]} categories @param {ArrayLike<number>} mean @param {ArrayLike<number>} sem
    */
   curve(categories, mean, sem) {
-    const lo = Math.min(0, ...mean);
-    const hi = Math.max(...Array.from(mean, (m, i) => m + (sem[i] || 0)), lo + 1e-9);
-    return h("div", { class: "llmscope-raster-curve", role: "list" }, ...categories.map((name, i) => h(
-      "div",
-      { class: "llmscope-raster-bar", role: "listitem", "aria-label": `${name}: ${mean[i].toFixed(3)}` },
-      h("span", { class: "llmscope-bar-name" }, name),
-      h("span", { class: "llmscope-bar-track" }, h("i", { style: `width: ${100 * (mean[i] - lo) / (hi - lo)}%` })),
-      h("span", { class: "llmscope-value" }, mean[i].toFixed(3))
-    )));
+    const { zero, bars } = barGeometry(mean, sem);
+    return h("div", { class: "llmscope-raster-curve", role: "list" }, ...categories.map((name, i) => {
+      const { left, width, error } = bars[i];
+      return h(
+        "div",
+        {
+          class: "llmscope-raster-bar",
+          role: "listitem",
+          "aria-label": `${name}: ${mean[i].toFixed(3)} ± ${Number(sem[i]).toFixed(3)}`
+        },
+        h("span", { class: "llmscope-bar-name" }, name),
+        h(
+          "span",
+          { class: "llmscope-bar-track" },
+          h("i", { class: mean[i] < 0 ? "is-negative" : "", style: `left: ${left}%; width: ${width}%` }),
+          error && h("b", { style: `left: ${error.left}%; width: ${error.width}%` }),
+          h("u", { style: `left: ${zero}%` })
+        ),
+        h("span", { class: "llmscope-value" }, mean[i].toFixed(3))
+      );
+    }));
   }
   /** Ask for a token's context; show it. */
   fetchToken(column) {
-    return guard(this.errors, "token", async () => {
-      const data = await this.channels.token.request({ column });
+    return this.guard("token", async () => {
+      const data = await this.tokenContexts.request({ column });
       if (data === null) return;
       const gap = data.joiner;
       const labels = Object.entries(data.labels).map(([k, v]) => `${k}=${v}`).join(" · ");
@@ -825,26 +1042,20 @@ var RasterView = class {
     });
   }
   destroy() {
-    this.unwatch();
-    for (const [event, fn] of Object.entries(this.listeners)) this.model.off(event, fn);
-    for (const soon of [this.fetchWindowSoon, this.saveRungSoon, this.fetchUnitSoon, this.fetchTokenSoon]) soon.cancel();
-    Object.values(this.channels).forEach((channel) => channel.cancel());
+    this.resized.disconnect();
+    super.destroy();
   }
 };
-var raster_default = {
-  /** @param {{model: any, el: HTMLElement, experimental: {invoke: import("./wire.js").Invoke}}} props */
-  render({ model, el, experimental }) {
-    const view = new RasterView(model, el, experimental.invoke);
-    return () => view.destroy();
-  }
-};
+var raster_default = mount(RasterView);
 export {
+  bands,
+  barGeometry,
   raster_default as default,
   formatThreshold,
   moveView,
   shows,
   spikeTable,
   spikesAbove,
-  stepRung,
+  tickEvery,
   warmUp
 };

@@ -41,7 +41,8 @@ import traitlets
 
 from llmscope.stimuli import trials
 from llmscope.behaviour import check_logit_diff, logit_diff, loss
-from llmscope.errors import AnalysisError, InterventionError, PromptError
+from llmscope.checks import choice, number
+from llmscope.errors import AnalysisError, InterventionError, PromptError, WidgetError
 from llmscope.interventions import Intervention, gain, intervene, steer
 from llmscope.recording import record
 from llmscope.sites import Site, UnitsLike, table_index, resolve_units, unit_index
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
 
 MODES = ("zero", "mean")
 GAIN_RANGE = (0.0, 2.0)
+GAIN_STEP = 0.05  # the sliders' step (the page snaps to it)
 PAIRED = ("good_id", "bad_id", "is_target")
 METRICS = ("loss", "logit_diff")
 
@@ -156,6 +158,9 @@ class AblationPanel(LiveWidget):
     _css = static("ablation_panel.css")
     gains = traitlets.Dict(read_only=True)
     mode = traitlets.Unicode("zero")
+    # what the page's sliders take, written once here
+    _meta = traitlets.Dict({"gain": {"min": GAIN_RANGE[0], "max": GAIN_RANGE[1], "step": GAIN_STEP}},
+                           read_only=True).tag(sync=True)
 
     def __init__(self, model: "TransformerBridge", source: str | Stimuli, units: UnitsLike | Mapping[str, UnitsLike],
                  *, mode: str = "zero", metric: str | None = None, k: int = 10, seq: int = 0, **kwargs: Any):
@@ -234,21 +239,15 @@ class AblationPanel(LiveWidget):
             self._changed()
 
     def _check_factors(self, factors: Any) -> list[float]:
-        """Every factor finite and in 0..2, one per slider (checked before anything changes)."""
+        """The page's gains: a list of finite numbers in ``GAIN_RANGE``, one per slider (checked
+        before anything changes)."""
         n = len(self._sliders)
-        if not isinstance(factors, (list, tuple)) or len(factors) != n:
-            raise InterventionError(f"factors are one gain per slider: a list of {n} numbers, got {factors!r}.")
-        out = []
-        for slider, f in zip(self._sliders, factors):
-            try:
-                value = gain(slider.units, factor=f).factor  # refuses NaN, infinities and non-numbers
-            except InterventionError as exc:
-                raise InterventionError(f"the gain of {slider.label}: {exc}") from None
-            if not GAIN_RANGE[0] <= value <= GAIN_RANGE[1]:
-                raise InterventionError(f"the gain of {slider.label} must be in {GAIN_RANGE[0]:g}..{GAIN_RANGE[1]:g}, "
-                                        f"got {f!r}.")
-            out.append(value)
-        return out
+        if not isinstance(factors, (list, tuple)):
+            raise WidgetError.Type(f"factors are one gain per slider: a list of {n} numbers, got {factors!r}.")
+        if len(factors) != n:
+            raise WidgetError(f"factors are one gain per slider: a list of {n} numbers, got {len(factors)}: {factors!r}.")
+        return [number(f, f"the gain of {slider.label}", *GAIN_RANGE, error=WidgetError)
+                for slider, f in zip(self._sliders, factors)]
 
     def _position(self) -> int:
         """Where the shown distribution is read: the first target row of ``seq``, else its last token."""
@@ -408,7 +407,7 @@ class AblationPanel(LiveWidget):
     @command(factors=list, mode=str)
     def _move(self, factors: list, mode: str) -> dict[str, Any]:
         """Set every gain and the mode (all checked first), run the model once, and answer as ``_view``."""
-        factors, mode = self._check_factors(factors), self._check_mode(mode)
+        factors, mode = self._check_factors(factors), choice(mode, "ablation mode", MODES, error=WidgetError)
         self._now = self._run(factors, mode)  # nothing changes if this raises
         self._quiet = True  # the page asked for this: no version bump, no second run
         try:
@@ -436,4 +435,4 @@ class AblationPanel(LiveWidget):
         return fig.update_layout(barmode="group", title=title, yaxis_title="probability")
 
 
-__all__ = ["AblationPanel", "MODES", "GAIN_RANGE"]
+__all__ = ["AblationPanel", "MODES", "GAIN_RANGE", "GAIN_STEP"]

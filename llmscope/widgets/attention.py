@@ -6,17 +6,27 @@ labelled with the head's previous-token (P) and induction (I) scores from
 heatmap; the prompt's tokens, shaded by where the hovered token attends (blue) and what
 attends to it (orange); and a prompt box: editing it runs the model again in the kernel.
 
-What crosses the wire (see :mod:`llmscope.widgets.wire`): the overview sends each head
-max-pooled to at most ``THUMB`` x ``THUMB`` byte codes (zlib), and a focused head is sent
-only when the page asks for it, as the lower triangle of its ``[query, key]`` pattern in byte
-codes (``code / 255`` = attention, zlib). The kernel compresses every head once per prompt,
-as it runs the model, and keeps only those compressed bytes (SmolLM2 at 512 tokens: about
-4 MB for all 270 heads), so a focus change costs no model run.
+A prompt runs layer by layer, and what the page needs is taken from each layer as the forward
+pass reaches it (read-only hooks on ``blocks.L.attn.hook_pattern``, ``[batch, head, query,
+key]``; with grouped-query attention, as in SmolLM2, one pattern per query head): each head's
+pattern as byte codes (``code / 255`` = attention) of its lower triangle, zlib-compressed, and
+its thumbnail, max-pooled to at most ``THUMB`` x ``THUMB`` (a cell shows the strongest
+attention of its block, so a thin diagonal survives). A layer's float patterns are never kept
+past that; only the compressed codes are (SmolLM2, all 270 heads: about 37 MB at 2,048
+tokens, 91 MB at 4,096), so a focus change costs no model run. The hooks sit around the head
+localizer's own forward pass, so thumbnails and scores come from one run; they are always
+removed.
 
-The model is only read, once per prompt: patterns come from read-only hooks on
-``blocks.L.attn.hook_pattern`` (``[batch, head, query, key]``; with grouped-query attention, as
-in SmolLM2, one pattern per query head), attached around the head localizer's own forward pass
-(so the thumbnails and the scores come from the same run) and always removed.
+A prompt typed in the page runs in a background thread of the kernel: the command returns at
+once, ``_progress`` reports each layer, and the page shows the layers done so far with a
+cancel button; a cancelled run stops at its next layer and leaves everything as it was. A
+prompt set from Python (``amap.prompt = ...``) runs in the calling thread, and the page follows
+it the same way. While a run goes, the model is busy: a pass started from a cell at the same
+time would share its hooks and interventions.
+
+What crosses the wire (see :mod:`llmscope.widgets.wire`): the overview sends the thumbnails
+(zlib) and scores; a focused head is sent only when the page asks for it, and the page
+max-pools it to its canvas's pixels when it has more cells than that.
 
 Example:
     >>> amap = AttentionMap(model, "the dog runs . the dog runs .")
@@ -30,18 +40,18 @@ Example:
 from __future__ import annotations
 
 import html
+import itertools
+import threading
 import warnings
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import traitlets
+from numba import njit
 
 from llmscope.analysis.heads import localize_heads
-
-from llmscope.errors import AnalysisError, PromptError, SiteError
+from llmscope.errors import AnalysisError, PromptError, SiteError, WidgetError
 from llmscope.stimuli.core import Stimuli
 from llmscope.stimuli.english import from_texts
 from llmscope.widgets import wire
@@ -56,9 +66,30 @@ THUMB = 24
 SHOWN_SCORES = ("previous_token", "induction")
 
 
-def _codes(p: torch.Tensor) -> torch.Tensor:
-    """Attention in 0..1 as byte codes 0..255 (``code / 255`` is the attention, to 1/510)."""
-    return p.float().mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
+@njit(cache=True, nogil=True)
+def _encode(pattern: np.ndarray, tril: np.ndarray, thumbs: np.ndarray) -> None:  # pragma: no cover (compiled)
+    """One layer's ``[head, n, n]`` float32 attention as byte codes, ``floor(p * 255 + 0.5)``
+    clamped to 0..255: each head's lower triangle row by row into ``tril`` ``[head, n(n+1)/2]``,
+    and its max over the cells of each thumbnail pixel (cell ``i`` of ``n`` in pixel
+    ``i * t // n`` of ``t``) into ``thumbs`` ``[head, t, t]`` (zeros on entry). One pass over
+    the triangle, the GIL released."""
+    n_heads, n = pattern.shape[0], pattern.shape[1]
+    t = thumbs.shape[1]
+    block = np.empty(n, np.int64)
+    for i in range(n):
+        block[i] = i * t // n
+    scale, half = np.float32(255.0), np.float32(0.5)
+    for h in range(n_heads):
+        k = 0
+        for i in range(n):
+            bi = block[i]
+            for j in range(i + 1):
+                v = pattern[h, i, j] * scale + half
+                c = 0 if not v >= 1 else (255 if v >= 255 else int(v))
+                tril[h, k] = c
+                k += 1
+                if c > thumbs[h, bi, block[j]]:
+                    thumbs[h, bi, block[j]] = c
 
 
 def _n_bos(stim: Stimuli) -> int:
@@ -67,17 +98,45 @@ def _n_bos(stim: Stimuli) -> int:
     return int(first["is_bos"].sum()) if "is_bos" in first else 0
 
 
-@dataclass
-class _View:
-    """What the kernel holds for the prompt on show."""
+class _Stopped(Exception):
+    """Raised in a pattern hook to stop a cancelled run's forward pass at that layer."""
 
-    text: str
-    ids: torch.Tensor                       # [1, n] the prompt's token ids
-    tokens: list[str]                       # each token's text
-    n_bos: int                              # leading tokens the model prepends
-    thumbs: np.ndarray                      # [layers, heads, t, t] uint8 codes, max-pooled
-    scores: np.ndarray                      # [layers, heads, len(SHOWN_SCORES)] float, NaN = no score
-    heads: list[list[dict[str, Any]]]       # [layer][head] the pattern's wire payload (tril, zlib)
+
+class _Pass:
+    """One prompt through the model, filled layer by layer as the forward pass reaches each
+    (thumbnails, each head's compressed codes), scored when the pass ends."""
+
+    def __init__(self, run: int, stim: Stimuli, text: str, n_layers: int, n_heads: int):
+        self.run, self.stim, self.text = run, stim, text
+        self.ids = stim.ids[:1, : int(stim.lengths[0])]               # [1, n] the prompt's token ids
+        n = self.ids.shape[1]
+        self.tokens: list[str] = stim.tokens["text"].astype(str).tolist()[:n]
+        self.n_bos = _n_bos(stim)
+        t = min(THUMB, n)
+        self.thumbs = np.zeros((n_layers, n_heads, t, t), dtype=np.uint8)  # max-pooled codes
+        self.heads: list[list[dict[str, Any]]] = [[] for _ in range(n_layers)]  # payloads (tril, zlib)
+        self.scores = np.full((n_layers, n_heads, len(SHOWN_SCORES)), np.nan)  # NaN = no score
+        self.done = 0                        # layers read so far
+        self.complete = False                # every layer read and scored
+        self.stop = threading.Event()        # set to cancel: the next layer raises _Stopped
+        self.thread: threading.Thread | None = None
+        self.owner = threading.get_ident()  # the thread whose forward pass feeds this one
+        self.on_layer: Any = None            # called after each layer (the widget reports progress)
+
+    def read(self, pattern: torch.Tensor, hook: Any) -> None:  # [1, head, query, key]; read only
+        if threading.get_ident() != self.owner:
+            return  # another thread's pass (a cell run while this one goes): not ours
+        if self.stop.is_set():
+            raise _Stopped
+        layer = int(hook.name.split(".")[1])
+        p = pattern[0].detach().to("cpu", torch.float32).numpy()
+        n = p.shape[-1]
+        tril = np.empty((p.shape[0], n * (n + 1) // 2), dtype=np.uint8)
+        _encode(p, tril, self.thumbs[layer])
+        self.heads[layer] = [wire.packed(rows, (n, n), tril=True, compress=True) for rows in tril]
+        self.done = layer + 1
+        if self.on_layer is not None:
+            self.on_layer(self)
 
 
 class AttentionMap(LiveWidget):
@@ -97,6 +156,8 @@ class AttentionMap(LiveWidget):
             it, and setting it here moves the page's focus. ``.unit`` gives it as
             ``("attn.L", head)``, ready for ``lesion`` or an AblationPanel.
         version: bumped each time a new prompt has been run.
+        _progress: the run of a prompt, for the page: ``{run, state, done, total, n_tokens}``
+            (``state`` running, done, cancelled or failed; ``error`` when failed).
 
     ``.figure()`` is the current view as a static plotly figure.
 
@@ -115,6 +176,7 @@ class AttentionMap(LiveWidget):
     _css = static("attention_map.css")
     prompt = traitlets.Unicode("").tag(sync=True)
     focus = traitlets.Tuple(traitlets.Int(), traitlets.Int(), default_value=(0, 0)).tag(sync=True)
+    _progress = traitlets.Dict().tag(sync=True)
 
     def __init__(self, model: "TransformerBridge", source: str | Stimuli, seq: int = 0, **kwargs: Any):
         from transformer_lens.model_bridge import TransformerBridge
@@ -124,20 +186,24 @@ class AttentionMap(LiveWidget):
         if isinstance(seq, bool) or not isinstance(seq, int):
             raise AnalysisError(f"seq is the index of a sequence of the stimuli, an int; got {seq!r}.")
         self._model = model
-        self._view: _View | None = None
+        self._runs = itertools.count()
+        self._lock = threading.Lock()  # guards _pending: the page's commands and the runs' threads
+        self._pending: _Pass | None = None  # a prompt on its way, shown as it fills
+        self._view: _Pass | None = None  # the prompt on show, complete
         if isinstance(source, str):
             if seq != 0:
                 raise AnalysisError(f"seq={seq} picks a sequence of Stimuli; a prompt has one sequence (seq=0).")
-            self._view = self._measure(self._tokenize(source), source)
+            stim, text = self._tokenize(source), source
         elif isinstance(source, Stimuli):
             as_stimuli(model, source)
             if not 0 <= seq < source.n_seqs:
                 raise AnalysisError(f"seq={seq} is out of range: these stimuli have sequences 0..{source.n_seqs - 1}.")
-            one = source.select_seqs([seq])
-            ids = one.ids[0, _n_bos(one): int(one.lengths[0])].tolist()
-            self._view = self._measure(one, model.tokenizer.decode(ids, clean_up_tokenization_spaces=False))
+            stim = source.select_seqs([seq])
+            ids = stim.ids[0, _n_bos(stim): int(stim.lengths[0])].tolist()
+            text = model.tokenizer.decode(ids, clean_up_tokenization_spaces=False)
         else:
-            raise AnalysisError(f"AttentionMap shows a prompt (str) or Stimuli; got {type(source).__name__}.")
+            raise AnalysisError.Type(f"AttentionMap shows a prompt (str) or Stimuli; got {type(source).__name__}.")
+        self._view = self._measure(self._new_pass(stim, text))
         super().__init__(prompt=self._view.text, focus=self._best_head(), **kwargs)
 
     # ------------------------------------------------------------------ kernel-side state
@@ -151,32 +217,24 @@ class AttentionMap(LiveWidget):
             raise PromptError(f"the prompt is {n} tokens but {cfg.model_name} reads at most {cfg.n_ctx}: shorten it.")
         return from_texts(self._model, text, tag=False, name="prompt")
 
-    def _measure(self, stim: Stimuli, text: str) -> _View:
-        """Run the model once on ``stim``'s first sequence: thumbnails, head payloads, scores.
+    def _new_pass(self, stim: Stimuli, text: str) -> _Pass:
+        return _Pass(next(self._runs), stim, text, self._model.cfg.n_layers, self._model.cfg.n_heads)
+
+    def _measure(self, run: _Pass) -> _Pass:
+        """Run the model once on ``run``'s prompt, in this thread, filling it layer by layer.
 
         The pattern hooks sit around :func:`localize_heads`, whose one pass over one sequence
         feeds them; a prompt too short to score (localize_heads refuses it before running)
-        gets its pass here instead."""
+        gets its pass here instead. A cancelled run raises _Stopped out of the pass."""
         cfg = self._model.cfg
-        ids = stim.ids[:1, : int(stim.lengths[0])]
-        n = ids.shape[1]
-        t = min(THUMB, n)
-        thumbs = np.zeros((cfg.n_layers, cfg.n_heads, t, t), dtype=np.uint8)
-        heads: list[list[dict[str, Any]]] = [[] for _ in range(cfg.n_layers)]
-
-        def read(pattern: torch.Tensor, hook: Any) -> None:  # [1, head, query, key]; read only
-            layer = int(hook.name.split(".")[1])
-            p = pattern[0].detach().cpu()
-            thumbs[layer] = _codes(F.adaptive_max_pool2d(p.float(), t)).numpy()
-            heads[layer] = [wire.array(codes, tril=True, compress=True) for codes in _codes(p).numpy()]
-
-        hooks = [(f"blocks.{L}.attn.hook_pattern", read) for L in range(cfg.n_layers)]
+        run.owner = threading.get_ident()
+        hooks = [(f"blocks.{L}.attn.hook_pattern", run.read) for L in range(cfg.n_layers)]
         with torch.no_grad(), self._model.hooks(fwd_hooks=hooks):
-            scores = self._scores(stim)
-            if not all(heads):
-                self._model(ids.to(cfg.device), return_type=None)
-        return _View(text=text, ids=ids, tokens=stim.tokens["text"].astype(str).tolist()[:n], n_bos=_n_bos(stim),
-                     thumbs=thumbs, scores=scores, heads=heads)
+            scores = self._scores(run.stim)
+            if run.done < cfg.n_layers:
+                self._model(run.ids.to(cfg.device), return_type=None)
+        run.scores, run.complete = scores, True
+        return run
 
     def _scores(self, stim: Stimuli) -> np.ndarray:
         """``[layers, heads, len(SHOWN_SCORES)]`` head scores on ``stim``; NaN where a prompt has
@@ -199,11 +257,78 @@ class AttentionMap(LiveWidget):
                 return int(layer), int(head)
         return 0, 0
 
+    def _report(self, run: _Pass, state: str, error: BaseException | None = None) -> None:
+        """Tell the page how ``run`` goes (``_progress``)."""
+        progress = {"run": run.run, "state": state, "done": run.done, "total": self._model.cfg.n_layers,
+                    "n_tokens": len(run.tokens)}
+        if error is not None:
+            progress["error"] = {"type": type(error).__name__, "message": str(error)}
+        self.set_trait("_progress", progress)
+
+    def _stop_pending(self) -> None:
+        """Cancel the prompt running in the background, if any, and wait for it to stop (at its next layer)."""
+        with self._lock:
+            run, self._pending = self._pending, None
+        if run is not None:
+            run.stop.set()
+            if run.thread is not None:
+                run.thread.join()
+            self._report(run, "cancelled")
+
+    def _start(self, run: _Pass) -> None:
+        """Run ``run`` in a background thread (after the run it replaces has stopped); the page
+        follows it through ``_progress``, and it becomes the view when it completes."""
+        with self._lock:
+            previous, self._pending = self._pending, run
+        if previous is not None:
+            previous.stop.set()
+        run.on_layer = lambda r: self._report(r, "running")
+
+        def work() -> None:
+            if previous is not None and previous.thread is not None:
+                previous.thread.join()
+            try:
+                self._measure(run)
+            except BaseException as exc:  # noqa: BLE001 (a run's failure goes to the page, not to a thread's stderr)
+                with self._lock:
+                    ours = self._pending is run
+                    if ours:
+                        self._pending = None
+                if ours:  # a run replaced by a newer one says nothing: the newer one reports
+                    if not isinstance(exc, _Stopped):
+                        self.set_trait("last_error", f"{type(exc).__name__}: {exc}")
+                    stopped = isinstance(exc, _Stopped)
+                    self._report(run, "cancelled" if stopped else "failed", None if stopped else exc)
+                return
+            self._commit(run)
+
+        run.thread = threading.Thread(target=work, name=f"llmscope AttentionMap run {run.run}", daemon=True)
+        self._report(run, "running")
+        run.thread.start()
+
+    def _commit(self, run: _Pass) -> None:
+        """A background run completed: it becomes the view, unless a newer one replaced it."""
+        with self._lock:
+            if self._pending is not run:
+                return
+            self._view, self._pending = run, None
+        self.prompt = run.text  # the validator finds it measured; the version follows
+        self._report(run, "done")
+
     @traitlets.validate("prompt")
     def _run_prompt(self, proposal: dict[str, Any]) -> str:
         text = proposal["value"]
         if self._view is None or text != self._view.text:
-            self._view = self._measure(self._tokenize(text), text)  # a PromptError leaves all as it was
+            run = self._new_pass(self._tokenize(text), text)  # a PromptError leaves all as it was
+            self._stop_pending()
+            run.on_layer = lambda r: self._report(r, "running")
+            try:
+                self._view = self._measure(run)
+            except BaseException as exc:  # an interrupted cell, or a failed pass: the old prompt stays
+                interrupted = isinstance(exc, KeyboardInterrupt)
+                self._report(run, "cancelled" if interrupted else "failed", None if interrupted else exc)
+                raise
+            self._report(run, "done")
         return text
 
     @traitlets.observe("prompt")
@@ -215,8 +340,8 @@ class AttentionMap(LiveWidget):
         layer, head = proposal["value"]
         cfg = self._model.cfg
         if not (0 <= layer < cfg.n_layers and 0 <= head < cfg.n_heads):
-            raise SiteError(f"focus {(layer, head)} is not a head of this model: layers 0..{cfg.n_layers - 1}, "
-                            f"heads 0..{cfg.n_heads - 1}.")
+            raise SiteError.Range(f"focus {(layer, head)} is not a head of this model: layers 0..{cfg.n_layers - 1}, "
+                                  f"heads 0..{cfg.n_heads - 1}.")
         return int(layer), int(head)
 
     @property
@@ -226,27 +351,61 @@ class AttentionMap(LiveWidget):
 
     # ------------------------------------------------------------------ commands of the page
 
+    def _shown(self) -> _Pass:
+        """What the page shows: the prompt running in the background (its layers so far), else the view."""
+        return self._pending or self._view
+
     @command()
     def _overview(self) -> dict[str, Any]:
-        """The grid and the tokens: thumbnails ``[layers, heads, t, t]`` uint8, scores
-        ``[layers, heads, scores]`` float16, token texts."""
-        view = self._view
-        return {"version": self.version, "model": str(self._model.cfg.model_name), "tokens": view.tokens,
-                "n_bos": view.n_bos, "score_names": list(SHOWN_SCORES),
-                "thumbs": wire.array(view.thumbs, compress=True),
-                "scores": wire.array(view.scores.astype(np.float16))}
+        """The grid and the tokens of what is shown: thumbnails ``[layers, heads, t, t]`` uint8
+        (layers past ``done`` are still to come), scores ``[layers, heads, scores]`` float16 (NaN
+        until ``complete``), token texts."""
+        shown = self._shown()
+        done = shown.done  # read first: the layers before it are written and stay so
+        thumbs = shown.thumbs.copy()
+        thumbs[done:] = 0
+        return {"run": shown.run, "version": self.version, "complete": shown.complete, "done": done,
+                "total": self._model.cfg.n_layers, "model": str(self._model.cfg.model_name), "tokens": shown.tokens,
+                "n_bos": shown.n_bos, "score_names": list(SHOWN_SCORES), "thumbs": wire.array(thumbs, compress=True),
+                "scores": wire.array(shown.scores.astype(np.float16))}
 
     @command(layer=int, head=int)
     def _head(self, layer: int, head: int) -> dict[str, Any]:
-        """One head's ``[query, key]`` pattern: uint8 codes, lower triangle, zlib."""
-        layer, head = self._check_focus({"value": (layer, head)})
-        return {"version": self.version, "layer": layer, "head": head, "pattern": self._view.heads[layer][head]}
+        """One head's ``[query, key]`` pattern (uint8 codes, lower triangle, zlib) of what is
+        shown; ``None`` while its layer is still to come."""
+        cfg = self._model.cfg
+        if not (0 <= layer < cfg.n_layers and 0 <= head < cfg.n_heads):
+            raise WidgetError.Range(f"head ({layer}, {head}) is not a head of this model: layers 0..{cfg.n_layers - 1}, "
+                                    f"heads 0..{cfg.n_heads - 1}.")
+        shown = self._shown()
+        pattern = shown.heads[layer][head] if layer < shown.done else None
+        return {"run": shown.run, "version": self.version, "layer": layer, "head": head, "pattern": pattern}
 
     @command(prompt=str)
     def _run(self, prompt: str) -> dict[str, Any]:
-        """Run the model on a new prompt (the page then asks for the overview again)."""
-        self.prompt = prompt
-        return {"version": self.version, "n_tokens": len(self._view.tokens)}
+        """Start the model on a new prompt in the background (``_progress`` follows it) and
+        answer at once; the same prompt as the one shown starts nothing (and cancels a run)."""
+        with self._lock:
+            pending = self._pending
+        if pending is not None and prompt == pending.text:
+            return {"run": pending.run, "n_tokens": len(pending.tokens), "started": True}
+        stim = self._tokenize(prompt)  # a PromptError leaves all as it was
+        if prompt == self._view.text:
+            self._stop_pending()
+            return {"run": self._view.run, "n_tokens": len(self._view.tokens), "started": False}
+        run = self._new_pass(stim, prompt)
+        self._start(run)
+        return {"run": run.run, "n_tokens": len(run.tokens), "started": True}
+
+    @command(run=int)
+    def _cancel(self, run: int) -> dict[str, Any]:
+        """Stop the background run ``run`` at its next layer (the prompt shown before stays)."""
+        with self._lock:
+            pending = self._pending
+        cancelling = pending is not None and pending.run == run
+        if cancelling:
+            pending.stop.set()
+        return {"run": run, "cancelling": cancelling}
 
     # ------------------------------------------------------------------ static picture
 

@@ -14,7 +14,8 @@ The wrapper checks the message first (a sequence number ``seq``, each declared f
 with its type, no other field), then calls the method, lifts the arrays of its reply into
 binary buffers (:func:`llmscope.widgets.wire.split_buffers`) and answers
 ``{"seq", "ok": True, "data", "buffer_paths"}``. Any exception, a malformed message included,
-becomes ``{"seq", "ok": False, "error": {"type", "message", "traceback"}}``: the page shows it
+becomes ``{"seq", "ok": False, "error": {"type", "message", "traceback"}}`` (``type`` the
+qualified class name, as ``WidgetError.Type`` for a field of the wrong type): the page shows it
 as text and Python keeps it in ``last_error``. An llmscope error carries no traceback (its
 message says what to do); anything else carries one. The page (``widgets/src/wire.js``,
 ``Channel``) drops an answer to anything but its newest request, and has its own timeout.
@@ -50,28 +51,32 @@ def static(name: str) -> Path:
     return path
 
 
-def _field_error(command_name: str, msg: Any, fields: dict[str, type]) -> str | None:
-    """Why ``msg`` is not a valid message for ``command_name``, or None if it is."""
+def _check_message(command_name: str, msg: Any, fields: dict[str, type]) -> None:
+    """Raise the WidgetError kind that says why ``msg`` is not a valid message for
+    ``command_name``: a wrong type is ``.Type``, a field it does not take ``.Unknown``, a
+    missing field a plain WidgetError."""
     if not isinstance(msg, dict):
-        return f"a message to {command_name} is a JSON object, got {type(msg).__name__}"
+        raise WidgetError.Type(f"malformed message: a message to {command_name} is a JSON object, "
+                               f"got {type(msg).__name__}.")
     expected = {"seq": int, **fields}
     missing = sorted(set(expected) - set(msg))
     extra = sorted(set(msg) - set(expected))
     if missing or extra:
-        return (f"a message to {command_name} has the fields {sorted(expected)}; "
-                f"{'missing ' + str(missing) if missing else ''}{' and ' if missing and extra else ''}"
-                f"{'unexpected ' + str(extra) if extra else ''}")
+        problem = (f"malformed message: a message to {command_name} has the fields {sorted(expected)}; "
+                   f"{'missing ' + str(missing) if missing else ''}{' and ' if missing and extra else ''}"
+                   f"{'unexpected ' + str(extra) if extra else ''}.")
+        raise (WidgetError.Unknown if extra else WidgetError)(problem)
     for name, kind in expected.items():
         value = msg[name]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            return f"field {name!r} of a message to {command_name} must be {kind.__name__}, got {value!r}"
-    return None
+            raise WidgetError.Type(f"malformed message: field {name!r} of a message to {command_name} must be "
+                                   f"{kind.__name__}, got {value!r}.")
 
 
 def _error_payload(exc: BaseException) -> dict[str, str]:
     """An exception as the page shows it: type, message, and a traceback unless it is ours."""
     trace = "" if isinstance(exc, LLMScopeError) else "".join(traceback.format_exception(exc))
-    return {"type": type(exc).__name__, "message": str(exc), "traceback": trace}
+    return {"type": type(exc).__qualname__, "message": str(exc), "traceback": trace}  # "WidgetError.Range"
 
 
 def command(**fields: type) -> Callable[[Handler], Command]:
@@ -97,9 +102,7 @@ def command(**fields: type) -> Callable[[Handler], Command]:
         def handle(self: LiveWidget, msg: Any, buffers: list) -> tuple[dict[str, Any], list]:
             seq = msg.get("seq") if isinstance(msg, dict) else None
             try:
-                problem = _field_error(method.__name__, msg, fields)
-                if problem:
-                    raise WidgetError(f"malformed message: {problem}.")
+                _check_message(method.__name__, msg, fields)
                 data, paths, out = wire.split_buffers(method(self, **{k: msg[k] for k in fields}))
             except Exception as exc:  # every failure goes back to the page, which shows it
                 error = _error_payload(exc)

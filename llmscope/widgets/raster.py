@@ -50,7 +50,7 @@ from llmscope.analysis.responses import scalar
 from llmscope.analysis.spikes import Spikes, spikes
 from llmscope.stimuli.trials import rows
 from llmscope.analysis.tuning import TuningResult, tuning
-from llmscope.errors import AnalysisError, SiteError
+from llmscope.errors import SiteError, WidgetError
 from llmscope.recording import Recording
 from llmscope.sites import parse_units, unit_labels
 from llmscope.widgets import wire
@@ -99,7 +99,7 @@ def _codes(x: np.ndarray, levels: np.ndarray) -> np.ndarray:
 
 def _check_range(name: str, lo: int, hi: int, n: int) -> None:
     if not 0 <= lo < hi <= n:
-        raise AnalysisError(f"{name} range [{lo}, {hi}) is not inside 0..{n} (and not empty).")
+        raise WidgetError.Range(f"{name} range [{lo}, {hi}) is not inside 0..{n} (and not empty).")
 
 
 class Raster(LiveWidget):
@@ -120,7 +120,7 @@ class Raster(LiveWidget):
             for ``lesion`` or a decoder, and takes a unit table, a MultiIndex or indices.
         view: ``(first row, end row, first token, end token)`` of the window on show.
         token: the clicked token column (-1 for none).
-        _meta: sizes, site, method and ladder (float32), for the page; set once.
+        _meta: sizes, site, method, the number of rungs and the ladder (float32), for the page; set once.
         _first_window: the window of the first view, as ``_window`` answers it, for the first
             paint; ``{}`` once the view moved.
 
@@ -129,7 +129,8 @@ class Raster(LiveWidget):
     a static plotly figure). ``AblationPanel(model, stim, units=raster)`` follows the selection.
 
     Raises:
-        AnalysisError, SiteError, ColumnError: as :func:`spikes` for bad arguments.
+        AnalysisError, SiteError, ColumnError: as :func:`spikes` for bad arguments; WidgetError.Range
+            for a rung or view out of range.
 
     Example:
         >>> Raster(rec, "attn.1", method="quantile", threshold=0.9).threshold
@@ -178,7 +179,7 @@ class Raster(LiveWidget):
     def _check_rung(self, proposal: dict[str, Any]) -> int:
         k = proposal["value"]
         if not 0 <= k < RUNGS:
-            raise AnalysisError(f"rung {k} is not a slider position: 0..{RUNGS - 1}.")
+            raise WidgetError.Range(f"rung {k} is not a slider position: 0..{RUNGS - 1}.")
         return k
 
     @traitlets.validate("selection")
@@ -196,7 +197,7 @@ class Raster(LiveWidget):
         _check_range("unit row", u0, u1, n_units)
         _check_range("token", t0, t1, n_tokens)
         if (u1 - u0) * (t1 - t0) > MAX_CELLS:
-            raise AnalysisError(f"a window of {u1 - u0} x {t1 - t0} cells is more than {MAX_CELLS:,}: zoom in.")
+            raise WidgetError.Range(f"a window of {u1 - u0} x {t1 - t0} cells is more than {MAX_CELLS:,}: zoom in.")
         return u0, u1, t0, t1
 
     @traitlets.observe("view")
@@ -256,7 +257,7 @@ class Raster(LiveWidget):
         n_units, n_tokens = self._codes.shape
         m = self._spikes.meta
         return {"site": self._site, "method": m["method"], "sort_by": self._sort_by,
-                "n_units": n_units, "n_tokens": n_tokens, "middle": MIDDLE,
+                "n_units": n_units, "n_tokens": n_tokens, "rungs": RUNGS, "middle": MIDDLE,
                 "ladder": wire.array(self.ladder.astype(np.float32))}
 
     def _window_data(self, u0: int, u1: int, t0: int, t1: int) -> dict[str, Any]:
@@ -282,7 +283,8 @@ class Raster(LiveWidget):
     def _unit(self, unit: int) -> dict[str, Any]:
         """One unit's tuning curve (for ``sort_by``, float32 means and s.e.m.) and top examples."""
         if unit not in set(self._units.tolist()):
-            raise SiteError(f"unit {unit} of {self._site} is not in this raster.")
+            raise WidgetError.Unknown(f"unit {unit} of {self._site} is not in this raster: its units are "
+                                      f"{self._units[:10].tolist()}... (click one).")
         out: dict[str, Any] = {"unit": unit, "label": f"{self._site}:{unit}", "curve": None}
         if self._sort_by:
             if self._tuning is None:

@@ -6,8 +6,8 @@
 * AttentionMap on SmolLM2 (all 270 heads): bytes of the first paint (the `_overview` reply) and
   of one focused head (`_head`), as `wire.reply_bytes` counts them (JSON plus buffers), against
   the HTML CircuitsVis's `attention_patterns` writes for the same tokens (what Jupyter shows
-  offline: its props JSON plus its inline script), at 128 and 512 tokens; one head of a
-  2,048-token prompt (reply bytes, the kernel's prompt run and head reply).
+  offline: its props JSON plus its inline script), at 128 and 512 tokens. Long prompts (2,048
+  and 4,096 tokens) are bench_long_prompts.
 * Raster, kernel half of the first paint: building a 1,000 units x 1,000 tokens raster of
   SmolLM2's mlp.0, and its first `_window` reply (time and bytes).
 * The front-end bundle: every file of llmscope/static/, raw and gzipped.
@@ -35,10 +35,9 @@ from tests.bench.bench_forward import interleaved_medians
 REPEATS = 9
 TOKENS = 32
 ATTENTION_TOKENS = (128, 512)
-LONG_TOKENS = 2048
 CV_HEADS = 12  # the issue's CircuitsVis case: 12 heads at 512 tokens
 RASTER = (1000, 1000)  # units x tokens
-PROSE = Path(__file__).resolve().parents[2] / "ARCHITECTURE.md"  # varied English, over 2,048 tokens
+PROSE = Path(__file__).resolve().parents[2] / "ARCHITECTURE.md"  # varied English, over 1,000 tokens
 
 
 def _median_s(fn: Callable[[], object], repeats: int = 5) -> float:
@@ -121,24 +120,6 @@ def attention_bytes(model) -> list[dict]:
     return rows
 
 
-def long_head(model) -> list[dict]:
-    stim = _english(model, LONG_TOKENS)
-    start = time.perf_counter()
-    amap = AttentionMap(model, stim)
-    run_s = time.perf_counter() - start
-    seqs = itertools.count(1)
-    ask = lambda: amap._head({"seq": next(seqs), "layer": amap.focus[0], "head": amap.focus[1]}, [])  # noqa: E731
-    head = wire.reply_bytes(*ask())
-    case = f"smollm2-135m, {LONG_TOKENS} tokens"
-    return [
-        dict(benchmark="AttentionMap prompt run (forward, scores, 270 heads coded)", case=case, value=run_s,
-             unit="s", goal=""),
-        dict(benchmark="AttentionMap one focused head", case=case, value=head / 1e3, unit="kB", goal=""),
-        dict(benchmark="AttentionMap focused head reply (kernel)", case=case, value=_median_s(ask) * 1e3,
-             unit="ms (median)", goal=""),
-    ]
-
-
 def raster_kernel(model) -> list[dict]:
     n_units, n_tokens = RASTER
     rec = llmscope.record(model, _english(model, n_tokens + 1), ["mlp.0"], dtype="float32", progress=False)
@@ -172,4 +153,4 @@ def bundle() -> list[dict]:
 
 def run() -> list[dict]:
     model = llmscope.load("smollm2-135m")
-    return ablation_move(model) + attention_bytes(model) + long_head(model) + raster_kernel(model) + bundle()
+    return ablation_move(model) + attention_bytes(model) + raster_kernel(model) + bundle()

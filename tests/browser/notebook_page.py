@@ -1,6 +1,7 @@
 """Acting on a notebook in the page as a user does, the same way in JupyterLab and Notebook 7
 (both expose ``window.jupyterapp`` and run the same notebook widget): write one, open it, run
-every cell, read what each cell shows, restart or kill its kernel."""
+every cell, read what each cell shows, restart or kill its kernel; show a widget beside what
+its kernel saw, and save what the user saw."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from typing import TYPE_CHECKING, TypedDict
 
 import nbformat
 import psutil
-from playwright.sync_api import Dialog, Page
+from playwright.sync_api import Dialog, Locator, Page
+
+from tests.browser.conftest import ARTIFACTS
 
 if TYPE_CHECKING:
     from tests.browser.conftest import Jupyter
@@ -105,6 +108,52 @@ def watch_for_trouble(page: Page, jupyter: Jupyter) -> tuple[list[str], list[str
     page.on("pageerror", record)
     page.on("dialog", dismiss)
     return errors, dialogs
+
+
+Trouble = tuple[list[str], list[str]]
+
+
+def run_notebook(page: Page, jupyter: Jupyter, name: str, *cells: str) -> Trouble:
+    """Write a notebook of these cells as ``name``, open it and run every cell (each must run
+    cleanly); the page is watched for trouble (see :func:`watch_for_trouble`) from the start."""
+    trouble = watch_for_trouble(page, jupyter)
+    put_notebook(jupyter, name, *cells)
+    open_notebook(page, jupyter, name)
+    assert_ran_cleanly(run_all(page))
+    return trouble
+
+
+def assert_no_trouble(trouble: Trouble, offsite_requests: list[str]) -> None:
+    """No page error, no dialog, and no request that left the Jupyter server."""
+    errors, dialogs = trouble
+    assert errors == [] and dialogs == [], f"page errors {errors}, dialogs {dialogs}"
+    assert offsite_requests == [], f"the page tried to reach the network: {offsite_requests}"
+
+
+def kernel_label(widget: str, *traits: str) -> str:
+    """Code ending a cell: ``widget`` shown above a label the kernel rewrites whenever one of
+    ``traits`` changes, ``kernel: name=repr(value) ...``: proof that the kernel saw an act."""
+    return f"""\
+seen = ipywidgets.Label()
+def show_state(change=None):
+    seen.value = "kernel: " + " ".join(f"{{name}}={{getattr({widget}, name)!r}}" for name in {list(traits)!r})
+{widget}.observe(show_state, names={list(traits)!r})
+show_state()
+ipywidgets.VBox([{widget}, seen])
+"""
+
+
+def seen_by_kernel(page: Page) -> Locator:
+    """The label of :func:`kernel_label`."""
+    return page.locator(".widget-label", has_text="kernel: ")
+
+
+def save_shot(target: Locator | Page, name: str) -> None:
+    """Save what the user sees of ``target`` as ``artifacts/<name>.png``."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    if not isinstance(target, Page):
+        target.scroll_into_view_if_needed()
+    target.screenshot(path=ARTIFACTS / f"{name}.png")
 
 
 def kernel_id(jupyter: Jupyter, name: str) -> str:

@@ -1,63 +1,63 @@
 """AttentionMap in real JupyterLab and Chromium, offline: click a head, use the keys, hover a
-token, type a prompt; the kernel sees each act and the page redraws. Hostile text stays text,
-in JupyterLab and in Notebook 7."""
+token, type a prompt; the kernel sees each act and the page redraws. In JupyterLab and in
+Notebook 7, on SmolLM2: the focused head is in view, the keys move the focus and the token
+strip, and a typed hostile prompt stays text. One long prompt (the only one in the suite)
+streams layer by layer, is cancelled, and draws its previous-token head visibly when
+squeezed onto the canvas."""
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Locator, Page, expect
 
-from tests.browser.conftest import ARTIFACTS, FRONTENDS
-from tests.browser.notebook_page import assert_ran_cleanly, open_notebook, put_notebook, run_all, watch_for_trouble
+from tests.browser.conftest import FRONTENDS, REPO
+from tests.browser.notebook_page import assert_no_trouble, kernel_label, run_notebook, save_shot, seen_by_kernel
 
 if TYPE_CHECKING:
     from tests.browser.conftest import Jupyter
 
 RENDER_TIMEOUT_MS = 30_000
 KERNEL_TIMEOUT_MS = 15_000
+LONG_RUN_TIMEOUT_MS = 300_000  # SmolLM2 on 1,000 tokens: 20-60 s on two loaded cores
 SETUP = """\
 import ipywidgets
 import llmscope
 from llmscope.widgets import AttentionMap
 
-model = llmscope.load("grammar-2l")
+model = llmscope.load("{model}")
 """
-# A label the kernel rewrites whenever the widget's Python state changes: what the kernel saw.
-SEEN = """\
-seen = ipywidgets.Label()
-def show_state(change=None):
-    seen.value = f"kernel: focus={amap.focus} prompt={amap.prompt!r} error={amap.last_error!r}"
-amap.observe(show_state, names=["focus", "prompt", "last_error"])
-show_state()
-ipywidgets.VBox([amap, seen])
-"""
+ORGANISM, SMOL = SETUP.format(model="grammar-2l"), SETUP.format(model="smollm2-135m")
+SEEN = kernel_label("amap", "focus", "prompt", "last_error")
 LIVE_CELL = 'amap = AttentionMap(model, "the dog runs . the dog runs .")\n' + SEEN
-HOSTILE = ("<img src=x onerror=alert(1)>", "<script>window.__pwned=2</script>")
-HOSTILE_CELL = f"""\
-stim = llmscope.Stimuli.from_ids(model, [[1, 973, 4, 973, 4]], name="hostile", n_bos=1)
-stim.tokens["text"] = ["<bos>", {HOSTILE[0]!r}, {HOSTILE[1]!r}, "the", "dog"]
-amap = AttentionMap(model, stim)
-""" + SEEN
+SMOL_CELL = 'amap = AttentionMap(model, "The cat sat on the mat. The cat sat on the mat.")\n' + SEEN
+SHORT_CELL = 'amap = AttentionMap(model, "Hello there.")\n' + SEEN
+HOSTILE_PROMPT = '<img src=x onerror="window.__pwned=1"> the dog'
+LONG_TOKENS = 1_000  # more than the focused head's 360 pixels: it must be pooled to show
 
 
 def heatmap_pixels(page: Page) -> str:
     return page.locator("canvas.llmscope-heatmap").evaluate("c => c.toDataURL()")
 
 
-def test_attention_map_is_live(page: Page, jupyter: "Jupyter", offsite_requests: list[str]) -> None:
-    errors, dialogs = watch_for_trouble(page, jupyter)
-    put_notebook(jupyter, "attention_map.ipynb", SETUP, LIVE_CELL)
-    open_notebook(page, jupyter, "attention_map.ipynb")
-    assert_ran_cleanly(run_all(page))
+def in_view(inner: Locator, outer: Locator) -> bool:
+    """Whether ``inner`` lies wholly inside ``outer`` on screen (a scrolled box's visible part)."""
+    a, b = inner.bounding_box(), outer.bounding_box()
+    return (a is not None and b is not None and a["y"] >= b["y"] - 1 and a["y"] + a["height"] <= b["y"] + b["height"] + 1
+            and a["x"] >= b["x"] - 1 and a["x"] + a["width"] <= b["x"] + b["width"] + 1)
 
+
+def test_attention_map_is_live(page: Page, jupyter: "Jupyter", offsite_requests: list[str]) -> None:
+    trouble = run_notebook(page, jupyter, "attention_map.ipynb", ORGANISM, LIVE_CELL)
     widget = page.locator(".llmscope-attention")
-    seen = page.locator(".widget-label", has_text="kernel: ")
+    seen = seen_by_kernel(page)
     heatmap = widget.locator("canvas.llmscope-heatmap")
     expect(widget.locator(".llmscope-cell")).to_have_count(8, timeout=RENDER_TIMEOUT_MS)  # 2 layers x 4 heads
     expect(heatmap).to_have_attribute("data-focus", "1,0", timeout=RENDER_TIMEOUT_MS)  # the induction head
     expect(widget.locator(".llmscope-cell.is-focused")).to_have_attribute("aria-label", "layer 1, head 0: "
                                                                           "previous-token score .00, induction score .90")
+    expect(widget.locator(".llmscope-run")).to_be_hidden()  # no run going: no progress, no cancel
     before = heatmap_pixels(page)
 
     widget.locator('.llmscope-cell[data-layer="0"][data-head="2"]').click()  # the previous-token head
@@ -83,9 +83,6 @@ def test_attention_map_is_live(page: Page, jupyter: "Jupyter", offsite_requests:
     assert all(c.startswith(blue) for c in shaded[:7]) and all(c.startswith(orange) for c in shaded[7:]), shaded
     assert max(range(7), key=alpha.__getitem__) == 5, f"the darkest blue is not on 'the': {shaded}"
     assert alpha[7] > alpha[8], f"'runs' right after 'dog' should attend to it most: {shaded}"
-    tokens.nth(6).focus()
-    page.keyboard.press("ArrowRight")  # the strip moves with the keys too
-    expect(tokens.nth(7)).to_have_class("llmscope-token is-active")
 
     prompt = widget.locator("textarea.llmscope-prompt")
     expect(prompt).to_have_value("the dog runs . the dog runs .")
@@ -100,46 +97,130 @@ def test_attention_map_is_live(page: Page, jupyter: "Jupyter", offsite_requests:
     errors_box = widget.locator(".llmscope-errors")
     expect(errors_box).to_contain_text("PromptError: empty prompt", timeout=KERNEL_TIMEOUT_MS)
     expect(seen).to_contain_text("prompt='the cat sleeps . the cat sleeps . the cat'")  # kept
-    expect(seen).to_contain_text("error='PromptError: empty prompt")
+    expect(seen).to_contain_text("last_error='PromptError: empty prompt")
     expect(tokens).to_have_count(11)
     prompt.fill("the dog runs .")
-    expect(errors_box).to_be_hidden(timeout=KERNEL_TIMEOUT_MS)
+    expect(errors_box).to_be_hidden(timeout=KERNEL_TIMEOUT_MS)  # the stale error goes with the new run
     expect(tokens).to_have_count(5, timeout=KERNEL_TIMEOUT_MS)
 
-    widget.scroll_into_view_if_needed()
     tokens.nth(4).hover()
-    ARTIFACTS.mkdir(exist_ok=True)
-    widget.screenshot(path=ARTIFACTS / "attention_map_widget.png")
-    assert errors == [] and dialogs == [], f"page errors {errors}, dialogs {dialogs}"
-    assert offsite_requests == [], f"the page tried to reach the network: {offsite_requests}"
+    save_shot(widget, "attention_map_widget")
+    assert_no_trouble(trouble, offsite_requests)
 
 
 @FRONTENDS
-def test_attention_map_shows_hostile_text_literally(page: Page, jupyter: "Jupyter", offsite_requests: list[str]) -> None:
-    """The widget renders, a typed prompt reaches the kernel, and markup in tokens stays text."""
-    errors, dialogs = watch_for_trouble(page, jupyter)
-    put_notebook(jupyter, "attention_hostile.ipynb", SETUP, HOSTILE_CELL)
-    open_notebook(page, jupyter, "attention_hostile.ipynb")
-    assert_ran_cleanly(run_all(page))
-
+def test_attention_map_keys_and_hostile_text(page: Page, jupyter: "Jupyter", offsite_requests: list[str]) -> None:
+    """On SmolLM2's 30 x 9 heads: the first focused head is scrolled into view; the arrow keys
+    move the focus (the kernel sees it) and the token strip; a typed prompt with markup reaches
+    the kernel and shows as literal tokens."""
+    trouble = run_notebook(page, jupyter, "attention_keys.ipynb", SMOL, SMOL_CELL)
     widget = page.locator(".llmscope-attention")
-    tokens = widget.locator(".llmscope-token")
-    expect(tokens).to_have_count(5, timeout=RENDER_TIMEOUT_MS)
-    for i, text in enumerate(HOSTILE, start=1):
-        expect(tokens.nth(i)).to_have_text(text)
-        expect(tokens.nth(i)).to_be_visible()
-    tokens.nth(2).hover()
-    expect(widget.locator(".llmscope-readout")).to_contain_text(HOSTILE[1])
-    ARTIFACTS.mkdir(exist_ok=True)
-    widget.screenshot(path=ARTIFACTS / f"attention_map_hostile_{jupyter.app}.png")
+    seen = seen_by_kernel(page)
+    grid = widget.locator(".llmscope-grid")
+    expect(widget.locator(".llmscope-cell")).to_have_count(270, timeout=RENDER_TIMEOUT_MS)
+    heatmap = widget.locator("canvas.llmscope-heatmap")
+    expect(heatmap).to_have_attribute("data-focus", re.compile(r"\d+,\d+"), timeout=RENDER_TIMEOUT_MS)
+    layer, head = map(int, heatmap.get_attribute("data-focus").split(","))
+    assert layer > 8, f"the best induction head is in layer {layer}: the grid's first rows, no scrolling to test"
+    focused = widget.locator(".llmscope-cell.is-focused")
+    assert in_view(focused, grid), "the first focused head is outside the visible head grid"
 
-    typed = '<img src=x onerror="window.__pwned=1"> the dog'
-    widget.locator("textarea.llmscope-prompt").fill(typed)
-    expect(page.locator(".widget-label", has_text="kernel: ")).to_contain_text(f"prompt={typed!r}",
-                                                                             timeout=KERNEL_TIMEOUT_MS)
-    expect(widget.locator("textarea.llmscope-prompt")).to_have_value(typed)
+    focused.click()
+    page.keyboard.press("Home")
+    expect(seen).to_contain_text(f"focus=({layer}, 0)", timeout=KERNEL_TIMEOUT_MS)
+    page.keyboard.press("ArrowRight")
+    expect(seen).to_contain_text(f"focus=({layer}, 1)", timeout=KERNEL_TIMEOUT_MS)
+    page.keyboard.press("ArrowUp")
+    expect(seen).to_contain_text(f"focus=({layer - 1}, 1)", timeout=KERNEL_TIMEOUT_MS)
+    page.keyboard.press("PageUp")
+    expect(seen).to_contain_text("focus=(0, 1)", timeout=KERNEL_TIMEOUT_MS)
+    expect(widget.locator('.llmscope-cell[data-layer="0"][data-head="1"]')).to_be_focused()
+    assert in_view(focused, grid), "the head moved to with the keys is outside the visible grid"
+    expect(heatmap).to_have_attribute("data-focus", "0,1", timeout=KERNEL_TIMEOUT_MS)
+
+    tokens = widget.locator(".llmscope-token")
+    tokens.nth(3).click()
+    expect(tokens.nth(3)).to_have_class("llmscope-token is-active")
+    page.keyboard.press("ArrowRight")  # along the strip, in the page (no kernel state)
+    expect(tokens.nth(4)).to_have_class("llmscope-token is-active")
+    expect(tokens.nth(4)).to_be_focused()
+    expect(widget.locator(".llmscope-readout")).to_contain_text("(position 4) attends most to")
+
+    box = widget.locator("textarea.llmscope-prompt")
+    box.fill(HOSTILE_PROMPT)
+    expect(seen).to_contain_text(f"prompt={HOSTILE_PROMPT!r}", timeout=KERNEL_TIMEOUT_MS)
+    expect(box).to_have_value(HOSTILE_PROMPT)
+    expect(widget.locator(".llmscope-grid")).to_have_attribute("data-done", "30", timeout=KERNEL_TIMEOUT_MS)
+    shown = tokens.evaluate_all("spans => spans.map(s => s.textContent)")
+    assert shown[0] == "<|im_start|>", shown
+    assert "".join(shown[1:]).replace("␣", " ") == HOSTILE_PROMPT, shown  # SmolLM2's tokens, each as text
     expect(widget.locator("img, script")).to_have_count(0)
     page.wait_for_timeout(500)  # time enough for a broken image to fire onerror, had one been made
     assert page.evaluate("() => window.__pwned") is None, "text ran as code in the page"
-    assert errors == [] and dialogs == [], f"page errors {errors}, dialogs {dialogs}"
-    assert offsite_requests == [], f"the page tried to reach the network: {offsite_requests}"
+    save_shot(widget, f"attention_map_keys_{jupyter.app}")
+    assert_no_trouble(trouble, offsite_requests)
+
+
+def test_a_long_prompt_streams_stops_when_cancelled_and_shows_its_previous_token_head(
+        page: Page, jupyter: "Jupyter", offsite_requests: list[str]) -> None:
+    trouble = run_notebook(page, jupyter, "attention_long.ipynb", SMOL, SHORT_CELL)
+    widget = page.locator(".llmscope-attention")
+    seen = seen_by_kernel(page)
+    grid, tokens = widget.locator(".llmscope-grid"), widget.locator(".llmscope-token")
+    expect(grid).to_have_attribute("data-done", "30", timeout=RENDER_TIMEOUT_MS)
+    prose = (REPO / "ARCHITECTURE.md").read_text()
+    box, cancel = widget.locator("textarea.llmscope-prompt"), widget.locator(".llmscope-cancel")
+
+    expect(tokens).to_have_count(4)
+    box.fill(prose[:3_000])  # a run to cancel: its old tokens go at once, its new ones come before its layers
+    expect(cancel).to_be_visible(timeout=KERNEL_TIMEOUT_MS)
+    page.wait_for_function("() => document.querySelectorAll('.llmscope-attention .llmscope-token').length > 500",
+                           timeout=KERNEL_TIMEOUT_MS)
+    assert int(grid.get_attribute("data-done")) < 30, "the new tokens came only with the whole run"
+    expect(grid).to_have_attribute("data-done", "2", timeout=LONG_RUN_TIMEOUT_MS)
+    cancel.click()
+    expect(widget.locator(".llmscope-status")).to_contain_text("cancelled after", timeout=LONG_RUN_TIMEOUT_MS)
+    expect(seen).to_contain_text("prompt='Hello there.'")  # the kernel kept the prompt it had
+    expect(tokens).to_have_count(4, timeout=KERNEL_TIMEOUT_MS)  # and the page shows it again
+    expect(cancel).to_be_hidden()
+
+    text = prose[:4_500]
+    box.fill(text)
+    layers_seen = set()
+    progress = widget.locator("progress.llmscope-progress")
+    expect(progress).to_be_visible(timeout=KERNEL_TIMEOUT_MS)
+    while (done := int(grid.get_attribute("data-done"))) < 30:  # thumbnails arrive layer by layer
+        layers_seen.add(done)
+        n_tokens = tokens.count()
+        page.wait_for_timeout(250)
+        if len(layers_seen) > 1 and n_tokens > LONG_TOKENS:
+            break
+    assert len(layers_seen - {0, 30}) >= 1, f"no partial grid was ever shown: {layers_seen}"
+    assert tokens.count() > LONG_TOKENS, "the new prompt's tokens did not come before its last layer"
+    expect(seen).to_contain_text(f"prompt={text!r}"[:40], timeout=LONG_RUN_TIMEOUT_MS)
+    expect(grid).to_have_attribute("data-done", "30")
+    expect(cancel).to_be_hidden()
+
+    labels = widget.locator(".llmscope-cell").evaluate_all("cells => cells.map(c => c.getAttribute('aria-label'))")
+    scores = [float(label.split("previous-token score ")[1].split(",")[0].replace("–", "nan")) for label in labels]
+    best = max(range(len(scores)), key=lambda i: scores[i] if scores[i] == scores[i] else -1)
+    assert scores[best] > 0.5, f"no previous-token head on this prompt: {max(scores)}"
+    widget.locator(".llmscope-cell").nth(best).click()
+    heatmap = widget.locator("canvas.llmscope-heatmap")
+    expect(heatmap).to_have_attribute("data-focus", f"{best // 9},{best % 9}", timeout=KERNEL_TIMEOUT_MS)
+    # the pattern has n > 360 rows: pooled, every pixel row shows its dark cell by the diagonal
+    dark = heatmap.evaluate("""c => {
+        const { data } = c.getContext('2d').getImageData(0, 0, c.width, c.height);
+        const rows = [];
+        for (let y = 1; y < c.height; y++) {
+            let darkest = 255;
+            for (const x of [y - 1, y]) darkest = Math.min(darkest, data[(y * c.width + x) * 4]);
+            rows.push(darkest);
+        }
+        return { side: c.width, rows };
+    }""")
+    assert dark["side"] < tokens.count(), "the focused head was not pooled onto the canvas"
+    visible = sum(v < 128 for v in dark["rows"]) / len(dark["rows"])
+    assert visible > 0.9, f"the previous-token head's diagonal shows in only {visible:.0%} of the pixel rows"
+    save_shot(widget, "attention_map_long_prompt")
+    assert_no_trouble(trouble, offsite_requests)

@@ -12,10 +12,9 @@ from typing import TYPE_CHECKING
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import ARTIFACTS
 from tests.browser.notebook_page import (
-    accept_jupyter_dialog, assert_ran_cleanly, kill_kernel, open_notebook, put_notebook, reopen_notebook,
-    restart_kernel, restart_kernel_from_menu, run_all, wait_for_idle_kernel, watch_for_trouble,
+    accept_jupyter_dialog, assert_no_trouble, assert_ran_cleanly, kill_kernel, reopen_notebook, restart_kernel,
+    restart_kernel_from_menu, run_all, run_notebook, save_shot, seen_by_kernel, wait_for_idle_kernel,
 )
 
 if TYPE_CHECKING:
@@ -59,12 +58,9 @@ def assert_widgets_live(page: Page) -> None:
                          indirect=["jupyter"])
 def test_widgets_say_their_kernel_is_gone(page: Page, jupyter: "Jupyter", how: str,
                                           offsite_requests: list[str]) -> None:
-    errors, dialogs = watch_for_trouble(page, jupyter)
     page.set_viewport_size({"width": 1400, "height": 2000})  # the three widgets at once, for the screenshot
     name = f"kernel_{how}.ipynb"
-    put_notebook(jupyter, name, *CELLS)
-    open_notebook(page, jupyter, name)
-    assert_ran_cleanly(run_all(page))
+    trouble = run_notebook(page, jupyter, name, *CELLS)
     assert_widgets_live(page)
 
     started = time.monotonic()
@@ -80,6 +76,9 @@ def test_widgets_say_their_kernel_is_gone(page: Page, jupyter: "Jupyter", how: s
     lost_after = time.monotonic() - started
     for widget in map(page.locator, WIDGETS):
         expect(widget.locator("input:enabled, textarea:enabled, button:enabled")).to_have_count(0)
+        greyed = widget.evaluate("w => [...w.children].filter(c => !c.classList.contains('llmscope-errors'))"
+                                 ".map(c => Number(getComputedStyle(c).opacity))")
+        assert greyed and max(greyed) < 1, f"{widget}: parts still look live after the kernel went: {greyed}"
     if how == "kill":
         accept_jupyter_dialog(page, "Kernel Restarting")  # the front end's own notice covers the page
     amap, raster = page.locator(WIDGETS[0]), page.locator(WIDGETS[2])
@@ -89,8 +88,7 @@ def test_widgets_say_their_kernel_is_gone(page: Page, jupyter: "Jupyter", how: s
     for widget in (amap, raster):  # one message, at once: no new request waits
         expect(widget.locator(".llmscope-error")).to_have_text(message)
         expect(widget.locator(".llmscope-status")).not_to_contain_text("…")
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.locator(".widget-vbox").screenshot(path=ARTIFACTS / f"kernel_lost_{jupyter.app}_{how}.png")
+    save_shot(page.locator(".widget-vbox"), f"kernel_lost_{jupyter.app}_{how}")
 
     if how == "rest":
         # JupyterLab forgets the old kernel's comm subshells only on a restart it saw begin; after
@@ -103,9 +101,7 @@ def test_widgets_say_their_kernel_is_gone(page: Page, jupyter: "Jupyter", how: s
     slider = page.locator(WIDGETS[1]).locator('input[type="range"]')
     slider.focus()
     page.keyboard.press("Home")
-    expect(page.locator(".widget-label", has_text="kernel: ")).to_have_text("kernel: gains={('attn.1', 0): 0.0}",
-                                                                           timeout=KERNEL_TIMEOUT_MS)
+    expect(seen_by_kernel(page)).to_have_text("kernel: gains={('attn.1', 0): 0.0}", timeout=KERNEL_TIMEOUT_MS)
     expect(page.locator(".llmscope-dist")).to_have_attribute("data-factors", "0", timeout=KERNEL_TIMEOUT_MS)
     print(f"\n{jupyter.app}, kernel {how}: every widget said so {lost_after:.1f} s after the act")
-    assert errors == [] and dialogs == [], f"page errors {errors}, dialogs {dialogs}"
-    assert offsite_requests == [], f"the page tried to reach the network: {offsite_requests}"
+    assert_no_trouble(trouble, offsite_requests)

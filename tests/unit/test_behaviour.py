@@ -133,6 +133,39 @@ def test_effect_of_a_null_intervention_is_exactly_zero(tiny, stim):
     assert df.loc[0, "difference"] == 0 and df.loc[0, "ci_low"] == 0 == df.loc[0, "ci_high"]
 
 
+def test_effect_interval_and_p_come_from_one_resampling():
+    """The interval of a difference excludes zero exactly when p < 0.05, whatever the sequence
+    lengths (a t-test of unweighted per-sequence means disagreed with the token-weighted
+    bootstrap interval when long and short sequences differ)."""
+    from llmscope.analysis.effect import compare
+
+    rng = np.random.default_rng(0)
+    agree, excluded = [], []
+    for case in range(40):
+        lengths = np.where(rng.random(12) < 0.25, 2, 40)  # a few short sequences among long ones
+        seq = np.repeat(np.arange(12), lengths)
+        shift = np.where(lengths == 2, rng.normal(0.5, 0.3), rng.normal(-0.02, 0.03))[seq]  # short ones differ
+        base = rng.normal(3.0, 0.5, len(seq))
+        rows = pd.DataFrame({"seq": seq, "baseline": base, "intervened": base + shift + rng.normal(0, 0.05, len(seq))})
+        out = compare(rows, n_boot=400, seed=case)
+        assert out["ci_low"] <= out["difference"] <= out["ci_high"]
+        excluded.append(out["ci_low"] > 0 or out["ci_high"] < 0)
+        agree.append(excluded[-1] == (out["p"] < 0.05))
+    assert all(agree), np.flatnonzero(~np.array(agree))
+    assert 0 < sum(excluded) < len(excluded)  # both outcomes occur
+
+
+def test_effect_ratio_only_where_the_baseline_is_bounded_away_from_zero():
+    from llmscope.analysis.effect import compare
+
+    seq = np.repeat(np.arange(8), 5)
+    around_zero = pd.DataFrame({"seq": seq, "baseline": np.where(seq % 2, 1.0, -1.0) + 0.01, "intervened": 2.0})
+    out = compare(around_zero, n_boot=200)
+    assert out["baseline"] == pytest.approx(0.01) and np.isnan(out["ratio"])  # not 2 / 0.01 = 200
+    away = compare(around_zero.assign(baseline=around_zero.baseline + 3), n_boot=200)
+    assert away["ratio"] == pytest.approx(2 / 3.01)
+
+
 @pytest.mark.smollm2
 def test_effect_of_a_lesion_that_must_hurt(smol):
     texts = ["The cat sat on the mat and looked out of the window.",

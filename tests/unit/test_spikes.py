@@ -316,7 +316,7 @@ def test_units_the_spikes_do_not_hold(rec):
 def test_bad_shuffle_arguments(rec):
     with pytest.raises(AnalysisError, match=r"unknown control 'circular'"):
         psth(rec, "repeat_onset", site="attn.1", control="circular", progress=False)
-    with pytest.raises(AnalysisError, match=r"n_shuffle must be an integer >= 1 and <= 10000, got 0"):
+    with pytest.raises(AnalysisError, match=r"n_shuffle must be an integer >= 1 and <= 100000, got 0"):
         psth(rec, "repeat_onset", site="attn.1", n_shuffle=0, progress=False)
     with pytest.raises(AnalysisError, match="include_bos applies to a Recording"):
         psth(spikes(rec, "attn.1", progress=False), "repeat_onset", include_bos=True)

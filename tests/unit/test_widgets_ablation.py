@@ -14,7 +14,7 @@ from llmscope.behaviour import evaluate, metric
 from llmscope.errors import AnalysisError, InterventionError, PromptError, SiteError
 from llmscope.interventions import gain, intervene, lesion
 from llmscope.widgets import wire
-from llmscope.widgets.ablation import AblationPanel
+from llmscope.widgets.ablation import GAIN_RANGE, GAIN_STEP, AblationPanel
 from llmscope.widgets.attention import AttentionMap
 from llmscope.widgets.raster import Raster
 from tests.unit.widget_pages import opened
@@ -154,19 +154,21 @@ def test_malformed_messages_get_an_error_reply_and_change_nothing(panel, organis
     move(panel, [0.5, 1.0])
     before = (dict(panel.gains), panel.mode, panel.value)
     bad = [
-        ({"seq": 2, "factors": [0.0]}, "missing \\['mode'\\]"),
-        ({"seq": 2, "factors": [0.0, 1.0], "mode": "zero", "x": 1}, "unexpected \\['x'\\]"),
-        ({"seq": 2, "factors": "0", "mode": "zero"}, "'factors' .* must be list"),
-        ({"seq": 2, "factors": [0.0], "mode": "zero"}, "a list of 2 numbers"),
-        ({"seq": 2, "factors": [float("nan"), 1.0], "mode": "zero"}, "attn.1:0.*finite number, got nan"),
-        ({"seq": 2, "factors": [None, 1.0], "mode": "zero"}, "finite number, got None"),
-        ({"seq": 2, "factors": [2.5, 1.0], "mode": "zero"}, "attn.1:0 must be in 0..2, got 2.5"),
-        ({"seq": 2, "factors": [0.0, 1.0], "mode": "resample"}, "unknown ablation mode 'resample'"),
-        ("not a dict", "JSON object"),
+        ({"seq": 2, "factors": [0.0]}, "WidgetError", "missing \\['mode'\\]"),
+        ({"seq": 2, "factors": [0.0, 1.0], "mode": "zero", "x": 1}, "WidgetError.Unknown", "unexpected \\['x'\\]"),
+        ({"seq": 2, "factors": "0", "mode": "zero"}, "WidgetError.Type", "'factors' .* must be list"),
+        ({"seq": 2, "factors": [0.0], "mode": "zero"}, "WidgetError", "a list of 2 numbers, got 1"),
+        ({"seq": 2, "factors": [float("nan"), 1.0], "mode": "zero"}, "WidgetError.Range",
+         "gain of attn.1:0 must be a finite number in \\[0.0, 2.0\\], got nan"),
+        ({"seq": 2, "factors": [None, 1.0], "mode": "zero"}, "WidgetError.Type", "finite number .*, got None"),
+        ({"seq": 2, "factors": [2.5, 1.0], "mode": "zero"}, "WidgetError.Range", "attn.1:0 .* in \\[0.0, 2.0\\], got 2.5"),
+        ({"seq": 2, "factors": [0.0, 1.0], "mode": "resample"}, "WidgetError.Unknown", "unknown ablation mode 'resample'"),
+        ("not a dict", "WidgetError.Type", "JSON object"),
     ]
-    for msg, message in bad:
+    for msg, kind, message in bad:
         reply, buffers = panel._move(msg, [])
         assert reply["ok"] is False and buffers == [], msg
+        assert reply["error"]["type"] == kind, (msg, reply["error"])
         assert reply["seq"] == (2 if isinstance(msg, dict) else None)
         assert re.search(message, reply["error"]["message"]), reply["error"]["message"]
         assert panel.last_error.endswith(reply["error"]["message"])
@@ -174,6 +176,15 @@ def test_malformed_messages_get_an_error_reply_and_change_nothing(panel, organis
         assert_pristine(organism, stim, pristine)
     move(panel, [0.5, 1.0])
     assert panel.last_error == ""
+
+
+def test_the_sliders_range_comes_from_python_once(panel) -> None:
+    """The page builds its sliders from `_meta`; the kernel checks a move against the same range."""
+    assert panel._meta == {"gain": {"min": GAIN_RANGE[0], "max": GAIN_RANGE[1], "step": GAIN_STEP}}
+    top = GAIN_RANGE[1]
+    assert opened(*move(panel, [top, 1.0]))["factors"] == [top, 1.0]
+    assert panel._move({"seq": 3, "factors": [top + GAIN_STEP, 1.0], "mode": "zero"}, [])[0]["ok"] is False
+    move(panel, [1.0, 1.0])
 
 
 def test_bad_arguments_are_refused_before_any_work(organism) -> None:

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
+import threading
 import time
+import weakref
 import zlib
+from typing import Iterator
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import llmscope
 from llmscope.analysis.heads import localize_heads
-from llmscope.errors import AnalysisError, SiteError
+from llmscope.errors import AnalysisError, SiteError, WidgetError
 from llmscope.widgets import AttentionMap, attention, wire
 from tests.unit.widget_pages import ask, opened
 
@@ -21,7 +25,24 @@ REPEATED = "the dog runs . the dog runs ."
 HOSTILE = "<img src=x onerror=alert(1)>"
 
 
+def codes(p: torch.Tensor) -> np.ndarray:
+    """Attention as byte codes, computed apart from the kernel: floor(p * 255 + 0.5) in float32, clamped."""
+    x = p.float().numpy() * np.float32(255) + np.float32(0.5)
+    return np.clip(np.floor(np.nan_to_num(x, nan=0.0)), 0, 255).astype(np.uint8)
 
+
+def pooled(c: np.ndarray, t: int) -> np.ndarray:
+    """The max over the cells of each of t x t pixels, cell i of n in pixel i * t // n."""
+    starts = np.searchsorted(np.arange(c.shape[-1]) * t // c.shape[-1], np.arange(t))
+    return np.maximum.reduceat(np.maximum.reduceat(c, starts, axis=-2), starts, axis=-1)
+
+
+def settle(amap: AttentionMap) -> None:
+    """Wait for the prompt running in the background, if any."""
+    run = amap._pending
+    if run is not None and run.thread is not None:
+        run.thread.join(timeout=120)
+        assert not run.thread.is_alive(), "the background run did not end"
 
 
 def true_patterns(model, ids: torch.Tensor) -> list[torch.Tensor]:
@@ -57,7 +78,7 @@ def test_the_overview_sends_thumbnails_scores_and_tokens(amap: AttentionMap, org
     assert thumbs.dtype == np.uint8 and thumbs.shape == (2, 4, n, n)  # 9 tokens: no pooling below THUMB
     patterns = true_patterns(organism, stim.ids)
     for layer in range(2):
-        np.testing.assert_array_equal(thumbs[layer], attention._codes(patterns[layer]).numpy())
+        np.testing.assert_array_equal(thumbs[layer], codes(patterns[layer]))
     scores = localize_heads(organism, stim, progress=False).df
     assert data["score_names"] == ["previous_token", "induction"]
     assert data["scores"].dtype == np.float16 and data["scores"].shape == (2, 4, 2)
@@ -73,8 +94,8 @@ def test_thumbnails_of_a_long_prompt_are_max_pooled_in_the_kernel(organism) -> N
     t = attention.THUMB
     assert data["thumbs"].shape == (2, 4, t, t)
     patterns = true_patterns(organism, stim.ids)
-    expected = attention._codes(F.adaptive_max_pool2d(patterns[1].float(), t)).numpy()
-    np.testing.assert_array_equal(data["thumbs"][1], expected)
+    for layer in range(2):  # each pixel the strongest attention of its block of 127 / 24 cells
+        np.testing.assert_array_equal(data["thumbs"][layer], pooled(codes(patterns[layer]), t))
     # the previous-token head shows its diagonal even pooled from 127 to 24 cells
     prev = data["thumbs"][0, 2]
     assert np.diag(prev).mean() > 3 * np.tril(prev, -2).mean()
@@ -95,30 +116,37 @@ def test_a_focused_head_is_its_pattern_as_byte_codes_of_the_lower_triangle(amap:
     assert len(zlib.decompress(bytes(buffers[0]))) == n * (n + 1) // 2
 
 
-def test_a_head_out_of_range_is_a_site_error_in_the_page(amap: AttentionMap) -> None:
+def test_a_head_out_of_range_is_a_widget_range_error_in_the_page(amap: AttentionMap) -> None:
     reply, buffers = ask(amap, "_head", layer=2, head=0)
     assert reply["ok"] is False and buffers == []
-    assert reply["error"]["type"] == "SiteError"
-    assert "focus (2, 0) is not a head of this model: layers 0..1, heads 0..3" in reply["error"]["message"]
-    assert ask(amap, "_head", layer=0, head=-1)[0]["error"]["type"] == "SiteError"
+    assert reply["error"]["type"] == "WidgetError.Range"
+    assert "head (2, 0) is not a head of this model: layers 0..1, heads 0..3" in reply["error"]["message"]
+    assert ask(amap, "_head", layer=0, head=-1)[0]["error"]["type"] == "WidgetError.Range"
+    assert ask(amap, "_cancel", run="1")[0]["error"]["type"] == "WidgetError.Type"
 
 
 @pytest.mark.parametrize("fields", [{"layer": "0", "head": 1}, {"layer": 0}, {"layer": 0, "head": 1, "x": 2}])
 def test_a_malformed_head_request_is_answered_not_raised(amap: AttentionMap, fields: dict) -> None:
     reply, _ = ask(amap, "_head", seq=9, **fields)
     assert reply["seq"] == 9 and reply["ok"] is False
-    assert reply["error"]["type"] == "WidgetError" and "malformed message" in reply["error"]["message"]
+    assert reply["error"]["type"].startswith("WidgetError") and "malformed message" in reply["error"]["message"]
 
 
-def test_a_new_prompt_runs_the_model_and_bumps_the_version(organism) -> None:
+def test_a_new_prompt_runs_in_the_background_and_bumps_the_version(organism) -> None:
     amap = AttentionMap(organism, "the dog runs .")
-    version = amap.version
+    version, first = amap.version, amap._view.run
+    states = []
+    amap.observe(lambda change: states.append((change["new"]["state"], change["new"]["done"])), names="_progress")
     reply, _ = ask(amap, "_run", prompt=REPEATED)
-    assert reply["ok"] and reply["data"] == {"version": version + 1, "n_tokens": 9}
+    assert reply["ok"] and reply["data"] == {"run": first + 1, "n_tokens": 9, "started": True}
+    settle(amap)
     assert amap.prompt == REPEATED and amap.version == version + 1
-    assert opened(*ask(amap, "_overview"))["tokens"][-4:] == ["the", "dog", "runs", "."]
+    assert states == [("running", 0), ("running", 1), ("running", 2), ("done", 2)]  # a report a layer
+    data = opened(*ask(amap, "_overview"))
+    assert data["tokens"][-4:] == ["the", "dog", "runs", "."] and data["run"] == first + 1 and data["complete"]
     same, _ = ask(amap, "_run", prompt=REPEATED)
-    assert same["data"]["version"] == version + 1  # the same prompt does not run again
+    assert same["data"] == {"run": first + 1, "n_tokens": 9, "started": False}  # the same prompt does not run again
+    assert amap.version == version + 1
 
 
 @pytest.mark.parametrize("prompt, message", [
@@ -169,6 +197,7 @@ def test_hostile_token_text_is_sent_as_data_and_escaped_in_the_figure(organism) 
     assert "1 &lt;img src=x onerror=alert(1)&gt;" in ticks
     assert not any("<img" in t or "<script" in t for t in ticks)
     reply, _ = ask(amap, "_run", prompt=HOSTILE + " the dog")
+    settle(amap)
     assert reply["ok"] and amap.prompt == HOSTILE + " the dog"  # a prompt is only text, whatever it says
 
 
@@ -213,6 +242,7 @@ def test_the_model_is_left_as_it_was(organism) -> None:
     ask(amap, "_head", layer=1, head=0)
     ask(amap, "_run", prompt="")
     ask(amap, "_run", prompt="the cat runs .")
+    settle(amap)
     amap.figure()
     assert hooks_left(organism) == 0
     assert torch.equal(organism(ids), before)
@@ -271,3 +301,114 @@ def test_smollm2_all_270_heads_at_128_tokens(smol, record_property) -> None:
     print(f"\nSmolLM2, {n} tokens: first paint {first_paint} B, focused head {per_head} B; "
           f"first run {first_run:.2f} s, head reply {head_s * 1000:.1f} ms, focus {amap.focus}")
     assert first_paint < 200_000 and per_head < 20_000
+
+
+class Gate:
+    """A hook that holds a run's forward pass at one layer's patterns until it is opened."""
+
+    def __init__(self) -> None:
+        self.reached, self.opened = threading.Event(), threading.Event()
+
+    def __call__(self, pattern: torch.Tensor, hook) -> None:
+        if threading.current_thread() is not threading.main_thread():  # only the widget's background run
+            self.reached.set()
+            assert self.opened.wait(timeout=60)
+
+
+@contextlib.contextmanager
+def held(amap: AttentionMap, prompt: str) -> Iterator[tuple[int, threading.Event]]:
+    """Start ``prompt`` from the page and hold its pass at layer 1 (layer 0 read): yields its
+    run id and the event that lets it go on; on exit, waits for it to end."""
+    gate = Gate()
+    with amap._model.hooks(fwd_hooks=[("blocks.1.attn.hook_pattern", gate)]):  # added first: before the widget's
+        run = opened(*ask(amap, "_run", prompt=prompt))["run"]
+        assert gate.reached.wait(timeout=60)
+        yield run, gate.opened
+        gate.opened.set()
+        settle(amap)
+
+
+def test_a_running_prompt_is_shown_layer_by_layer_and_a_cancel_stops_it_at_the_next_layer(organism) -> None:
+    amap = AttentionMap(organism, REPEATED)
+    before = (amap.prompt, amap.version, amap._view)
+    states = []
+    amap.observe(lambda change: states.append((change["new"]["state"], change["new"]["done"])), names="_progress")
+    with held(amap, "the cat sleeps . the cat") as (run, _):
+        partial = opened(*ask(amap, "_overview"))  # layer 0 read, layer 1 held
+        assert (partial["run"], partial["done"], partial["complete"]) == (run, 1, False)
+        assert partial["tokens"] == ["<bos>", "the", "cat", "sleeps", ".", "the", "cat"]  # the new prompt's, at once
+        assert partial["thumbs"][0].any() and not partial["thumbs"][1].any()
+        assert np.isnan(partial["scores"]).all()
+        assert opened(*ask(amap, "_head", layer=1, head=0))["pattern"] is None  # still to come
+        assert opened(*ask(amap, "_head", layer=0, head=2))["pattern"].shape == (7, 7)
+        assert opened(*ask(amap, "_cancel", run=run + 1))["cancelling"] is False  # not the running one
+        assert opened(*ask(amap, "_cancel", run=run))["cancelling"] is True
+    assert (amap.prompt, amap.version, amap._view) == before  # the prompt shown before stays
+    assert states == [("running", 0), ("running", 1), ("cancelled", 1)]
+    shown = opened(*ask(amap, "_overview"))
+    assert shown["run"] == amap._view.run and shown["complete"] and shown["tokens"][-1] == "."
+    assert hooks_left(organism) == 0
+
+
+def test_a_running_prompt_left_alone_completes_and_becomes_the_view(organism) -> None:
+    amap = AttentionMap(organism, REPEATED)
+    with held(amap, "the cat sleeps . the cat"):
+        assert amap.prompt == REPEATED  # not before it completes
+    assert amap.prompt == "the cat sleeps . the cat" and amap._progress["state"] == "done"
+    data = opened(*ask(amap, "_overview"))
+    assert data["complete"] and data["done"] == 2 and np.isfinite(data["scores"]).any()
+    stim = llmscope.stimuli.from_texts(organism, "the cat sleeps . the cat", tag=False)
+    np.testing.assert_array_equal(data["thumbs"][1], codes(true_patterns(organism, stim.ids)[1]))
+
+
+def test_a_prompt_set_from_python_replaces_a_running_one(organism) -> None:
+    amap = AttentionMap(organism, REPEATED)
+    with held(amap, "the cat sleeps . the cat") as (_, go_on):
+        stopper = threading.Timer(0.2, go_on.set)  # the background run reaches its next layer, and stops
+        stopper.start()
+        amap.prompt = "a dog runs ."  # cancels it, waits for it, then runs here
+        stopper.join()
+    assert amap._pending is None and amap.prompt == "a dog runs ." and amap._progress["state"] == "done"
+    assert opened(*ask(amap, "_overview"))["tokens"][1:] == ["a", "dog", "runs", "."]
+
+
+def test_a_forward_pass_of_another_thread_is_not_read_into_a_run(organism) -> None:
+    amap = AttentionMap(organism, REPEATED)
+    run = amap._new_pass(llmscope.stimuli.from_texts(organism, "the cat", tag=False), "the cat")
+    seen = []
+    worker = threading.Thread(target=lambda: seen.append(run.read(torch.ones(1, 4, 3, 3), None)))
+    worker.start()
+    worker.join()
+    assert seen == [None] and run.done == 0 and not run.thumbs.any()
+
+
+def test_no_layer_s_float_patterns_outlive_its_reading(organism) -> None:
+    """Only the byte codes are kept: every pattern tensor the pass made is freed after it."""
+    alive = []
+    keep = [("blocks.0.attn.hook_pattern", lambda p, hook: alive.append(weakref.ref(p))),
+            ("blocks.1.attn.hook_pattern", lambda p, hook: alive.append(weakref.ref(p)))]
+    with organism.hooks(fwd_hooks=keep):
+        amap = AttentionMap(organism, llmscope.stimuli.grammar(organism, n_docs=1, seed=0))
+    for module in organism.modules():  # TransformerLens's GPT-2 attention keeps its last pattern: not ours
+        if getattr(module, "_pattern", None) is not None:
+            module._pattern = None
+    gc.collect()
+    assert len(alive) == 2 and all(ref() is None for ref in alive)  # two layers, one pass
+    kept = [p for layer in amap._view.heads for p in layer]
+    assert len(kept) == 8 and all(p["dtype"] == "uint8" and p["compression"] == "deflate" for p in kept)
+
+
+def test_codes_are_exact_at_the_edges_and_thumbnails_pool_uneven_blocks() -> None:
+    rng = np.random.default_rng(0)
+    for n, t in [(1, 1), (5, 5), (7, 3), (50, 24), (127, 24)]:
+        p = torch.from_numpy(rng.random((2, n, n), dtype=np.float32))
+        p[0, -1, 0] = 254.5 / 255  # rounds half up
+        p[1, -1, 0] = float("nan")  # never a code above 0
+        p = torch.tril(p) if n > 1 else p
+        tril = np.empty((2, n * (n + 1) // 2), np.uint8)
+        thumbs = np.zeros((2, t, t), np.uint8)
+        attention._encode(p.numpy(), tril, thumbs)
+        full = codes(p)
+        rows, cols = np.tril_indices(n)
+        np.testing.assert_array_equal(tril, full[:, rows, cols])
+        np.testing.assert_array_equal(thumbs, pooled(full, t))

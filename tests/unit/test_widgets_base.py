@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from llmscope.errors import AnalysisError, LLMScopeError, PromptError
+from llmscope.errors import LLMScopeError, PromptError, WidgetError
 from llmscope.widgets import base, wire
 from llmscope.widgets.base import LiveWidget, command
 
@@ -84,12 +84,29 @@ def test_decode_reads_back_every_kind_of_payload() -> None:
 
 
 def test_array_rejects_what_the_page_cannot_read() -> None:
-    with pytest.raises(AnalysisError, match="got float64"):
+    with pytest.raises(WidgetError.Unknown, match="got float64"):
         wire.array(np.zeros(3))
-    with pytest.raises(AnalysisError, match="square matrices .* shape \\(2, 3\\)"):
+    with pytest.raises(WidgetError, match="square matrices .* shape \\(2, 3\\)"):
         wire.array(np.zeros((2, 3), dtype=np.uint8), tril=True)
-    with pytest.raises(AnalysisError, match="got list"):
+    with pytest.raises(WidgetError.Type, match="got list"):
         wire.array([1, 2, 3])
+    with pytest.raises(WidgetError, match="5 values do not fill an array of shape \\(3, 3\\) \\(lower triangle\\): 6 do"):
+        wire.packed(np.zeros(5, dtype=np.uint8), (3, 3), tril=True)
+
+
+def test_a_large_payload_is_compressed_fast_and_a_small_one_tight() -> None:
+    small = np.tile(np.arange(256, dtype=np.uint8), 1024)  # 256 kB: zlib's default level
+    large = np.tile(np.arange(256, dtype=np.uint8), 8192)  # 2 MiB, past FAST_ZLIB_ABOVE: level 1
+    assert bytes(wire.array(small, compress=True)["buffer"]) == zlib.compress(small.tobytes())
+    assert bytes(wire.array(large, compress=True)["buffer"]) == zlib.compress(large.tobytes(), 1)
+    assert large.nbytes > wire.FAST_ZLIB_ABOVE >= small.nbytes
+
+
+def test_packed_codes_read_back_as_the_full_array() -> None:
+    full = np.tril(np.arange(1, 17, dtype=np.uint8).reshape(4, 4))
+    rows = np.concatenate([full[i, : i + 1] for i in range(4)])
+    for compress in (False, True):
+        np.testing.assert_array_equal(wire.decode(wire.packed(rows, (4, 4), tril=True, compress=compress)), full)
 
 
 def test_split_buffers_lifts_every_buffer_and_records_its_path() -> None:
@@ -113,22 +130,23 @@ def test_a_command_answers_with_its_seq_data_and_buffers(probe: Probe) -> None:
     assert probe.last_error == ""
 
 
-@pytest.mark.parametrize("msg, problem", [
-    ({"seq": 1, "n": "3", "name": "a"}, "field 'n' of a message to _make must be int, got '3'"),
-    ({"seq": 1, "n": True, "name": "a"}, "field 'n' of a message to _make must be int, got True"),
-    ({"seq": 1, "n": 3}, "missing ['name']"),
-    ({"seq": 1, "n": 3, "name": "a", "evil": 1}, "unexpected ['evil']"),
-    ({"n": 3, "name": "a"}, "missing ['seq']"),
-    ({"seq": "1", "n": 3, "name": "a"}, "field 'seq' of a message to _make must be int"),
-    (["not", "a", "dict"], "is a JSON object, got list"),
+@pytest.mark.parametrize("msg, kind, problem", [
+    ({"seq": 1, "n": "3", "name": "a"}, "WidgetError.Type", "field 'n' of a message to _make must be int, got '3'"),
+    ({"seq": 1, "n": True, "name": "a"}, "WidgetError.Type", "field 'n' of a message to _make must be int, got True"),
+    ({"seq": 1, "n": 3}, "WidgetError", "missing ['name']"),
+    ({"seq": 1, "n": 3, "name": "a", "evil": 1}, "WidgetError.Unknown", "unexpected ['evil']"),
+    ({"n": 3, "name": "a"}, "WidgetError", "missing ['seq']"),
+    ({"seq": "1", "n": 3, "name": "a"}, "WidgetError.Type", "field 'seq' of a message to _make must be int"),
+    (["not", "a", "dict"], "WidgetError.Type", "is a JSON object, got list"),
 ])
-def test_a_malformed_message_is_answered_with_an_llmscope_error(probe: Probe, msg, problem: str) -> None:
+def test_a_malformed_message_is_answered_with_a_widget_error_of_its_kind(probe: Probe, msg, kind: str,
+                                                                          problem: str) -> None:
     reply, buffers = probe._make(msg, [])
     assert reply["ok"] is False and buffers == []
     assert reply["seq"] == (msg.get("seq") if isinstance(msg, dict) else None)
-    assert reply["error"]["type"] == "WidgetError"
+    assert reply["error"]["type"] == kind
     assert reply["error"]["message"].startswith("malformed message: ") and problem in reply["error"]["message"]
-    assert probe.last_error.startswith("WidgetError: malformed message")
+    assert probe.last_error.startswith(f"{kind}: malformed message")
 
 
 def test_an_llmscope_error_comes_back_without_traceback_and_a_bug_with_one(probe: Probe) -> None:

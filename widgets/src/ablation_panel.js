@@ -1,24 +1,23 @@
+// @ts-check
 // AblationPanel: one gain slider per unit, head or group (0 lesions, 1 intact, up to 2
 // stimulates), a zero / mean-ablation switch and a reset button; each move re-runs the model
 // in the kernel and redraws the next-token distribution (baseline beside intervened) and a
 // behaviour metric against its baseline.
 //
 // Kernel commands (llmscope/widgets/ablation.py): `_view` (everything shown, no model run) and
-// `_move` ({factors, mode}: one run). Trait: `version` (bumped when Python changed the gains or
-// the mode; this page then asks `_view` again). Slider moves are debounced here, and the
-// Channel drops any answer but the newest.
+// `_move` ({factors, mode}: one run). Traits: `_meta` (the gain range and step, set once) and
+// `version` (bumped when Python changed the gains or the mode; this page then asks `_view`
+// again). Slider moves are debounced here, and the Channel drops any answer but the newest.
 
-import { ErrorBox, guard } from "./alert.js";
 import { h } from "./dom.js";
-import { showLost, watchKernel } from "./kernel.js";
-import { debounce } from "./timing.js";
+import { View, mount } from "./mount.js";
 import { TokenStrip, displayText } from "./tokens.js";
-import { Channel, decodeArray } from "./wire.js";
+import { decodeArray } from "./wire.js";
 
 const MOVE_DEBOUNCE_MS = 60;
-const VIEW_TIMEOUT_MS = 60_000;
 const MOVE_TIMEOUT_MS = 300_000;  // a large model on a slow CPU
-export const GAIN = { min: 0, max: 2, step: 0.05 };
+
+/** @typedef {{min: number, max: number, step: number}} GainRange the sliders' range, from the kernel's `_meta` */
 
 /** A gain as the slider's readout: "×0.50", and what it does. */
 export function describeGain(/** @type {number} */ f) {
@@ -54,87 +53,72 @@ export function percent(/** @type {number} */ p) {
   return { width: v, text: `${v < 10 ? v.toFixed(1) : v.toFixed(0)}%` };
 }
 
-/** A slider's value as a gain (snapped to the grid of `GAIN.step`, within the range). */
-export function toGain(/** @type {string | number} */ value) {
+/** A slider's value as a gain (snapped to the grid of `range.step`, within the range). */
+export function toGain(/** @type {string | number} */ value, /** @type {GainRange} */ range) {
   const v = Number(value);
   if (!Number.isFinite(v)) return NaN;
-  const perUnit = Math.round(1 / GAIN.step);  // divide, not multiply: 19 / 20 is 0.95 exactly
-  return Math.min(Math.max(Math.round(v * perUnit) / perUnit, GAIN.min), GAIN.max);
+  const perUnit = Math.round(1 / range.step);  // divide, not multiply: 19 / 20 is 0.95 exactly
+  return Math.min(Math.max(Math.round(v * perUnit) / perUnit, range.min), range.max);
 }
 
-class AblationView {
+class AblationView extends View {
   /** @param {any} model @param {HTMLElement} el @param {import("./wire.js").Invoke} invoke */
   constructor(model, el, invoke) {
-    this.model = model;
-    this.channels = {
-      view: new Channel(invoke, "_view", { timeoutMs: VIEW_TIMEOUT_MS }),
-      move: new Channel(invoke, "_move", { timeoutMs: MOVE_TIMEOUT_MS }),
-    };
-    this.errors = new ErrorBox();
+    super(model, el, invoke);
+    this.views = this.channel("_view");
+    this.moves = this.channel("_move", MOVE_TIMEOUT_MS);
+    /** @type {GainRange} */
+    this.range = model.get("_meta").gain;
     /** @type {HTMLInputElement[]} */
     this.sliders = [];
     /** @type {HTMLElement[]} */
     this.readouts = [];
     /** @type {string[]} */
     this.labels = [];
-    this.modeName = `llmscope-mode-${Math.random().toString(36).slice(2)}`;
-    this.build(el);
-    this.moveSoon = debounce(() => this.move(), MOVE_DEBOUNCE_MS);
-    this.unwatch = watchKernel(model, (error) => showLost(error, el, this.errors, Object.values(this.channels)));
-    this.onVersion = () => this.refresh();
-    model.on("change:version", this.onVersion);
-    this.refresh();
-  }
-
-  /** @param {HTMLElement} el */
-  build(el) {
-    this.status = h("div", { class: "llmscope-status", role: "status" });
+    const modeName = `llmscope-mode-${Math.random().toString(36).slice(2)}`;
     this.sliderBox = h("div", { class: "llmscope-sliders", role: "group", "aria-label": "gain of each unit" });
     /** @type {Record<string, HTMLInputElement>} */
     this.modes = {};
     const modeBox = h("div", { class: "llmscope-modes", role: "radiogroup", "aria-label": "what a gain below 1 moves towards" },
       ...[["zero", "zero ablation"], ["mean", "mean ablation"]].map(([value, text]) => {
-        const input = /** @type {HTMLInputElement} */ (h("input", { type: "radio", name: this.modeName, value }));
+        const input = /** @type {HTMLInputElement} */ (h("input", { type: "radio", name: modeName, value }));
         this.modes[value] = input;
         input.addEventListener("change", () => this.moveSoon());
         return h("label", {}, input, ` ${text}`);
       }));
-    this.resetButton = h("button", { type: "button", class: "llmscope-reset" }, "reset (all ×1)");
-    this.resetButton.addEventListener("click", () => this.reset());
+    const resetButton = h("button", { type: "button", class: "llmscope-reset" }, "reset (all ×1)");
+    resetButton.addEventListener("click", () => this.reset());
     this.metric = h("div", { class: "llmscope-metric", "aria-live": "polite" });
     this.dist = h("div", { class: "llmscope-dist", role: "table", "aria-label": "next-token probabilities" });
     this.context = new TokenStrip({ label: "the context the next token is predicted from", onActive: () => {} });
     el.replaceChildren(h("div", { class: "llmscope llmscope-ablation" },
       this.errors.el,
       h("div", { class: "llmscope-columns" },
-        h("div", { class: "llmscope-column llmscope-controls" }, this.sliderBox, modeBox, this.resetButton, this.status),
+        h("div", { class: "llmscope-column llmscope-controls" }, this.sliderBox, modeBox, resetButton, this.status),
         h("div", { class: "llmscope-column llmscope-results" }, this.metric,
           h("div", { class: "llmscope-legend" }, h("span", { class: "llmscope-key is-base" }, "baseline"),
             h("span", { class: "llmscope-key is-now" }, "intervened")),
           this.dist, h("div", { class: "llmscope-axes" }, "context (the next token follows its last token):"),
           this.context.el))));
-  }
-
-  /** Run `work`, showing its error (in `slot`) inside the widget; a failure also clears the status. */
-  async guard(/** @type {string} */ slot, /** @type {() => Promise<void>} */ work) {
-    if (!(await guard(this.errors, slot, work))) this.status.textContent = "";
+    this.moveSoon = this.soon(() => this.move(), MOVE_DEBOUNCE_MS);
+    this.on("change:version", () => this.refresh());
+    this.refresh();
   }
 
   /** @param {string[]} labels */
   buildSliders(labels) {
+    const { min, max, step } = this.range;
     this.labels = labels;
     this.sliders = [];
     this.readouts = [];
     this.sliderBox.replaceChildren(...labels.map((label, i) => {
       const input = /** @type {HTMLInputElement} */ (h("input", {
-        type: "range", min: GAIN.min, max: GAIN.max, step: GAIN.step, value: 1, "data-index": i,
-        "aria-label": `gain of ${label}: 0 lesions, 1 intact, 2 doubles`,
-        // JupyterLab's command-mode shortcuts would otherwise take the arrow keys from the slider
-        "data-lm-suppress-shortcuts": "true",
+        type: "range", min, max, step, value: 1, "data-index": i,
+        "aria-label": `gain of ${label}: ${min} lesions, 1 intact, up to ${max} stimulates`,
       }));
       const out = h("output", { class: "llmscope-gain" });
       input.addEventListener("input", () => {
-        out.textContent = describeGain(toGain(input.value));
+        out.textContent = describeGain(toGain(input.value, this.range));
         input.setAttribute("aria-valuetext", out.textContent);
         this.moveSoon();
       });
@@ -148,19 +132,19 @@ class AblationView {
   refresh() {
     return this.guard("view", async () => {
       this.status.textContent = "loading…";
-      const data = await this.channels.view.request();
+      const data = await this.views.request();
       if (data !== null) await this.show(data, true);
     });
   }
 
   /** Send every gain and the mode; the kernel runs the model once and answers. */
   move() {
-    const factors = this.sliders.map((s) => toGain(s.value));
+    const factors = this.sliders.map((s) => toGain(s.value, this.range));
     const mode = this.modes.mean.checked ? "mean" : "zero";
     return this.guard("move", async () => {
       this.status.textContent = "running the model…";
       const started = performance.now();
-      const data = await this.channels.move.request({ factors, mode });
+      const data = await this.moves.request({ factors, mode });
       if (data === null) return;
       await this.show(data, false);
       this.status.textContent += ` · ${Math.round(performance.now() - started)} ms`;
@@ -200,19 +184,6 @@ class AblationView {
     const off = data.factors.filter((/** @type {number} */ f) => f !== 1).length;
     this.status.textContent = `${data.model}, ${data.mode} mode: ${off ? `${off} of ${data.factors.length} off ×1` : "all intact"}`;
   }
-
-  destroy() {
-    this.unwatch();
-    this.model.off("change:version", this.onVersion);
-    this.moveSoon.cancel();
-    Object.values(this.channels).forEach((channel) => channel.cancel());
-  }
 }
 
-export default {
-  /** @param {{model: any, el: HTMLElement, experimental: {invoke: import("./wire.js").Invoke}}} props */
-  render({ model, el, experimental }) {
-    const view = new AblationView(model, el, experimental.invoke);
-    return () => view.destroy();
-  },
-};
+export default mount(AblationView);

@@ -1,3 +1,4 @@
+// @ts-check
 // Errors shown inside the widget, as text: a kernel exception is never swallowed.
 
 import { h } from "./dom.js";

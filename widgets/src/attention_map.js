@@ -1,25 +1,31 @@
+// @ts-check
 // AttentionMap: every layer x head of a model as thumbnails labelled with their head scores,
 // one focused head as a query x key heatmap fetched on demand, the prompt's tokens shaded by
 // where the hovered token attends, and a prompt box that re-runs the model in the kernel.
 //
-// Kernel commands (llmscope/widgets/attention.py): `_overview` (thumbnails, scores, tokens),
-// `_head` (one head's pattern), `_run` (a new prompt). Traits: `prompt`, `focus` ([layer,
-// head], set here when a head is picked), `version` (bumped by the kernel when the prompt
-// changes; this page then asks for the overview again).
+// A new prompt runs in the background in the kernel and streams: the kernel reports each layer
+// as the forward pass reaches it (`_progress`), and the page asks for the thumbnails done so
+// far, so a long prompt fills the grid layer by layer, with a progress bar and a cancel button
+// (the kernel stops at the next layer and keeps the prompt it had). The old tokens, pictures
+// and errors go at once; no request waits for the whole run, so no timeout is shorter than it.
+//
+// Kernel commands (llmscope/widgets/attention.py): `_overview` (thumbnails, scores, tokens of
+// what is shown: the running prompt's layers so far, else the finished one), `_head` (one
+// head's pattern), `_run` (start a new prompt), `_cancel` (stop it). Traits: `prompt`, `focus`
+// ([layer, head], set here when a head is picked), `version` (bumped by the kernel when a new
+// prompt is in), `_progress` ({run, state, done, total, n_tokens, error}: a run's layers).
 
-import { ErrorBox } from "./alert.js";
 import { MAPS, css, lut } from "./colormap.js";
-import { h, indexIn } from "./dom.js";
-import { cellAt, drawHeatmap } from "./heatmap.js";
-import { showLost, watchKernel } from "./kernel.js";
-import { debounce } from "./timing.js";
+import { h } from "./dom.js";
+import { cellAt, devicePixels, drawHeatmap } from "./heatmap.js";
+import { View, mount } from "./mount.js";
 import { TokenStrip } from "./tokens.js";
-import { Channel, decodeArray } from "./wire.js";
+import { KernelError, decodeArray } from "./wire.js";
 
 const PROMPT_DEBOUNCE_MS = 400;
 const FOCUS_DEBOUNCE_MS = 40;
-const FETCH_TIMEOUT_MS = 60_000;
-const RUN_TIMEOUT_MS = 300_000;  // a long prompt through a large model on a slow CPU
+const LAYER_DEBOUNCE_MS = 30;
+const HEATMAP_PX = 360;  // the focused head's canvas, CSS pixels a side (attention_map.css)
 // colour follows the square root of attention, so a head that spreads thinly still shows
 const TABLE = lut(MAPS.blues, { gamma: 0.5 });
 
@@ -38,6 +44,16 @@ export function moveFocus([layer, head], key, nLayers, nHeads) {
   };
   const to = moves[key];
   return to ? [clamp(to[0], nLayers), clamp(to[1], nHeads)] : null;
+}
+
+/**
+ * How long a run may go without finishing a layer before the page says the kernel seems
+ * stuck: a layer's attention grows with the square of the prompt, so this does too (a minute
+ * up to 1,024 tokens, four at 2,048, sixteen at 4,096). It only warns; the run goes on.
+ * @param {number} nTokens
+ */
+export function stallMs(nTokens) {
+  return 60_000 * Math.max(1, (nTokens / 1024) ** 2);
 }
 
 /** A score in 0..1 as ".92" (NaN, no score on this prompt, as "–"). */
@@ -71,44 +87,34 @@ export function shadeColours({ attends, attendedBy }, i) {
   });
 }
 
-class AttentionView {
+class AttentionView extends View {
   /** @param {any} model @param {HTMLElement} el @param {import("./wire.js").Invoke} invoke */
   constructor(model, el, invoke) {
-    this.model = model;
-    this.channels = {
-      overview: new Channel(invoke, "_overview", { timeoutMs: FETCH_TIMEOUT_MS }),
-      head: new Channel(invoke, "_head", { timeoutMs: FETCH_TIMEOUT_MS }),
-      run: new Channel(invoke, "_run", { timeoutMs: RUN_TIMEOUT_MS }),
-    };
-    this.errors = new ErrorBox();
-    /** what the kernel sent for the current prompt */
-    this.shown = { version: -1, nLayers: 0, nHeads: 0, tokens: /** @type {string[]} */ ([]),
-                   scores: new Float32Array(0), scoreNames: /** @type {string[]} */ ([]) };
+    super(model, el, invoke);
+    this.overviews = this.channel("_overview");
+    this.heads = this.channel("_head");
+    this.runs = this.channel("_run");
+    this.cancels = this.channel("_cancel");
+    /** what the kernel sent for the prompt on show (a running one, or the finished one) */
+    this.shown = { run: -1, complete: false, painted: 0, nLayers: 0, nHeads: 0, tokens: /** @type {string[]} */ ([]),
+                   scores: /** @type {ArrayLike<number>} */ (new Float32Array(0)), scoreNames: /** @type {string[]} */ ([]) };
     /** @type {{data: Uint8Array, n: number, layer: number, head: number} | null} */
     this.pattern = null;
     /** @type {HTMLElement[][]} */
     this.cells = [];
-    this.build(el);
-    this.submitSoon = debounce((/** @type {string} */ text) => this.submit(text), PROMPT_DEBOUNCE_MS);
-    this.fetchHeadSoon = debounce(() => this.fetchHead(), FOCUS_DEBOUNCE_MS);
-    this.unwatch = watchKernel(model, (error) => showLost(error, el, this.errors, Object.values(this.channels)));
-    this.listeners = {
-      "change:version": () => this.refresh(),
-      "change:focus": () => { this.markFocus(); this.fetchHeadSoon(); },
-      "change:prompt": () => this.syncPrompt(),
-    };
-    for (const [event, fn] of Object.entries(this.listeners)) model.on(event, fn);
-    this.syncPrompt();
-    this.refresh();
-  }
+    /** @type {ReturnType<typeof setTimeout> | null} */
+    this.stall = null;
 
-  /** @param {HTMLElement} el */
-  build(el) {
     this.promptBox = /** @type {HTMLTextAreaElement} */ (h("textarea", {
       class: "llmscope-prompt", rows: 3, spellcheck: "false", placeholder: "a prompt: the model reads it as you type",
       "aria-label": "prompt: editing it runs the model again",
     }));
-    this.status = h("div", { class: "llmscope-status", role: "status" });
+    this.progress = /** @type {HTMLProgressElement} */ (h("progress", { class: "llmscope-progress", max: 1, value: 0,
+                                                                      "aria-label": "layers of the model run so far" }));
+    this.cancelButton = /** @type {HTMLButtonElement} */ (h("button", {
+      type: "button", class: "llmscope-cancel", "aria-label": "cancel: stop the model at the next layer" }, "cancel"));
+    this.runBox = h("div", { class: "llmscope-run" }, this.progress, this.cancelButton);
+    this.runBox.hidden = true;
     this.grid = h("div", {
       class: "llmscope-grid", role: "grid",
       "aria-label": "attention heads, a row per layer and a column per head: click one, or move with the arrow keys",
@@ -125,14 +131,19 @@ class AttentionView {
     el.replaceChildren(h("div", { class: "llmscope llmscope-attention" },
       this.errors.el,
       h("div", { class: "llmscope-columns" },
-        h("div", { class: "llmscope-column" }, this.promptBox, this.status, this.grid),
+        h("div", { class: "llmscope-column llmscope-overview" }, this.promptBox, this.status, this.runBox, this.grid),
         h("div", { class: "llmscope-column llmscope-focus" }, this.title,
           h("div", { class: "llmscope-axes" }, "rows: query token · columns: key token it attends to"),
           this.canvas, this.readout,
           h("div", { class: "llmscope-legend" }, swatch(MAPS.blues, "where the token attends"),
             swatch(MAPS.oranges, "what attends to it")),
           this.tokens.el))));
+
+    this.submitSoon = this.soon((/** @type {string} */ text) => this.submit(text), PROMPT_DEBOUNCE_MS);
+    this.fetchHeadSoon = this.soon(() => this.fetchHead(), FOCUS_DEBOUNCE_MS);
+    this.refreshSoon = this.soon(() => this.refresh(), LAYER_DEBOUNCE_MS);
     this.promptBox.addEventListener("input", () => this.submitSoon(this.promptBox.value));
+    this.cancelButton.addEventListener("click", () => this.cancel());
     this.grid.addEventListener("click", (e) => {
       const cell = e.target instanceof Element ? e.target.closest(".llmscope-cell") : null;
       if (cell) this.setFocus(Number(cell.getAttribute("data-layer")), Number(cell.getAttribute("data-head")));
@@ -142,19 +153,17 @@ class AttentionView {
       if (!to) return;
       e.preventDefault();
       this.setFocus(...to);
-      this.cells[to[0]]?.[to[1]]?.focus();
+      this.cells[to[0]]?.[to[1]]?.focus({ preventScroll: true });
+      this.scrollToFocus();
     });
     this.canvas.addEventListener("mousemove", (e) => this.hoverCell(e));
-  }
-
-  /** Run `work`, showing its error (in `slot`) inside the widget instead of losing it. */
-  async guard(/** @type {string} */ slot, /** @type {() => Promise<void>} */ work) {
-    try {
-      await work();
-    } catch (error) {
-      this.errors.show(slot, error);
-      this.status.textContent = "";
-    }
+    this.on("change:version", () => this.refresh());
+    this.on("change:focus", () => { this.markFocus(); this.scrollToFocus(); this.fetchHeadSoon(); });
+    this.on("change:prompt", () => this.syncPrompt());
+    this.on("change:_progress", () => this.followRun());
+    this.syncPrompt();
+    this.followRun();
+    this.refresh();
   }
 
   syncPrompt() {
@@ -162,25 +171,80 @@ class AttentionView {
     if (this.promptBox.value !== prompt && document.activeElement !== this.promptBox) this.promptBox.value = prompt;
   }
 
-  /** Ask for the thumbnails, scores and tokens of the kernel's current prompt; redraw. */
+  /** Follow the kernel's run of a prompt: progress, the layers it finished, how it ended. */
+  followRun() {
+    const run = this.model.get("_progress");
+    if (!run || run.run === undefined) return;
+    const running = run.state === "running";
+    this.runBox.hidden = !running;
+    if (this.stall !== null) clearTimeout(this.stall);
+    this.stall = null;
+    if (running) {
+      if (run.run !== this.shown.run) this.clearShown(run.run);
+      this.progress.max = run.total;
+      this.progress.value = run.done;
+      this.cancelButton.disabled = false;
+      this.status.textContent = `running the model on ${run.n_tokens} tokens: ${run.done} of ${run.total} layers`;
+      const ms = stallMs(run.n_tokens);
+      this.stall = setTimeout(() => {
+        this.status.textContent += ` · no layer for ${Math.round(ms / 1000)} s: the kernel may be busy or stuck`;
+      }, ms);
+      this.refreshSoon();
+    } else if (run.state === "cancelled") {
+      this.status.textContent = `cancelled after ${run.done} of ${run.total} layers: the previous prompt is shown`;
+      this.refresh();
+    } else if (run.state === "failed") {
+      this.errors.show("run", new KernelError(run.error));
+      this.refresh();
+    }
+  }
+
+  /** Forget what is shown at once (a new prompt is on its way): tokens, pictures, readouts, errors. */
+  clearShown(/** @type {number} */ run) {
+    for (const slot of ["run", "overview", "head", "cancel"]) this.errors.clear(slot);
+    this.shown = { ...this.shown, run, complete: false, painted: 0, tokens: [], scores: [], scoreNames: [] };
+    this.pattern = null;
+    this.tokens.setTokens([], 0);
+    this.readout.textContent = "";
+    this.title.textContent = "";
+    this.canvas.getContext("2d")?.clearRect(0, 0, this.canvas.width, this.canvas.height);
+    delete this.canvas.dataset.focus;
+    for (const cell of this.cells.flat()) {
+      /** @type {HTMLCanvasElement} */ (cell.firstChild).getContext("2d")?.clearRect(0, 0, 1e4, 1e4);
+      cell.classList.add("is-pending");
+      /** @type {HTMLElement} */ (cell.lastChild).textContent = "…";
+    }
+    this.grid.dataset.run = String(run);
+    this.grid.dataset.done = "0";
+  }
+
+  /** Ask for the thumbnails, scores and tokens of what the kernel shows; draw what is new. */
   refresh() {
     return this.guard("overview", async () => {
-      this.status.textContent = "loading…";
-      const data = await this.channels.overview.request();
+      const data = await this.overviews.request();
       if (data === null) return;
       const [thumbs, scores] = await Promise.all([decodeArray(data.thumbs), decodeArray(data.scores)]);
-      if (data.version !== this.model.get("version")) return;  // the kernel moved on; a refresh follows
       const [nLayers, nHeads] = thumbs.shape;
-      if (nLayers !== this.shown.nLayers || nHeads !== this.shown.nHeads) this.buildGrid(nLayers, nHeads);
-      this.shown = { version: data.version, nLayers, nHeads, tokens: data.tokens,
-                     scores: /** @type {Float32Array} */ (scores.data), scoreNames: data.score_names };
-      this.paintThumbs(/** @type {Uint8Array} */ (thumbs.data), thumbs.shape[2]);
-      this.tokens.setTokens(data.tokens, data.n_bos);
-      this.readout.textContent = "";
-      this.status.textContent = `${data.model}: ${data.tokens.length} tokens`;
+      if (data.run !== this.shown.run || nLayers !== this.shown.nLayers || nHeads !== this.shown.nHeads) {
+        if (nLayers !== this.shown.nLayers || nHeads !== this.shown.nHeads) this.buildGrid(nLayers, nHeads);
+        this.clearShown(data.run);
+        this.shown = { ...this.shown, nLayers, nHeads };
+      }
+      if (this.shown.tokens.length === 0 && data.tokens.length) {
+        this.shown.tokens = data.tokens;
+        this.tokens.setTokens(data.tokens, data.n_bos);
+      }
+      this.paintThumbs(/** @type {Uint8Array} */ (thumbs.data), thumbs.shape[2], data.done);
+      if (data.complete && !this.shown.complete) {
+        this.shown = { ...this.shown, complete: true, scores: scores.data, scoreNames: data.score_names };
+        this.labelCells();
+        this.pattern = null;  // drawn before the scores came: draw it again, titled with them
+        this.status.textContent = `${data.model}: ${data.tokens.length} tokens`;
+        this.markFocus();
+        this.scrollToFocus();
+      }
       this.errors.clear("overview");
-      this.markFocus();
-      await this.fetchHead();
+      if (!this.pattern && this.model.get("focus")[0] < data.done) await this.fetchHead();
     });
   }
 
@@ -198,16 +262,28 @@ class AttentionView {
       h("span", { class: "llmscope-axis", role: "rowheader" }, `attn.${layer}`), ...row)));
   }
 
-  /** @param {Uint8Array} thumbs [layers, heads, t, t] @param {number} t */
-  paintThumbs(thumbs, t) {
+  /** Draw the thumbnails of the layers done since the last paint. @param {Uint8Array} thumbs [layers, heads, t, t] */
+  paintThumbs(thumbs, /** @type {number} */ t, /** @type {number} */ done) {
+    const { nHeads } = this.shown;
+    for (let layer = this.shown.painted; layer < done; layer++) {
+      this.cells[layer].forEach((cell, head) => {
+        const at = layer * nHeads + head;
+        drawHeatmap(/** @type {HTMLCanvasElement} */ (cell.firstChild), thumbs.subarray(at * t * t, (at + 1) * t * t),
+                    t, t, TABLE);
+        cell.classList.remove("is-pending");
+      });
+    }
+    this.shown.painted = Math.max(this.shown.painted, done);
+    this.grid.dataset.done = String(this.shown.painted);
+  }
+
+  /** Label each cell with its scores (once the run is complete). */
+  labelCells() {
     const { nHeads, scores, scoreNames } = this.shown;
     const [previous, induction] = ["previous_token", "induction"].map((name) => scoreNames.indexOf(name));
     this.cells.forEach((row, layer) => row.forEach((cell, head) => {
-      const at = layer * nHeads + head;
-      drawHeatmap(/** @type {HTMLCanvasElement} */ (cell.firstChild), thumbs.subarray(at * t * t, (at + 1) * t * t),
-                  t, t, TABLE);
-      const p = scores[at * scoreNames.length + previous];
-      const i = scores[at * scoreNames.length + induction];
+      const at = (layer * nHeads + head) * scoreNames.length;
+      const [p, i] = [scores[at + previous], scores[at + induction]];
       /** @type {HTMLElement} */ (cell.lastChild).textContent = `P ${formatScore(p)} I ${formatScore(i)}`;
       cell.setAttribute("aria-label", `layer ${layer}, head ${head}: previous-token score ${formatScore(p)}, ` +
                                       `induction score ${formatScore(i)}`);
@@ -225,6 +301,21 @@ class AttentionView {
     }));
   }
 
+  /** Scroll the grid (and only the grid, not the notebook) so that the focused head is in view. */
+  scrollToFocus() {
+    const [layer, head] = this.model.get("focus");
+    const cell = this.cells[layer]?.[head];
+    if (!cell) return;
+    const { grid } = this;
+    const [top, left] = [cell.offsetTop, cell.offsetLeft];
+    if (top < grid.scrollTop || top + cell.offsetHeight > grid.scrollTop + grid.clientHeight) {
+      grid.scrollTop = top - (grid.clientHeight - cell.offsetHeight) / 2;
+    }
+    if (left < grid.scrollLeft || left + cell.offsetWidth > grid.scrollLeft + grid.clientWidth) {
+      grid.scrollLeft = left - (grid.clientWidth - cell.offsetWidth) / 2;
+    }
+  }
+
   /** @param {number} layer @param {number} head */
   setFocus(layer, head) {
     const [l, hd] = this.model.get("focus");
@@ -233,24 +324,28 @@ class AttentionView {
     this.model.save_changes();
   }
 
-  /** Ask for the focused head's pattern and draw it. */
+  /** Ask for the focused head's pattern and draw it, max-pooled to the canvas's pixels. */
   fetchHead() {
     return this.guard("head", async () => {
       const [layer, head] = this.model.get("focus");
-      const data = await this.channels.head.request({ layer, head });
-      if (data === null) return;
+      const data = await this.heads.request({ layer, head });
+      if (data === null || data.pattern === null) return;  // its layer is still to come
       const pattern = await decodeArray(data.pattern);
       const [l, hd] = this.model.get("focus");
-      if (data.version !== this.shown.version || data.layer !== l || data.head !== hd) return;
+      if (data.run !== this.shown.run || data.layer !== l || data.head !== hd) return;
       const n = pattern.shape[0];
       this.pattern = { data: /** @type {Uint8Array} */ (pattern.data), n, layer, head };
-      drawHeatmap(this.canvas, this.pattern.data, n, n, TABLE, { causal: true });
+      const side = devicePixels(this.canvas.clientWidth || HEATMAP_PX);
+      const drawn = drawHeatmap(this.canvas, this.pattern.data, n, n, TABLE, { causal: true, maxWidth: side, maxHeight: side });
       const at = (layer * this.shown.nHeads + head) * this.shown.scoreNames.length;
       const scores = this.shown.scoreNames.map((name, k) => `${name.replace("_", "-")} ${formatScore(this.shown.scores[at + k])}`);
-      this.title.textContent = `attn.${layer} head ${head}: ${scores.join(", ")}`;
+      this.title.textContent = `attn.${layer} head ${head}${scores.length ? ": " : ""}${scores.join(", ")}`;
+      const pooled = drawn.width < n ? `, each pixel the largest of ${(n / drawn.width).toFixed(1)} x ` +
+                                       `${(n / drawn.width).toFixed(1)} cells` : "";
       this.canvas.setAttribute("aria-label", `attention pattern of layer ${layer} head ${head}: ${n} query rows ` +
-                                             `by ${n} key columns`);
+                                             `by ${n} key columns${pooled}`);
       this.canvas.dataset.focus = `${layer},${head}`;
+      this.canvas.dataset.run = String(data.run);
       this.canvas.dataset.version = String(data.version);
       this.errors.clear("head");
       this.shadeTokens();
@@ -284,30 +379,35 @@ class AttentionView {
                                `${JSON.stringify(this.shown.tokens[top])} (position ${top}): ${shades.attends[top].toFixed(3)}`;
   }
 
-  /** Send an edited prompt; the kernel bumps `version` when it took it, and refresh() follows. */
+  /** Send an edited prompt: the kernel starts it at once, and `_progress` follows its layers. */
   submit(/** @type {string} */ text) {
+    for (const slot of ["run", "overview", "head", "cancel"]) this.errors.clear(slot);
     return this.guard("run", async () => {
-      this.status.textContent = "running the model…";
-      const data = await this.channels.run.request({ prompt: text });
+      this.status.textContent = "starting…";
+      const data = await this.runs.request({ prompt: text });
       if (data === null) return;
-      this.errors.clear("run");
-      if (data.version === this.shown.version) this.status.textContent = `${data.n_tokens} tokens (unchanged)`;
+      if (data.started) {
+        if (data.run !== this.shown.run) this.clearShown(data.run);
+      } else {
+        this.status.textContent = `${data.n_tokens} tokens (unchanged)`;
+      }
+    });
+  }
+
+  /** Ask the kernel to stop the running prompt at its next layer. */
+  cancel() {
+    const { run } = this.model.get("_progress");
+    this.cancelButton.disabled = true;
+    return this.guard("cancel", async () => {
+      this.status.textContent = "cancelling: the model stops at the end of this layer…";
+      await this.cancels.request({ run });
     });
   }
 
   destroy() {
-    this.unwatch();
-    for (const [event, fn] of Object.entries(this.listeners)) this.model.off(event, fn);
-    this.submitSoon.cancel();
-    this.fetchHeadSoon.cancel();
-    Object.values(this.channels).forEach((channel) => channel.cancel());
+    if (this.stall !== null) clearTimeout(this.stall);
+    super.destroy();
   }
 }
 
-export default {
-  /** @param {{model: any, el: HTMLElement, experimental: {invoke: import("./wire.js").Invoke}}} props */
-  render({ model, el, experimental }) {
-    const view = new AttentionView(model, el, experimental.invoke);
-    return () => view.destroy();
-  },
-};
+export default mount(AttentionView);

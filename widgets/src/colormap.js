@@ -1,3 +1,4 @@
+// @ts-check
 // Colour maps as 256-entry lookup tables of packed RGBA pixels, ready for a Uint32Array view
 // of ImageData, plus CSS colours for shading text.
 

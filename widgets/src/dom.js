@@ -1,3 +1,4 @@
+// @ts-check
 // Building elements without ever parsing markup: text goes in as Text nodes and attributes
 // as strings, so token text such as `<img src=x onerror=...>` shows literally.
 
@@ -18,7 +19,7 @@ export function h(tag, attrs = {}, ...children) {
     if (key === "class") el.className = String(value);
     else el.setAttribute(key, value === true ? "" : String(value));
   }
-  el.append(...children.filter((c) => c !== null && c !== undefined && c !== false && c !== ""));
+  el.append(.../** @type {Array<Node | string>} */ (children.filter((c) => c !== null && c !== undefined && c !== false && c !== "")));
   return el;
 }
 

@@ -1,3 +1,4 @@
+// @ts-check
 // A widget outlives its kernel: after a restart or a crash the page still shows it, but the new
 // kernel knows nothing of it and will never answer. Say so at once, in the widget, instead of
 // leaving each request to run into its timeout (a minute, for a model run).

@@ -1,3 +1,4 @@
+// @ts-check
 // Debounce: ipywidgets has none, and typing or dragging must not send one request per event.
 
 /**

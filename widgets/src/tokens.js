@@ -1,14 +1,18 @@
+// @ts-check
 // A strip of token text, one span per token, written with textContent only. Hovering a token
 // or moving along the strip with the arrow keys makes it the active one.
 
 import { h, indexIn } from "./dom.js";
 
 /**
- * How a token's text is shown: invisible characters made visible, never interpreted.
+ * How a token's text is shown: invisible characters made visible, never interpreted. A line
+ * break is ↵ and a tab ⇥; spaces at either end are ␣ (a lone-space token, or the space BPE
+ * tokens start with, would otherwise show as nothing); an empty token is ∅.
  * @param {string} text
  */
 export function displayText(text) {
-  const shown = String(text).replace(/\r?\n/g, "↵").replace(/\t/g, "⇥");
+  const shown = String(text).replace(/\r?\n/g, "↵").replace(/\t/g, "⇥")
+    .replace(/^ +| +$/g, (spaces) => "␣".repeat(spaces.length));
   return shown === "" ? "∅" : shown;
 }
 

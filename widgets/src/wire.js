@@ -1,3 +1,4 @@
+// @ts-check
 // The kernel <-> page wire protocol that every llmscope widget speaks.
 //
 // The page asks with anywidget's `invoke(command, {seq, ...fields})`. The kernel answers
@@ -150,7 +151,8 @@ export function unpackTril(packed, n, count) {
  * @returns {Promise<Uint8Array>}
  */
 export async function inflate(bytes) {
-  const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("deflate"));
+  // the kernel's buffers arrive as ArrayBuffers (never shared memory), which a Blob takes
+  const stream = new Blob([/** @type {Uint8Array<ArrayBuffer>} */ (bytes)]).stream().pipeThrough(new DecompressionStream("deflate"));
   return new Uint8Array(await new Response(stream).arrayBuffer());
 }
 

@@ -10,12 +10,14 @@ test("a gain reads as what it does to its units", () => {
   assert.equal(describeGain(1.75), "×1.75 stimulated");
 });
 
-test("a slider value snaps to the gain grid and stays in 0..2", () => {
-  assert.equal(toGain("0.95"), 0.95);
-  assert.equal(toGain("0.97"), 0.95);
-  assert.equal(toGain("3"), 2);
-  assert.equal(toGain("-1"), 0);
-  assert.ok(Number.isNaN(toGain("x")));
+test("a slider value snaps to the kernel's gain grid and stays in its range", () => {
+  const range = { min: 0, max: 2, step: 0.05 };  // as the kernel's _meta sends it
+  assert.equal(toGain("0.95", range), 0.95);
+  assert.equal(toGain("0.97", range), 0.95);
+  assert.equal(toGain("3", range), 2);
+  assert.equal(toGain("-1", range), 0);
+  assert.ok(Number.isNaN(toGain("x", range)));
+  assert.equal(toGain("2.9", { min: 0, max: 4, step: 0.5 }), 3);
 });
 
 test("the metric line shows value, baseline and change, and a missing value as a dash", () => {

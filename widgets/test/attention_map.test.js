@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { formatScore, moveFocus, shadeColours, tokenShades } from "../src/attention_map.js";
+import { formatScore, moveFocus, shadeColours, stallMs, tokenShades } from "../src/attention_map.js";
 
 test("arrow keys move the focused head within the grid", () => {
   assert.deepEqual(moveFocus([1, 2], "ArrowRight", 30, 9), [1, 3]);
@@ -32,4 +32,11 @@ test("a token's row says where it attends and its column what attends to it", ()
   assert.equal(colours.length, 3);
   assert.notEqual(colours[0].slice(0, 18), colours[2].slice(0, 18));  // after the token: another colour
   assert.equal(shadeColours(tokenShades(new Uint8Array(4), 2, 0), 0)[1], null);
+});
+
+test("a run is called stuck only after a layer's share of the work, which grows with the prompt's square", () => {
+  assert.equal(stallMs(9), 60_000);
+  assert.equal(stallMs(1024), 60_000);
+  assert.equal(stallMs(2048), 240_000);
+  assert.equal(stallMs(4096), 960_000);
 });

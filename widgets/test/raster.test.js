@@ -3,7 +3,7 @@ import { test } from "node:test";
 
 import { MAPS, pack } from "../src/colormap.js";
 import { fillPixels } from "../src/heatmap.js";
-import { formatThreshold, moveView, shows, spikeTable, spikesAbove, stepRung } from "../src/raster.js";
+import { barGeometry, bands, formatThreshold, moveView, shows, spikeTable, spikesAbove, tickEvery } from "../src/raster.js";
 
 const SPIKE = pack(...MAPS.blues[4]);
 
@@ -38,25 +38,6 @@ test("the spikes in view are the cells counted above the rung", () => {
   for (const rung of [0, 17, 127, 250, 254]) assert.equal(spikesAbove(counts, rung), codes.filter((c) => c > rung).length);
 });
 
-// What the page does with a 1000 x 1000 window, cold (the first paint) and warm (a slider step):
-// the canvas's putImageData is left to the browser benchmark.
-test("a 1000 x 1000 window is painted cold and thresholded warm in a few ms", () => {
-  const codes = Uint8Array.from({ length: 1e6 }, (_, i) => (i * 2654435761) % 256);
-  const pixels = new Uint32Array(1e6);
-  const counts = counted(codes);
-  let start = performance.now();
-  fillPixels(pixels, codes, spikeTable(127), 1000);
-  const first = performance.now() - start;
-  start = performance.now();
-  for (let rung = 100; rung < 110; rung++) {
-    fillPixels(pixels, codes, spikeTable(rung), 1000);
-    spikesAbove(counts, rung);
-  }
-  const step = (performance.now() - start) / 10;
-  console.log(`first paint work ${first.toFixed(1)} ms, threshold step ${step.toFixed(1)} ms (1e6 cells)`);
-  assert.ok(first < 60 && step < 30, `first ${first.toFixed(1)} ms, step ${step.toFixed(1)} ms`);
-});
-
 test("the state's first window is painted only while it is the view's window, at the kernel's version", () => {
   const first = { version: 0, u0: 0, t0: 0, codes: { shape: [512, 1000] } };
   assert.equal(shows(first, [0, 512, 0, 1000], 0), true);
@@ -86,11 +67,38 @@ test("thresholds read as the kernel wrote them", () => {
   assert.equal(formatThreshold("quantile", 0.95), "quantile > 0.950");
 });
 
-test("the slider's keys step its rung within its range", () => {
-  assert.equal(stepRung(60, "ArrowRight", 254), 61);
-  assert.equal(stepRung(60, "ArrowDown", 254), 59);
-  assert.equal(stepRung(250, "PageUp", 254), 254);
-  assert.equal(stepRung(3, "PageDown", 254), 0);
-  assert.equal(stepRung(60, "End", 254), 254);
-  assert.equal(stepRung(60, "a", 254), null);
+test("ticks go every 1, 2 or 5 times a power of ten cells, at least the asked pixels apart", () => {
+  assert.equal(tickEvery(512, 400, 14), 20);  // 0.78 px a row: 18 rows make 14 px
+  assert.equal(tickEvery(20, 400, 14), 1);
+  assert.equal(tickEvery(1000, 500, 64), 200);
+  assert.equal(tickEvery(16, 500, 64), 5);
+  for (const [n, px, min] of [[512, 400, 14], [1473, 517, 64], [3, 10, 14]]) {
+    const every = tickEvery(n, px, min);
+    assert.ok((every * px) / n >= min || every >= n, `${n} cells over ${px} px: every ${every}`);
+  }
+});
+
+test("rows sorted by a label make one band per run of a category", () => {
+  assert.deepEqual(bands(["ADJ", "ADJ", "NOUN", "VERB", "VERB", "VERB"]),
+                   [{ name: "ADJ", start: 0, end: 2 }, { name: "NOUN", start: 2, end: 3 }, { name: "VERB", start: 3, end: 6 }]);
+  assert.deepEqual(bands([]), []);
+});
+
+test("tuning bars start at zero, negative means draw left of it, and error bars span mean ± s.e.m.", () => {
+  const { zero, bars } = barGeometry([-0.022, 0.5, -0.1], [0.01, 0.1, NaN]);
+  // the axis runs from -0.1 (the lowest mean - s.e.m.) to 0.6 (the highest mean + s.e.m.)
+  const x = (/** @type {number} */ v) => (100 * (v + 0.1)) / 0.7;
+  const close = (/** @type {number} */ a, /** @type {number} */ b) => assert.ok(Math.abs(a - b) < 1e-9, `${a} != ${b}`);
+  close(zero, x(0));
+  close(bars[0].left, x(-0.022));  // the negative bar ends at zero...
+  close(bars[0].left + bars[0].width, zero);
+  close(bars[1].left, zero);  // ...a positive one starts there
+  close(bars[1].width, x(0.5) - x(0));
+  close(bars[2].left, x(-0.1));
+  close(/** @type {{left: number}} */ (bars[0].error).left, x(-0.032));
+  close(/** @type {{width: number}} */ (bars[1].error).width, x(0.6) - x(0.4));
+  assert.equal(bars[2].error, null);  // a category seen once: no s.e.m.
+  const all = barGeometry([0.2, 0.3], [0, 0]);
+  close(all.zero, 0);
+  close(all.bars[1].width, 100);
 });

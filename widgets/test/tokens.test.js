@@ -9,7 +9,15 @@ import { KernelError } from "../src/wire.js";
 test("displayText shows invisible characters and keeps markup as plain characters", () => {
   assert.equal(displayText("a\nb\r\nc\td"), "a↵b↵c⇥d");
   assert.equal(displayText(""), "∅");
-  assert.equal(displayText(" <img src=x onerror=alert(1)>"), " <img src=x onerror=alert(1)>");
+  assert.equal(displayText("<img src=x onerror=alert(1)>"), "<img src=x onerror=alert(1)>");
+});
+
+test("displayText shows spaces at either end of a token, and a lone space, as ␣", () => {
+  assert.equal(displayText(" "), "␣");
+  assert.equal(displayText("  "), "␣␣");
+  assert.equal(displayText(" Paris"), "␣Paris");
+  assert.equal(displayText("a b "), "a b␣");
+  assert.equal(displayText(" \n"), "␣↵");
 });
 
 test("stepToken moves along the strip with the arrow keys, clamped", () => {
