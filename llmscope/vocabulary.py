@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import inspect
 import warnings
 from typing import Any, Callable, TypeVar
 
@@ -84,6 +85,29 @@ VOCABULARY: dict[str, str] = {
     "k": "how many: units per class, examples, set size",
     "ks": "several k",
     "n": "how many items a builder makes or top() returns",
+    # attributes of the nouns (constructors and fields)
+    "df": "a Result's table",
+    "meta": "a Result's parameters and provenance",
+    "data": "a Result's array-shaped extras, one xarray Dataset",
+    "ascending": "rank from the lowest value instead of the highest",
+    "lengths": "real tokens per sequence",
+    "tokens": "the trial table (one row per token), or a slice of token columns",
+    "pad_id": "the id padding short sequences",
+    "hook": "a TransformerLens hook name",
+    "kind": "what a site is: 'mlp', 'attn', 'resid' or 'hook'",
+    "layer": "a block's index",
+    "shape": "a site's per-token shape",
+    "unit": "what one unit of a site is: 'neuron', 'head', 'dim'",
+    "group": "the zarr group holding a recording",
+    "rows": "row indices into a recording's trial table",
+    "path": "a folder on disk",
+    "labelled": "return a DataFrame labelled by trial rows and units instead of a bare array",
+    "seqs": "sequences: lists of token ids, or indices of the stimuli's sequences",
+    "labels": "per-token label columns (a DataFrame or a mapping of column -> values)",
+    "n_bos": "how many leading tokens of each sequence the model prepends",
+    "start_seq": "the first sequence",
+    "logits": "a batch's logits [batch, pos, vocab]",
+    "matrix": "a sparse [units, tokens] spike matrix",
     # running
     "batch_size": "sequences per forward pass",
     "progress": "show a progress bar (TQDM_DISABLE=1 hides every bar)",
@@ -136,6 +160,10 @@ def renamed(**old_to_new: str) -> Callable[[F], F]:
     """Accept the old keyword names of a function for one release: each is passed on under its new
     name with a ``FutureWarning``; giving both is an error.
 
+    An old name may also be a parameter of the new signature (``site`` + ``units`` became ``units`` +
+    ``indices``): it is read the old way only when its slot is already taken (given by position, or
+    by another old name), as in the old call ``spikes(rec, "mlp.0", units=[1, 2])``.
+
     Example:
         >>> @renamed(subset="where")
         ... def g(*, where=None):
@@ -144,16 +172,24 @@ def renamed(**old_to_new: str) -> Callable[[F], F]:
         'is_repeat'
     """
     def wrap(fn: F) -> F:
+        params = list(inspect.signature(fn).parameters)
+        reused = [old for old in old_to_new if old in params]  # handled first: their slot is about to fill
+        order = reused + [old for old in old_to_new if old not in params]
+
         @functools.wraps(fn)
         def inner(*args: Any, **kwargs: Any) -> Any:
-            for old, new in old_to_new.items():
-                if old in kwargs:
-                    if new in kwargs:
-                        raise AnalysisError.Type(f"{fn.__name__}() got {old}= and {new}=; {old} is the old name "
-                                                 f"of {new}: pass {new} only.")
-                    warnings.warn(f"{fn.__name__}({old}=...) is now {fn.__name__}({new}=...); {old} will be "
-                                  "removed in the next release.", FutureWarning, stacklevel=2)
-                    kwargs[new] = kwargs.pop(old)
+            taken = set(params[:len(args)]) | {new for old, new in old_to_new.items()
+                                               if old in kwargs and old not in params}
+            for old in order:
+                new = old_to_new[old]
+                if old not in kwargs or (old in params and old not in taken):
+                    continue
+                if new in kwargs or new in params[:len(args)]:
+                    raise AnalysisError.Type(f"{fn.__name__}() got {old}= and {new}=; {old} is the old name "
+                                             f"of {new}: pass {new} only.")
+                warnings.warn(f"{fn.__name__}({old}=...) is now {fn.__name__}({new}=...); {old} will be "
+                              "removed in the next release.", FutureWarning, stacklevel=2)
+                kwargs[new] = kwargs.pop(old)
             return fn(*args, **kwargs)
 
         inner.__renamed__ = dict(old_to_new)  # type: ignore[attr-defined]
