@@ -72,7 +72,7 @@ def reference_pools(model: "TransformerBridge", reference: Any,
     Args:
         model: the model the units belong to (a Recording made by another model is refused).
         reference: Stimuli (recorded here) or a Recording holding the sites (or anything with
-            ``.sites`` and ``.responses(site, units=...)``).
+            ``.sites`` and ``.responses(site, indices=...)``).
         resolved: ``(site, unit indices)`` pairs, the indices a 1-d integer tensor.
 
     Raises:
@@ -100,7 +100,7 @@ def reference_pools(model: "TransformerBridge", reference: Any,
                 f"the reference recording has no site {s.name!r} (it has {sorted(have)}); "
                 f"record it first, e.g. record(model, stimuli, [{s.name!r}])."
             )
-        pool = np.asarray(reference.responses(name, units=idx.numpy()), dtype=np.float32)
+        pool = np.asarray(reference.responses(name, indices=idx.numpy()), dtype=np.float32)
         if pool.ndim < 2 or pool.shape[1:] != (len(idx), *s.shape[1:]) or len(pool) == 0:
             raise InterventionError(
                 f"the reference responses of {s.name!r} have shape {pool.shape}; expected "

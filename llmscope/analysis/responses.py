@@ -113,7 +113,7 @@ def blocks(recording: "Recording", site: str, units: Sequence[int] | None = None
     for lo in range(0, len(recording), step):
         rows = slice(lo, min(lo + step, len(recording)))
         part = recording.select(_mask(len(recording), rows))
-        data = part.responses(s.name, units=None if units is None else idx)
+        data = part.responses(s.name, indices=None if units is None else idx)
         yield rows, _reduce(check_finite(recording, s, data, lo, idx))
 
 
@@ -127,7 +127,7 @@ def scalar(recording: "Recording", site: str, units: Sequence[int] | None = None
     """All responses of ``site``'s units as one float32 array ``[n_tokens, n_units]``."""
     s = recording.site(site)
     if len(s.shape) == 1:  # one value per unit: the responses are the answer, read once
-        return check_finite(recording, s, recording.responses(s.name, units=units), 0, s.check_units(units))
+        return check_finite(recording, s, recording.responses(s.name, indices=units), 0, s.check_units(units))
     n = len(s.check_units(units))
     out = np.empty((len(recording), n), dtype=np.float32)
     for rows, block in blocks(recording, site, units):

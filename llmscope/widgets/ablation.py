@@ -268,7 +268,7 @@ class AblationPanel(LiveWidget):
             slider.mean = {}
             for s, idx in slider.units:
                 vector = torch.zeros(s.shape)
-                vector[idx] = torch.from_numpy(rec.responses(s.name, units=idx).mean(0))
+                vector[idx] = torch.from_numpy(rec.responses(s.name, indices=idx).mean(0))
                 slider.mean[s.name] = vector
         return slider.mean
 

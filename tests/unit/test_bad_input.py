@@ -140,7 +140,7 @@ RANGES = {
     "grammar(max_tokens=10**6)": (lambda e: grammar(e["m"], max_tokens=10 ** 6), "1000000"),
     "grammar(n_docs=0)": (lambda e: grammar(e["m"], n_docs=0), "0"),
     "record(batch_size=0)": (lambda e: ls.record(e["m"], e["stim"], "mlp.0", batch_size=0), "0"),
-    "responses units 600": (lambda e: e["rec"].responses("mlp.0", units=[600]), "600"),
+    "responses units 600": (lambda e: e["rec"].responses("mlp.0", indices=[600]), "600"),
     "gain(factor=nan)": (lambda e: ls.gain("mlp.0", [1], factor=float("nan")), "nan"),
     "steer(alpha=inf)": (lambda e: ls.steer("resid.1", torch.ones(128), alpha=float("inf")), "inf"),
     "tuning(n_perm=0)": (lambda e: ls.tuning(e["rec"], "mlp.0", "pos_tag", n_perm=0), "0"),

@@ -80,7 +80,7 @@ def test_folds_hold_whole_sequences_and_match_sklearn(rec, top10, words):
     res = decode(rec, top10, "pos_tag", folds=5, n_random=0, n_permutations=0, progress=False)
     assert res.predictions.groupby("seq").fold.nunique().eq(1).all()
     assert res.units.equals(top10.index.sort_values())
-    X = rec.responses("mlp.0", units=res.units.get_level_values("unit").to_numpy())[words.index]
+    X = rec.responses("mlp.0", indices=res.units.get_level_values("unit").to_numpy())[words.index]
     y, seqs = words.pos_tag.to_numpy(), words.seq.to_numpy()
     with warnings.catch_warnings(), threadpool_limits(1):  # as decode fits: BLAS threads on busy cores cost 10x
         warnings.simplefilter("ignore")
