@@ -33,20 +33,23 @@ paper's two fixes:
   gradient at the pattern replaces plain AtP's linear term for that path (the gradient at the
   scores pulled back to the residual). Paths through intermediate blocks stay first order.
 * *GradDrop.* A unit's direct and indirect effects can cancel to first order while its real
-  effect is large. For each block ``l`` one more backward pass runs with the gradient through
-  block ``l``'s residual contributions (attention and MLP outputs) set to zero, giving
-  ``I_l`` per sequence (the paper's "prompt"; the QK fix included); the score is the paper's
-  Eq. 11, ``sum_l |I_l| / (L - 1)`` averaged over sequences (weighted by their rows), so a
-  unit of block ``l`` has one zero term, and a two-layer model keeps only the direct path of a
-  first-block unit. ``estimate`` stays the signed QK-fixed AtP estimate. Backward passes per
-  behaviour: ``L + 1`` at most (a block below every screened unit changes nothing and is
-  skipped); the QK fix adds one partial attention pass per unit and later layer, shared by
-  all behaviours, which is what makes AtP* expensive on many neurons: pick sites for it.
+  effect is large. For each block ``l`` the estimate ``I_l`` is taken again with the gradient
+  through block ``l``'s residual contributions (attention and MLP outputs) set to zero (the QK
+  fix included); the score is the paper's Eq. 11, ``sum_l |I_l| / (L - 1)``, the magnitude
+  taken per sequence (the paper's "prompt") and summed over the battery, so a unit of block
+  ``l`` has one zero term, and a two-layer model keeps only the path of a first-block unit
+  around block 1. ``estimate`` stays the signed QK-fixed AtP estimate. Dropping block ``l``
+  changes nothing above it and leaves the skip path through it, so ``I_l`` costs one backward
+  pass from block ``l`` down, restarted from the intact pass's gradient at the residual leaving
+  it: about ``L / 2`` backward passes per behaviour besides AtP's one. The QK fix adds one
+  partial attention pass per unit and later layer, shared by all behaviours, which is what
+  makes AtP* expensive on many neurons: pick sites for it.
 
 Gradients are taken through TransformerLens hooks on the bridge (forward hooks hold the
 activations, ``torch.autograd.grad`` differentiates with respect to them); weights never
 require grad during a screen and every parameter's flag is restored, and every hook is removed,
-even on error. Passes stop at ``ln_final`` and unembed only the rows a behaviour reads.
+even on error. A lesion screen's passes stop at ``ln_final`` and unembed only the rows a
+behaviour reads.
 
 **Confirmation** (:func:`confirm`) runs :func:`~llmscope.analysis.atlas.lesion_atlas`, exactly
 as a user would, on the union of every behaviour's top ``k`` and on ``n_sample`` units drawn
@@ -66,14 +69,14 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
 from llmscope import identity
-from llmscope.analysis.atlas import Battery, _check_battery, lesion_atlas
+from llmscope.analysis.atlas import PAD_SLACK, Battery, _buckets, _check_battery, lesion_atlas
 from llmscope.analysis.key_neurons import constant_weights
 from llmscope.analysis.patching import _corrupt_run, patching
 from llmscope.behaviour import Metric, cross_entropy, metric_name, next_token_loss
@@ -101,20 +104,6 @@ CONFIDENCE = 0.95  # of the false-negative bound
 
 class _Stop(Exception):
     """Raised by the hook that holds a partial pass's attention pattern: the pass ends there."""
-
-
-class _Gate(torch.autograd.Function):
-    """Identity forward; backward passes the gradient on unless its block is the one dropped
-    (GradDrop). ``state["drop"]`` names the dropped block, None for none."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, layer: int, state: dict) -> torch.Tensor:
-        ctx.layer, ctx.state = layer, state
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
-        return (torch.zeros_like(grad) if ctx.state["drop"] == ctx.layer else grad), None, None
 
 
 @dataclass
@@ -173,26 +162,13 @@ def _weights(model: "TransformerBridge", s: Site) -> torch.Tensor | None:
     its output projection applied to the identity (the identity for a residual site)."""
     if s.kind == "resid":
         return torch.eye(model.cfg.d_model)
-    block = model.blocks[s.layer] if s.layer is not None and s.layer < model.cfg.n_layers else None
-    out = getattr(block.mlp, "out", None) if s.kind == "mlp" else getattr(block.attn, "o", None) if s.kind == "attn" else None
+    block = model.blocks[s.layer]  # an mlp.L or attn.L site
+    out = getattr(block.mlp, "out", None) if s.kind == "mlp" else getattr(block.attn, "o", None)
     if out is None or model.hook_dict.get(s.hook) is not getattr(out, "hook_in", None):
         return None
     n = int(np.prod(s.shape))
     with torch.no_grad():
         return (out(torch.eye(n)[None]) - out(torch.zeros(1, 1, n)))[0].float()
-
-
-def _batches(lengths: np.ndarray, pass_tokens: int) -> list[np.ndarray]:
-    """Sequences (longest first) in groups of at most ``pass_tokens`` padded tokens, sorted within."""
-    out, current, width = [], [], 0
-    for i in np.argsort(-lengths, kind="stable"):
-        if current and (len(current) + 1) * width > pass_tokens:
-            out.append(np.sort(current))
-            current = []
-        if not current:
-            width = int(lengths[i])
-        current.append(int(i))
-    return out + [np.sort(current)]
 
 
 class _Patterns:
@@ -244,6 +220,16 @@ class _Patterns:
         return pattern.reshape(k, b, *pattern.shape[1:]).float() - self.intact[layer].float()
 
 
+@dataclass
+class _Grads:
+    """The gradients of one objective under one GradDrop variant: at each target's activation, at
+    each QK-fix layer's pattern and scores (None where no path reaches them)."""
+
+    sites: list[torch.Tensor | None]
+    patterns: dict[int, torch.Tensor | None]
+    scores: dict[int, torch.Tensor | None]
+
+
 def _attribute(model: "TransformerBridge", ids: torch.Tensor, targets: list[_Target],
                objectives: Callable[[torch.Tensor], dict[str, torch.Tensor]], star: bool
                ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -257,7 +243,6 @@ def _attribute(model: "TransformerBridge", ids: torch.Tensor, targets: list[_Tar
     resid: dict[int, torch.Tensor] = {}
     scores: dict[int, torch.Tensor] = {}
     patterns: dict[int, torch.Tensor] = {}
-    state: dict[str, int | None] = {"drop": None}
 
     def keep(store: dict, key: Any) -> Callable:
         def hook_fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
@@ -265,71 +250,81 @@ def _attribute(model: "TransformerBridge", ids: torch.Tensor, targets: list[_Tar
             return act
         return hook_fn
 
-    def gate(layer: int) -> Callable:
-        return lambda act, hook: _Gate.apply(act, layer, state)
+    def leaf(act: torch.Tensor, hook: Any) -> torch.Tensor:  # the graph starts here: weights are constants
+        resid[low] = act.detach().requires_grad_(True)
+        return resid[low]
 
-    hooks = [(f"blocks.{low}.hook_resid_pre", lambda act, hook: act.detach().requires_grad_(True))]
-    hooks += [(t.site.hook, keep(acts, t.site.hook)) for t in targets]
+    hooks = [(f"blocks.{low}.hook_resid_pre", leaf)] + [(t.site.hook, keep(acts, t.site.hook)) for t in targets]
     if star:
-        hooks += [(f"blocks.{L}.hook_{part}_out", gate(L)) for L in range(low, n_layers) for part in ("attn", "mlp")]
-        for L in qk_layers:
-            hooks += [(f"blocks.{L}.hook_resid_pre", keep(resid, L)), (f"blocks.{L}.attn.hook_attn_scores", keep(scores, L)),
-                      (f"blocks.{L}.attn.hook_pattern", keep(patterns, L))]
+        hooks += [(f"blocks.{L}.hook_resid_pre", keep(resid, L)) for L in range(low + 1, n_layers)]
+        hooks += [(f"blocks.{n_layers - 1}.hook_resid_post", keep(resid, n_layers))]
+        hooks += [hook for L in qk_layers for hook in ((f"blocks.{L}.attn.hook_attn_scores", keep(scores, L)),
+                                                       (f"blocks.{L}.attn.hook_pattern", keep(patterns, L)))]
     read = readout(model)
-    drops = [None, *range(n_layers)] if star else [None]
     estimates: dict[tuple[str, int | None], torch.Tensor] = {}
-    pattern_grads: dict[tuple[str, int | None], list] = {}
+    pattern_grads: dict[tuple[str, int | None], dict] = {}
     with constant_weights(model), torch.enable_grad(), fused_activations(model):
         out = run_from(model, ids, 0, hooks, read is not None)
         named = objectives(out)
         deltas = [t.delta(acts[t.site.hook].detach()) for t in targets]
-        inputs = [acts[t.site.hook] for t in targets] + [patterns[L] for L in qk_layers] + [scores[L] for L in qk_layers]
         for name, objective in named.items():
-            for drop in drops:
-                if drop is not None and drop < low:  # no screened unit reads a gradient through it
-                    estimates[name, drop], pattern_grads[name, drop] = estimates[name, None], pattern_grads[name, None]
-                    continue
-                state["drop"] = drop
-                grads = torch.autograd.grad(objective, inputs, retain_graph=True, allow_unused=True)
+            variants = _variants(objective, targets, acts, qk_layers, resid, scores, patterns, low, n_layers, star)
+            pulled: dict[int, torch.Tensor] = {}  # score gradients pulled back to the residual, by tensor
+            for drop, grads in variants.items():
                 cells = [t.reduce(g * d) if g is not None else torch.zeros(len(ids), len(t.units))
-                         for t, g, d in zip(targets, grads, deltas)]
+                         for t, g, d in zip(targets, grads.sites, deltas)]
                 estimate = torch.cat(cells, 1)
                 if star:
-                    estimate = estimate - _linear_qk(targets, deltas, qk_layers, resid, scores,
-                                                     grads[len(targets) + len(qk_layers):], drop)
-                    pattern_grads[name, drop] = list(grads[len(targets):len(targets) + len(qk_layers)])
-                estimates[name, drop] = estimate.detach()
-            state["drop"] = None
+                    estimate = estimate - _linear_qk(targets, deltas, resid, scores, grads.scores, drop, pulled)
+                estimates[name, drop], pattern_grads[name, drop] = estimate.detach(), grads.patterns
     if star:
         _exact_qk(model, ids, targets, deltas, qk_layers, resid, patterns, pattern_grads, estimates)
-    terms = drops[1:] if n_layers > 1 else [None]  # one block: nothing to drop but the unit's own
+    terms = list(range(n_layers)) if n_layers > 1 else [None]  # one block: nothing to drop but the unit's own
     out_arrays = {}
     for name in named:
         plain = estimates[name, None].double().numpy()
-        gd = sum(estimates[name, d].abs() for d in terms).double().numpy() / max(n_layers - 1, 1) if star \
-            else np.zeros_like(plain)
+        gd = sum(estimates[name, d if d is None or d >= low else None].abs() for d in terms).double().numpy() \
+            / max(n_layers - 1, 1) if star else np.zeros_like(plain)
         out_arrays[name] = (plain, gd)
     return out_arrays
 
 
-def _linear_qk(targets: list[_Target], deltas: list[torch.Tensor], qk_layers: list[int], resid: dict, scores: dict,
-               score_grads: Sequence[torch.Tensor | None], drop: int | None) -> torch.Tensor:
-    """``[b, cells]``: plain AtP's first-order term for the path from each cell's direct write
-    through every later layer's norm, queries, keys and scores (the gradient at the scores
-    pulled back to the residual entering the layer, summed over the layers a target reaches);
-    zero for a target whose own block's output is the one ``drop`` ped."""
-    pulled: dict[int, torch.Tensor] = {}
-    for L, g in zip(qk_layers, score_grads):
-        if g is not None:
-            pulled[L], = torch.autograd.grad(scores[L], resid[L], g, retain_graph=True)
-    out = []
-    for t, d in zip(targets, deltas):
-        reach = [pulled[L] for L in qk_layers if L >= t.first and L in pulled]
-        if not reach or t.weights is None or _dropped(t, drop):
-            out.append(torch.zeros(len(d), len(t.units)))
-            continue
-        out.append(t.reduce(t.project(sum(reach).float()) * d))
-    return torch.cat(out, 1)
+def _variants(objective: torch.Tensor, targets: list[_Target], acts: dict, qk_layers: list[int], resid: dict,
+              scores: dict, patterns: dict, low: int, n_layers: int, star: bool) -> dict[int | None, _Grads]:
+    """The gradients of ``objective`` as they are (key None) and, for AtP*, with each block ``d``'s
+    residual contribution dropped (GradDrop; key d). A dropped block changes nothing above it,
+    zeroes its own units, and leaves the skip path below: the gradient at the residual entering
+    it is the one leaving it, so each variant is one backward pass from block ``d`` down, started
+    from the intact pass's gradient there (blocks below every target need none)."""
+    sites = [acts[t.site.hook] for t in targets]
+    restart = [resid[L] for L in range(low + 1, n_layers + 1)] if star else []
+    inputs = sites + [patterns[L] for L in qk_layers] + [scores[L] for L in qk_layers] + restart
+    grads = torch.autograd.grad(objective, inputs, retain_graph=True, allow_unused=True)
+    n, q = len(sites), len(qk_layers)
+    intact = _Grads(list(grads[:n]), dict(zip(qk_layers, grads[n:n + q])), dict(zip(qk_layers, grads[n + q:n + 2 * q])))
+    leaving = dict(zip(range(low + 1, n_layers + 1), grads[n + 2 * q:]))  # gradient at the residual entering block L
+    out: dict[int | None, _Grads] = {None: intact}
+    for d in range(low, n_layers) if star else []:
+        below = [i for i, t in enumerate(targets) if t.site.layer < d]
+        below_qk = [L for L in qk_layers if L < d]
+        part = torch.autograd.grad(resid[d], [sites[i] for i in below] + [patterns[L] for L in below_qk]
+                                   + [scores[L] for L in below_qk], leaving[d + 1], retain_graph=True, allow_unused=True
+                                   ) if (below or below_qk) and leaving[d + 1] is not None else [None] * (
+                                       len(below) + 2 * len(below_qk))
+        moved = dict(zip(below, part))
+        site_grads = []
+        for i, t in enumerate(targets):
+            if t.site.layer > d:
+                site_grads.append(intact.sites[i])
+            elif t.site.layer < d:
+                site_grads.append(moved[i])
+            else:  # a unit of the dropped block: nothing; the residual entering it: the skip path
+                site_grads.append(leaving[d + 1] if t.site.kind == "resid" else None)
+        k = len(below_qk)
+        changed_p, changed_s = dict(zip(below_qk, part[len(below):len(below) + k])), dict(zip(below_qk, part[len(below) + k:]))
+        out[d] = _Grads(site_grads, {L: changed_p[L] if L < d else None if L == d else intact.patterns[L] for L in qk_layers},
+                        {L: changed_s[L] if L < d else None if L == d else intact.scores[L] for L in qk_layers})
+    return out
 
 
 def _dropped(target: _Target, drop: int | None) -> bool:
@@ -337,22 +332,46 @@ def _dropped(target: _Target, drop: int | None) -> bool:
     return drop is not None and target.site.kind != "resid" and target.site.layer == drop
 
 
+def _linear_qk(targets: list[_Target], deltas: list[torch.Tensor], resid: dict, scores: dict,
+               score_grads: dict[int, torch.Tensor | None], drop: int | None, pulled: dict) -> torch.Tensor:
+    """``[b, cells]``: plain AtP's first-order term for the path from each cell's direct write
+    through every later layer's norm, queries, keys and scores (the gradient at the scores
+    pulled back to the residual entering the layer, summed over the layers a target reaches);
+    zero for a target whose own block is the one ``drop`` ped. ``pulled`` caches pull-backs."""
+    back = {}
+    for L, g in score_grads.items():
+        if g is not None:
+            if id(g) not in pulled:
+                pulled[id(g)] = torch.autograd.grad(scores[L], resid[L], g, retain_graph=True)[0]
+            back[L] = pulled[id(g)]
+    out = []
+    for t, d in zip(targets, deltas):
+        reach = [g for L, g in back.items() if L >= t.first]
+        if not reach or t.weights is None or _dropped(t, drop):
+            out.append(torch.zeros(len(d), len(t.units)))
+            continue
+        out.append(t.reduce(t.project(sum(reach).float()) * d))
+    return torch.cat(out, 1)
+
+
 def _exact_qk(model: "TransformerBridge", ids: torch.Tensor, targets: list[_Target], deltas: list[torch.Tensor],
               qk_layers: list[int], resid: dict, patterns: dict, pattern_grads: dict, estimates: dict) -> None:
     """Add to every estimate the QK fix's exact term: each cell's direct write put into the
     residual entering each later layer, that layer's pattern recomputed by the model, its change
-    times the gradient at the pattern (one partial pass per chunk of cells, for all objectives)."""
-    keys = list({id(v): key for key, v in reversed(estimates.items())}.values())  # a skipped drop shares None's
+    times the gradient at the pattern (one partial pass per chunk of cells, for all objectives
+    and GradDrop variants; each distinct gradient contracted once)."""
     recompute = _Patterns(model, ids, {L: resid[L].detach() for L in qk_layers},
                           {L: patterns[L].detach() for L in qk_layers})
     offsets = np.cumsum([0] + [len(t.units) for t in targets])
     with torch.no_grad():
-        for i, L in enumerate(qk_layers):
-            grads = [pattern_grads[key][i] for key in keys]
-            live = [j for j, g in enumerate(grads) if g is not None]
-            if not live:
+        for L in qk_layers:
+            users: dict[int, list] = {}  # distinct gradient at this pattern -> the estimates that use it
+            for key, grads in pattern_grads.items():
+                if grads[L] is not None:
+                    users.setdefault(id(grads[L]), [grads[L]]).append(key)
+            if not users:
                 continue
-            stacked = torch.stack([grads[j].float() for j in live])  # [V, b, H, T, T]
+            stacked = torch.stack([keys[0].float() for keys in users.values()])  # [V, b, H, T, T]
             b, h, t_len = stacked.shape[1], stacked.shape[2], stacked.shape[3]
             chunk = max(1, min(QK_BYTES // (4 * b * h * t_len * t_len), QK_TOKENS // (b * t_len)))
             for target, delta, offset in zip(targets, deltas, offsets):
@@ -362,9 +381,10 @@ def _exact_qk(model: "TransformerBridge", ids: torch.Tensor, targets: list[_Targ
                     cells = slice(lo, min(lo + chunk, len(target.units)))
                     change = recompute.delta(L, target.writes(delta, cells))  # [k, b, H, T, T]
                     term = torch.einsum("kbhqs,vbhqs->vbk", change, stacked)
-                    for v, j in enumerate(live):
-                        if not _dropped(target, keys[j][1]):
-                            estimates[keys[j]][:, offset + cells.start:offset + cells.stop] += term[v]
+                    for v, (_, *keys) in enumerate(users.values()):
+                        for key in keys:
+                            if not _dropped(target, key[1]):
+                                estimates[key][:, offset + cells.start:offset + cells.stop] += term[v]
 
 
 # ---------------------------------------------------------------- the lesion screen
@@ -451,9 +471,10 @@ class ScreenResult(Result):
         reference: the mean-lesion reference (None for zero lesions), for :func:`confirm`.
 
     ``.meta``: ``model``, ``method``, ``mode``, ``approximate``, ``behaviours``, ``n_units``,
-    ``sites``, ``score`` (in words), ``backward_passes`` (per behaviour and batch),
-    ``fingerprint``. ``.top(n, behaviour)`` gives a unit table for ``lesion``, the atlas and
-    the widgets; ``.heads(behaviour)`` the per-head grid for an AttentionMap.
+    ``sites``, ``score`` (in words), ``backward_passes`` (per behaviour and batch; GradDrop's run
+    from their block down), ``fingerprint``. ``.top(n, behaviour)`` gives a unit table for
+    ``lesion``, the atlas and the widgets; ``.heads(behaviour)`` the per-head grid for an
+    AttentionMap.
     """
 
     behaviours: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -558,7 +579,8 @@ def screen(model: "TransformerBridge", battery: Battery, units: UnitsLike = None
     sets: dict[int, list] = {}
     for b in bat:
         sets.setdefault(id(b.stimuli), []).append(b)
-    plans = [(group, seqs) for group in sets.values() for seqs in _batches(group[0].stimuli.lengths, pass_tokens)]
+    plans = [(group, seqs) for group in sets.values()
+             for seqs in _buckets(group[0].stimuli.lengths, pass_tokens, PAD_SLACK)]
     n_cells = sum(len(t.units) for t in targets)
     estimate = {b.name: np.zeros(n_cells) for b in bat}
     score = {b.name: np.zeros(n_cells) for b in bat}
@@ -591,7 +613,7 @@ def screen(model: "TransformerBridge", battery: Battery, units: UnitsLike = None
     meta = dict(model=str(model.cfg.model_name), method=method, mode=mode, approximate=True, behaviours=bat.names,
                 n_units=n_cells, sites=[t.site.name for t in targets], n_layers=n_layers, n_heads=model.cfg.n_heads,
                 score="|estimate|" if not star else "GradDrop: mean over sequences of sum_l |I_l| / (L - 1)",
-                backward_passes=1 + (n_layers - min(t.site.layer for t in targets) if star else 0),
+                backward_passes=1 + (n_layers - 1 - min(t.site.layer for t in targets) if star else 0),
                 pass_tokens=pass_tokens, fingerprint=identity.fingerprint(model).to_dict())
     return ScreenResult(pd.DataFrame(columns, index=index), kind="attribution screen", meta=meta,
                         plotter=_plot_screen, behaviours=table, reference=reference if mode == "mean" else None)
@@ -903,7 +925,7 @@ def patching_screen(model: "TransformerBridge", clean: Stimuli, corrupt: Stimuli
     est, gd = np.zeros(n_cells), np.zeros(n_cells)
     totals = {"clean": [0.0, 0], "corrupt": [0.0, 0]}
     read = readout(model)
-    batches = _batches(target.lengths, pass_tokens)
+    batches = _buckets(target.lengths, pass_tokens, PAD_SLACK)
     with tqdm(total=len(batches), desc=f"{method} patching screen", unit="pass", disable=not progress,
               leave=False) as bar:
         for seqs in batches:

@@ -317,6 +317,56 @@ def test_graddrop_recovers_a_cancelling_pair(tmp_path):
     assert star.loc[("mlp.0", 0), "score_answer"] > 20 * plain.loc[("mlp.0", 0), "score_answer"]
 
 
+def test_graddrop_score_matches_detached_gradients(organism):
+    """On two blocks, GradDrop's score is one term: a block-0 unit keeps only its path around block 1
+    (block 1's outputs detached, no QK term since block 1's pattern is dropped with it), a block-1
+    unit its whole gradient; each summed as |estimate| per sequence. Computed here independently,
+    with the outputs of the dropped block detached in a plain forward pass."""
+    bat = battery(organism, n_docs=3, n_pairs=4, behaviours=["copying"])
+    b = bat["copying"]
+    stim = b.stimuli
+    units = [("mlp.0", [5, 17, 300]), ("attn.0", [0, 2]), ("mlp.1", [9]), ("attn.1", [0, 1])]
+    star = screen(organism, bat, units, method="atp*", progress=False).df
+    t = stim.tokens
+    seq, pos = (torch.as_tensor(t[c].to_numpy()[b.rows]) for c in ("seq", "pos"))
+    hooks = {"mlp.0": "blocks.0.mlp.hook_post", "attn.0": "blocks.0.attn.hook_z", "mlp.1": "blocks.1.mlp.hook_post",
+             "attn.1": "blocks.1.attn.hook_z"}
+
+    def per_sequence(dropped: int | None) -> dict[str, torch.Tensor]:
+        acts = {}
+
+        def hold(name):
+            def hook_fn(act, hook):
+                acts[name] = act
+                return act
+            return hook_fn
+
+        detach = [(f"blocks.{dropped}.hook_{part}_out", lambda act, hook: act.detach()) for part in ("attn", "mlp")]
+        leaf = [("blocks.0.hook_resid_pre", lambda act, hook: act.detach().requires_grad_(True))]
+        with constant(organism), torch.enable_grad(), organism.hooks(
+                fwd_hooks=leaf + [(h, hold(h)) for h in hooks.values()] + (detach if dropped is not None else [])):
+            logits = organism(stim.ids)
+            objective = torch.nn.functional.cross_entropy(logits[seq, pos - 1], stim.ids[seq, pos], reduction="sum") / len(seq)
+            grads = torch.autograd.grad(objective, [acts[h] for h in hooks.values()], allow_unused=True)
+        out = {}
+        for (site, hook), g in zip(hooks.items(), grads):
+            a = acts[hook].detach()
+            e = torch.zeros(a.shape[0], a.shape[2]) if g is None else (-a * g).sum(1)
+            out[site] = e.flatten(2).sum(-1) if e.ndim > 2 else e  # [seq, units]
+        return out
+
+    around, whole = per_sequence(1), per_sequence(None)
+    for site, idx in units:
+        expected = (around if site.endswith(".0") else whole)[site][:, idx].abs().sum(0)
+        np.testing.assert_allclose(star.loc[site].loc[idx, "score_copying"], expected.numpy(), rtol=2e-3, atol=1e-6)
+
+
+def constant(model):
+    from llmscope.analysis.key_neurons import constant_weights
+
+    return constant_weights(model)
+
+
 # ---------------------------------------------------------------- the model is left as it was
 
 
