@@ -144,12 +144,12 @@ _LEVEL_TEXT = {"arch": "a model of another shape", "vocab": "a model with anothe
                "weights": "a model with other weights"}
 
 
-def check(bound: "Fingerprint | None", model: "TransformerBridge", what: str, level: Level,
+def check(bound: "Fingerprint | None", model: "TransformerBridge | Fingerprint", what: str, level: Level,
           error: type[LLMScopeError] = LLMScopeError, remedy: str = "") -> None:
     """Raise ``error`` when ``what`` (made with the model printed ``bound``) cannot be used with
-    ``model`` because they differ at ``level``: the architecture (sites, units), the vocabulary
-    (token ids) or the weights (activations). ``bound=None`` (an object that does not know its
-    model) passes.
+    ``model`` (a model, or the fingerprint of the one another object belongs to) because they
+    differ at ``level``: the architecture (sites, units), the vocabulary (token ids) or the weights
+    (activations). ``bound=None`` (an object that does not know its model) passes.
 
     Example:
         >>> smol_fp = fingerprint(smol)
@@ -161,7 +161,7 @@ def check(bound: "Fingerprint | None", model: "TransformerBridge", what: str, le
     """
     if bound is None:
         return
-    here = fingerprint(model)
+    here = model if isinstance(model, Fingerprint) else fingerprint(model)
     if getattr(bound, level) == getattr(here, level):
         return
     differ = [lv for lv in LEVELS if getattr(bound, lv) != getattr(here, lv)]

@@ -131,4 +131,31 @@ class Result:
         return f"<p><b>{html.escape(self._summary())}</b></p>{table}"
 
 
-__all__ = ["Result"]
+def unit_dataset(index: pd.MultiIndex, variables: Mapping[str, np.ndarray], dim: str | None = None,
+                 labels: Any = None, **along_dim: np.ndarray) -> "xr.Dataset":
+    """An xarray Dataset of per-unit arrays: each of ``variables`` is ``[unit]`` or ``[unit, dim]``
+    (``dim`` labelled by ``labels``, such as a label's categories); ``along_dim`` are ``[dim]``
+    arrays (counts per category). The ``unit`` axis is labelled ``"mlp.0:12"``, with coordinates
+    ``site`` and ``index``, so ``ds.sel(unit="mlp.0:12")`` picks one unit.
+
+    Example:
+        >>> idx = pd.MultiIndex.from_tuples([("mlp.0", 3), ("mlp.0", 7)], names=["site", "unit"])
+        >>> ds = unit_dataset(idx, {"mean": np.zeros((2, 3))}, "pos_tag", ["DET", "NOUN", "VERB"])
+        >>> ds["mean"].sel(unit="mlp.0:7").dims, ds.site.values.tolist()
+        (('pos_tag',), ['mlp.0', 'mlp.0'])
+    """
+    import xarray as xr
+
+    from llmscope.sites import unit_labels
+
+    dims = {name: ("unit",) if np.ndim(a) == 1 else ("unit", dim) for name, a in variables.items()}
+    data = {name: (dims[name], np.asarray(a)) for name, a in variables.items()}
+    data.update({name: ((dim,), np.asarray(a)) for name, a in along_dim.items()})
+    coords: dict[str, Any] = {"unit": unit_labels(index), "site": ("unit", index.get_level_values(0).to_numpy()),
+                              "index": ("unit", index.get_level_values(1).to_numpy())}
+    if dim is not None:
+        coords[dim] = np.asarray(labels)
+    return xr.Dataset(data, coords=coords)
+
+
+__all__ = ["Result", "unit_dataset"]

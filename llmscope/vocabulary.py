@@ -82,6 +82,8 @@ VOCABULARY: dict[str, str] = {
     "threshold": "a spike threshold (see method)",
     "thresholds": "several thresholds",
     "method": "how a quantity is computed (named choices per function)",
+    "style": "how a figure draws its data (named choices per figure)",
+    "measure": "which measure a figure shows (named choices per figure)",
     "k": "how many: units per class, examples, set size",
     "ks": "several k",
     "n": "how many items a builder makes or top() returns",

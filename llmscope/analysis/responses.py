@@ -22,7 +22,8 @@ import pandas as pd
 from llmscope.checks import finite
 from llmscope.errors import AnalysisError, SiteError
 from llmscope.recording import IncompleteRecordingWarning, Recording
-from llmscope.sites import Site, UnitsLike, parse_units
+from llmscope import identity
+from llmscope.sites import Site, UnitsLike, bound_model, parse_units
 
 BLOCK_BYTES = 64 << 20  # float32 bytes held per block: bounded memory whatever the recording's size
 
@@ -143,6 +144,10 @@ def resolve(recording: "Recording", units: UnitsLike) -> list[tuple[Site, np.nda
         >>> [(s.name, idx.tolist()) for s, idx in resolve(rec, [("mlp.1", [7, 3]), ("mlp.0", 2)])]
         [('mlp.1', [3, 7]), ('mlp.0', [2])]
     """
+    if isinstance(units, (list, tuple)) and len(units) == 0:
+        raise SiteError(f"no units given; this recording holds {recording.sites}.")
+    identity.check(bound_model(units), recording.fingerprint, "these units", "arch", SiteError,
+                   "Take units from an analysis of this recording's model.")
     out: dict[str, tuple[Site, np.ndarray]] = {}
     for spec, idx in parse_units(units):
         s = recording.site(spec.name if isinstance(spec, Site) else check_site(recording, spec))

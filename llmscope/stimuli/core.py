@@ -94,10 +94,14 @@ class Stimuli:
         name: the paradigm that made these stimuli.
         model: the :class:`~llmscope.identity.Fingerprint` of the model whose tokenizer made the
             ids (None when unknown); a model with another vocabulary refuses them.
+        corrupt: the corrupted twin of these stimuli (same lengths and labels, the answer-giving
+            token changed), as paradigms build it with ``corrupt=True`` for
+            :func:`llmscope.patching`; None otherwise.
     """
 
     def __init__(self, ids: torch.Tensor, lengths: Sequence[int], tokens: pd.DataFrame,
-                 name: str = "stimuli", pad_id: int = 0, model: Fingerprint | None = None):
+                 name: str = "stimuli", pad_id: int = 0, model: Fingerprint | None = None,
+                 corrupt: "Stimuli | None" = None):
         if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or not isinstance(tokens, pd.DataFrame):
             raise PromptError.Type("Stimuli take ids as a [n_seqs, max_len] LongTensor and a trial table as a "
                                    "DataFrame; build them with a paradigm (llmscope.stimuli) or Stimuli.from_ids.")
@@ -110,6 +114,9 @@ class Stimuli:
         self.name = name
         self.pad_id = pad_id
         self.model = model
+        if corrupt is not None and (not isinstance(corrupt, Stimuli) or not np.array_equal(corrupt.lengths, self.lengths)):
+            raise PromptError("a corrupted twin is Stimuli with the same sequence lengths as the clean ones.")
+        self.corrupt = corrupt
 
     @classmethod
     def from_ids(
@@ -215,7 +222,8 @@ class Stimuli:
         table = self.tokens.iloc[rows].reset_index(drop=True)
         table["seq"] = np.repeat(np.arange(seqs.size), lengths)
         ids = self.ids[torch.as_tensor(seqs)][:, : int(lengths.max())]
-        return Stimuli(ids, lengths, table, name=self.name, pad_id=self.pad_id, model=self.model)
+        twin = None if self.corrupt is None else self.corrupt.select_seqs(seqs)
+        return Stimuli(ids, lengths, table, name=self.name, pad_id=self.pad_id, model=self.model, corrupt=twin)
 
     def check(self, model: "TransformerBridge") -> "Stimuli":
         """These stimuli, checked for ``model``: made with its vocabulary, consistent, ids valid, no

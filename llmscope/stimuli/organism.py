@@ -108,13 +108,13 @@ def _other_noun(grammar_seed: int) -> dict[str, str]:
 
 
 def agreement(model: "TransformerBridge", n: int = 64, seed: int = 0, grammar_seed: int = 0,
-              corrupt: bool = False) -> "Stimuli | tuple[Stimuli, Stimuli]":
+              corrupt: bool = False) -> Stimuli:
     """Subject-verb agreement minimal pairs: the prefix up to the verb, one sequence per pair.
 
     Half the pairs have an attractor (a noun of the other number between subject and verb).
-    With ``corrupt=True`` the result is ``(clean, corrupt)``: in the corrupted twin the subject
-    noun takes the other number ("the dog" -> "the dogs"), so the agreeing verb changes, while
-    lengths and labels (``good_id``/``bad_id`` of the clean pair) stay, as
+    With ``corrupt=True`` the clean stimuli carry their corrupted twin as ``.corrupt``: there the
+    subject noun takes the other number ("the dog" -> "the dogs"), so the agreeing verb changes,
+    while lengths and labels (``good_id``/``bad_id`` of the clean pair) stay, as
     :func:`llmscope.patching` needs. Only pairs whose subject is a common noun are drawn then
     (names and pronouns have no other-number form here), so the attractor split may be uneven.
 
@@ -144,7 +144,8 @@ def agreement(model: "TransformerBridge", n: int = 64, seed: int = 0, grammar_se
     labels = per_seq.loc[np.repeat(per_seq.index, lengths)].reset_index(drop=True)
     labels["is_target"] = np.isin(np.arange(lengths.sum()), np.cumsum(lengths) - 1)
     clean = Stimuli.from_ids(model, seqs, labels, name="agreement", n_bos=len(bos))
-    if not corrupt:
-        return clean
-    twin_ids = [bos + [lookup[w] for w in p] for p in twins]
-    return clean, Stimuli.from_ids(model, twin_ids, labels, name="agreement (subject number flipped)", n_bos=len(bos))
+    if corrupt:
+        twin_ids = [bos + [lookup[w] for w in p] for p in twins]
+        clean.corrupt = Stimuli.from_ids(model, twin_ids, labels, name="agreement (subject number flipped)",
+                                         n_bos=len(bos))
+    return clean

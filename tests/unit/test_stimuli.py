@@ -261,7 +261,8 @@ def test_every_paradigm_marks_bos(tiny, organism):
 
 @pytest.mark.smollm2
 def test_ioi_corrupted_twin(smol):
-    clean, corrupt = ioi(smol, n=6, seed=1, corrupt=True)
+    clean = ioi(smol, n=6, seed=1, corrupt=True)
+    corrupt = clean.corrupt
     assert np.array_equal(clean.lengths, corrupt.lengths)
     changed = clean.tokens["token"].to_numpy() != corrupt.tokens["token"].to_numpy()
     s2 = (clean.tokens["role"] == "S2").to_numpy()
@@ -283,15 +284,16 @@ def test_counts_are_checked(tiny, call, match):
 def test_agreement_corrupted_twin_flips_the_subject(organism):
     from llmscope.behaviour import evaluate
 
-    clean, corrupt = agreement(organism, n=16, seed=2, corrupt=True)
+    clean = agreement(organism, n=16, seed=2, corrupt=True)
+    corrupt = clean.corrupt
     assert clean.n_seqs == 16 and np.array_equal(clean.lengths, corrupt.lengths)
     changed = clean.tokens["token"].to_numpy() != corrupt.tokens["token"].to_numpy()
     per_seq = clean.tokens.assign(changed=changed).groupby("seq")["changed"].sum()
     assert (per_seq == 1).all()  # exactly the subject noun differs
     at = clean.tokens.assign(changed=changed).query("changed")
     assert (at["pos"].to_numpy() == clean.lengths - at["distance"].to_numpy()).all()  # the controller
-    good = evaluate(organism, clean, "logit_diff")["logit_diff"].dropna()
-    flipped = evaluate(organism, corrupt, "logit_diff")["logit_diff"].dropna()
+    good = evaluate(organism, clean, "logit_diff").df["logit_diff"].dropna()
+    flipped = evaluate(organism, corrupt, "logit_diff").df["logit_diff"].dropna()
     assert (good > 0).mean() > 0.9 and (flipped < 0).mean() > 0.7  # the twin wants the other verb
 
 
