@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import html
 import json
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import llmscope
-from llmscope.analysis.examples import top_examples
+from llmscope.analysis.examples import ExamplesResult, top_examples
 from llmscope.analysis.responses import scalar
 from llmscope.stimuli.trials import rows
 from llmscope.analysis.tuning import tuning
@@ -52,6 +54,7 @@ def test_the_k_strongest_responses_in_context(rec):
         assert row.left == " ".join(before.text) and row.right == " ".join(after.text)  # word-level: joined by spaces
     assert not df.text.isin(t.text[~keep]).any()  # no BOS row among the examples
     assert ex.meta["site"] == "mlp.0" and ex.meta["unit"] == 5 and ex.meta["joiner"] == " "
+    assert isinstance(ex, ExamplesResult) and ex.kind == "top_examples" and not ex.has_units
 
 
 def test_bos_rows_only_when_asked(rec):
@@ -68,6 +71,7 @@ def test_unit_given_as_pair_or_one_row_table(rec):
     one = res.df.loc[[("attn.1", 2)]]
     assert a.equals(top_examples(rec, one, k=3).df)
     assert a.equals(top_examples(rec, rec.site("attn.1"), 2, k=3).df)
+    assert a.equals(top_examples(rec, "attn.1", indices=2, k=3).df)
 
 
 def test_html_escapes_every_token_text(rec):
@@ -80,6 +84,8 @@ def test_html_escapes_every_token_text(rec):
     fig = ex.plot()
     assert all("<img" not in str(v) for v in [*fig.data[0].y, *fig.data[0].hovertext])
     assert fig.layout.yaxis.type == "category"
+    np.testing.assert_array_equal(fig.data[0].x, ex.df.activation)  # a bar per example, best first
+    assert list(fig.data[0].y) == [f"{r}. {html.escape(t)}" for r, t in zip(ex.df["rank"], ex.df.text)]
 
 
 def test_strongly_selective_units_fire_on_their_category(organism):
@@ -144,3 +150,11 @@ def test_incomplete_recording_warns(tiny, stim, tmp_path):
         ex = top_examples(part, "mlp.0", 3, k=50)
     assert ex.meta["complete"] is False and set(ex.df.seq) <= {0, 1} and len(ex.df) == rows(part.tokens).sum()
     shutil.rmtree(path)
+
+
+@pytest.mark.parametrize("old", [lambda r: top_examples(r, site="mlp.0", unit=4, k=3),
+                                 lambda r: top_examples(r, "mlp.0", unit=4, k=3)])
+def test_old_names_warn_and_give_the_same_result(rec, old):
+    with pytest.warns(FutureWarning, match="will be removed in the next release"):
+        before = old(rec)
+    pd.testing.assert_frame_equal(before.df, top_examples(rec, ("mlp.0", 4), k=3).df)
