@@ -54,14 +54,13 @@ from llmscope.checks import count, draws, flag
 from llmscope.errors import AnalysisError
 from llmscope.progress import progress_bar
 from llmscope.recording import Recording
-from llmscope.result import Result
-from llmscope.sites import Site, UnitsLike, unit_labels
+from llmscope.result import Result, unit_dataset
+from llmscope.sites import Site, UnitsLike
 from llmscope.stimuli import trials
 from llmscope.vocabulary import renamed
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
-    import xarray as xr
 
 MIN_RSA_CATEGORIES = 3  # an RDM over 3 conditions has 3 pairs: the fewest a rank correlation can use
 
@@ -216,7 +215,6 @@ def pca(recording: Recording, units: UnitsLike, label: str | None = None, n_comp
         >>> p.components.index.names, p.components.shape
         (FrozenList(['site', 'unit']), (512, 2))
     """
-    import xarray as xr
     from sklearn.decomposition import PCA
 
     meta = responses.check_recording(recording, "pca")
@@ -238,8 +236,7 @@ def pca(recording: Recording, units: UnitsLike, label: str | None = None, n_comp
     columns = ["seq", "pos", "text"] + ([label] if label is not None and label not in ("seq", "pos", "text") else [])
     df = recording.tokens.loc[keep, columns].copy()
     df[names] = fit.transform(X)
-    data = xr.Dataset({"components": (("unit", "component"), fit.components_.T)},
-                      coords=_unit_coords(index) | {"component": names})
+    data = unit_dataset(index, {"components": fit.components_.T}, "component", names)
     meta.update(sites=list(dict.fromkeys(s.name for s, _ in resolved)), n_units=n_units, n_components=n_components,
                 label=label, explained_variance=fit.explained_variance_ratio_.tolist(),
                 explained_variance_control=control.explained_variance_ratio_.tolist(),
@@ -247,12 +244,6 @@ def pca(recording: Recording, units: UnitsLike, label: str | None = None, n_comp
                 control="each unit's responses permuted across tokens independently (unit correlations broken)",
                 seed=seed, include_bos=include_bos, n_tokens=n_rows, n_seqs=int(df.seq.nunique()))
     return PCAResult(df, meta, data)
-
-
-def _unit_coords(index: pd.MultiIndex) -> dict[str, Any]:
-    """The coordinates of a ``unit`` dimension: labels ``"mlp.0:12"``, with ``site`` and ``index``."""
-    return {"unit": unit_labels(index), "site": ("unit", index.get_level_values(0).to_numpy()),
-            "index": ("unit", index.get_level_values(1).to_numpy())}
 
 
 # ---------------------------------------------------------------- RDM and RSA

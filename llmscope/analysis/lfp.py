@@ -183,8 +183,6 @@ def _populations(recording: Recording, units: UnitsLike | None) -> list[tuple[Si
     """Each site of ``units`` (None: every recorded site) with the indices of its units, None
     when they are all of them."""
     resolved = responses.resolve(recording, recording.sites if units is None else units)
-    if not resolved:
-        raise SiteError(f"no units given; this recording holds {recording.sites}.")
     return [(s, None if len(idx) == s.n_units else idx) for s, idx in resolved]
 
 
