@@ -4,7 +4,6 @@ prediction they precede, with p-values calibrated against circularly shifted beh
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from scipy import stats
@@ -16,6 +15,7 @@ from llmscope.behaviour import evaluate, loss
 from llmscope.errors import AnalysisError, RecordingError, SiteError
 from llmscope.sites import resolve_units
 from llmscope.stimuli import Stimuli, grammar
+from tests.unit.renames import assert_renamed
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,5 @@ def test_correlates_bad_input(organism, tiny, rec):
 
 
 def test_the_old_name_warns_and_gives_the_same_result(organism, rec):
-    with pytest.warns(FutureWarning, match=r"behaviour_correlates\(n_null=...\) is now"):
-        old = behaviour_correlates(organism, rec, "entropy", "attn.1", n_null=10, progress=False)
-    new = behaviour_correlates(organism, rec, "entropy", "attn.1", n_controls=10, progress=False)
-    pd.testing.assert_frame_equal(old.df, new.df)
+    assert_renamed(lambda: behaviour_correlates(organism, rec, "entropy", "attn.1", n_null=10, progress=False),
+                   lambda: behaviour_correlates(organism, rec, "entropy", "attn.1", n_controls=10, progress=False))

@@ -7,7 +7,6 @@ import json
 import shutil
 
 import numpy as np
-import pandas as pd
 import pytest
 
 import llmscope
@@ -18,6 +17,7 @@ from llmscope.analysis.tuning import tuning
 from llmscope.errors import AnalysisError, SiteError
 from llmscope.recording import IncompleteRecordingWarning, Recording
 from llmscope.stimuli import from_texts, grammar
+from tests.unit.renames import assert_renamed
 
 TEXTS = ["w1 w2 w3 w4 w5 w6", "w7 w8", "w9 w10 w11 w12 w13 w14 w15 w16 w17 w18", "w19 w20 w21"]
 EVIL = "<img src=x onerror=alert(1)>"
@@ -155,6 +155,4 @@ def test_incomplete_recording_warns(tiny, stim, tmp_path):
 @pytest.mark.parametrize("old", [lambda r: top_examples(r, site="mlp.0", unit=4, k=3),
                                  lambda r: top_examples(r, "mlp.0", unit=4, k=3)])
 def test_old_names_warn_and_give_the_same_result(rec, old):
-    with pytest.warns(FutureWarning, match="will be removed in the next release"):
-        before = old(rec)
-    pd.testing.assert_frame_equal(before.df, top_examples(rec, ("mlp.0", 4), k=3).df)
+    assert_renamed(lambda: old(rec), lambda: top_examples(rec, ("mlp.0", 4), k=3))

@@ -13,6 +13,7 @@ from llmscope.analysis import responses
 from llmscope.stimuli import trials
 from llmscope.analysis.geometry import CKAResult, PCAResult, RDMResult, RSAResult, cka, linear_cka, pca, rdm, rsa
 from llmscope.errors import AnalysisError, ColumnError, SiteError
+from tests.unit.renames import assert_renamed
 
 SITES = ["mlp.0", "mlp.1", "attn.0", "attn.1"]
 
@@ -295,8 +296,4 @@ def test_cka_refuses_recordings_of_different_tokens(organism, rec):
      lambda r: cka(r, "mlp.0", other_units=["mlp.1"], n_controls=2, progress=False)),
 ])
 def test_old_names_warn_and_give_the_same_result(rec, old, new):
-    with pytest.warns(FutureWarning, match="will be removed in the next release"):
-        before = old(rec)
-    after = new(rec)
-    pd.testing.assert_frame_equal(before.df, after.df)
-    assert before.meta == after.meta
+    assert_renamed(lambda: old(rec), lambda: new(rec))

@@ -18,6 +18,7 @@ from llmscope.analysis.lfp import (VERDICTS, EventAverageResult, FieldPotential,
                                    event_average, field_potential, granger, lfp_spectrum, wired)
 from llmscope.errors import AnalysisError, ColumnError, SiteError
 from llmscope.sites import Site, site
+from tests.unit.renames import assert_renamed
 
 SITES = ["mlp.0", "attn.0", "attn.1", "mlp.1", "resid.1"]
 LAYERS = ["mlp.0", "attn.0", "attn.1", "mlp.1"]
@@ -290,11 +291,7 @@ def test_bad_input_is_refused_before_any_work(rec, fp):
      lambda r, fp: granger(fp, ["mlp.0", "mlp.1"], progress=False)),
 ])
 def test_old_names_warn_and_give_the_same_result(rec, fp, old, new):
-    with pytest.warns(FutureWarning, match="will be removed in the next release"):
-        before = old(rec, fp)
-    after = new(rec, fp)
-    pd.testing.assert_frame_equal(before.df, after.df)
-    assert before.meta == after.meta
+    assert_renamed(lambda: old(rec, fp), lambda: new(rec, fp))
 
 
 def test_window_and_its_old_form_together_is_an_error(fp):

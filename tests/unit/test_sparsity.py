@@ -4,7 +4,6 @@ like one block, the rotation control, the threshold's effect, and bad input."""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
 import llmscope
@@ -12,6 +11,7 @@ from llmscope.analysis import responses, sparsity as sparsity_module
 from llmscope.stimuli import trials
 from llmscope.analysis.sparsity import REFERENCE, SparsityResult, _rotation, sparsity
 from llmscope.errors import AnalysisError, SiteError
+from tests.unit.renames import assert_renamed
 
 THRESHOLDS = (0.0, 1.0, 3.0)
 
@@ -160,8 +160,5 @@ def test_plot_draws_each_legend_entry_in_one_colour_in_both_panels(rec):
 
 
 def test_the_old_name_warns_and_gives_the_same_result(rec):
-    with pytest.warns(FutureWarning, match=r"sparsity\(sites=...\) is now sparsity\(units=...\)"):
-        old = sparsity(rec, sites=["mlp.0"], thresholds=(0.0, 1.0), progress=False)
-    new = sparsity(rec, ["mlp.0"], (0.0, 1.0), progress=False)
-    pd.testing.assert_frame_equal(old.df, new.df)
-    assert old.data.equals(new.data)
+    assert_renamed(lambda: sparsity(rec, sites=["mlp.0"], thresholds=(0.0, 1.0), progress=False),
+                   lambda: sparsity(rec, ["mlp.0"], (0.0, 1.0), progress=False))

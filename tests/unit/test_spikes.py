@@ -15,6 +15,7 @@ from llmscope.stimuli import trials
 from llmscope.analysis.responses import scalar
 from llmscope.analysis.spikes import PSTHResult, Spikes, psth, spikes
 from llmscope.errors import AnalysisError, ColumnError, SiteError
+from tests.unit.renames import assert_renamed
 
 
 def _onsets(tokens: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -378,8 +379,4 @@ def test_spikes_result_is_a_result(rec):
      lambda r: psth(spikes(r, "attn.1", progress=False), "repeat_onset", window=2, n_controls=5)),
 ])
 def test_old_names_warn_and_give_the_same_result(rec, old, new):
-    with pytest.warns(FutureWarning, match="will be removed in the next release"):
-        before = old(rec)
-    after = new(rec)
-    pd.testing.assert_frame_equal(before.df, after.df)
-    assert before.meta == after.meta
+    assert_renamed(lambda: old(rec), lambda: new(rec))
