@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from llmscope.analysis.responses import check_recording, check_site, scalar
+from llmscope.analysis.responses import check_recording, resolve, scalar
 from llmscope.checks import count
 from llmscope.stimuli.trials import rows
 from llmscope.errors import AnalysisError, SiteError
 from llmscope.recording import Recording
 from llmscope.result import Result
-from llmscope.sites import Site, UnitsLike, parse_units
+from llmscope.sites import UnitsLike, parse_units
 from llmscope.vocabulary import renamed
 
 if TYPE_CHECKING:
@@ -42,9 +42,8 @@ def _one_unit(recording: Recording, units: Any, indices: Any) -> tuple[str, int]
     if len(pairs) != 1 or pairs[0][1] is None or len(pairs[0][1]) != 1:
         raise SiteError.Type(f"top_examples shows one unit: a site and an index ('mlp.0', 12) or a one-row unit "
                              f"table such as tuning(...).top(1); got units={units!r}, indices={indices!r}.")
-    spec, (idx,) = pairs[0]
-    name = check_site(recording, spec.name if isinstance(spec, Site) else spec)
-    return name, int(recording.site(name).check_units([idx])[0])
+    (s, (index,)), = resolve(recording, units if indices is None else pairs)  # a unit table's model is checked
+    return s.name, int(index)
 
 
 class ExamplesResult(Result):

@@ -68,8 +68,7 @@ def _site_units(units: Any, name: str) -> Any:
             isinstance(units, (list, tuple, np.ndarray)) and all(isinstance(i, (int, np.integer)) for i in units)):
         return units
     pairs = parse_units(units)
-    other = [spec.name if isinstance(spec, Site) else spec for spec, _ in pairs]
-    other = [spec for spec in other if spec != name]
+    other = [site for site in (spec.name if isinstance(spec, Site) else spec for spec, _ in pairs) if site != name]
     if other:
         raise SiteError(f"these units belong to {other}, not to {name}; pass units of {name} only.")
     return pairs[0][1]
@@ -80,17 +79,17 @@ def _one_site(recording: Recording, units: Any, indices: Any, analysis: str) -> 
     unit table of one site) and its unit indices, in the order given (None: all)."""
     if isinstance(units, (str, Site)):
         name = responses.check_site(recording, units.name if isinstance(units, Site) else units)
-        return name, recording.site(name).check_units(_site_units(indices, name))
-    if indices is not None:
+        given = _site_units(indices, name)
+        units = (name, given) if given is indices else indices  # a unit table stays one: its model is checked
+    elif indices is not None:
         raise SiteError.Type(f"indices follow a site name, as in {analysis}(rec, 'mlp.0', [3, 7]); got "
                              f"units={str(units)[:80]} and indices={indices!r}.")
-    pairs = parse_units(units)
-    if len(pairs) != 1:
-        names = [spec.name if isinstance(spec, Site) else spec for spec, _ in pairs]
-        raise SiteError(f"{analysis} reads the units of one site; these are of {names}: call it once per site.")
-    spec, idx = pairs[0]
-    name = responses.check_site(recording, spec.name if isinstance(spec, Site) else spec)
-    return name, recording.site(name).check_units(idx)
+    resolved = responses.resolve(recording, units)  # the sites, the indices and a unit table's model
+    if len(resolved) != 1:
+        raise SiteError(f"{analysis} reads the units of one site; these are of {[s.name for s, _ in resolved]}: "
+                        "call it once per site.")
+    s = resolved[0][0]
+    return s.name, s.check_units(parse_units(units)[0][1])  # in the order given
 
 
 def _kept_blocks(recording: Recording, site: str, units: np.ndarray, keep: np.ndarray,

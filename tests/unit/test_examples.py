@@ -123,6 +123,16 @@ def test_one_unit_only(rec):
         top_examples(rec, "mlp.0", [1, 2])
 
 
+def test_a_unit_table_of_another_model(rec, organism):
+    from llmscope.identity import fingerprint
+
+    table = tuning(rec, "attn.1", "kind", progress=False).top(1)
+    top_examples(rec, table)  # made on this recording's model: fine
+    table.attrs["fingerprint"] = fingerprint(organism).to_dict()
+    with pytest.raises(SiteError, match="these units were made for grammar-2l"):
+        top_examples(rec, table)
+
+
 @pytest.mark.parametrize("k", [0, -3, 2.5, "5"])
 def test_k_must_be_at_least_one(rec, k):
     with pytest.raises(AnalysisError, match=f"k must be an integer >= 1, got {k!r}"):

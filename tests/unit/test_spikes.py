@@ -330,6 +330,17 @@ def test_unit_index_out_of_range(rec, units):
         psth(rec, "repeat_onset", units=("attn.1", units), progress=False)
 
 
+def test_a_unit_table_of_another_model(rec, tiny):
+    from llmscope.identity import fingerprint
+
+    table = pd.DataFrame(index=pd.MultiIndex.from_tuples([("attn.1", 0)], names=["site", "unit"]))
+    table.attrs["fingerprint"] = fingerprint(tiny).to_dict()
+    for call in (lambda: spikes(rec, table, progress=False), lambda: spikes(rec, "attn.1", table, progress=False),
+                 lambda: psth(rec, "repeat_onset", units=table, progress=False)):
+        with pytest.raises(SiteError, match="these units were made for .*; this model is grammar-2l"):
+            call()
+
+
 def test_an_empty_selection(rec):
     with pytest.raises(AnalysisError, match="at least 2 analysed tokens; this recording has 0"):
         spikes(rec.select(np.zeros(len(rec), bool)), "attn.1", progress=False)
