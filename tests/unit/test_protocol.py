@@ -121,7 +121,8 @@ def test_every_analysis_returns_a_typed_exported_result(lab, name):
     assert "plot" in vars(cls) or any("plot" in vars(base) for base in cls.__mro__[1:-2] if base is not Result), \
         f"{cls.__name__} draws no figure of its own"
     fig = result.plot()
-    assert fig.data and any(len(getattr(trace, axis, None) or ()) for trace in fig.data for axis in ("x", "y", "z", "values"))
+    assert fig.data and any(getattr(trace, axis, None) is not None and len(getattr(trace, axis)) > 0
+                            for trace in fig.data for axis in ("x", "y", "z", "values"))
     assert result.data is None or isinstance(result.data, xr.Dataset)
     for column in result.df.columns:
         assert not str(column).endswith(("_shuffled", "_null", "_random", "_permuted")), \
