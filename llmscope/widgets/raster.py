@@ -52,7 +52,8 @@ from llmscope.stimuli.trials import rows
 from llmscope.analysis.tuning import TuningResult, tuning
 from llmscope.errors import SiteError, WidgetError
 from llmscope.recording import Recording
-from llmscope.sites import parse_units, unit_labels
+from llmscope.vocabulary import renamed
+from llmscope.sites import UnitsLike, parse_units, unit_labels
 from llmscope.widgets import wire
 from llmscope.widgets.base import LiveWidget, command, static
 
@@ -147,9 +148,10 @@ class Raster(LiveWidget):
     _meta = traitlets.Dict().tag(sync=True)
     _first_window = traitlets.Dict().tag(sync=True)
 
-    def __init__(self, recording: Recording, site: str, units: Any = None, *, sort_by: str | None = None,
+    @renamed(site="units", units="indices")
+    def __init__(self, recording: Recording, units: UnitsLike, indices: Any = None, *, sort_by: str | None = None,
                  threshold: float = 3.0, method: str = "zscore", include_bos: bool = False, **kwargs: Any):
-        sp = spikes(recording, site, units, threshold=threshold, method=method, include_bos=include_bos,
+        sp = spikes(recording, units, indices, threshold=threshold, method=method, include_bos=include_bos,
                     sort_by=sort_by, progress=False)
         self._recording, self._spikes, self._sort_by = recording, sp, sort_by
         self._site = sp.meta["site"]

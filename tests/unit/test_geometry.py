@@ -69,7 +69,7 @@ def test_pca_components_are_a_unit_table(organism, rec):
     p = pca(rec, [("mlp.1", [5, 1, 9]), ("attn.1", None)], n_components=2)
     assert p.components.index.tolist() == [("mlp.1", 1), ("mlp.1", 5), ("mlp.1", 9)] + [("attn.1", h) for h in range(4)]
     top = p.components.PC1.abs().nlargest(2)
-    assert llmscope.unit_index(organism, top).tolist() == top.index.tolist()  # passes to lesion/gain as is
+    assert llmscope.sites.unit_index(organism, top).tolist() == top.index.tolist()  # passes to lesion/gain as is
 
 
 def test_pca_plot_draws_each_sequence_and_colours_by_label(rec):

@@ -51,7 +51,7 @@ def test_unknown_name_offline_fails_fast_naming_offline_models(offline_env, tmp_
         t = time.perf_counter()
         try:
             llmscope.load("someone/not-a-model-here")
-        except llmscope.ModelNotAvailable as e:
+        except llmscope.errors.ModelNotAvailable as e:
             print(f"{time.perf_counter() - t:.2f}|{e}")
     """)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)

@@ -130,7 +130,7 @@ def test_every_analysis_returns_a_typed_exported_result(lab, name):
     if result.has_units:
         top = result.top(3)
         assert len(top) >= 1 and list(top.index.names) == ["site", "unit"]
-        ls.unit_index(lab["m"], top)
+        ls.sites.unit_index(lab["m"], top)
         with ls.intervene(lab["m"], ls.lesion(top)):
             lab["m"](lab["stim"].ids[:1])
 

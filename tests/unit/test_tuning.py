@@ -228,7 +228,7 @@ def test_a_float16_recording_is_read_as_stored(store16):
     raw = rec.responses("mlp.0", dtype=None)
     assert raw.dtype == np.float16 and np.array_equal(raw.astype(np.float32), rec.responses("mlp.0"))
     assert [_read(rec, *task).dtype for task in _tasks(rec, ["mlp.0"])] == [np.float16]
-    with pytest.raises(llmscope.RecordingError, match="dtype must be 'float32' or None .*got 'float16'"):
+    with pytest.raises(llmscope.errors.RecordingError, match="dtype must be 'float32' or None .*got 'float16'"):
         rec.responses("mlp.0", dtype="float16")
 
 
@@ -329,9 +329,9 @@ def test_top_is_a_unit_table_ready_for_lesion(res, organism):
     assert (nouns.preferred == "NOUN").all() and len(nouns) == 4
     assert nouns.auc.iloc[0] == res.df[res.df.preferred == "NOUN"].auc.max()
     llmscope.lesion(nouns)  # accepted as units as it stands
-    with pytest.raises(llmscope.ColumnError, match=r"by='aucs'.*'auc'"):
+    with pytest.raises(llmscope.errors.ColumnError, match=r"by='aucs'.*'auc'"):
         res.top(3, by="aucs")
-    with pytest.raises(llmscope.ColumnError, match=r"top\(where=\"prefered == 'NOUN'\"\)"):
+    with pytest.raises(llmscope.errors.ColumnError, match=r"top\(where=\"prefered == 'NOUN'\"\)"):
         res.top(3, where="prefered == 'NOUN'")
     with pytest.raises(AnalysisError, match="n must be an integer >= 1, got 0"):
         res.top(0)

@@ -204,7 +204,7 @@ def test_bad_arguments_are_refused_before_any_work(organism) -> None:
         AblationPanel(organism, PROMPT, units=UNITS, mode="half")
     with pytest.raises(AnalysisError, match="unknown metric 'acc'"):
         AblationPanel(organism, PROMPT, units=UNITS, metric="acc")
-    with pytest.raises(llmscope.ColumnError, match="good_id"):
+    with pytest.raises(llmscope.errors.ColumnError, match="good_id"):
         AblationPanel(organism, PROMPT, units=UNITS, metric="logit_diff")
     with pytest.raises(AnalysisError, match="1..50; got 0"):
         AblationPanel(organism, PROMPT, units=UNITS, k=0)

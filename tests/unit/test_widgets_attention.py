@@ -64,7 +64,7 @@ def test_a_prompt_is_shown_with_its_best_induction_head_in_focus(amap: Attention
     assert amap.prompt == REPEATED
     assert amap.focus == (1, 0)  # the organism's induction head (card.json)
     assert amap.unit == ("attn.1", 0)
-    assert llmscope.unit_index(amap._model, amap.unit).tolist() == [("attn.1", 0)]  # ready for lesion()
+    assert llmscope.sites.unit_index(amap._model, amap.unit).tolist() == [("attn.1", 0)]  # ready for lesion()
 
 
 def test_the_overview_sends_thumbnails_scores_and_tokens(amap: AttentionMap, organism) -> None:
@@ -162,7 +162,7 @@ def test_an_empty_or_too_long_prompt_is_refused_and_nothing_changes(organism, pr
     assert message in reply["error"]["message"]
     assert (amap.prompt, amap.version, amap._view, amap.focus) == before
     assert amap.last_error.startswith("PromptError: ")
-    with pytest.raises(llmscope.PromptError, match="empty prompt"):
+    with pytest.raises(llmscope.errors.PromptError, match="empty prompt"):
         amap.prompt = ""  # the same rule from Python
 
 
@@ -260,9 +260,9 @@ def test_bad_arguments_are_refused_before_any_work(organism, tiny) -> None:
         AttentionMap(organism, REPEATED, seq=1)
     with pytest.raises(AnalysisError, match="an int; got True"):
         AttentionMap(organism, stim, seq=True)
-    with pytest.raises(llmscope.PromptError, match="empty prompt"):
+    with pytest.raises(llmscope.errors.PromptError, match="empty prompt"):
         AttentionMap(organism, "")
-    with pytest.raises(llmscope.PromptError, match="made for grammar-2l; this model is .*another vocabulary"):
+    with pytest.raises(llmscope.errors.PromptError, match="made for grammar-2l; this model is .*another vocabulary"):
         AttentionMap(tiny, stim)  # the organism's stimuli, shown to another model
 
 
