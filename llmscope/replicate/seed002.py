@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from llmscope.analysis.decoding import decode, decode_curve
 from llmscope.analysis.stats import cluster_bootstrap, interval
 from llmscope.analysis.key_neurons import KeyNeurons, key_neurons
-from llmscope.checks import count
+from llmscope.checks import count, draws
 from llmscope.behaviour import scored_rows
 from llmscope.errors import LLMScopeError
 from llmscope.interventions import intervene, lesion
@@ -149,12 +149,12 @@ def _specificity(d: pd.DataFrame, n_boot: int, rng: np.random.Generator) -> dict
                           "n_c": d["is_c"].astype(float), "n_o": (~d["is_c"]).astype(float)}).groupby("seq").sum()
     sums = parts[["key_c", "rand_c", "key_o"]].to_numpy().T
     counts = parts[["n_c", "n_c", "n_o"]].to_numpy().T
-    (cls, rand, other), draws = sums.sum(1) / counts.sum(1), cluster_bootstrap(sums, counts, n_boot, rng)
+    (cls, rand, other), boot = sums.sum(1) / counts.sum(1), cluster_bootstrap(sums, counts, n_boot, rng)
     (rand_low, rand_high), (mr_low, mr_high), (mo_low, mo_high) = interval(
-        np.stack([draws[1], draws[0] - draws[1], draws[0] - draws[2]]))
+        np.stack([boot[1], boot[0] - boot[1], boot[0] - boot[2]]))
     bounded = rand_low > 0
     with np.errstate(invalid="ignore", divide="ignore"):
-        ratio_low, ratio_high = interval(draws[0] / draws[1]) if bounded else (np.nan, np.nan)
+        ratio_low, ratio_high = interval(boot[0] / boot[1]) if bounded else (np.nan, np.nan)
     return dict(class_effect=cls, other_effect=other, random_effect=rand, random_low=rand_low, random_high=rand_high,
                 class_minus_random=cls - rand, class_minus_random_low=mr_low, class_minus_random_high=mr_high,
                 class_minus_other=cls - other, class_minus_other_low=mo_low, class_minus_other_high=mo_high,
@@ -179,7 +179,7 @@ def lesion_test(model: "TransformerBridge", stimuli: Stimuli, key: KeyNeurons, s
     (``n_boot`` draws); the random units' draw is not resampled.
     """
     label = key.meta["label"]
-    n_boot = count(n_boot, "n_boot")
+    n_boot = draws(n_boot, "n_boot", "resample")
     base = scored_rows(model, stimuli, "loss", batch_size=batch_size)
     classes = [c for c in key.n_samples.sort_values(ascending=False).index if c in set(base[label])][:n_classes]
     rng = np.random.default_rng(seed)
