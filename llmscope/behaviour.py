@@ -40,12 +40,11 @@ import torch
 import torch.nn.functional as F
 
 from llmscope import identity
-from llmscope.checks import choice, count, flag
-from llmscope.errors import AnalysisError, ColumnError, PromptError
+from llmscope.checks import choice, count
+from llmscope.errors import AnalysisError, ColumnError
 from llmscope.result import Result
 from llmscope.stimuli import trials
 from llmscope.stimuli.core import Stimuli, as_stimuli
-from llmscope.tokens import check_tokens
 from llmscope.vocabulary import renamed
 
 if TYPE_CHECKING:

@@ -25,10 +25,24 @@ Controls, each fitted on the same folds and reported beside the probe:
 * ``majority``: ``DummyClassifier("most_frequent")``, the training folds' commonest class.
 
 The probe: lbfgs (the default solver: multinomial, fast on dense ``[tokens, <= a few thousand]``
-matrices), ``C=1``, at most ``MAX_ITER`` steps (real labels on the organism's mlp.0 converge
-in ~13; permuted labels never converge, so they take all ``MAX_ITER`` steps and cost ~8x a
-real fit; each df row's ``converged`` says how many of its fits converged), in float32, one
-BLAS thread (these matrices are small, and threads spinning on busy cores cost up to 10x).
+matrices), in float64, fitted to convergence (``TOL``; ``MAX_ITER`` is a cap no fit measured
+here reaches; each df row's ``converged`` says how many of its fits converged, ``.meta``'s the
+share of all of them), on ``THREADS`` BLAS threads (these matrices are small, and threads
+spinning on busy cores cost up to 10x; the results do not depend on it).
+
+**Regularisation is tuned.** Inside each outer fold, ``C`` is chosen from ``CS`` by
+``GridSearchCV`` with ``GroupKFold(INNER_FOLDS)`` over that fold's training sequences (fewer
+inner folds if it holds fewer sequences, at least 2), on the real labels, by log loss (a proper
+score, continuous in the coefficients, so rounding cannot flip the choice between two Cs as it
+can flip a count of right answers); the fold's test rows play no part in the choice. A fixed C
+misleads: all 512 neurons of the organism's mlp.0 read the next token's tag at 0.573 with C=1,
+overfitted, and at 0.648 with C chosen this way (0.01 in every fold; 40 documents, 5 folds).
+The controls (random units, permuted labels) are fitted with that fold's C, so they cost one
+fit per fold each (a converged fit on permuted labels takes longer the weaker the
+regularisation); the permutation test is then conditional on the C chosen. That is why the
+folds are fitted here rather than by ``cross_validate`` or ``permutation_test_score``: both fit
+one estimator, with one C, on every fold (and the latter scores the mean of the folds, not the
+pooled out-of-fold predictions).
 
 :func:`decode_curve` sweeps the number of units: accuracy of the first k units of a ranked
 table (or of a ``{k: units}`` mapping) against k random units of the same sites, on one set of
@@ -49,13 +63,13 @@ Example:
 from __future__ import annotations
 
 import html
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from llmscope.analysis import responses
@@ -71,7 +85,13 @@ if TYPE_CHECKING:
     import plotly.graph_objects as go
 
 TARGETS = ("current", "next")
-MAX_ITER = 100  # lbfgs steps per fit (the organism's facts use the same); see the module docstring
+CS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # the C grid (inverse L2 strength on standardised responses), per outer fold
+INNER_FOLDS = 3  # GroupKFold splits of an outer fold's training sequences that choose C
+TUNING_FITS = len(CS) * INNER_FOLDS  # fits per outer fold that choose C
+TOL = 1e-6  # lbfgs stops when the largest gradient component is below this
+INNER_TOL = 1e-3  # the same for the fits that only rank the Cs: a fraction of the steps, the same choices measured
+MAX_ITER = 10_000  # a cap, not a budget: fits here converge within ~1,500 steps
+THREADS = 1  # BLAS/OpenMP threads per fit; see the module docstring
 KS = (1, 2, 5, 10, 20, 50, 100)  # decode_curve's default set sizes (issue 11's)
 
 
@@ -89,7 +109,7 @@ class _Task:
     groups: np.ndarray  # [n] sequence of each row
     splits: list[tuple[np.ndarray, np.ndarray]]  # (train, test) positions in 0..n-1
     subset: np.ndarray | None  # [n] bool, the subset column at the token whose label is decoded
-    X: np.ndarray  # [n, units of the sites] float32
+    X: np.ndarray  # [n, units of the sites] float64
     offsets: dict[str, int]  # first column of each site in X
     sizes: dict[str, int]  # units of each site
 
@@ -125,6 +145,11 @@ def _folds(y: np.ndarray, groups: np.ndarray, folds: int, classes: list[Any]) ->
         raise AnalysisError(f"folds={folds} needs at least {folds} sequences (folds hold whole sequences); "
                             f"the rows decoded come from {n_seqs}. Use fewer folds or more stimuli.")
     splits = list(GroupKFold(n_splits=folds).split(y, y, groups))
+    fewest = min(len(np.unique(groups[train])) for train, _ in splits)
+    if fewest < 2:
+        raise AnalysisError(f"choosing C cross-validates over whole sequences inside every training fold, so each "
+                            f"needs at least 2; with folds={folds} one holds {fewest} of the {n_seqs} sequences. "
+                            "Use more stimuli.")
     for i, (train, _) in enumerate(splits):
         if len(np.unique(y[train])) < 2:
             raise AnalysisError(f"the training folds of fold {i} hold one class only "
@@ -152,6 +177,7 @@ def _task(recording: Recording, resolved: list[tuple[Site, np.ndarray]], label: 
         raise AnalysisError(f"no row decoded has {subset!r} true; choose another subset column or None.")
     sites = [(s.name, None) for s, _ in resolved]
     X, _ = responses.matrix(recording, sites, _mask(len(tokens), src))
+    X = X.astype(np.float64)  # a float32 fit stops short of TOL (rounding), and where depends on the threads
     sizes = {s.name: s.n_units for s, _ in resolved}
     offsets = dict(zip(sizes, np.cumsum([0, *sizes.values()])[:-1].tolist()))
     return _Task(src, codes, classes, groups, splits, mask, X, offsets, sizes)
@@ -166,15 +192,15 @@ def _mask(n: int, rows: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- fitting
 
 
-def _probe() -> Any:
+def _probe(C: float = 1.0, tol: float = TOL) -> Any:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=MAX_ITER))
+    return make_pipeline(StandardScaler(), LogisticRegression(C=C, tol=tol, max_iter=MAX_ITER))
 
 
-def _majority() -> Any:
+def _majority(C: float = 1.0) -> Any:
     from sklearn.dummy import DummyClassifier
 
     return DummyClassifier(strategy="most_frequent")
@@ -187,29 +213,53 @@ class _Score:
     converged: float  # share of the fits that converged (NaN: an estimator that does not iterate)
     subset_accuracy: float
     predicted: np.ndarray  # [n] out-of-fold predicted class codes
+    C: list[float]  # the C of each fold (NaN: no C)
 
 
-def _score(task: _Task, columns: np.ndarray | None, y: np.ndarray, make: Callable[[], Any],
-           bar: tqdm) -> _Score:
-    from sklearn.exceptions import ConvergenceWarning
-    from threadpoolctl import threadpool_limits
+def _neg_log_loss(model: Any, X: np.ndarray, y: np.ndarray) -> float:
+    """Minus the mean log loss of ``model`` on ``(X, y)``; a class the model never saw in training
+    (an inner fold of few sequences may lack one) gets probability 1e-15, as for every C alike.
+    (scikit-learn's ``neg_log_loss`` scores NaN there, and a grid of NaNs picks the first C.)"""
+    proba = np.zeros((len(y), int(max(y.max(), model.classes_.max())) + 1))
+    proba[:, model.classes_] = model.predict_proba(X)
+    return float(np.mean(np.log(np.clip(proba[np.arange(len(y)), y], 1e-15, None))))
 
+
+def _choose_C(task: _Task, columns: np.ndarray, bar: tqdm) -> list[float]:
+    """The C of each outer fold: ``GridSearchCV`` over ``CS`` (log loss) with ``GroupKFold`` of
+    ``INNER_FOLDS`` (or as many as the fold has training sequences) on the fold's training rows
+    and real labels, at ``INNER_TOL``."""
+    from sklearn.model_selection import GridSearchCV, GroupKFold
+
+    X = task.X[:, columns]
+    Cs = []
+    for train, _ in task.splits:
+        inner = GroupKFold(min(INNER_FOLDS, len(np.unique(task.groups[train]))))
+        search = GridSearchCV(_probe(tol=INNER_TOL), {"logisticregression__C": list(CS)}, scoring=_neg_log_loss,
+                              cv=inner, refit=False).fit(X[train], task.y[train], groups=task.groups[train])
+        Cs.append(float(search.best_params_["logisticregression__C"]))
+        bar.update(len(CS) * INNER_FOLDS)
+    return Cs
+
+
+def _score(task: _Task, columns: np.ndarray | None, y: np.ndarray, Cs: list[float], bar: tqdm,
+           make: Callable[[float], Any] = _probe) -> _Score:
+    """Out-of-fold predictions: fold i's model fitted with ``Cs[i]`` on its training rows."""
     X = task.X if columns is None else task.X[:, columns]
     predicted = np.empty_like(y)
     per_fold, converged = [], []
-    with threadpool_limits(1), warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)  # counted in `converged` instead
-        for train, test in task.splits:
-            model = make().fit(X[train], y[train])
-            predicted[test] = model.predict(X[test])
-            per_fold.append(np.mean(predicted[test] == y[test]))
-            n_iter = getattr(model[-1] if hasattr(model, "steps") else model, "n_iter_", None)
-            converged.append(np.nan if n_iter is None else float(np.max(n_iter) < MAX_ITER))
-            bar.update()
+    for (train, test), C in zip(task.splits, Cs):
+        model = make(C).fit(X[train], y[train])
+        predicted[test] = model.predict(X[test])
+        per_fold.append(np.mean(predicted[test] == y[test]))
+        n_iter = getattr(model[-1] if hasattr(model, "steps") else model, "n_iter_", None)
+        converged.append(np.nan if n_iter is None else float(np.max(n_iter) < MAX_ITER))
+        bar.update()
     right = predicted == y
     sem = float(np.std(per_fold, ddof=1) / np.sqrt(len(per_fold)))
     return _Score(float(right.mean()), sem, float(np.mean(converged)),
-                  float(right[task.subset].mean()) if task.subset is not None else np.nan, predicted)
+                  float(right[task.subset].mean()) if task.subset is not None else np.nan, predicted,
+                  list(Cs) if make is _probe else [np.nan] * len(Cs))
 
 
 def _permute_within(y: np.ndarray, groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -244,14 +294,15 @@ def _row(condition: str, draw: int, n_units: int, score: _Score | None, subset: 
 
 
 def _random_rows(task: _Task, resolved: list[tuple[Site, np.ndarray]], n_random: int, rng: np.random.Generator,
-                 subset: str | None, bar: tqdm, **extra: Any) -> list[dict]:
-    """The random-unit control's rows: one per draw, or one NaN row when no other set exists."""
+                 Cs: list[float], subset: str | None, bar: tqdm, **extra: Any) -> list[dict]:
+    """The random-unit control's rows (each fold with the set's C): one per draw, or one NaN row
+    when no other set exists."""
     n = sum(len(idx) for _, idx in resolved)
     if not n_random:
         return []
     if _every_unit(resolved):
         return [_row("random", 0, n, None, subset, **extra)]
-    return [_row("random", d, n, _score(task, _random_columns(task, resolved, rng), task.y, _probe, bar), subset,
+    return [_row("random", d, n, _score(task, _random_columns(task, resolved, rng), task.y, Cs, bar), subset,
                  **extra) for d in range(n_random)]
 
 
@@ -288,7 +339,9 @@ def _task_meta(task: _Task, label: str, target: str, folds: int, include_bos: bo
     return dict(label=label, target=target, classes=task.classes, n_tokens=len(task.y),
                 n_seqs=int(len(np.unique(task.groups))), folds=folds, include_bos=include_bos, seed=seed,
                 subset=subset, n_subset=None if task.subset is None else int(task.subset.sum()),
-                probe=f"StandardScaler + LogisticRegression(lbfgs, C=1, max_iter={MAX_ITER}), GroupKFold on seq",
+                probe=(f"StandardScaler + LogisticRegression(lbfgs, tol={TOL}, max_iter={MAX_ITER}), GroupKFold on "
+                       f"seq; C from {list(CS)} per fold by GridSearchCV (log loss), GroupKFold({INNER_FOLDS}) on its "
+                       "training seqs"),
                 permutation="labels permuted within each sequence")
 
 
@@ -319,7 +372,8 @@ def _plot(result: "DecodingResult") -> "go.Figure":
 class DecodingResult(Result):
     """What :func:`decode` returns: a :class:`~llmscope.Result` with the probe's predictions.
 
-    ``.df``, one row per fitted condition (every fit on the same folds):
+    ``.df``, one row per fitted condition (every fit on the same folds, with the C the probe
+    chose in each):
 
     ===============  ==========================================================================
     condition        ``"units"`` (the probe), ``"random"`` (one row per draw of as many random
@@ -330,7 +384,7 @@ class DecodingResult(Result):
     accuracy         share of out-of-fold predictions right (NaN: a random set of every unit
                      of the sites, which would be the set itself)
     sem              s.e.m. of the per-fold accuracies
-    converged        share of the condition's fits that converged within ``MAX_ITER`` steps
+    converged        share of the condition's fits that converged (within ``MAX_ITER`` steps)
     subset_accuracy  accuracy over the rows whose ``subset`` column is true (with ``subset``)
     ===============  ==========================================================================
 
@@ -345,7 +399,9 @@ class DecodingResult(Result):
     NaN when the set is every unit of its sites: ``random_note`` says so), ``random_sd``
     (standard deviation over draws), ``random_subset_accuracy``, ``permuted_accuracy`` (mean over
     permutations), ``p`` (permutation test; NaN without permutations), ``majority``,
-    ``majority_class``, ``label``, ``target``, ``classes``, ``n_units``, ``sites``, ``n_tokens``,
+    ``majority_class``, ``C`` (the C chosen in each fold, which every condition used there),
+    ``converged`` (share of all the fits that converged, ``majority`` aside), ``label``,
+    ``target``, ``classes``, ``n_units``, ``sites``, ``n_tokens``,
     ``n_seqs``, ``folds``, ``n_random``, ``n_permutations``, ``include_bos``, ``seed``,
     ``subset``, ``n_subset``, ``probe``, ``permutation`` (how labels were permuted), ``model``,
     ``stimuli``, ``complete``, ``recorded_seqs``, ``stimuli_seqs``.
@@ -394,8 +450,8 @@ def decode(recording: Recording, units: UnitsLike, label: str, *, target: str = 
         folds: cross-validation folds (>= 2), each holding whole sequences.
         n_random: draws of the random-unit control (0: none).
         n_permutations: label permutations of the permuted control and the p-value (0: none).
-            Each costs ``folds`` fits that run all ``MAX_ITER`` steps: ~1 s per fit on the
-            organism's mlp.0 over 8,000 tokens on an idle core.
+            Each costs ``folds`` fits with the probe's C (choosing C costs
+            ``folds * TUNING_FITS`` fits, once).
         subset: a boolean trial-table column (``"ambiguous"``), read at the token whose label is
             decoded: every condition's accuracy is also reported over its true rows.
         include_bos: read BOS rows too (left out by default).
@@ -426,15 +482,16 @@ def decode(recording: Recording, units: UnitsLike, label: str, *, target: str = 
     columns = _columns(task, resolved)
     n = len(columns)
     rng_units, rng_labels = _rngs(seed)
-    n_fits = folds * (2 + n_permutations + (0 if _every_unit(resolved) else n_random))
-    with progress_bar(total=n_fits, unit="fit", desc=f"decode {label}", show=progress, leave=False) as bar:
-        real = _score(task, columns, task.y, _probe, bar)
+    n_fits = folds * (TUNING_FITS + 2 + n_permutations + (0 if _every_unit(resolved) else n_random))
+    with threadpool_limits(THREADS), \
+            progress_bar(total=n_fits, unit="fit", desc=f"decode {label}", show=progress, leave=False) as bar:
+        real = _score(task, columns, task.y, _choose_C(task, columns, bar), bar)
         rows = [_row("units", 0, n, real, subset)]
-        rows += _random_rows(task, resolved, n_random, rng_units, subset, bar)
-        permuted = [_score(task, columns, _permute_within(task.y, task.groups, rng_labels), _probe, bar)
+        rows += _random_rows(task, resolved, n_random, rng_units, real.C, subset, bar)
+        permuted = [_score(task, columns, _permute_within(task.y, task.groups, rng_labels), real.C, bar)
                     for _ in range(n_permutations)]
         rows += [_row("permuted", d, n, s, subset) for d, s in enumerate(permuted)]
-        majority = _score(task, None, task.y, _majority, bar)
+        majority = _score(task, None, task.y, real.C, bar, _majority)
         rows.append(_row("majority", 0, n, majority, subset))
     df = pd.DataFrame(rows)
     rand = df[df.condition == "random"]
@@ -458,7 +515,8 @@ def decode(recording: Recording, units: UnitsLike, label: str, *, target: str = 
                 p=(1 + sum(s.accuracy >= real.accuracy for s in permuted)) / (1 + n_permutations)
                 if permuted else np.nan,
                 majority=majority.accuracy, majority_class=classes[np.bincount(majority.predicted).argmax()],
-                n_units=n, sites=[s.name for s, _ in resolved], n_random=n_random, n_permutations=n_permutations)
+                C=real.C, converged=float(df.converged.mean()), n_units=n, sites=[s.name for s, _ in resolved],
+                n_random=n_random, n_permutations=n_permutations)
     if n_random and _every_unit(resolved):
         meta["random_note"] = (f"the units are every unit of {meta['sites']}: no other set of {n} units exists "
                                "there, so the random-unit control is NaN.")
@@ -531,8 +589,10 @@ def decode_curve(recording: Recording, units: Any, label: str, ks: Any = KS, *, 
         with ``k``, ``draw``, ``n_units`` (the set's size, which a mapping may make differ from
         k), ``accuracy``, ``sem``, ``converged`` (and ``subset_accuracy``); ``.meta`` holds the
         task's keys as :func:`decode`'s (``label``, ``target``, ``classes``, ``n_tokens``,
-        ``n_seqs``, ``folds``, ``probe``...), ``ks``, ``n_random``, ``majority`` and the
-        recording's provenance. ``.plot()``: accuracy against k, random draws as a band.
+        ``n_seqs``, ``folds``, ``probe``...), ``ks``, ``n_random``, ``majority``, ``C``
+        (``{k: the C chosen in each fold}``; k's random draws use it too), ``converged`` (share
+        of all the fits that converged) and the recording's provenance. ``.plot()``: accuracy
+        against k, random draws as a band.
 
     Raises:
         AnalysisError, ColumnError, SiteError: as :func:`decode`; also ks larger than the table
@@ -550,18 +610,24 @@ def decode_curve(recording: Recording, units: Any, label: str, ks: Any = KS, *, 
     every = [pair for resolved in sets.values() for pair in resolved]
     task = _task(recording, every, label, target, folds, include_bos, subset)
     rng_units, _ = _rngs(seed)
-    n_fits = folds * (1 + sum(1 + (0 if _every_unit(r) else n_random) for r in sets.values()))
-    rows = []
-    with progress_bar(total=n_fits, unit="fit", desc=f"decode {label} by k", show=progress, leave=False) as bar:
+    n_fits = folds * (1 + sum(TUNING_FITS + 1 + (0 if _every_unit(r) else n_random) for r in sets.values()))
+    rows, Cs = [], {}
+    with threadpool_limits(THREADS), \
+            progress_bar(total=n_fits, unit="fit", desc=f"decode {label} by k", show=progress, leave=False) as bar:
         for k, resolved in sets.items():
             n = sum(len(idx) for _, idx in resolved)
-            rows.append(_row("units", 0, n, _score(task, _columns(task, resolved), task.y, _probe, bar), subset, k=k))
-            rows += _random_rows(task, resolved, n_random, rng_units, subset, bar, k=k)
-        majority = _score(task, None, task.y, _majority, bar)
+            columns = _columns(task, resolved)
+            real = _score(task, columns, task.y, _choose_C(task, columns, bar), bar)
+            Cs[k] = real.C
+            rows.append(_row("units", 0, n, real, subset, k=k))
+            rows += _random_rows(task, resolved, n_random, rng_units, real.C, subset, bar, k=k)
+        majority = _score(task, None, task.y, real.C, bar, _majority)
         rows.append(_row("majority", 0, 0, majority, subset, k=min(sets)))
+    df = pd.DataFrame(rows)
     meta = dict(meta, **_task_meta(task, label, target, folds, include_bos, seed, subset), ks=list(sets),
-                n_random=n_random, majority=majority.accuracy)
-    return Result(pd.DataFrame(rows), kind="decoding_curve", meta=meta, plotter=_plot_curve)
+                n_random=n_random, majority=majority.accuracy, C=Cs, converged=float(df.converged.mean()))
+    return Result(df, kind="decoding_curve", meta=meta, plotter=_plot_curve)
 
 
-__all__ = ["decode", "decode_curve", "DecodingResult", "TARGETS", "MAX_ITER", "KS"]
+__all__ = ["decode", "decode_curve", "DecodingResult", "TARGETS", "CS", "INNER_FOLDS", "TOL", "INNER_TOL", "MAX_ITER",
+           "THREADS", "KS"]

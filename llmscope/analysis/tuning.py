@@ -46,7 +46,7 @@ import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -65,6 +65,7 @@ from llmscope.vocabulary import renamed
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
+    from tqdm import tqdm
 
 ALPHA = 0.05  # FDR level of the ``significant`` columns and the meta counts
 MAX_CATEGORIES = 256  # category tables [units, categories] stay small

@@ -16,9 +16,12 @@ most often, and trains a classifier on those key neurons that predicts the POS o
 3. **Lesion test** — for each layer and each of the ``n_classes`` commonest classes C, zero the
    k key neurons of C and measure the loss on predicted tokens of class C, on predicted tokens
    of other classes, and on class C after zeroing as many random neurons of the same layer.
-   ``specificity = class_effect / random_effect`` (the class-specific harm over the random
-   harm; >= 2 is the issue's criterion) with a 95% cluster-bootstrap interval over sequences. A
-   random lesion whose mean effect is not above zero counts as harmless (specificity ``inf``).
+   Specificity is two differences, each with a 95% cluster-bootstrap interval over sequences
+   (one bootstrap for the three effects, so the differences are resampled together): the class
+   effect minus the random effect, and minus the other-class effect. A lesion is *specific*
+   when both intervals lie above zero. The ratio ``class_effect / random_effect`` is kept only
+   where its denominator is bounded away from zero (the random effect's interval lies above
+   zero); a harmless random lesion leaves it NaN, not infinite.
 
 Choices where the paper is silent: decoding is scored on stimuli the key neurons were not
 chosen on; a small model's layer has few neurons, so the headline k is ``k`` (default 10) per
@@ -40,9 +43,10 @@ import numpy as np
 import pandas as pd
 
 from llmscope.analysis.decoding import decode, decode_curve
+from llmscope.analysis.stats import cluster_bootstrap, interval
 from llmscope.analysis.key_neurons import METHODS, KeyNeurons, key_neurons
 from llmscope import checks
-from llmscope.checks import count
+from llmscope.checks import count, draws
 from llmscope.behaviour import scored_rows
 from llmscope.errors import AnalysisError, SiteError
 from llmscope.interventions import intervene, lesion
@@ -125,36 +129,56 @@ def _key_set(key: KeyNeurons, site: str, k: int) -> pd.MultiIndex:
     return pd.concat([key.units(c, site=site, k=k) for c in key.meta["classes"]]).index.unique().sort_values()
 
 
-def _specificity(key: np.ndarray, rand: np.ndarray) -> np.ndarray:
-    """``key / rand`` with a random lesion that does not raise the loss (``rand <= 0``, sampling
-    noise around a harmless lesion) counted as harmless: ``key / 0`` is then ``+inf`` for a
-    harmful key lesion. A plain ratio flips sign, and explodes, as ``rand`` crosses zero.
+def _specificity(d: pd.DataFrame, n_boot: int, rng: np.random.Generator) -> dict:
+    """The lesion test's numbers for one class from per-token loss changes ``d`` (columns ``seq``,
+    ``is_c``: a row of the class, ``key``: the key lesion's change, ``rand``: the random
+    lesions'): the three effects, the two differences and the bounded ratio, with 95% intervals
+    from one cluster bootstrap over sequences.
 
     Example:
-        >>> _specificity(np.array([1.0, 1.0, -0.5]), np.array([0.5, -0.01, 0.5])).tolist()
-        [2.0, inf, -1.0]
+        >>> rng = np.random.default_rng(0)
+        >>> d = pd.DataFrame({"seq": np.repeat(np.arange(20), 10), "is_c": np.tile([True, False], 100),
+        ...                   "key": np.tile([1.0, 0.1], 100) + rng.normal(0, 0.1, 200), "rand": rng.normal(0, 0.1, 200)})
+        >>> out = _specificity(d, 500, rng)
+        >>> out["specific"], bool(np.isnan(out["specificity"]))   # the random lesion is harmless: no ratio
+        (True, True)
     """
+    parts = pd.DataFrame({"seq": d["seq"], "key_c": d["key"].where(d["is_c"], 0.0),
+                          "rand_c": d["rand"].where(d["is_c"], 0.0), "key_o": d["key"].where(~d["is_c"], 0.0),
+                          "n_c": d["is_c"].astype(float), "n_o": (~d["is_c"]).astype(float)}).groupby("seq").sum()
+    sums = parts[["key_c", "rand_c", "key_o"]].to_numpy().T
+    counts = parts[["n_c", "n_c", "n_o"]].to_numpy().T
+    (cls, rand, other), boot = sums.sum(1) / counts.sum(1), cluster_bootstrap(sums, counts, n_boot, rng)
+    (rand_low, rand_high), (mr_low, mr_high), (mo_low, mo_high) = interval(
+        np.stack([boot[1], boot[0] - boot[1], boot[0] - boot[2]]))
+    bounded = rand_low > 0
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.asarray(key, float) / np.clip(rand, 0, None)
-
-
-def _cluster_ci(per_seq: pd.DataFrame, rng: np.random.Generator) -> np.ndarray:
-    """95% bootstrap interval over sequences of the specificity (per-sequence sums ``key`` and
-    ``rand`` on the class's rows); the upper end is ``inf`` when resampled random effects reach
-    zero (the random lesion cannot be told from harmless)."""
-    if len(per_seq) < 2:
-        return np.array([np.nan, np.nan])
-    w = rng.multinomial(len(per_seq), np.full(len(per_seq), 1 / len(per_seq)), size=N_BOOT).T
-    ratio = _specificity(per_seq["key"].to_numpy() @ w, per_seq["rand"].to_numpy() @ w)
-    return np.nanpercentile(ratio, [2.5, 97.5], method="nearest")  # nearest: no inf - inf between draws
+        ratio_low, ratio_high = interval(boot[0] / boot[1]) if bounded else (np.nan, np.nan)
+    return dict(class_effect=cls, other_effect=other, random_effect=rand, random_low=rand_low, random_high=rand_high,
+                class_minus_random=cls - rand, class_minus_random_low=mr_low, class_minus_random_high=mr_high,
+                class_minus_other=cls - other, class_minus_other_low=mo_low, class_minus_other_high=mo_high,
+                specific=bool(mr_low > 0 and mo_low > 0), specificity=cls / rand if bounded else np.nan,
+                specificity_low=ratio_low, specificity_high=ratio_high)
 
 
 def lesion_test(model: "TransformerBridge", stimuli: Stimuli, key: KeyNeurons, site: str, k: int,
-                n_classes: int = 4, n_random: int = 3, seed: int = 0, batch_size: int = 16) -> pd.DataFrame:
+                n_classes: int = 4, n_random: int = 3, seed: int = 0, batch_size: int = 16,
+                n_boot: int = N_BOOT) -> pd.DataFrame:
     """Zero the ``k`` key neurons of each of the ``n_classes`` commonest classes in ``site`` (runs
     the model): loss change on predicted tokens of the class, of other classes, and of the class
-    after zeroing ``k`` random neurons of the site (mean of ``n_random`` draws). One row per class."""
+    after zeroing ``k`` random neurons of the site (mean of ``n_random`` draws). One row per class.
+
+    Columns: ``site``, ``cls``, ``k``, ``n_class`` (predicted tokens of the class),
+    ``class_effect``, ``other_effect``, ``random_effect`` (mean loss changes, nats) with the
+    random effect's 95% interval (``random_low``, ``random_high``); ``class_minus_random`` and
+    ``class_minus_other`` with theirs (``_low``, ``_high``); ``specific`` (both difference
+    intervals above zero); ``specificity`` (``class_effect / random_effect``, NaN unless the
+    random effect's interval lies above zero) with its interval (``specificity_low``,
+    ``specificity_high``). Every interval comes from one cluster bootstrap over sequences
+    (``n_boot`` draws); the random units' draw is not resampled.
+    """
     label = key.meta["label"]
+    n_boot = draws(n_boot, "n_boot", "resample")
     base = scored_rows(model, stimuli, "loss", batch_size=batch_size)
     classes = [c for c in key.n_samples.sort_values(ascending=False).index if c in set(base[label])][:n_classes]
     rng = np.random.default_rng(seed)
@@ -171,14 +195,7 @@ def lesion_test(model: "TransformerBridge", stimuli: Stimuli, key: KeyNeurons, s
         rows_c = base[label] == cls
         d = pd.DataFrame({"seq": base["seq"], "is_c": rows_c, "key": hit - base["value"],
                           "rand": pd.concat(rand, axis=1).mean(1) - base["value"]})
-        per_seq = d[d.is_c].groupby("seq")[["key", "rand"]].sum()
-        class_effect, other_effect = d.loc[d.is_c, "key"].mean(), d.loc[~d.is_c, "key"].mean()
-        random_effect = d.loc[d.is_c, "rand"].mean()
-        low, high = _cluster_ci(per_seq, rng)
-        rows.append(dict(site=site, cls=cls, k=len(units), n_class=int(rows_c.sum()), class_effect=class_effect,
-                         other_effect=other_effect, random_effect=random_effect,
-                         specificity=float(_specificity(class_effect, random_effect)),
-                         ci_low=low, ci_high=high))
+        rows.append(dict(site=site, cls=cls, k=len(units), n_class=int(rows_c.sum()), **_specificity(d, n_boot, rng)))
     return pd.DataFrame(rows)
 
 
@@ -240,7 +257,8 @@ def seed002(model: "TransformerBridge", *, stimuli: dict[str, tuple[Stimuli, Sti
         ``random_next`` (mean over draws), ``random_next_sd``, ``all_next``, the same ``_current``,
         ``n_key`` (the union's size), ``ambiguous_key_next`` / ``ambiguous_all_next`` and the same
         ``_current`` (accuracy on the tokens whose label is decoded that are ``ambiguous`` word
-        forms, when the stimuli mark them), ``lesion_specificity`` (median over classes).
+        forms, when the stimuli mark them), ``lesion_specific`` (classes whose key lesion is
+        specific, of ``lesion_classes`` tested: see :func:`lesion_test`).
     """
     layers, lesion_layers, ks = _check_args(model, layers, lesion_layers, ks, k, method, steps, top_frac,
                                             n_classes, n_random, folds, n_docs, seed, progress)
@@ -259,25 +277,27 @@ def seed002(model: "TransformerBridge", *, stimuli: dict[str, tuple[Stimuli, Sti
             for L, site in zip(layers, sites):
                 row: dict[str, Any] = dict(stimuli=name, layer=L)
                 for target in ("next", "current"):
-                    sets = {kk: _key_set(key, site, kk) for kk in ks}
-                    curve = decode_curve(rec, sets, label, target=target, folds=folds, n_random=n_random,
-                                         subset=subset, seed=seed, progress=False).df
+                    options = dict(target=target, folds=folds, n_random=n_random, subset=subset, seed=seed,
+                                   progress=False)
+                    curve = decode_curve(rec, {kk: _key_set(key, site, kk) for kk in ks}, label, **options).df
                     curves.append(curve.assign(stimuli=name, layer=L, target=target))
-                    head = decode(rec, _key_set(key, site, k), label, target=target, folds=folds,
-                                  n_random=n_random, n_permutations=0, subset=subset, seed=seed, progress=False)
+                    # the headline k: its row of the curve (each probe tunes its C, so none is fitted twice)
+                    at_k = (curve if k in ks else decode_curve(rec, {k: _key_set(key, site, k)}, label, **options).df)
+                    head = at_k[(at_k.k == k) & (at_k.condition == "units")].iloc[0]
+                    rand = at_k[(at_k.k == k) & (at_k.condition == "random")]
                     every = decode(rec, site, label, target=target, folds=folds, n_random=0, n_permutations=0,
                                    subset=subset, seed=seed, progress=False)
-                    row.update({f"key_{target}": head.meta["accuracy"], f"random_{target}": head.meta["random_accuracy"],
-                                f"random_{target}_sd": head.meta["random_sd"], f"all_{target}": every.meta["accuracy"]})
+                    row.update({f"key_{target}": head["accuracy"], f"random_{target}": rand["accuracy"].mean(),
+                                f"random_{target}_sd": rand["accuracy"].std(ddof=1), f"all_{target}": every.meta["accuracy"]})
                     if subset:
-                        row[f"ambiguous_key_{target}"] = head.meta["subset_accuracy"]
+                        row[f"ambiguous_key_{target}"] = head["subset_accuracy"]
                         row[f"ambiguous_all_{target}"] = every.meta["subset_accuracy"]
                     bar.update()
                 row["n_key"] = len(_key_set(key, site, k))
                 if L in lesion_layers:
                     part = lesion_test(model, test, key, site, k, n_classes, n_random=min(n_random, 3), seed=seed)
                     lesions.append(part.assign(stimuli=name, layer=L))
-                    row["lesion_specificity"] = float(part["specificity"].median())
+                    row["lesion_specific"], row["lesion_classes"] = int(part["specific"].sum()), len(part)
                     bar.update()
                 table.append(row)
     meta = dict(model=str(model.cfg.model_name), method=method, k=k, ks=ks, top_frac=top_frac, steps=steps,

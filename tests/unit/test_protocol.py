@@ -16,7 +16,6 @@ import inspect
 import pathlib
 
 import pytest
-import torch
 import xarray as xr
 
 import llmscope as ls

@@ -155,7 +155,7 @@ def test_select_errors_name_the_columns(saved):
         rec.select("pos + 1")
     with pytest.raises(RecordingError, match="boolean mask of 21 rows; got bool of shape \\(20,\\)"):
         rec.select(np.ones(20, bool))
-    first = 2
+    first = 2  # noqa: F841 (read by the query string)
     assert len(rec.select("pos >= @first")) == int((rec.tokens.pos >= 2).sum()) > 0  # @name: the caller's variable
 
 

@@ -13,7 +13,6 @@ import llmscope
 from llmscope.behaviour import evaluate, metric
 from llmscope.errors import AnalysisError, InterventionError, PromptError, SiteError
 from llmscope.interventions import gain, intervene, lesion
-from llmscope.widgets import wire
 from llmscope.widgets.ablation import GAIN_RANGE, GAIN_STEP, AblationPanel
 from llmscope.widgets.attention import AttentionMap
 from llmscope.widgets.raster import Raster

@@ -17,7 +17,7 @@ import torch
 
 import llmscope
 from llmscope.analysis.heads import localize_heads
-from llmscope.errors import AnalysisError, SiteError, WidgetError
+from llmscope.errors import AnalysisError, SiteError
 from llmscope.widgets import AttentionMap, attention, wire
 from tests.unit.widget_pages import ask, opened
 
