@@ -30,7 +30,7 @@ from llmscope.progress import progress_bar
 
 from llmscope.errors import ModelNotAvailable
 from llmscope.behaviour import next_token_loss
-from llmscope.organisms.grammar import PAD_ID, Grammar, predictable_repeats
+from llmscope.stimuli.toy_grammar import PAD_ID, Grammar, predictable_repeats
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
