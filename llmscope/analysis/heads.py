@@ -158,14 +158,15 @@ class HeadScores(Result):
                                 f"for it (induction and duplicate scores need repeated tokens).")
         return super().top(n, by, where, ascending)
 
-    def plot(self, score: str | None = None) -> "go.Figure":
-        """A layers x heads heatmap per score (or of one ``score``), the control in the hover."""
+    @renamed(score="by")
+    def plot(self, by: str | None = None) -> "go.Figure":
+        """A layers x heads heatmap per score (or of the one score ``by``), the control in the hover."""
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
-        if score is not None and score not in SCORES:
-            raise AnalysisError.Unknown(f"unknown head score {score!r}; choose one of {list(SCORES)} or None (all).")
-        names = list(SCORES) if score is None else [score]
+        if by is not None and by not in SCORES:
+            raise AnalysisError.Unknown(f"unknown head score {by!r}; choose one of {list(SCORES)} or None (all).")
+        names = list(SCORES) if by is None else [by]
         df = self.df
         layers = [f"attn.{L}" for L in sorted(df["layer"].unique())]
         heads = [str(h) for h in sorted(df["head"].unique())]
@@ -202,7 +203,7 @@ def localize_heads(model: "TransformerBridge", stimuli: Stimuli, *, batch_size: 
         attention on as many other causal keys of the same queries). All are fractions of
         attention in 0..1. ``meta``: ``model``, ``stimuli``, ``include_bos``, ``n_queries``
         (queries scored, per score). ``.top(n, by=score)`` gives the best heads as a unit table;
-        ``.plot(score=None)`` draws a layers x heads heatmap per score.
+        ``.plot(by=None)`` draws a layers x heads heatmap per score.
 
     Example:
         >>> heads = localize_heads(model, llmscope.stimuli.grammar(model, n_docs=8), progress=False)
@@ -375,4 +376,4 @@ def confirm_by_lesion(model: "TransformerBridge", stimuli: Stimuli, units: Units
     return LesionConfirmation(df, meta, data)
 
 
-__all__ = ["localize_heads", "confirm_by_lesion", "HeadScores", "LesionConfirmation", "old_top", "SCORES", "METRICS"]
+__all__ = ["localize_heads", "confirm_by_lesion", "HeadScores", "LesionConfirmation", "SCORES", "METRICS"]

@@ -511,7 +511,8 @@ class Attributions(Result):
         import plotly.graph_objects as go
 
         mean = self.data["score"].mean("sample").to_series().sort_values(ascending=False).head(count(n, "n"))
-        fig = go.Figure(go.Bar(x=mean.index, y=mean.to_numpy(), hovertemplate="%{x}<br>mean score %{y:.4g}<extra></extra>"))
+        fig = go.Figure(go.Bar(x=mean.index.tolist(), y=mean.tolist(),
+                               hovertemplate="%{x}<br>mean score %{y:.4g}<extra></extra>"))
         fig.update_xaxes(type="category", title_text="neuron")
         return fig.update_layout(title=f"{self.meta['method']} attribution to log p(actual next token), mean over "
                                        f"{self.meta['n_samples']} samples", yaxis_title="mean score")
@@ -808,4 +809,4 @@ def key_neurons(model: "TransformerBridge", stimuli: Stimuli, label: str = "pos_
     return KeyNeurons(df, meta, data)
 
 
-__all__ = ["key_neurons", "KeyNeurons", "attributions", "Attributions", "separated", "check_separation"]
+__all__ = ["key_neurons", "KeyNeurons", "attributions", "Attributions", "check_separation"]

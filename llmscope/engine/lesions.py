@@ -311,7 +311,7 @@ class Sums:
 # ---------------------------------------------------------------- running lesions
 
 
-def _buckets(lengths: np.ndarray, pass_tokens: int, slack: float) -> list[np.ndarray]:
+def buckets(lengths: np.ndarray, pass_tokens: int, slack: float) -> list[np.ndarray]:
     """Sequences in batches of similar length (each ``>= (1 - slack)`` of the batch's longest,
     at most ``pass_tokens`` padded tokens unless one sequence is longer), sorted within."""
     out, current, width = [], [], 0
@@ -537,7 +537,7 @@ def _run(model: "TransformerBridge", bat: Battery, lesions: list[Lesion], pass_t
     plans = []
     for group in sets.values():
         stim = group[0].stimuli
-        for seqs in _buckets(stim.lengths, pass_tokens, PAD_SLACK if stack else 1.0):
+        for seqs in buckets(stim.lengths, pass_tokens, PAD_SLACK if stack else 1.0):
             ids = stim.ids[torch.as_tensor(seqs), : int(stim.lengths[seqs].max())]
             plans.append((group, seqs, ids, max(1, pass_tokens // ids.numel()) if stack else 1))
     total = sum(1 + sum(-(-len(m) // k) for m in members.values()) for *_, k in plans)
@@ -591,4 +591,4 @@ def _run(model: "TransformerBridge", bat: Battery, lesions: list[Lesion], pass_t
 
 
 __all__ = ["Behaviour", "Battery", "Sums", "Lesion", "run", "random_sets", "same_sites", "check_battery",
-           "check_mode", "pass_tokens_of", "positive", "KINDS", "MIN_EFFECT", "MODES"]
+           "check_mode", "pass_tokens_of", "buckets", "positive", "KINDS", "MIN_EFFECT", "MODES", "PAD_SLACK"]

@@ -118,7 +118,7 @@ def test_plot_is_a_categorical_heatmap_per_score(scores):
     assert [t.type for t in fig.data] == ["heatmap"] * 3
     assert list(fig.data[0].y) == ["attn.0", "attn.1"] and list(fig.data[0].x) == ["0", "1", "2", "3"]
     assert all(ax.type == "category" for ax in (fig.layout.xaxis, fig.layout.yaxis, fig.layout.xaxis3))
-    one = scores.plot(score="induction")
+    one = scores.plot(by="induction")
     assert len(one.data) == 1 and one.data[0].z[1][0] == pytest.approx(scores.df.loc[("attn.1", 0), "induction"])
 
 
