@@ -27,7 +27,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from llmscope.behaviour import next_token_loss
 from llmscope.organisms.facts import attention_scores, failures, verify
-from llmscope.organisms.grammar import BOS_ID, PAD_ID, Grammar, predictable_repeats
+from llmscope.stimuli.toy_grammar import BOS_ID, PAD_ID, Grammar, predictable_repeats
 from llmscope.organisms.tokenizer import word_tokenizer
 
 HERE = Path(__file__).parent

@@ -32,19 +32,16 @@ from llmscope import checks
 from llmscope.checks import count
 from llmscope.stimuli.core import Stimuli, onsets
 from llmscope.stimuli.subwords import prefix_ids, single_token_id
+from llmscope.stimuli.toy_grammar import Grammar
 from llmscope.errors import PromptError
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
-    from llmscope.organisms.grammar import Grammar
-
 
 @lru_cache(maxsize=4)
-def _grammar(seed: int) -> "Grammar":
+def _grammar(seed: int) -> Grammar:
     """The grammar (built once per seed: its lexicon takes a few seconds)."""
-    from llmscope.organisms.grammar import Grammar
-
     return Grammar(seed=seed)
 
 

@@ -17,7 +17,7 @@ import torch
 
 import llmscope
 from llmscope.organisms import THRESHOLDS, Grammar, failures, read_card, verify
-from llmscope.organisms.grammar import TAGS
+from llmscope.stimuli.toy_grammar import TAGS
 
 NAME = "grammar-2l"
 FOLDER = Path(llmscope.organisms.__file__).parent / NAME

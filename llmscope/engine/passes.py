@@ -1,10 +1,10 @@
 """Partial forward passes of a TransformerLens bridge: start at a block, stop before the unembedding.
 
-Experiments that run the model many times (the lesion atlas, key-neuron attribution) spend most
-of a plain pass on work that cannot change: the blocks below the first one a lesion or an
-attribution touches, and the unembedding of rows nobody scores. These pieces let them skip
-it, exactly; each caller checks once, against a plain pass, that the shortcut reproduces it on
-its model, and falls back to plain passes where it does not.
+Experiments that run the model many times (lesions, key-neuron attribution) spend most of a
+plain pass on work that cannot change: the blocks below the first one a lesion or an attribution
+touches, and the unembedding of rows nobody scores. These pieces let them skip it, exactly;
+:mod:`llmscope.engine.routes` checks each once per model against a plain pass, and the engine
+takes the plain way where one does not reproduce it.
 
 * :func:`from_block` runs only blocks ``layer..`` (TransformerLens's ``start_at_layer`` swaps
   the given residual in, but the bridge still runs the blocks below it on the input);

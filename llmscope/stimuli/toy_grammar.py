@@ -1,4 +1,5 @@
-"""A seeded probabilistic grammar of a toy English, with gold labels on every token.
+"""A seeded probabilistic grammar of a toy English, with gold labels on every token: the
+language the organisms are trained on and the stimuli :func:`llmscope.stimuli.grammar` samples.
 
 Sentences have subject-verb number agreement across prepositional phrases and relative
 clauses, fronted phrases with a noun of their own ("near the trees the dog runs"), and
@@ -26,7 +27,7 @@ from itertools import accumulate
 import numpy as np
 import pandas as pd
 
-from llmscope.organisms import lexicon as lx
+from llmscope.stimuli import lexicon as lx
 
 # Universal POS tags (https://universaldependencies.org/u/pos/, the set spaCy uses), so an
 # analysis written on the organism runs unchanged on English; "BOS" marks `<bos>`. The classes
