@@ -76,13 +76,14 @@ import pandas as pd
 import torch
 
 from llmscope import identity
-from llmscope.analysis.atlas import PAD_SLACK, Battery, _buckets, _check_battery, lesion_atlas
+from llmscope.analysis.atlas import lesion_atlas
+from llmscope.engine.lesions import PAD_SLACK, Battery, buckets, check_battery
 from llmscope.analysis.key_neurons import constant_weights
 from llmscope.analysis.patching import _corrupt_run, patching
 from llmscope.behaviour import Metric, cross_entropy, metric_name, next_token_loss
 from llmscope.checks import choice, count, flag, seed as check_seed
 from llmscope.errors import AnalysisError
-from llmscope.passes import from_block, fused_activations, readout, run_from
+from llmscope.engine.passes import from_block, fused_activations, readout, run_from
 from llmscope.result import Result
 from llmscope.sites import Site, UnitsLike, resolve_units, sites as resolve_sites
 from llmscope.stimuli.core import Stimuli, as_stimuli
@@ -564,7 +565,7 @@ def screen(model: "TransformerBridge", battery: Battery, units: UnitsLike = None
     """
     from tqdm.auto import tqdm
 
-    bat = _check_battery(model, battery)
+    bat = check_battery(model, battery)
     bat = bat if behaviours is None else bat.select(behaviours)
     method, mode = choice(method, "method", METHODS), choice(mode, "lesion mode", MODES)
     if mode == "zero" and reference is not None:
@@ -580,7 +581,7 @@ def screen(model: "TransformerBridge", battery: Battery, units: UnitsLike = None
     for b in bat:
         sets.setdefault(id(b.stimuli), []).append(b)
     plans = [(group, seqs) for group in sets.values()
-             for seqs in _buckets(group[0].stimuli.lengths, pass_tokens, PAD_SLACK)]
+             for seqs in buckets(group[0].stimuli.lengths, pass_tokens, PAD_SLACK)]
     n_cells = sum(len(t.units) for t in targets)
     estimate = {b.name: np.zeros(n_cells) for b in bat}
     score = {b.name: np.zeros(n_cells) for b in bat}
@@ -718,7 +719,7 @@ def confirm(model: "TransformerBridge", battery: Battery, screened: ScreenResult
     identity.check(identity.Fingerprint.from_dict(screened.meta.get("fingerprint")), model, "the screen", "weights",
                    AnalysisError, "Screen this model first: screen(model, battery, ...).")
     names = list(screened.behaviours.index)
-    bat = _check_battery(model, battery).select(names)
+    bat = check_battery(model, battery).select(names)
     k = count(k, "k", maximum=len(screened.df))
     n_sample, seed = count(n_sample, "n_sample", minimum=0), check_seed(seed)
     tops = {b: screened.top(k, b).index for b in names}
@@ -925,7 +926,7 @@ def patching_screen(model: "TransformerBridge", clean: Stimuli, corrupt: Stimuli
     est, gd = np.zeros(n_cells), np.zeros(n_cells)
     totals = {"clean": [0.0, 0], "corrupt": [0.0, 0]}
     read = readout(model)
-    batches = _buckets(target.lengths, pass_tokens, PAD_SLACK)
+    batches = buckets(target.lengths, pass_tokens, PAD_SLACK)
     with tqdm(total=len(batches), desc=f"{method} patching screen", unit="pass", disable=not progress,
               leave=False) as bar:
         for seqs in batches:
