@@ -20,14 +20,15 @@ Shared rules live in :mod:`~llmscope.stimuli.trials` (which rows and labels take
 :mod:`~llmscope.analysis.responses` (one number per unit and token, in blocks; units of a recording).
 """
 
-from llmscope.analysis.atlas import AtlasResult, Battery, battery, lesion_atlas
+from llmscope.analysis.atlas import AtlasResult, Battery, LesionTest, battery, lesion_atlas, lesion_test
+from llmscope.analysis.attribution import ConfirmResult, PatchingConfirmation, PatchingScreen, ScreenResult
 from llmscope.analysis.correlates import CorrelatesResult, behaviour_correlates
 from llmscope.analysis.decoding import DecodingResult, decode, decode_curve
 from llmscope.analysis.effect import EffectResult, effect
 from llmscope.analysis.examples import ExamplesResult, top_examples
 from llmscope.analysis.geometry import CKAResult, PCAResult, RDMResult, RSAResult, cka, pca, rdm, rsa
-from llmscope.analysis.heads import HeadScores, confirm_by_lesion, localize_heads
-from llmscope.analysis.key_neurons import KeyNeurons, key_neurons
+from llmscope.analysis.heads import HeadScores, LesionConfirmation, confirm_by_lesion, localize_heads
+from llmscope.analysis.key_neurons import Attributions, KeyNeurons, attributions, key_neurons
 from llmscope.analysis.lens import LensResult, Surprise, logit_lens, surprise
 from llmscope.analysis.lfp import (EventAverageResult, FieldPotential, GrangerResult, SpectrumResult, event_average,
                                    field_potential, granger, lfp_spectrum)
@@ -43,10 +44,12 @@ __all__ = [
     "field_potential", "lfp_spectrum", "event_average", "granger",
     # experiments (they run the model)
     "effect", "patching", "battery", "Battery", "lesion_atlas", "localize_heads", "confirm_by_lesion",
-    "behaviour_correlates", "logit_lens", "surprise", "key_neurons",
+    "behaviour_correlates", "logit_lens", "surprise", "key_neurons", "attributions", "lesion_test",
     # what they return
     "TuningResult", "ExamplesResult", "Spikes", "PSTHResult", "DecodingResult", "PCAResult", "RDMResult",
     "RSAResult", "CKAResult", "SparsityResult", "FieldPotential", "SpectrumResult", "EventAverageResult",
     "GrangerResult", "EffectResult", "PatchingResult", "AtlasResult", "HeadScores", "CorrelatesResult",
     "LensResult", "Surprise", "KeyNeurons", "MetricResult", "EvaluationResult", "TokenLossResult",
+    "LesionConfirmation", "LesionTest", "Attributions", "ScreenResult", "ConfirmResult", "PatchingScreen",
+    "PatchingConfirmation",
 ]

@@ -351,8 +351,16 @@ def lesion_atlas(model: "TransformerBridge", battery: Battery, units: UnitsLike 
                  n_sample: int | None = None, n_controls: int = 20, mode: str = "zero", reference: Any = None,
                  behaviours: Sequence[str] | None = None, min_effect: float | Mapping[str, float] | None = None,
                  n_boot: int = 1000, seed: int = 0, stack: bool = True, pass_tokens: int | None = None,
-                 progress: bool = True) -> AtlasResult:
+                 screen: str | None = None, confirm: int | None = None, progress: bool = True) -> AtlasResult:
     """Lesion every unit (or group) of ``units`` and measure every behaviour (runs the model).
+
+    On a big model, ``screen="atp"`` (or ``"atp*"``) first estimates every unit's harm from
+    gradients (:func:`~llmscope.analysis.attribution.screen`; default units: every neuron and
+    head), then lesions exactly only the top ``confirm`` units of each behaviour (default 10)
+    and ``n_sample`` units drawn from the rest (default 100), stacked, with the ``n_controls``
+    random groups as here; it returns the
+    :class:`~llmscope.analysis.attribution.ConfirmResult`: estimates beside exact harms, the
+    screen's Spearman correlation and false-negative bound per behaviour, and ``.atlas``.
 
     Args:
         model: the model (left unchanged: every hook is removed on exit, even on error).
@@ -370,6 +378,8 @@ def lesion_atlas(model: "TransformerBridge", battery: Battery, units: UnitsLike 
         stack: stack lesions in one forward pass (exact); False runs one forward per lesion and
             batch through ``lesion()``: slower, the reference the stacked passes are checked against.
         pass_tokens: tokens per forward pass (default: logits within 128 MB).
+        screen: ``None`` (lesion every unit exactly), ``"atp"`` or ``"atp*"`` (screen, then confirm).
+        confirm: units confirmed exactly per behaviour after a screen.
 
     Returns:
         :class:`AtlasResult` (its docstring lists the columns).
@@ -380,6 +390,14 @@ def lesion_atlas(model: "TransformerBridge", battery: Battery, units: UnitsLike 
         >>> atlas.df[["class", "group_size"]].values.tolist()
         [['some', 1]]
     """
+    if screen is not None:
+        return _screened(model, battery, units, screen, confirm, group_size=group_size, n_sample=n_sample,
+                         n_controls=n_controls, mode=mode, reference=reference, behaviours=behaviours,
+                         min_effect=min_effect, n_boot=n_boot, seed=seed, stack=stack, pass_tokens=pass_tokens,
+                         progress=progress)
+    if confirm is not None:
+        raise AnalysisError(f"confirm={confirm!r} confirms a screen's top units; pass screen='atp' or 'atp*' too "
+                            "(or leave confirm out to lesion every unit exactly).")
     bat = check_battery(model, battery)
     bat = bat if behaviours is None else bat.select(behaviours)
     resolved = resolve_units(model, units if units is not None else [(f"attn.{L}", None) for L in range(model.cfg.n_layers)])
@@ -409,6 +427,21 @@ def lesion_atlas(model: "TransformerBridge", battery: Battery, units: UnitsLike 
                 n_controls=n_controls, n_boot=n_boot, seed=seed, stacked=stack, pass_tokens=pass_tokens,
                 criterion="harm >= min_effect and the 95% cluster-bootstrap interval of harm above 0")
     return AtlasResult(df, meta, _data(bat, values, df, controls, effects))
+
+
+def _screened(model: "TransformerBridge", battery: Battery, units: UnitsLike, method: str, k: int | None, *,
+              group_size: int, stack: bool, behaviours: Sequence[str] | None, mode: str, reference: Any,
+              pass_tokens: int | None, progress: bool, **confirming: Any) -> Any:
+    """``lesion_atlas(screen=..., confirm=k)``: the attribution screen, then its exact confirmation."""
+    from llmscope.analysis.attribution import confirm, screen
+
+    if group_size != 1 or stack is not True:
+        raise AnalysisError(f"a screen ranks single units and is confirmed by stacked lesions; use group_size=1 and "
+                            f"stack=True with screen= (got group_size={group_size!r}, stack={stack!r}).")
+    screened = screen(model, battery, units, method=method, mode=mode, reference=reference, behaviours=behaviours,
+                      pass_tokens=pass_tokens, progress=progress)
+    return confirm(model, battery, screened, 10 if k is None else k, pass_tokens=pass_tokens, progress=progress,
+                   **confirming)
 
 
 # ---------------------------------------------------------------- the lesion test

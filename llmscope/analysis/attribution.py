@@ -62,14 +62,14 @@ the sample by estimate; we draw one uniform stratum.
 Example:
     >>> bat = battery(model, n_docs=4, n_pairs=16, seed=0)
     >>> s = screen(model, bat, "attn.1", method="atp*", progress=False)
-    >>> s.top(1, behaviour="copying").index.tolist(), s.meta["approximate"]
+    >>> s.top(1, by="copying").index.tolist(), s.meta["approximate"]
     ([('attn.1', 0)], True)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -84,12 +84,15 @@ from llmscope.behaviour import Metric, cross_entropy, metric_name, next_token_lo
 from llmscope.checks import choice, count, flag, seed as check_seed
 from llmscope.errors import AnalysisError
 from llmscope.engine.passes import from_block, fused_activations, readout, run_from
+from llmscope.progress import progress_bar
 from llmscope.result import Result
+from llmscope.vocabulary import renamed
 from llmscope.sites import Site, UnitsLike, resolve_units, sites as resolve_sites
 from llmscope.stimuli.core import Stimuli, as_stimuli
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
+    import xarray as xr
     from transformer_lens.model_bridge import TransformerBridge
 
 METHODS = ("atp", "atp*")
@@ -98,6 +101,7 @@ PASS_TOKENS = 1024  # tokens per forward+backward pass: SmolLM2's graph holds ~1
 QK_BYTES = 2 ** 28  # attention patterns held by one stacked QK-fix pass
 QK_TOKENS = 65536  # tokens of one stacked QK-fix pass
 CONFIDENCE = 0.95  # of the false-negative bound
+FN_SAMPLE = 100  # unconfirmed units lesioned exactly for the false-negative bound, by default
 
 
 # ---------------------------------------------------------------- the engine
@@ -452,7 +456,13 @@ def _lesion_targets(model: "TransformerBridge", resolved: list[tuple[Site, np.nd
     return targets
 
 
-@dataclass(repr=False, eq=False)
+def _per_behaviour(table: pd.DataFrame) -> "xr.Dataset":
+    """A per-behaviour table as a Dataset on the ``behaviour`` dimension (what ``.data`` holds)."""
+    import xarray as xr
+
+    return xr.Dataset.from_dataframe(table.rename_axis("behaviour"))
+
+
 class ScreenResult(Result):
     """What :func:`screen` returns: estimates, not measurements (``meta["approximate"]`` is True).
 
@@ -462,79 +472,88 @@ class ScreenResult(Result):
     estimate_<b>    the estimated harm to behaviour b of lesioning the unit (nats of loss;
                     logits of mean logit difference for an accuracy), signed as the atlas's
                     ``harm_<b>``: AtP, with the QK fix for AtP*
-    score_<b>       what ranks the units: ``|estimate|`` for AtP, GradDrop for AtP*
+    score_<b>       what ranks the units for b: ``|estimate|`` for AtP, GradDrop for AtP*
     rank_<b>        1 = the highest score for b
+    score           the unit's largest ``score_<b>`` as a share of that behaviour's largest
+                    (1: first for some behaviour); what ``top()`` ranks by by default
     ==============  ======================================================================
 
-    Attributes:
-        behaviours: one row per behaviour: ``kind``, ``stimuli``, ``n_rows``, ``baseline`` (the
-            intact value: mean loss, or fraction of pairs right), ``estimate_unit``.
-        reference: the mean-lesion reference (None for zero lesions), for :func:`confirm`.
+    ``.data``: one row per behaviour (dimension ``behaviour``): ``kind``, ``stimuli``,
+    ``n_rows``, ``n_seqs``, ``baseline`` (the intact value: mean loss, or fraction of pairs
+    right), ``min_effect``, ``estimate_unit``; :attr:`behaviours` shows it as a table.
+    ``reference``: the mean-lesion reference (None for zero lesions), for :func:`confirm`.
 
     ``.meta``: ``model``, ``method``, ``mode``, ``approximate``, ``behaviours``, ``n_units``,
     ``sites``, ``score`` (in words), ``backward_passes`` (per behaviour and batch; GradDrop's run
-    from their block down), ``fingerprint``. ``.top(n, behaviour)`` gives a unit table for
+    from their block down), ``fingerprint``. ``.top(n, by=behaviour)`` gives a unit table for
     ``lesion``, the atlas and the widgets; ``.heads(behaviour)`` the per-head grid for an
     AttentionMap.
     """
 
-    behaviours: pd.DataFrame = field(default_factory=pd.DataFrame)
-    reference: Any = field(default=None, repr=False)
+    kind: ClassVar[str] = "screen"
+    rank_by: ClassVar[str | None] = "score"
+    reference: Any = None
+
+    @property
+    def behaviours(self) -> pd.DataFrame:
+        """One row per behaviour (the battery's, with its intact value)."""
+        return self.data.to_dataframe()
 
     def _behaviour(self, behaviour: str | None) -> str:
-        names = list(self.behaviours.index)
+        names = list(self.data["behaviour"].values)
         if behaviour is None and len(names) == 1:
             return names[0]
         if not isinstance(behaviour, str) or behaviour not in names:
             raise AnalysisError.Unknown(f"the screen has no behaviour {behaviour!r}; name one of {names}.")
         return behaviour
 
-    def top(self, n: int = 10, behaviour: str | None = None) -> pd.DataFrame:
-        """The ``n`` highest-scoring units for ``behaviour`` (optional when there is one), indexed
-        by ``(site, unit)``: ready for ``lesion()``, ``lesion_atlas(units=...)`` or a widget.
+    def top(self, n: int = 10, by: str | None = None, where: str | None = None,
+            ascending: bool = False) -> pd.DataFrame:
+        """The ``n`` highest-scoring units, indexed by ``(site, unit)``: ready for ``lesion()``,
+        ``lesion_atlas(units=...)`` or a widget. ``by`` is a behaviour's name (its ``score_<b>``)
+        or a column (default ``score``: first for any behaviour).
 
         Example:
             >>> s = screen(model, battery(model, n_docs=2, n_pairs=8), "attn.0", progress=False)
-            >>> with intervene(model, lesion(s.top(2, "copying"))):
+            >>> with intervene(model, lesion(s.top(2, by="copying"))):
             ...     logits = model(stim.ids)
         """
-        b = self._behaviour(behaviour)
-        out = self.df.sort_values(f"score_{b}", ascending=False, kind="stable").head(count(n, "n"))
-        out.attrs["fingerprint"] = self.meta.get("fingerprint")
-        return out
+        names = list(self.data["behaviour"].values)
+        return super().top(n, f"score_{by}" if by in names else by, where, ascending)
 
-    def heads(self, behaviour: str | None = None, column: str = "score") -> pd.DataFrame:
-        """``[attn.L x head]``: one number per screened head for ``behaviour`` (``column`` is
+    def heads(self, behaviour: str | None = None, measure: str = "score") -> pd.DataFrame:
+        """``[attn.L x head]``: one number per screened head for ``behaviour`` (``measure`` is
         ``"score"`` or ``"estimate"``), NaN where a head was not screened; ``.to_numpy()`` is the
         ``[layers, heads]`` grid an AttentionMap colours its thumbnails by."""
         b = self._behaviour(behaviour)
-        choice(column, "column", ("score", "estimate"))
+        choice(measure, "measure", ("score", "estimate"))
         layers, n_heads = self.meta["n_layers"], self.meta["n_heads"]
         grid = pd.DataFrame(np.nan, index=pd.Index([f"attn.{L}" for L in range(layers)], name="site"),
                             columns=pd.Index(range(n_heads), name="head"))
         heads = self.df[self.df.index.get_level_values(0).str.startswith("attn.")]
-        for (s, u), value in heads[f"{column}_{b}"].items():
+        for (s, u), value in heads[f"{measure}_{b}"].items():
             grid.loc[s, u] = value
         return grid
 
+    def plot(self, n: int = 40) -> "go.Figure":
+        """The ``n`` units scoring highest for any behaviour: score (a share of each behaviour's
+        largest) per unit x behaviour, the estimate in the hover."""
+        import plotly.graph_objects as go
 
-def _plot_screen(result: ScreenResult, n: int = 40) -> "go.Figure":
-    import plotly.graph_objects as go
-
-    names = list(result.behaviours.index)
-    score = result.df[[f"score_{b}" for b in names]].to_numpy()
-    scale = np.where(score.max(0) > 0, score.max(0), 1.0)
-    order = np.argsort(-(score / scale).max(1), kind="stable")[:count(n, "n")]
-    rows = result.df.iloc[order]
-    estimate = rows[[f"estimate_{b}" for b in names]].to_numpy()
-    fig = go.Figure(go.Heatmap(
-        z=score[order] / scale, x=names, y=[f"{s}:{u}" for s, u in rows.index], customdata=estimate,
-        zmin=0, zmax=1, colorscale="Viridis", colorbar=dict(title="score /<br>largest"),
-        hovertemplate="%{y} | %{x}<br>estimate %{customdata:.3g}<br>score %{z:.2f} of the largest<extra></extra>"))
-    fig.update_yaxes(type="category", autorange="reversed")
-    return fig.update_layout(
-        title=f"{result.meta['method'].upper()} estimate ({result.meta['mode']} lesions): {len(rows)} highest "
-              f"scores of {len(result.df)} units", xaxis_type="category", height=240 + 14 * len(rows))
+        names = list(self.data["behaviour"].values)
+        score = self.df[[f"score_{b}" for b in names]].to_numpy()
+        scale = np.where(score.max(0) > 0, score.max(0), 1.0)
+        order = np.argsort(-(score / scale).max(1), kind="stable")[:count(n, "n")]
+        rows = self.df.iloc[order]
+        estimate = rows[[f"estimate_{b}" for b in names]].to_numpy()
+        fig = go.Figure(go.Heatmap(
+            z=score[order] / scale, x=names, y=[f"{s}:{u}" for s, u in rows.index], customdata=estimate,
+            zmin=0, zmax=1, colorscale="Viridis", colorbar=dict(title="score /<br>largest"),
+            hovertemplate="%{y} | %{x}<br>estimate %{customdata:.3g}<br>score %{z:.2f} of the largest<extra></extra>"))
+        fig.update_yaxes(type="category", autorange="reversed")
+        return fig.update_layout(
+            title=f"{self.meta['method'].upper()} estimate ({self.meta['mode']} lesions): {len(rows)} highest "
+                  f"scores of {len(self.df)} units", xaxis_type="category", height=240 + 14 * len(rows))
 
 
 def screen(model: "TransformerBridge", battery: Battery, units: UnitsLike = None, *, method: str = "atp",
@@ -563,8 +582,6 @@ def screen(model: "TransformerBridge", battery: Battery, units: UnitsLike = None
         >>> s.df.columns[:3].tolist()
         ['estimate_loss_ADJ', 'estimate_loss_ADP', 'estimate_loss_ADV']
     """
-    from tqdm.auto import tqdm
-
     bat = check_battery(model, battery)
     bat = bat if behaviours is None else bat.select(behaviours)
     method, mode = choice(method, "method", METHODS), choice(mode, "lesion mode", MODES)
@@ -587,7 +604,7 @@ def screen(model: "TransformerBridge", battery: Battery, units: UnitsLike = None
     score = {b.name: np.zeros(n_cells) for b in bat}
     intact = {b.name: 0.0 for b in bat}
     read = readout(model)
-    with tqdm(total=len(plans), desc=f"{method} screen", unit="pass", disable=not progress, leave=False) as bar:
+    with progress_bar(total=len(plans), desc=f"{method} screen", unit="pass", show=progress, leave=False) as bar:
         for group, seqs in plans:
             stim = group[0].stimuli
             ids = stim.ids[torch.as_tensor(seqs), : int(stim.lengths[seqs].max())]
@@ -608,6 +625,8 @@ def screen(model: "TransformerBridge", battery: Battery, units: UnitsLike = None
             else:
                 columns[f"rank_{b.name}"] = pd.Series(columns[f"score_{b.name}"]).rank(
                     ascending=False, method="min").astype(int).to_numpy()
+    scores = np.stack([columns[f"score_{b.name}"] for b in bat], 1)
+    columns["score"] = (scores / np.where(scores.max(0) > 0, scores.max(0), 1.0)).max(1)
     table = bat.table().drop(columns="description")
     table.insert(3, "baseline", [intact[b.name] / b.rows.sum() for b in bat])
     table["estimate_unit"] = ["nats" if b.kind == "loss" else "logit difference" for b in bat]
@@ -616,8 +635,9 @@ def screen(model: "TransformerBridge", battery: Battery, units: UnitsLike = None
                 score="|estimate|" if not star else "GradDrop: mean over sequences of sum_l |I_l| / (L - 1)",
                 backward_passes=1 + (n_layers - 1 - min(t.site.layer for t in targets) if star else 0),
                 pass_tokens=pass_tokens, fingerprint=identity.fingerprint(model).to_dict())
-    return ScreenResult(pd.DataFrame(columns, index=index), kind="attribution screen", meta=meta,
-                        plotter=_plot_screen, behaviours=table, reference=reference if mode == "mean" else None)
+    out = ScreenResult(pd.DataFrame(columns, index=index), meta, _per_behaviour(table))
+    out.reference = reference if mode == "mean" else None
+    return out
 
 
 # ---------------------------------------------------------------- confirmation
@@ -640,91 +660,97 @@ def false_negative_bound(n_break: int, n_sample: int, n_pool: int, confidence: f
     return fraction * n_pool
 
 
-@dataclass(repr=False, eq=False)
-class ConfirmResult(Result):
-    """What :func:`confirm` returns: the screen with exact lesions beside it.
+class ConfirmResult(ScreenResult):
+    """What :func:`confirm` (and ``lesion_atlas(screen=..., confirm=k)``) returns: the screen
+    with exact lesions beside it.
 
     ``.df``, one row per screened unit indexed by ``(site, unit)``: the screen's
-    ``estimate_<b>``, ``score_<b>``, ``rank_<b>``; ``exact`` (lesioned exactly), ``why``
-    (``"top"``: in some behaviour's top k; ``"sample"``: in the random sample; ``""``), and
-    for the exact units the atlas's ``harm_<b>`` and ``breaks_<b>`` (NaN / NA elsewhere).
+    ``estimate_<b>``, ``score_<b>``, ``rank_<b>``, ``score``; ``exact`` (lesioned exactly),
+    ``why`` (``"top"``: in some behaviour's top k; ``"sample"``: in the random sample; ``""``),
+    and for the exact units the atlas's ``harm_<b>`` and ``breaks_<b>`` (NaN / NA elsewhere).
 
-    Attributes:
-        behaviours: one row per behaviour: ``k``, ``breakers_top`` (of the top k, how many
-            break it exactly), ``spearman`` (estimate against exact harm over the lesioned
-            units) and ``n_exact``, ``sample_breakers`` (of the sample), ``fn_bound`` (at most
-            this many unconfirmed units break it, at 95%: :func:`false_negative_bound`),
-            ``sample_max_harm``, ``min_effect``.
-        atlas: the :class:`~llmscope.analysis.atlas.AtlasResult` of the exact lesions (its
-            ``controls`` are the random groups).
+    ``.data`` (dimension ``behaviour``; :attr:`behaviours` as a table): ``k``, ``breakers_top``
+    (of the top k, how many break it exactly), ``spearman`` (estimate against exact harm over the
+    lesioned units) and ``n_exact``, ``sample_breakers`` (of the sample), ``fn_bound`` (at most
+    this many unconfirmed units break it, at 95%: :func:`false_negative_bound`),
+    ``sample_max_harm``, ``min_effect``. ``atlas``: the
+    :class:`~llmscope.analysis.atlas.AtlasResult` of the exact lesions (its controls are the
+    random groups).
     """
 
-    behaviours: pd.DataFrame = field(default_factory=pd.DataFrame)
-    atlas: Any = field(default=None, repr=False)
+    kind: ClassVar[str] = "confirm"
+    atlas: Any = None
+
+    def plot(self) -> "go.Figure":
+        """Estimate (x) against exact harm (y) of every lesioned unit, one panel per behaviour:
+        the top units filled, the random sample open, the breaking threshold dotted."""
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+
+        quality = self.behaviours
+        names = list(quality.index)
+        cols = min(3, len(names))
+        rows = -(-len(names) // cols)
+        fig = make_subplots(rows=rows, cols=cols, subplot_titles=[
+            f"{b} (rho {quality.loc[b, 'spearman']:.2f})" for b in names])
+        exact = self.df[self.df["exact"]]
+        for i, b in enumerate(names):
+            r, c = divmod(i, cols)
+            for why, symbol in (("top", "circle"), ("sample", "circle-open")):
+                part = exact[exact["why"] == why]
+                fig.add_trace(go.Scatter(
+                    x=part[f"estimate_{b}"].tolist(), y=part[f"harm_{b}"].tolist(), mode="markers",
+                    name=f"{why} (exact)", marker=dict(symbol=symbol, color="crimson" if why == "top" else "grey"),
+                    showlegend=i == 0, text=[f"{s}:{u}" for s, u in part.index],
+                    hovertemplate="%{text}<br>estimate %{x:.3g}<br>exact harm %{y:.3g}<extra></extra>"),
+                    row=r + 1, col=c + 1)
+            fig.add_hline(y=quality.loc[b, "min_effect"], line_dash="dot", line_color="grey", row=r + 1, col=c + 1)
+        return fig.update_layout(title=f"{self.meta['method'].upper()} estimate (x) against exact lesion harm (y): "
+                                       f"top {self.meta['k']} per behaviour and {self.meta['n_sample']} random units",
+                                 height=260 * rows + 120)
 
 
-def _plot_confirm(result: ConfirmResult) -> "go.Figure":
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    names = list(result.behaviours.index)
-    cols = min(3, len(names))
-    rows = -(-len(names) // cols)
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[
-        f"{b} (rho {result.behaviours.loc[b, 'spearman']:.2f})" for b in names])
-    exact = result.df[result.df["exact"]]
-    for i, b in enumerate(names):
-        r, c = divmod(i, cols)
-        for why, symbol in (("top", "circle"), ("sample", "circle-open")):
-            part = exact[exact["why"].str.contains(why)]
-            fig.add_trace(go.Scatter(
-                x=part[f"estimate_{b}"], y=part[f"harm_{b}"], mode="markers", name=f"{why} (exact)",
-                marker=dict(symbol=symbol, color="crimson" if why == "top" else "grey"), showlegend=i == 0,
-                text=[f"{s}:{u}" for s, u in part.index],
-                hovertemplate="%{text}<br>estimate %{x:.3g}<br>exact harm %{y:.3g}<extra></extra>"), row=r + 1, col=c + 1)
-        fig.add_hline(y=result.behaviours.loc[b, "min_effect"], line_dash="dot", line_color="grey", row=r + 1, col=c + 1)
-    return fig.update_layout(title=f"{result.meta['method'].upper()} estimate (x) against exact lesion harm (y): "
-                                   f"top {result.meta['k']} per behaviour and {result.meta['n_sample']} random units",
-                             height=260 * rows + 120)
-
-
-def confirm(model: "TransformerBridge", battery: Battery, screened: ScreenResult, k: int = 10, *, n_sample: int = 100,
-            n_random: int = 20, n_boot: int = 1000, seed: int = 0, pass_tokens: int | None = None,
-            progress: bool = True) -> ConfirmResult:
+@renamed(screened="result", n_random="n_controls")
+def confirm(model: "TransformerBridge", battery: Battery, result: ScreenResult, k: int = 10, *,
+            n_sample: int | None = None, n_controls: int = 20, min_effect: float | Mapping[str, float] | None = None,
+            n_boot: int = 1000, seed: int = 0, pass_tokens: int | None = None, progress: bool = True) -> ConfirmResult:
     """Lesion exactly the top ``k`` units of every behaviour of ``screened`` and ``n_sample``
     units drawn uniformly from the others, in one stacked
-    :func:`~llmscope.analysis.atlas.lesion_atlas` run (with its ``n_random`` random groups), and
+    :func:`~llmscope.analysis.atlas.lesion_atlas` run (with its ``n_controls`` random groups), and
     report the screen's quality (runs the model).
 
     Args:
         model: the model the screen was made on (checked).
         battery: a battery holding the screen's behaviours (the same stimuli).
-        screened: a :class:`ScreenResult`; its mode and reference are reused.
+        result: the :class:`ScreenResult` of :func:`screen`; its mode and reference are reused.
         k: units confirmed per behaviour (their union is lesioned once).
         n_sample: the uniform random sample of unconfirmed units behind the false-negative
-            bound (0: no bound).
+            bound (0: no bound; None: :data:`FN_SAMPLE`, or every unconfirmed unit when fewer).
+        n_controls, min_effect, n_boot, seed, pass_tokens: as for the atlas.
 
     Returns:
         :class:`ConfirmResult`.
 
     Example:
         >>> bat = battery(model, n_docs=4, n_pairs=8, behaviours=["copying"])
-        >>> c = confirm(model, bat, screen(model, bat, "attn.1", progress=False), k=1, n_sample=2, n_random=2,
+        >>> c = confirm(model, bat, screen(model, bat, "attn.1", progress=False), k=1, n_sample=2, n_controls=2,
         ...             progress=False)
         >>> c.df.loc[c.df["exact"], "why"].tolist(), c.meta["approximate"]
         (['top', 'sample', 'sample'], False)
     """
-    if not isinstance(screened, ScreenResult):
+    screened = result
+    if not isinstance(screened, ScreenResult) or isinstance(screened, ConfirmResult):
         raise AnalysisError.Type(f"confirm takes the ScreenResult of screen(...), got {type(screened).__name__}.")
     identity.check(identity.Fingerprint.from_dict(screened.meta.get("fingerprint")), model, "the screen", "weights",
                    AnalysisError, "Screen this model first: screen(model, battery, ...).")
     names = list(screened.behaviours.index)
     bat = check_battery(model, battery).select(names)
     k = count(k, "k", maximum=len(screened.df))
-    n_sample, seed = count(n_sample, "n_sample", minimum=0), check_seed(seed)
-    tops = {b: screened.top(k, b).index for b in names}
+    seed = check_seed(seed)
+    tops = {b: screened.top(k, by=b).index for b in names}
     union = pd.Index(list(dict.fromkeys(u for b in names for u in tops[b])))
     pool = screened.df.index.difference(union, sort=False)
+    n_sample = min(FN_SAMPLE, len(pool)) if n_sample is None else count(n_sample, "n_sample", minimum=0)
     if n_sample > len(pool):
         raise AnalysisError.Range(f"n_sample={n_sample} exceeds the {len(pool)} unconfirmed units; use n_sample <= "
                                   f"{len(pool)}.")
@@ -732,7 +758,7 @@ def confirm(model: "TransformerBridge", battery: Battery, screened: ScreenResult
     lesioned = union.append(sample)
     extra = {} if screened.meta["mode"] == "zero" else dict(mode="mean", reference=screened.reference)
     atlas = lesion_atlas(model, bat, pd.MultiIndex.from_tuples(list(lesioned), names=["site", "unit"]),
-                         n_random=n_random, n_boot=n_boot, seed=seed,
+                         n_controls=n_controls, min_effect=min_effect, n_boot=n_boot, seed=seed,
                          pass_tokens=pass_tokens, progress=progress, **extra)
     df = screened.df.copy()
     df["exact"] = df.index.isin(lesioned)
@@ -754,10 +780,11 @@ def confirm(model: "TransformerBridge", battery: Battery, screened: ScreenResult
                             sample_max_harm=float(drawn[f"harm_{b}"].max()) if n_sample else float("nan"),
                             min_effect=float(atlas.behaviours.loc[b, "min_effect"])))
     meta = {**screened.meta, "approximate": False, "k": k, "n_sample": n_sample, "n_pool": len(pool),
-            "n_random": n_random, "seed": seed, "n_lesioned": len(lesioned),
+            "n_controls": n_controls, "seed": seed, "n_lesioned": len(lesioned),
             "bound": f"one-sided {CONFIDENCE:.0%} Clopper-Pearson on a uniform sample of unconfirmed units"}
-    return ConfirmResult(df, kind="attribution confirmed", meta=meta, plotter=_plot_confirm,
-                         behaviours=pd.DataFrame(quality, index=pd.Index(names, name="behaviour")), atlas=atlas)
+    out = ConfirmResult(df, meta, _per_behaviour(pd.DataFrame(quality, index=pd.Index(names, name="behaviour"))))
+    out.reference, out.atlas = screened.reference, atlas
+    return out
 
 
 # ---------------------------------------------------------------- patching
@@ -790,10 +817,10 @@ def _differentiable(metric: Metric) -> Callable[[torch.Tensor, Stimuli], torch.T
         return per_row(next_token_loss(logits, stimuli.ids[:, :logits.shape[1]]), stimuli)
 
     def logit_diff(logits: torch.Tensor, stimuli: Stimuli, good: str = "good_id", bad: str = "bad_id",
-                   at: str = "is_target") -> torch.Tensor:
-        behaviour.check_logit_diff(stimuli, good, bad, at, logits.shape[-1])
+                   where: str = "is_target") -> torch.Tensor:
+        behaviour.check_logit_diff(stimuli, good, bad, where, logits.shape[-1])
         t = stimuli.tokens
-        rows = t[at].astype("boolean").fillna(False).to_numpy(dtype=bool)
+        rows = t[where].astype("boolean").fillna(False).to_numpy(dtype=bool)
         seq, pos, g, w = (torch.tensor(t.loc[rows, c].to_numpy(dtype=np.int64)) for c in ("seq", "pos", good, bad))
         out = torch.full((len(t),), float("nan"))
         out[torch.as_tensor(np.flatnonzero(rows))] = (logits[seq, pos, g] - logits[seq, pos, w]).float()
@@ -834,10 +861,9 @@ def _mean(values: torch.Tensor) -> tuple[torch.Tensor, int]:
     return values[ok].sum(), int(ok.sum())
 
 
-@dataclass(repr=False, eq=False)
 class PatchingScreen(Result):
-    """What :func:`patching_screen` returns: the patching map estimated
-    (``meta["approximate"]`` is True).
+    """What :func:`patching_screen` (and ``patching(method="atp")``) returns: the patching map
+    estimated (``meta["approximate"]`` is True).
 
     ``.df``: ``site``, ``layer``, ``head`` (-1 = the whole site), ``pos``, ``text`` as
     :func:`~llmscope.analysis.patching.patching` gives them, ``estimate`` (the estimated
@@ -846,11 +872,35 @@ class PatchingScreen(Result):
     ``per_head``, ``method``, ``approximate``.
     """
 
+    kind: ClassVar[str] = "patching_screen"
 
-def _heatmap(result: Result, column: str, title: str, exact: pd.Series | None = None) -> "go.Figure":
+    def plot(self) -> "go.Figure":
+        """Site (x head) by position, coloured by the estimated share restored."""
+        return _heatmap(self.df, "estimate", f"activation patching, {self.meta['method'].upper()} estimate: "
+                                             f"{self.meta['metric']} restored (1 = clean)")
+
+
+class PatchingConfirmation(PatchingScreen):
+    """What :func:`confirm_patching` (and ``patching(method="atp", confirm=k)``) returns: the
+    screen's ``.df`` plus ``value`` (exact, NaN where not patched) and ``exact``; ``.meta`` adds
+    ``k``, ``spearman`` (estimate against exact value over the exact cells), ``n_exact``,
+    ``approximate`` False."""
+
+    kind: ClassVar[str] = "confirm_patching"
+
+    def plot(self) -> "go.Figure":
+        """The map with exact values where patched (outlined) and estimates elsewhere."""
+        df = self.df
+        shown = df.assign(shown=df["value"].where(df["exact"], df["estimate"]))
+        return _heatmap(shown, "shown", f"activation patching: {self.meta['metric']} restored; "
+                                        f"{int(df['exact'].sum())} exact cells outlined, the rest "
+                                        f"{self.meta['method'].upper()} estimate", exact=df["exact"])
+
+
+def _heatmap(table: pd.DataFrame, column: str, title: str, exact: pd.Series | None = None) -> "go.Figure":
     import plotly.graph_objects as go
 
-    df = result.df.assign(row=[s if h < 0 else f"{s}.{h}" for s, h in zip(result.df["site"], result.df["head"])])
+    df = table.assign(row=[s if h < 0 else f"{s}.{h}" for s, h in zip(table["site"], table["head"])])
     order = list(dict.fromkeys(df["row"]))
     grid = df.pivot(index="row", columns="pos", values=column).reindex(index=order)
     texts = df.drop_duplicates("pos").set_index("pos")["text"]
@@ -868,31 +918,25 @@ def _heatmap(result: Result, column: str, title: str, exact: pd.Series | None = 
     return fig.update_layout(title=title, xaxis_title="position: clean token", yaxis_title="site")
 
 
-def _plot_patching_screen(result: PatchingScreen) -> "go.Figure":
-    return _heatmap(result, "estimate", f"activation patching, {result.meta['method'].upper()} estimate: "
-                                        f"{result.meta['metric']} restored (1 = clean)")
-
-
-def patching_screen(model: "TransformerBridge", clean: Stimuli, corrupt: Stimuli, metric: Metric,
+def patching_screen(model: "TransformerBridge", clean: Stimuli, corrupt: Stimuli | None = None, metric: Metric = "loss",
                     sites: Sequence[str | Site] | None = None, positions: Sequence[int] | None = None,
                     per_head: bool = False, *, method: str = "atp", pass_tokens: int | None = None,
                     progress: bool = True) -> PatchingScreen:
     """Estimate the whole activation-patching map of :func:`~llmscope.analysis.patching.patching`
     (the same arguments and cells) from gradients of the corrupt run: AtP's estimate of a cell is
     ``(clean - corrupt activation) . d metric / d activation`` there; AtP* adds the QK fix and
-    GradDrop as for :func:`screen` (runs the model).
+    GradDrop as for :func:`screen` (runs the model). ``corrupt`` defaults to ``clean.corrupt``.
 
     Example:
         >>> from functools import partial
-        >>> clean, corrupt = ioi(smol, n=4, seed=0, corrupt=True)
-        >>> s = patching_screen(smol, clean, corrupt, partial(logit_diff, good="io_id", bad="s_id"),
+        >>> clean = ioi(smol, n=4, seed=0, corrupt=True)
+        >>> s = patching_screen(smol, clean, metric=partial(logit_diff, good="io_id", bad="s_id"),
         ...                     sites=["resid.3", "resid.6"], positions=[-1], progress=False)
         >>> s.df.columns.tolist()
         ['site', 'layer', 'head', 'pos', 'text', 'estimate', 'score', 'rank']
     """
-    from tqdm.auto import tqdm
-
-    clean, corrupt = as_stimuli(model, clean, "clean"), as_stimuli(model, corrupt, "corrupt")
+    clean = as_stimuli(model, clean, "clean")
+    corrupt = as_stimuli(model, clean.corrupt if corrupt is None else corrupt, "corrupt")
     per_head, progress = flag(per_head, "per_head"), flag(progress, "progress")
     method = choice(method, "method", METHODS)
     pass_tokens = PASS_TOKENS if pass_tokens is None else count(pass_tokens, "pass_tokens")
@@ -927,8 +971,8 @@ def patching_screen(model: "TransformerBridge", clean: Stimuli, corrupt: Stimuli
     totals = {"clean": [0.0, 0], "corrupt": [0.0, 0]}
     read = readout(model)
     batches = buckets(target.lengths, pass_tokens, PAD_SLACK)
-    with tqdm(total=len(batches), desc=f"{method} patching screen", unit="pass", disable=not progress,
-              leave=False) as bar:
+    with progress_bar(total=len(batches), desc=f"{method} patching screen", unit="pass", show=progress,
+                      leave=False) as bar:
         for seqs in batches:
             part, source = target.select_seqs(seqs), clean.select_seqs(seqs)
             ids = part.ids
@@ -963,28 +1007,25 @@ def patching_screen(model: "TransformerBridge", clean: Stimuli, corrupt: Stimuli
     df["rank"] = df["score"].rank(ascending=False, method="min").astype(int)
     meta = dict(metric=metric_name(metric), clean=clean_value, corrupt=corrupt_value, sites=[s.name for s in resolved],
                 per_head=per_head, method=method, approximate=True, fingerprint=identity.fingerprint(model).to_dict())
-    return PatchingScreen(df, kind="patching screen", meta=meta, plotter=_plot_patching_screen)
+    out = PatchingScreen(df, meta)
+    out.clean, out.corrupt, out.metric = clean, corrupt, metric  # what confirm_patching re-runs exactly
+    return out
 
 
-def _plot_confirmed_patching(result: Result) -> "go.Figure":
-    shown = result.df.assign(shown=result.df["value"].where(result.df["exact"], result.df["estimate"]))
-    return _heatmap(Result(shown, meta=result.meta), "shown",
-                    f"activation patching: {result.meta['metric']} restored; {int(result.df['exact'].sum())} exact cells "
-                    f"outlined, the rest {result.meta['method'].upper()} estimate", exact=result.df["exact"])
-
-
-def confirm_patching(model: "TransformerBridge", clean: Stimuli, corrupt: Stimuli, metric: Metric,
-                     screened: PatchingScreen, k: int = 10, progress: bool = True) -> Result:
+@renamed(screened="result")
+def confirm_patching(model: "TransformerBridge", result: PatchingScreen, k: int = 10,
+                     progress: bool = True) -> PatchingConfirmation:
     """Patch exactly the top ``k`` cells of ``screened`` (with
     :func:`~llmscope.analysis.patching.patching`, one call per site, every head of a per-head
     site at those positions) and put the exact values beside the estimates (runs the model).
 
+    The screen's clean and corrupt stimuli and metric are reused (kept on the screen).
+
     Returns:
-        Result whose ``.df`` is the screen's plus ``value`` (exact, NaN where not patched) and
-        ``exact``; ``.meta`` adds ``k``, ``spearman`` (estimate against exact value over the exact
-        cells), ``approximate`` False; ``.plot()`` outlines the exact cells.
+        :class:`PatchingConfirmation`; ``.plot()`` outlines the exact cells.
     """
-    if not isinstance(screened, PatchingScreen):
+    screened = result
+    if not isinstance(screened, PatchingScreen) or isinstance(screened, PatchingConfirmation):
         raise AnalysisError.Type(f"confirm_patching takes the PatchingScreen of patching_screen(...), got "
                                  f"{type(screened).__name__}.")
     identity.check(identity.Fingerprint.from_dict(screened.meta.get("fingerprint")), model, "the screen", "weights",
@@ -993,7 +1034,8 @@ def confirm_patching(model: "TransformerBridge", clean: Stimuli, corrupt: Stimul
     top = screened.df.nsmallest(k, "rank", keep="first")
     exact = []
     for s, cells in top.groupby("site", sort=False):
-        exact.append(patching(model, clean, corrupt, metric, sites=[s], positions=sorted(set(cells["pos"])),
+        exact.append(patching(model, screened.clean, screened.corrupt, screened.metric, sites=[s],
+                              positions=sorted(set(cells["pos"])),
                               per_head=screened.meta["per_head"], progress=progress).df)
     found = pd.concat(exact).set_index(["site", "head", "pos"])["value"]
     df = screened.df.copy()
@@ -1004,8 +1046,10 @@ def confirm_patching(model: "TransformerBridge", clean: Stimuli, corrupt: Stimul
     done = df[df["exact"]]
     rho = spearmanr(done["estimate"], done["value"]).statistic if len(done) > 2 else float("nan")
     meta = {**screened.meta, "approximate": False, "k": k, "spearman": float(rho), "n_exact": len(done)}
-    return Result(df, kind="patching confirmed", meta=meta, plotter=_plot_confirmed_patching)
+    out = PatchingConfirmation(df, meta)
+    out.clean, out.corrupt, out.metric = screened.clean, screened.corrupt, screened.metric
+    return out
 
 
 __all__ = ["screen", "ScreenResult", "confirm", "ConfirmResult", "false_negative_bound", "patching_screen",
-           "PatchingScreen", "confirm_patching", "METHODS"]
+           "PatchingScreen", "confirm_patching", "PatchingConfirmation", "METHODS"]

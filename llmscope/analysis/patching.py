@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from llmscope import identity
-from llmscope.checks import flag
+from llmscope.checks import choice, flag
 from llmscope.behaviour import Metric, evaluate, metric_fn, metric_name
 from llmscope.errors import AnalysisError
 from llmscope.interventions import intervene, patch
@@ -92,8 +92,14 @@ def _cells(targets: list[Site], positions: list[int], per_head: bool) -> list[tu
 
 def patching(model: "TransformerBridge", clean: Stimuli, corrupt: Stimuli | None = None, metric: Metric = "loss",
              sites: Sequence[str | Site] | None = None, positions: Sequence[int] | None = None,
-             per_head: bool = False, progress: bool = True) -> PatchingResult:
+             per_head: bool = False, method: str = "exact", confirm: int | None = None,
+             progress: bool = True) -> PatchingResult:
     """Activation patching: run ``corrupt`` with one site x position taken from ``clean``.
+
+    ``method="atp"`` (or ``"atp*"``) estimates the whole map from gradients instead
+    (:func:`~llmscope.analysis.attribution.patching_screen`, a ``PatchingScreen`` whose
+    ``estimate`` column stands for ``value``); ``confirm=k`` then patches its top ``k`` cells
+    exactly (a ``PatchingConfirmation``: exact cells outlined in the figure).
 
     ``corrupt`` defaults to ``clean.corrupt``, the twin a builder makes with ``corrupt=True``
     (``agreement(model, corrupt=True)``, ``ioi(model, corrupt=True)``).
@@ -116,6 +122,16 @@ def patching(model: "TransformerBridge", clean: Stimuli, corrupt: Stimuli | None
     """
     from llmscope.progress import progress_bar
 
+    method = choice(method, "method", ("exact", "atp", "atp*"))
+    if method != "exact":
+        from llmscope.analysis.attribution import confirm_patching, patching_screen
+
+        screened = patching_screen(model, clean, corrupt, metric, sites, positions, per_head, method=method,
+                                   progress=progress)
+        return screened if confirm is None else confirm_patching(model, screened, confirm, progress=progress)
+    if confirm is not None:
+        raise AnalysisError(f"confirm={confirm!r} confirms an estimated map; pass method='atp' or 'atp*' too "
+                            "(method='exact' patches every cell exactly).")
     clean = as_stimuli(model, clean, "clean")
     if corrupt is None:
         if clean.corrupt is None:

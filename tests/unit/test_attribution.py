@@ -24,6 +24,7 @@ import torch
 import llmscope
 from llmscope import intervene, lesion, patch
 from llmscope.analysis.atlas import Battery, Behaviour, battery, lesion_atlas
+from llmscope.analysis.patching import patching
 from llmscope.analysis.attribution import (ConfirmResult, ScreenResult, confirm, confirm_patching,
                                            false_negative_bound, patching_screen, screen)
 from llmscope.behaviour import evaluate, logit_diff
@@ -38,7 +39,7 @@ UNITS = ["mlp.0", "mlp.1", "attn.0", "attn.1"]
 def write_reference() -> pd.DataFrame:
     """The exact atlas of every organism unit on the default battery: harm and breaks per behaviour."""
     model = llmscope.load("grammar-2l")
-    atlas = lesion_atlas(model, battery(model), UNITS, n_random=1, progress=False)
+    atlas = lesion_atlas(model, battery(model), UNITS, n_controls=1, progress=False)
     table = atlas.df.filter(regex="^(harm|breaks)_")
     REFERENCE.parent.mkdir(exist_ok=True)
     table.astype({c: int for c in table.columns if c.startswith("breaks_")}).to_csv(REFERENCE, float_format="%.5f")
@@ -91,7 +92,7 @@ def test_reference_is_current(organism, bat, reference):
     rng = np.random.default_rng(0)
     others = [reference.index[i] for i in rng.choice(len(reference), 8, replace=False)]
     units = list(dict.fromkeys([u for us in breakers(reference).values() for u in us] + others))
-    again = lesion_atlas(organism, bat, pd.MultiIndex.from_tuples(units), n_random=1, progress=False).df
+    again = lesion_atlas(organism, bat, pd.MultiIndex.from_tuples(units), n_controls=1, progress=False).df
     harms = [c for c in reference.columns if c.startswith("harm_")]
     np.testing.assert_allclose(again.loc[units, harms].to_numpy(), reference.loc[units, harms].to_numpy(), atol=1e-4,
                                err_msg="regenerate the table: python -m tests.unit.test_attribution")
@@ -142,7 +143,7 @@ def test_heads_grid_for_the_attention_map(screens):
     assert grid.loc["attn.1", 0] == s.df.loc[("attn.1", 0), "score_copying"]
     assert np.nanargmax(grid.to_numpy()) == 4  # attn.1:0
     only = screen(llmscope.load("grammar-2l"), battery(llmscope.load("grammar-2l"), n_docs=2, n_pairs=4),
-                  [("attn.1", [0, 2])], behaviours=["copying"], progress=False).heads(column="estimate")
+                  [("attn.1", [0, 2])], behaviours=["copying"], progress=False).heads(measure="estimate")
     assert only.isna().to_numpy().sum() == 6 and not np.isnan(only.loc["attn.1", 2])
 
 
@@ -152,7 +153,7 @@ def test_top_units_pass_to_lesion_atlas_and_panel(organism, screens, bat):
     top = screens["atp"].top(3, "copying")
     with intervene(organism, lesion(top)):
         organism(torch.tensor([[1, 5, 9]]))
-    atlas = lesion_atlas(organism, bat.select(["copying"]), top, n_random=1, progress=False)
+    atlas = lesion_atlas(organism, bat.select(["copying"]), top, n_controls=1, progress=False)
     assert set(atlas.df.index) == set(top.index)
     panel = AblationPanel(organism, "the dog runs .", units=top)
     assert list(panel.gains) == list(top.index)
@@ -185,7 +186,7 @@ def test_estimate_is_exact_when_the_model_is_linear_in_the_unit(organism, mode):
     def mean_diff(*interventions) -> float:
         with organism.hooks(fwd_hooks=[("ln_final.hook_scale", lambda act, hook: scale)]), \
                 intervene(organism, *interventions):
-            return float(evaluate(organism, stim, "logit_diff", batch_size=len(stim.lengths))["logit_diff"].mean())
+            return float(evaluate(organism, stim, "logit_diff", batch_size=len(stim.lengths)).df["logit_diff"].mean())
 
     intact = mean_diff()
     for site, idx in units:
@@ -245,7 +246,7 @@ def _exact_fall(model, bat: Battery, unit) -> float:
     stim = bat["answer"].stimuli
 
     def diff() -> float:
-        return float(evaluate(model, stim, "logit_diff")["logit_diff"].dropna().mean())
+        return float(evaluate(model, stim, "logit_diff").df["logit_diff"].dropna().mean())
 
     intact = diff()
     with intervene(model, lesion(*unit)):
@@ -448,7 +449,7 @@ def test_false_negative_bound():
 def test_confirm_lesions_top_and_sample_exactly(organism, bat):
     small = bat.select(["copying", "agreement"])
     screened = screen(organism, small, UNITS, method="atp", progress=False)
-    c = confirm(organism, small, screened, k=3, n_sample=6, n_random=2, progress=False)
+    c = confirm(organism, small, screened, k=3, n_sample=6, n_controls=2, progress=False)
     assert isinstance(c, ConfirmResult) and c.meta["approximate"] is False
     tops = set(screened.top(3, "copying").index) | set(screened.top(3, "agreement").index)
     exact = c.df[c.df["exact"]]
@@ -456,7 +457,7 @@ def test_confirm_lesions_top_and_sample_exactly(organism, bat):
     assert (exact["why"] == "sample").sum() == 6 and not exact.index[exact["why"] == "sample"].isin(list(tops)).any()
     assert c.df.loc[~c.df["exact"], "harm_copying"].isna().all()
     # the exact numbers are the atlas's: lesion the same units directly
-    again = lesion_atlas(organism, small, exact.index, n_random=2, progress=False).df
+    again = lesion_atlas(organism, small, exact.index, n_controls=2, progress=False).df
     np.testing.assert_allclose(exact["harm_copying"], again.loc[exact.index, "harm_copying"], atol=1e-6)
     q = c.behaviours
     assert q.loc["copying", "breakers_top"] == int(exact.loc[list(screened.top(3, "copying").index), "breaks_copying"].sum())
@@ -465,6 +466,24 @@ def test_confirm_lesions_top_and_sample_exactly(organism, bat):
         false_negative_bound(q.loc["copying", "sample_breakers"], 6, len(screened.df) - len(tops)))
     fig = c.plot()
     assert "estimate" in fig.layout.title.text and len(fig.data) == 4
+
+
+def test_lesion_atlas_screens_then_confirms(organism, bat):
+    """lesion_atlas(screen=, confirm=k) is screen + confirm with the atlas's own arguments."""
+    small = bat.select(["copying"])
+    wired = lesion_atlas(organism, small, "attn.1", screen="atp*", confirm=1, n_sample=2, n_controls=2, n_boot=50,
+                         seed=1, progress=False)
+    by_hand = confirm(organism, small, screen(organism, small, "attn.1", method="atp*", progress=False), 1,
+                      n_sample=2, n_controls=2, n_boot=50, seed=1, progress=False)
+    assert isinstance(wired, ConfirmResult) and wired.meta["method"] == "atp*"
+    pd.testing.assert_frame_equal(wired.df, by_hand.df)
+    assert wired.atlas.meta["n_controls"] == 2
+    with pytest.raises(AnalysisError, match="screen="):
+        lesion_atlas(organism, small, "attn.1", confirm=2, progress=False)
+    with pytest.raises(AnalysisError, match="group_size=1"):
+        lesion_atlas(organism, small, "attn.1", screen="atp", group_size=2, progress=False)
+    with pytest.raises(KeyError):
+        lesion_atlas(organism, small, "attn.1", screen="gradients", progress=False)
 
 
 def test_confirm_refuses_a_screen_of_another_model(organism, tiny, screens, bat):
@@ -481,7 +500,8 @@ def test_confirm_refuses_a_screen_of_another_model(organism, tiny, screens, bat)
 
 @pytest.fixture(scope="module")
 def pairs(organism):
-    return agreement(organism, n=8, seed=0, corrupt=True)
+    clean = agreement(organism, n=8, seed=0, corrupt=True)
+    return clean, clean.corrupt
 
 
 def test_patching_screen_is_exact_when_linear(organism, pairs):
@@ -501,7 +521,7 @@ def test_patching_screen_is_exact_when_linear(organism, pairs):
     def mean_diff(stim, *interventions) -> float:
         with organism.hooks(fwd_hooks=[("ln_final.hook_scale", lambda act, hook: scale)]), \
                 intervene(organism, *interventions):
-            return float(evaluate(organism, stim, "logit_diff", batch_size=stim.n_seqs)["logit_diff"].mean())
+            return float(evaluate(organism, stim, "logit_diff", batch_size=stim.n_seqs).df["logit_diff"].mean())
 
     span = s.meta["clean"] - mean_diff(target)
     assert s.meta["corrupt"] == pytest.approx(mean_diff(target), rel=1e-5)
@@ -519,12 +539,24 @@ def test_patching_screen_is_exact_when_linear(organism, pairs):
         assert row["estimate"] == pytest.approx(exact, abs=1e-4), row.to_dict()
 
 
+def test_patching_method_estimates_and_confirms(organism, pairs):
+    clean, corrupt = pairs
+    estimated = patching(organism, clean, metric="logit_diff", sites=["resid.1"], method="atp", progress=False)
+    by_hand = patching_screen(organism, clean, corrupt, "logit_diff", sites=["resid.1"], progress=False)
+    pd.testing.assert_frame_equal(estimated.df, by_hand.df)
+    confirmed = patching(organism, clean, metric="logit_diff", sites=["resid.1"], method="atp", confirm=2,
+                         progress=False)
+    assert confirmed.df["exact"].sum() == 2 and confirmed.meta["approximate"] is False
+    with pytest.raises(AnalysisError, match="method='atp'"):
+        patching(organism, clean, metric="logit_diff", sites=["resid.1"], confirm=2, progress=False)
+
+
 def test_confirm_patching_marks_exact_cells(organism, pairs):
     clean, corrupt = pairs
     s = patching_screen(organism, clean, corrupt, "logit_diff", sites=["resid.0", "resid.1", "attn.0"], per_head=True,
                         method="atp*", progress=False)
     assert s.meta["approximate"] and "estimate" in s.plot().layout.title.text
-    c = confirm_patching(organism, clean, corrupt, "logit_diff", s, k=4, progress=False)
+    c = confirm_patching(organism, s, k=4, progress=False)
     top = s.df.nsmallest(4, "rank", keep="first")
     assert c.df.loc[top.index, "exact"].all() and not c.df["exact"].all()
     from llmscope.analysis.patching import patching
@@ -555,7 +587,8 @@ def test_bad_input_is_refused_and_leaves_the_model(organism, bat):
         screen(organism, bat["copying"], "attn.0", progress=False)
     with pytest.raises(KeyError):
         screen(organism, bat, "attn.0", behaviours=["nope"], progress=False)
-    clean, corrupt = agreement(organism, n=2, seed=0, corrupt=True)
+    clean = agreement(organism, n=2, seed=0, corrupt=True)
+    corrupt = clean.corrupt
     with pytest.raises(KeyError, match="correct"):
         patching_screen(organism, clean, corrupt, "correct", sites=["resid.1"], progress=False)
     with pytest.raises(TypeError, match="torch tensor"):

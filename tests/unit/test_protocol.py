@@ -20,6 +20,7 @@ import xarray as xr
 
 import llmscope as ls
 from llmscope import analysis
+from llmscope.analysis.attribution import screen
 from llmscope.result import Result
 from llmscope.stimuli import agreement, grammar, induction
 from llmscope.vocabulary import VOCABULARY
@@ -99,6 +100,16 @@ CALLS = {
     "lesion_atlas": lambda e: ls.lesion_atlas(e["m"], ls.battery(e["m"], n_docs=2, n_pairs=8), "attn.1",
                                               n_controls=2, n_boot=50, progress=False),
     "localize_heads": lambda e: ls.localize_heads(e["m"], e["ind"], progress=False),
+    "lesion_test": lambda e: analysis.lesion_test(e["m"], ls.battery(e["m"], n_docs=2, n_pairs=8), ("attn.1", [0]),
+                                                  n_controls=2, n_boot=50, progress=False),
+    "screen": lambda e: screen(e["m"], ls.battery(e["m"], n_docs=2, n_pairs=8), "attn.1", progress=False),
+    "confirm": lambda e: ls.lesion_atlas(e["m"], ls.battery(e["m"], n_docs=2, n_pairs=8), "attn.1", screen="atp",
+                                         confirm=1, n_sample=2, n_controls=2, n_boot=50, progress=False),
+    "patching_screen": lambda e: ls.patching(e["m"], e["pair"], metric="logit_diff", sites=["resid.1"], method="atp",
+                                             progress=False),
+    "confirm_patching": lambda e: ls.patching(e["m"], e["pair"], metric="logit_diff", sites=["resid.1"],
+                                              method="atp", confirm=2, progress=False),
+    "attributions": lambda e: analysis.attributions(e["m"], e["stim"], "mlp.1", "grad_x_act", progress=False),
     "confirm_by_lesion": lambda e: ls.confirm_by_lesion(e["m"], e["ind"], ("attn.1", [0]), n_controls=2,
                                                         progress=False),
     "logit_lens": lambda e: ls.logit_lens(e["m"], e["stim"], progress=False),
