@@ -416,7 +416,7 @@ class AttentionMap(LiveWidget):
         from plotly.subplots import make_subplots
 
         view, (layer, head) = self._view, self.focus
-        codes = wire.decode(view.heads[layer][head])
+        codes = wire.unpack(view.heads[layer][head])
         n = codes.shape[0]
         z = np.where(np.tril(np.ones((n, n), dtype=bool)), codes / 255, np.nan)
         labels = [f"{i} {html.escape(t)}" for i, t in enumerate(view.tokens)]
