@@ -323,7 +323,7 @@ def test_strings_are_stimuli_where_stimuli_are_taken(env):
     m = env["m"]
     one = ls.metric(m, "the dog runs .")
     many = ls.metric(m, ["the dog runs .", "a cat sleeps ."])
-    assert one["n"].item() > 0 and many["n"].item() > one["n"].item()
+    assert one.df["n"].item() > 0 and many.df["n"].item() > one.df["n"].item()
 
 
 def test_the_error_kinds_are_picklable_and_print_plainly():

@@ -7,18 +7,21 @@ plain autograd one prediction at a time (gradient x activation).
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
 
 import llmscope
-from llmscope.analysis import key_neurons as kn
 from llmscope.analysis.key_neurons import attributions, check_separation, key_neurons
 from llmscope.behaviour import loss, next_token_loss
 from llmscope.engine import cache, passes, routes
 from llmscope.errors import AnalysisError, ColumnError, SiteError
 from llmscope.interventions import intervene, lesion
 from llmscope.stimuli import Stimuli, grammar
+
+kn = importlib.import_module("llmscope.analysis.key_neurons")  # the module (the package's attribute is the function)
 
 
 @pytest.fixture(scope="module")

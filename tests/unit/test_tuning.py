@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -195,7 +196,7 @@ def test_worker_processes_give_what_one_process_gives(store16, monkeypatch):
     """A site read in column parts (a small ``READ_BYTES``), so forked workers, each reading its
     own: the same table as in-process; a NaN in a later part still raises, in the caller, naming
     the site."""
-    from llmscope.analysis import tuning as module
+    module = importlib.import_module("llmscope.analysis.tuning")  # the module, not the function
 
     rec = Recording.open(store16)
     monkeypatch.setattr(module, "READ_BYTES", 100 * 2 * len(rec))  # 100 float16 units a part
@@ -212,7 +213,7 @@ def test_worker_processes_give_what_one_process_gives(store16, monkeypatch):
 
 
 def test_a_nan_in_a_worker_is_named_in_the_caller(store16, tmp_path, monkeypatch):
-    from llmscope.analysis import tuning as module
+    module = importlib.import_module("llmscope.analysis.tuning")  # the module, not the function
 
     path = copy_of(store16, tmp_path)
     zarr.open_group(str(path), mode="r+", use_consolidated=False)["mlp.0"][7, 450] = np.nan  # the 5th part of 6
