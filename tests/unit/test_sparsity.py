@@ -3,15 +3,19 @@ like one block, the rotation control, the threshold's effect, and bad input."""
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 
 import llmscope
-from llmscope.analysis import responses, sparsity as sparsity_module
+from llmscope.analysis import responses
 from llmscope.stimuli import trials
 from llmscope.analysis.sparsity import REFERENCE, SparsityResult, _rotation, sparsity
 from llmscope.errors import AnalysisError, SiteError
 from tests.unit.renames import assert_renamed
+
+sparsity_module = importlib.import_module("llmscope.analysis.sparsity")  # the module, not the function
 
 THRESHOLDS = (0.0, 1.0, 3.0)
 

@@ -177,7 +177,7 @@ def grammar_model(tmp_path_factory):
     """A random GPT-2 with the organisms' word-level tokenizer (the trained one may not exist)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from llmscope.organisms.grammar import Grammar
+    from llmscope.stimuli.toy_grammar import Grammar
     from llmscope.organisms.tokenizer import word_tokenizer
 
     folder = tmp_path_factory.mktemp("grammar-random")
@@ -191,7 +191,7 @@ def grammar_model(tmp_path_factory):
 
 
 def test_grammar_labels_line_up(grammar_model):
-    from llmscope.organisms.grammar import Grammar
+    from llmscope.stimuli.toy_grammar import Grammar
 
     stim = grammar(grammar_model, n_docs=3, seed=5, max_tokens=64)
     gold = Grammar(0).sample(3, 5, max_tokens=64)
