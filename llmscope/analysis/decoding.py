@@ -612,22 +612,22 @@ def decode(recording: Recording, units: UnitsLike, label: str, *, target: str = 
 # ---------------------------------------------------------------- decode_curve
 
 
-def _sets(units: Any, ks: Any) -> dict[int, Any]:
-    """``{k: units}`` from a ranked unit table (its first k rows) or a mapping."""
+def _sets(recording: Recording, units: Any, ks: Any) -> dict[int, Any]:
+    """``{k: units}`` from a mapping, or the first k units of a ranked unit table (its rows in
+    rank order) or of any other form of units (each site's units in index order)."""
     if isinstance(units, Mapping):
         if not units:
             raise AnalysisError("decode_curve(units={}) has no set sizes; map each k to its units.")
         return {count(k, "a set size k"): v for k, v in sorted(units.items())}
     index = table_index(units)
     if index is None:
-        raise AnalysisError("decode_curve takes a ranked unit table (rows in rank order, indexed by (site, unit), "
-                            f"such as tuning(...).top(100)) or a mapping {{k: units}}; got {type(units).__name__}.")
+        index = _units_index(responses.resolve(recording, units))
     if isinstance(ks, (int, np.integer)) or not hasattr(ks, "__iter__") or not len(ks):
         raise AnalysisError(f"ks is a non-empty list of set sizes such as {list(KS)}, got {ks!r}.")
     ks = sorted({count(k, "each k") for k in ks})
     if ks[-1] > len(index):
-        raise AnalysisError(f"ks up to {ks[-1]} need that many ranked units; the table has {len(index)}. "
-                            f"Pass ks <= {len(index)} or a longer table.")
+        raise AnalysisError(f"ks up to {ks[-1]} need that many units; {len(index)} are given. "
+                            f"Pass ks <= {len(index)} or more units.")
     return {k: index[:k] for k in ks}
 
 
@@ -688,8 +688,9 @@ def decode_curve(recording: Recording, units: Any, label: str, ks: Any = KS, *, 
     Args:
         recording: a :class:`~llmscope.Recording`.
         units: a ranked unit table (indexed by ``(site, unit)``, best first: its first k rows
-            make set k), or a mapping ``{k: units}`` for sets that are not prefixes (such as k
-            key neurons per class); then ``ks`` is ignored.
+            make set k), any other form of units (its first k, each site's in index order), or
+            a mapping ``{k: units}`` for sets that are not prefixes (such as k key neurons per
+            class); then ``ks`` is ignored.
         ks: set sizes for a ranked table (default ``KS``).
         n_controls: draws of random units per k (0: none).
         target, folds, where, include_bos, seed, progress: as in :func:`decode`.
@@ -703,7 +704,7 @@ def decode_curve(recording: Recording, units: Any, label: str, ks: Any = KS, *, 
 
     Raises:
         AnalysisError, ColumnError, SiteError: as :func:`decode`; also ks larger than the table
-            or not positive integers, and units that are neither a unit table nor a mapping.
+            or not positive integers.
 
     Example:
         >>> top = tuning(rec, "mlp.0", "pos_tag", progress=False).top(8)
@@ -715,7 +716,7 @@ def decode_curve(recording: Recording, units: Any, label: str, ks: Any = KS, *, 
 
     meta, folds, n_controls, seed = _check(recording, label, target, folds, n_controls, include_bos, seed, progress,
                                            "decode_curve")
-    sets = {k: responses.resolve(recording, v) for k, v in _sets(units, ks).items()}
+    sets = {k: responses.resolve(recording, v) for k, v in _sets(recording, units, ks).items()}
     every = [pair for resolved in sets.values() for pair in resolved]
     task = _task(recording, every, label, target, folds, include_bos, where)
     rng_units, _ = _rngs(seed)

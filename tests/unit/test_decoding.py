@@ -202,6 +202,14 @@ def test_curve_rises_with_k_above_random(rec):
     assert list(units.x) == [1, 5, 20]
 
 
+def test_curve_takes_any_units_in_their_order(rec):
+    """A site's units: the first k in index order."""
+    few = rec.select("seq < 8")
+    curve = decode_curve(few, "mlp.1", "pos_tag", ks=[2], folds=2, n_controls=0, progress=False)
+    alone = decode(few, ("mlp.1", [0, 1]), "pos_tag", folds=2, n_controls=0, progress=False)
+    assert curve.df.accuracy[0] == alone.df.accuracy[0] and curve.meta["C"][2] == alone.meta["C"]
+
+
 def test_curve_takes_sets_that_are_not_prefixes(rec):
     sets = {1: ("mlp.1", [4]), 3: [("mlp.0", [1, 2]), ("mlp.1", [9])]}
     curve = decode_curve(rec, sets, "number", folds=2, n_controls=2, progress=False)
@@ -273,8 +281,10 @@ def test_bad_arguments(rec, kwargs, match):
 def test_curve_bad_sets(rec, top10):
     with pytest.raises(AnalysisError, match="ks up to 20"):
         decode_curve(rec, top10, "pos_tag", ks=[5, 20], progress=False)
-    with pytest.raises(AnalysisError, match="ranked unit table"):
-        decode_curve(rec, "mlp.0", "pos_tag", progress=False)
+    with pytest.raises(AnalysisError, match="ks up to 3"):
+        decode_curve(rec, ("mlp.0", [4, 5]), "pos_tag", ks=[1, 3], progress=False)
+    with pytest.raises(SiteError):
+        decode_curve(rec, "attn.0", "pos_tag", progress=False)
     with pytest.raises(AnalysisError, match="not a Recording|reads a Recording"):
         decode(pd.DataFrame(), "mlp.0", "pos_tag")
 
