@@ -23,7 +23,7 @@ Shared rules live in :mod:`~llmscope.stimuli.trials` (which rows and labels take
 from llmscope.analysis.atlas import AtlasResult, Battery, LesionTest, battery, lesion_atlas, lesion_test
 from llmscope.analysis.attribution import ConfirmResult, PatchingConfirmation, PatchingScreen, ScreenResult
 from llmscope.analysis.correlates import CorrelatesResult, behaviour_correlates
-from llmscope.analysis.decoding import DecodingResult, decode, decode_curve
+from llmscope.analysis.decoding import DecodingCurveResult, DecodingResult, decode, decode_curve
 from llmscope.analysis.effect import EffectResult, effect
 from llmscope.analysis.examples import ExamplesResult, top_examples
 from llmscope.analysis.geometry import CKAResult, PCAResult, RDMResult, RSAResult, cka, pca, rdm, rsa
@@ -46,8 +46,8 @@ __all__ = [
     "effect", "patching", "battery", "Battery", "lesion_atlas", "localize_heads", "confirm_by_lesion",
     "behaviour_correlates", "logit_lens", "surprise", "key_neurons", "attributions", "lesion_test",
     # what they return
-    "TuningResult", "ExamplesResult", "Spikes", "PSTHResult", "DecodingResult", "PCAResult", "RDMResult",
-    "RSAResult", "CKAResult", "SparsityResult", "FieldPotential", "SpectrumResult", "EventAverageResult",
+    "TuningResult", "ExamplesResult", "Spikes", "PSTHResult", "DecodingResult", "DecodingCurveResult", "PCAResult",
+    "RDMResult", "RSAResult", "CKAResult", "SparsityResult", "FieldPotential", "SpectrumResult", "EventAverageResult",
     "GrangerResult", "EffectResult", "PatchingResult", "AtlasResult", "HeadScores", "CorrelatesResult",
     "LensResult", "Surprise", "KeyNeurons", "MetricResult", "EvaluationResult", "TokenLossResult",
     "LesionConfirmation", "LesionTest", "Attributions", "ScreenResult", "ConfirmResult", "PatchingScreen",

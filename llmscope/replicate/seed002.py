@@ -11,7 +11,7 @@ most often, and trains a classifier on those key neurons that predicts the POS o
 2. **Classifiers per layer** — :func:`~llmscope.decode` / :func:`~llmscope.decode_curve` on a
    recording of *other* stimuli (folds grouped by sequence): the key neurons of every class
    together (the union of each class's k), as many random neurons of the same layer
-   (``n_random`` draws), and all neurons; decoding the POS of the next token (the word being
+   (``n_random`` draws: decode_curve's ``n_controls``), and all neurons; decoding the POS of the next token (the word being
    predicted, as in the paper) and of the current token; and accuracy against k.
 3. **Lesion test** — for each layer and each of the ``n_classes`` commonest classes C, zero the
    k key neurons of C and measure the loss on predicted tokens of class C, on predicted tokens
@@ -66,8 +66,10 @@ N_BOOT = 2000
 @dataclass
 class Seed002:
     """The replication's tables: ``table`` (one row per stimulus set and layer), ``curve``
-    (accuracy against k), ``lesions`` (one row per stimulus set, layer and class), ``key``
-    (the :class:`~llmscope.analysis.key_neurons.KeyNeurons` of each stimulus set) and ``meta``."""
+    (accuracy against k: :func:`~llmscope.decode_curve`'s table, one row per stimulus set,
+    layer, target and k, the key neurons' ``accuracy`` beside ``accuracy_control_units``),
+    ``lesions`` (one row per stimulus set, layer and class), ``key`` (the
+    :class:`~llmscope.analysis.key_neurons.KeyNeurons` of each stimulus set) and ``meta``."""
 
     table: pd.DataFrame
     curve: pd.DataFrame
@@ -88,8 +90,10 @@ class Seed002:
             out[f"accuracy_{name}"] = px.line(long, x="layer", y="accuracy", color="probe", markers=True,
                                               title=f"POS decoding per layer ({name})", range_y=[0, 1]).update_xaxes(dtick=1)
         for name, part in self.curve.groupby("stimuli", sort=False):
-            agg = part.groupby(["layer", "target", "condition", "k"], as_index=False)["accuracy"].mean()
-            out[f"curve_{name}"] = px.line(agg, x="k", y="accuracy", color="condition", line_dash="target",
+            agg = (part[["layer", "target", "k", "accuracy", "accuracy_control_units"]]
+                   .rename(columns={"accuracy": "key", "accuracy_control_units": "random"})
+                   .melt(id_vars=["layer", "target", "k"], var_name="neurons", value_name="accuracy"))
+            out[f"curve_{name}"] = px.line(agg, x="k", y="accuracy", color="neurons", line_dash="target",
                                            facet_col="layer", log_x=True, markers=True, range_y=[0, 1],
                                            title=f"accuracy against k: key vs random neurons ({name})"
                                            ).update_xaxes(tickvals=sorted(agg["k"].unique()))  # else a log axis labels 1, 2, 5, 10, 2, 5
@@ -272,26 +276,26 @@ def seed002(model: "TransformerBridge", *, stimuli: dict[str, tuple[Stimuli, Sti
                                            k=max([k, *ks]), steps=steps, progress=False)
             bar.update()
             rec = record(model, test, sites, dtype="float32", progress=False)
-            subset = "ambiguous" if "ambiguous" in test.tokens.columns and test.tokens["ambiguous"].any() else None
+            where = "ambiguous" if "ambiguous" in test.tokens.columns and test.tokens["ambiguous"].any() else None
             bar.update()
             for L, site in zip(layers, sites):
                 row: dict[str, Any] = dict(stimuli=name, layer=L)
                 for target in ("next", "current"):
-                    options = dict(target=target, folds=folds, n_random=n_random, subset=subset, seed=seed,
-                                   progress=False)
-                    curve = decode_curve(rec, {kk: _key_set(key, site, kk) for kk in ks}, label, **options).df
+                    options = dict(target=target, folds=folds, where=where, seed=seed, progress=False)
+                    curve = decode_curve(rec, {kk: _key_set(key, site, kk) for kk in ks}, label, n_controls=n_random,
+                                         **options).df
                     curves.append(curve.assign(stimuli=name, layer=L, target=target))
                     # the headline k: its row of the curve (each probe tunes its C, so none is fitted twice)
-                    at_k = (curve if k in ks else decode_curve(rec, {k: _key_set(key, site, k)}, label, **options).df)
-                    head = at_k[(at_k.k == k) & (at_k.condition == "units")].iloc[0]
-                    rand = at_k[(at_k.k == k) & (at_k.condition == "random")]
-                    every = decode(rec, site, label, target=target, folds=folds, n_random=0, n_permutations=0,
-                                   subset=subset, seed=seed, progress=False)
-                    row.update({f"key_{target}": head["accuracy"], f"random_{target}": rand["accuracy"].mean(),
-                                f"random_{target}_sd": rand["accuracy"].std(ddof=1), f"all_{target}": every.meta["accuracy"]})
-                    if subset:
-                        row[f"ambiguous_key_{target}"] = head["subset_accuracy"]
-                        row[f"ambiguous_all_{target}"] = every.meta["subset_accuracy"]
+                    at_k = (curve if k in ks else decode_curve(rec, {k: _key_set(key, site, k)}, label,
+                                                               n_controls=n_random, **options).df)
+                    head = at_k[at_k.k == k].iloc[0]
+                    every = decode(rec, site, label, n_controls=0, **options).df.iloc[0]
+                    row.update({f"key_{target}": head["accuracy"], f"random_{target}": head["accuracy_control_units"],
+                                f"random_{target}_sd": head["accuracy_control_units_sd"],
+                                f"all_{target}": every["accuracy"]})
+                    if where:
+                        row[f"ambiguous_key_{target}"] = head["accuracy_where"]
+                        row[f"ambiguous_all_{target}"] = every["accuracy_where"]
                     bar.update()
                 row["n_key"] = len(_key_set(key, site, k))
                 if L in lesion_layers:

@@ -146,7 +146,7 @@ RANGES = {
     "tuning(n_controls=0)": (lambda e: ls.tuning(e["rec"], "mlp.0", "pos_tag", n_controls=0), "0"),
     "tuning(n_controls=10**6)": (lambda e: ls.tuning(e["rec"], "mlp.0", "pos_tag", n_controls=10 ** 6), "1000000"),
     "rsa(n_controls=10**6)": (lambda e: ls.rsa(ls.rdm(e["rec"], ["mlp.0", "mlp.1"]), n_controls=10 ** 6), "1000000"),
-    "decode(n_permutations=10**6)": (lambda e: ls.decode(e["rec"], "mlp.0", "pos_tag", n_permutations=10 ** 6), "1000000"),
+    "decode(n_controls=10**6)": (lambda e: ls.decode(e["rec"], "mlp.0", "pos_tag", n_controls=10 ** 6), "1000000"),
     "cka(n_controls=-1)": (lambda e: ls.cka(e["rec"], ["mlp.0", "mlp.1"], n_controls=-1), "-1"),
     "psth(window=-1)": (lambda e: ls.psth(e["spk"], "is_repeat", window=-1), "-1"),
     "top_examples(unit=600)": (lambda e: ls.top_examples(e["rec"], "mlp.0", 600), "600"),
