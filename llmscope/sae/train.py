@@ -364,7 +364,7 @@ def _load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
 def train_sae(data: Recording | Any, site: str | None = None, width: int | None = None, kind: str = "topk",
               k: int | None = 32, *, penalty: float | None = None, epochs: int = 10, batch_size: int = 1024,
               lr: float = 1e-3, seed: int = 0, include_bos: bool = False, buffer_rows: int = 32768,
-              dead_window: int = 200_000, checkpoint: Any = None, checkpoint_every: float = 60.0,
+              dead_window: int | None = None, checkpoint: Any = None, checkpoint_every: float = 60.0,
               progress: bool = True) -> SAE:
     """Train a sparse autoencoder on a recorded site (see the module docstring).
 
@@ -381,7 +381,8 @@ def train_sae(data: Recording | Any, site: str | None = None, width: int | None 
         seed: seeds the initial weights and the order of the rows.
         include_bos: train on BOS rows too (left out by default: their norms are outliers).
         buffer_rows: tokens held in memory at once (rounded to whole blocks of 2048).
-        dead_window: tokens without firing after which a feature counts as dead (for AuxK).
+        dead_window: tokens without firing after which a feature counts as dead (for AuxK);
+            default one epoch's rows, at most 200,000.
         checkpoint: None (beside a recording on disk, nowhere otherwise), False (never), or a folder.
         checkpoint_every: seconds between checkpoints (0: after every buffer).
         progress: show a tqdm progress bar (steps).
@@ -411,7 +412,8 @@ def train_sae(data: Recording | Any, site: str | None = None, width: int | None 
         raise SAEError.Range(f"lr must be a finite number > 0, got {lr!r}.")
     seed = checks.seed(seed, "seed", SAEError)
     buffer_blocks = max(1, count(buffer_rows, "buffer_rows", error=SAEError) // BLOCK_ROWS)
-    dead_window = count(dead_window, "dead_window", error=SAEError)
+    n_rows = int(rows.keep.sum())
+    dead_window = min(200_000, n_rows) if dead_window is None else count(dead_window, "dead_window", error=SAEError)
     checkpoint_every = number(checkpoint_every, "checkpoint_every", 0, None, SAEError)
     flag(progress, "progress", SAEError)
     if rows.keep.sum() < 2:
