@@ -109,6 +109,7 @@ class SAE(torch.nn.Module):
         self.b_dec = torch.nn.Parameter(torch.zeros(d_in))
         if architecture == "jumprelu":
             self.register_buffer("threshold", torch.zeros(d_sae))
+        self.requires_grad_(False)  # an SAE is used, not trained, outside train_sae: outputs carry no graph
 
     # ---- shape
     @property

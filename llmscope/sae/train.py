@@ -437,6 +437,7 @@ def train_sae(data: Recording | Any, site: str | None = None, width: int | None 
         with torch.no_grad():
             sae.W_dec.div_(sae.W_dec.norm(dim=1, keepdim=True))
             sae.W_enc.copy_(sae.W_dec.T)
+    sae.requires_grad_(True)
     trainer = _Trainer(sae, kind, k, penalty or 0.0, lr, rows.d_in, dead_window, total)
 
     resumed = _load_checkpoint(folder) if folder is not None else None
@@ -483,6 +484,7 @@ def train_sae(data: Recording | Any, site: str | None = None, width: int | None 
                 _save_checkpoint(folder, trainer, position)
                 last_save = time.perf_counter()
     _finish(sae, trainer, kind, position["scale"])
+    sae.requires_grad_(False)
     sae.info = {"settings": settings, "steps": position["step"], "tokens_seen": int(epochs * rows.keep.sum()),
                 "seconds": round(position["seconds"], 2), "threads": torch.get_num_threads(),
                 "torch": torch.__version__, "last_epoch": position["stats"], "scale": position["scale"],
