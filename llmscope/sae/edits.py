@@ -17,8 +17,8 @@ as they are: SAEs are trained without BOS rows.
 Each is an :class:`~llmscope.interventions.Intervention`: apply it with ``intervene``.
 
 Example:
-    >>> from llmscope.sae import train
-    >>> sae = train.train_sae(rec, "mlp.0", width=1024, k=8, epochs=1, progress=False)
+    >>> from llmscope.sae.train import train_sae
+    >>> sae = train_sae(rec, "mlp.0", width=1024, k=8, epochs=1, progress=False)
     >>> with intervene(model, lesion_features(sae, [3, 7]), gain_features(sae, [5], factor=2.0)):
     ...     logits = model(stim.ids)
 """
@@ -37,6 +37,22 @@ from llmscope.sae.model import SAE
 if TYPE_CHECKING:
     from transformer_lens.hook_points import HookPoint
     from transformer_lens.model_bridge import TransformerBridge
+
+
+class _Setting:
+    """A finite number an edit reads at each pass, settable between passes (a slider's value)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.attr = "_" + name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        return self if obj is None else getattr(obj, self.attr)
+
+    def __set__(self, obj: Any, value: float) -> None:
+        setattr(obj, self.attr, number(value, self.what, error=InterventionError))
 
 
 class _SAEIntervention(Intervention):
@@ -116,17 +132,11 @@ class gain_features(_FeatureEdit):
     """Multiply features by ``factor`` (0 = lesion, 1 = intact, > 1 = stimulate); settable
     between passes, like :class:`~llmscope.gain`'s."""
 
+    factor = _Setting("gain factor")
+
     def __init__(self, sae: SAE, features: Any, factor: float = 1.0, bos: int = 1):
         super().__init__(sae, features, bos)
         self.factor = factor
-
-    @property
-    def factor(self) -> float:
-        return self._factor
-
-    @factor.setter
-    def factor(self, value: float) -> None:
-        self._factor = number(value, "gain factor", error=InterventionError)
 
     def _change(self, f):
         return f * (self.factor - 1.0)
@@ -139,17 +149,11 @@ class steer_features(_FeatureEdit):
     """Add ``alpha`` to features' activations at every position: ``alpha * W_dec[i]`` is added
     to the site (alpha in the feature's own units, as if it fired that much more)."""
 
+    alpha = _Setting("steering alpha")
+
     def __init__(self, sae: SAE, features: Any, alpha: float = 1.0, bos: int = 1):
         super().__init__(sae, features, bos)
         self.alpha = alpha
-
-    @property
-    def alpha(self) -> float:
-        return self._alpha
-
-    @alpha.setter
-    def alpha(self, value: float) -> None:
-        self._alpha = number(value, "steering alpha", error=InterventionError)
 
     def fwd_hooks(self, model):  # no encoding needed: the change does not depend on f
         hook = self._hook(model)

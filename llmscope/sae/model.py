@@ -242,9 +242,17 @@ class SAE(torch.nn.Module):
 
         return record_features(self, recording, store=store, progress=progress)
 
+    @property
+    def model_name(self) -> str | None:
+        """The name of the model the SAE belongs to (None if unknown)."""
+        if self.model is not None:
+            return self.model.name
+        made_by = self.info.get("recording_model")
+        return made_by.get("name") if isinstance(made_by, dict) else None
+
     def __repr__(self) -> str:
         k = f", k={self.k}" if self.k else ""
-        owner = f" of {self.model.name}" if self.model else ""
+        owner = f" of {self.model_name}" if self.model_name else ""
         return (f"SAE({self.site or '?'}{owner}: {self.d_in} -> {self.d_sae} features, "
                 f"{self.architecture}{k}, trained as {self.kind!r})")
 

@@ -298,6 +298,11 @@ def test_untouched_features_leave_the_model_bit_identical(trained, organism):
     assert torch.allclose(seen["x"], expected, atol=1e-5)
     with pytest.raises(InterventionError.Range, match="0..255"):
         lesion_features(sae, [256])
+    with pytest.raises(InterventionError.Range, match="gain factor"):
+        g.factor = float("nan")
+    with pytest.raises(InterventionError.Type, match="steering alpha"):
+        steer_features(sae, [0], alpha="2")
+    assert g.factor == 0.0  # a refused value leaves the slider where it was
 
 
 def test_features_are_a_recording_every_analysis_reads(trained, organism):
