@@ -108,6 +108,7 @@ def save(sae: SAE, folder: str | os.PathLike, dtype: str = "float32") -> Path:
     tensors = {k: v.detach().to("cpu", DTYPES[dtype]).contiguous() for k, v in sae._tensors().items()}
     tmp = folder / (WEIGHTS + ".partial")
     save_file(tensors, str(tmp), metadata={"format": "pt"})
+    tmp.chmod(0o644)  # safetensors creates its file private; an SAE is shared like its cfg.json
     tmp.replace(folder / WEIGHTS)
     tmp = folder / (CONFIG + ".partial")
     written = weights_hash(sae.architecture, sae.k, tensors)

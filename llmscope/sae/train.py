@@ -198,7 +198,24 @@ def _decode(f_idx: Any, f: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
     ragged set (``f`` flat), so a token costs (active features) x d_in, not d_sae x d_in."""
     if isinstance(f_idx, tuple):
         return F.embedding_bag(f_idx[0], W_dec, f_idx[1], per_sample_weights=f, mode="sum")
-    return F.embedding_bag(f_idx, W_dec, per_sample_weights=f, mode="sum")
+    return _TopKDecode.apply(f_idx, f, W_dec)
+
+
+class _TopKDecode(torch.autograd.Function):
+    """``embedding_bag`` of k rows per token, with a backward of two GEMMs instead of PyTorch's,
+    which sorts all n x k indices (on a CPU the largest cost of a step after the GEMMs)."""
+
+    @staticmethod
+    def forward(ctx, idx, vals, W):
+        ctx.save_for_backward(idx, vals, W)
+        return F.embedding_bag(idx, W, per_sample_weights=vals, mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad):
+        idx, vals, W = ctx.saved_tensors
+        grad_vals = (grad @ W.T).gather(1, idx)
+        dense = torch.zeros(len(idx), W.shape[0], dtype=vals.dtype).scatter_(1, idx, vals)
+        return None, grad_vals, dense.T @ grad  # a GEMM beats index_add over n x k rows of d_in
 
 
 def _sparse(acts: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -222,7 +239,7 @@ class _Trainer:
         groups = [{"params": params, "scale": 1.0}]
         if kind == "jumprelu":  # Adam moves a parameter by ~lr a step: thresholds need more in a short run
             groups.append({"params": [self.log_threshold], "scale": THRESHOLD_LR_SCALE})
-        self.opt = torch.optim.Adam(groups, lr=lr, betas=(0.9, 0.999))
+        self.opt = torch.optim.Adam(groups, lr=lr, betas=(0.9, 0.999), fused=True)  # one pass per tensor
         self.since_fired = torch.zeros(sae.d_sae, dtype=torch.float64)
         self.threshold = torch.zeros((), dtype=torch.float64)  # batchtopk's running threshold
         self.unit_decoder = kind in ("topk", "batchtopk")
@@ -237,7 +254,8 @@ class _Trainer:
         sae = self.sae
         for group in self.opt.param_groups:
             group["lr"] = self.schedule(step) * group["scale"]
-        z = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+        # (x - b_dec) @ W_enc, with b_dec's gradient through a vector, not a third batch-sized GEMM
+        z = x @ sae.W_enc + (sae.b_enc - sae.b_dec @ sae.W_enc)
         aux = x.new_zeros(())
         if self.kind == "topk":
             top = torch.topk(z, self.k, dim=-1)
@@ -277,7 +295,7 @@ class _Trainer:
             if self.unit_decoder:
                 sae.W_dec.div_(sae.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
             self.since_fired += x.shape[0]
-            self.since_fired[fired.unique()] = 0
+            self.since_fired[torch.bincount(fired.flatten(), minlength=sae.d_sae) > 0] = 0
         return {"mse": float(mse.detach()), "l0": float(l0), "dead": float((self.since_fired > self.dead_window).float().mean())}
 
     def _auxk(self, x: torch.Tensor, x_hat: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

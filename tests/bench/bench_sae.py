@@ -69,6 +69,7 @@ def windows(model, n: int, length: int, skip: int = 0) -> Stimuli:
 
 
 def recording(model):
+    """The cached recording, and the minutes spent now (recording, or reopening and checking it)."""
     store = cache() / f"sae-smollm2-{SITE}-{N_SEQS}x{SEQ_LEN}.zarr"
     t = time.perf_counter()
     rec = llmscope.record(model, windows(model, N_SEQS, SEQ_LEN), [SITE], store=store, batch_size=16)
@@ -126,7 +127,7 @@ def run() -> list[dict]:
     sae, train_seconds = trained(rec)
     held_out = windows(model, HELD_OUT, SEQ_LEN, skip=1)
     m = sae.evaluate(model, held_out, progress=False)
-    rows = [{"benchmark": "sae", "case": f"record {SITE} on {len(rec)} tokens ({load()}; 0 if cached)",
+    rows = [{"benchmark": "sae", "case": f"record {SITE} on {len(rec)} tokens, or reopen the cached store ({load()})",
              "value": rec_seconds / 60, "unit": "min", "goal": ""},
             {"benchmark": "sae", "case": f"train {WIDTH} features, k={K}, {EPOCHS} epochs (as trained: "
              f"{sae.info['seconds'] / 60:.1f} min, {sae.info['threads']} threads)",
