@@ -319,3 +319,16 @@ def test_features_are_a_recording_every_analysis_reads(trained, organism):
     assert tun.df.index.get_level_values(0).unique().tolist() == ["sae:mlp.0"]
     with pytest.raises(SAEError, match="whole, complete"):
         record_features(sae, rec.select("pos > 3"))
+
+
+def test_features_on_disk_are_kept_and_bound_to_their_sae(trained, tmp_path):
+    rec, sae = trained
+    path = tmp_path / "f.zarr"
+    first = record_features(sae, rec, store=path, progress=False)
+    again = llmscope.Recording.open(path)
+    assert again.sites == ["sae:mlp.0"] and again.complete
+    np.testing.assert_array_equal(again.responses("sae:mlp.0"), first.responses("sae:mlp.0"))
+    assert record_features(sae, rec, store=path, progress=False).complete  # returned as it is
+    other = SAE(sae.d_in, sae.d_sae, "topk", k=4, seed=9, site="mlp.0", hook=sae.hook)
+    with pytest.raises(SAEError, match="something other than this SAE's features"):
+        record_features(other, rec, store=path, progress=False)

@@ -71,7 +71,7 @@ def test_a_repeated_span_feature_at_resid_2(lab):
     table = scoring.compare(families, tokens.is_repeat.to_numpy(), train, classes=[True])["f1_test"].unstack()
     feature, basis, random = table.loc[True, "features"], table.loc[True, "basis"], table.loc[True, "random"]
     assert feature > 0.8 and feature > basis + 0.03, table
-    assert feature < random, table  # measured: 0.84 against 0.855
+    assert feature < random, table  # measured: 0.854 against 0.869
 
 
 def test_splicing_the_sae_keeps_the_card_facts(lab, organism):
