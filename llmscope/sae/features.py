@@ -36,7 +36,7 @@ from llmscope.checks import flag
 from llmscope.errors import SAEError
 from llmscope.recording import (Recording, _chunk_rows, _consolidate, _create, _exclusive, _open_group,
                                 _version)
-from llmscope.sae.model import SAE
+from llmscope.sae.model import SAE, recording_model
 
 
 def _meta(sae: SAE, recording: Recording) -> dict[str, Any]:
@@ -45,8 +45,11 @@ def _meta(sae: SAE, recording: Recording) -> dict[str, Any]:
     n = source["stimuli"]["n_tokens"]
     site = {"name": sae.name, "hook": sae.hook or sae.name, "kind": "sae", "layer": layer, "shape": [sae.d_sae],
             "unit": "feature", "chunk_rows": _chunk_rows((sae.d_sae,), source["dtype"], n)}
-    return {**source, "llmscope_version": _version(), "sites": [site],
+    meta = {**source, "llmscope_version": _version(), "sites": [site],
             "sae": {"name": sae.name, "site": sae.site, "fingerprint": sae.fingerprint}}
+    if "fingerprints" in source:  # a store that keeps the prints of the weights it depends on
+        meta["fingerprints"] = {**source["fingerprints"], sae.name: {"name": sae.name, "weights": sae.fingerprint}}
+    return meta
 
 
 def _check(sae: SAE, recording: Recording) -> None:
@@ -59,9 +62,11 @@ def _check(sae: SAE, recording: Recording) -> None:
     if recording.site(sae.site).shape != (sae.d_in,):
         raise SAEError(f"the SAE reads {sae.d_in} values per token; {sae.site} here has shape "
                        f"{recording.site(sae.site).shape}: it is another model's site.")
+    fp, legacy = recording_model(recording)
     made_by = sae.info.get("recording_model")
-    if isinstance(made_by, dict) and made_by.get("fingerprint") != recording._meta["model"]["fingerprint"]:
-        raise SAEError(f"the SAE was trained on a recording of {made_by.get('name')!r}; this recording was made "
+    if (sae.model is not None and fp is not None and sae.model.weights != fp.weights) or (
+            isinstance(made_by, dict) and legacy is not None and made_by.get("fingerprint") != legacy.get("fingerprint")):
+        raise SAEError(f"the SAE was trained on a recording of {sae.model_name!r}; this recording was made "
                        f"by {recording.model_name!r} with other weights: its features would mean nothing.")
     if not recording.complete or len(recording) != recording._meta["stimuli"]["n_tokens"]:
         raise SAEError("features are derived from a whole, complete recording (not a selection or an interrupted "
@@ -114,6 +119,7 @@ def record_features(sae: SAE, recording: Recording, store: str | os.PathLike | N
             for rows, block in responses.blocks(recording, sae.site):
                 out[rows.start:rows.stop] = sae.encode(torch.from_numpy(block)).numpy().astype(dtype)
                 bar.update(rows.stop - rows.start)
+        out.update_attributes({"written_rows": len(recording)})  # the rows this site holds (the store's ledger)
         group.attrs["done_seqs"] = meta["stimuli"]["n_seqs"]
         _consolidate(group)
     return Recording(group)

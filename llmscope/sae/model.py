@@ -58,6 +58,16 @@ KINDS = {"relu_l1": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumpre
 PREFIX = "sae:"  # a site of features is named "sae:<site>", e.g. "sae:mlp.0"
 
 
+def recording_model(recording: "Recording") -> tuple[Fingerprint | None, dict | None]:
+    """Who made a recording: its model's :class:`~llmscope.identity.Fingerprint` where the
+    store keeps one (``Recording.fingerprint``), else the store's older print of the model (a
+    dict of its dimensions and a hash of its embedding)."""
+    fp = getattr(recording, "fingerprint", None)
+    if isinstance(fp, Fingerprint):
+        return fp, None
+    return None, recording._meta.get("model")
+
+
 def weights_hash(architecture: str, k: int | None, tensors: dict[str, torch.Tensor]) -> str:
     """A hash of an SAE's architecture and every value of its tensors (as float32)."""
     h = hashlib.sha256(f"{architecture}:{k}".encode())
@@ -198,9 +208,9 @@ class SAE(torch.nn.Module):
             return
         made_by = self.info.get("recording_model")
         if isinstance(made_by, dict):
-            from llmscope.recording import fingerprint
+            from llmscope import recording
 
-            if made_by.get("fingerprint") != fingerprint(model):
+            if made_by.get("fingerprint") != recording.fingerprint(model):
                 raise error(f"the SAE of {self.site} was trained on a recording of {made_by.get('name')!r}; this "
                             f"model is {model.cfg.model_name!r} with other weights. {fix}")
 
@@ -257,4 +267,4 @@ class SAE(torch.nn.Module):
                 f"{self.architecture}{k}, trained as {self.kind!r})")
 
 
-__all__ = ["SAE", "ARCHITECTURES", "KINDS", "PREFIX"]
+__all__ = ["SAE", "ARCHITECTURES", "KINDS", "PREFIX", "recording_model"]

@@ -63,9 +63,8 @@ from llmscope import checks
 from llmscope.analysis import responses
 from llmscope.checks import choice, count, flag, number
 from llmscope.errors import SAEError
-from llmscope.identity import Fingerprint
 from llmscope.recording import Recording
-from llmscope.sae.model import KINDS, SAE
+from llmscope.sae.model import KINDS, SAE, recording_model
 from llmscope.stimuli import trials
 
 BLOCK_ROWS = 2048  # consecutive tokens read at once
@@ -117,7 +116,8 @@ class _Rows:
         if self.recording is None:
             return {"array": hashlib.sha256(self.array.tobytes()).hexdigest()[:16], "shape": list(self.array.shape)}
         meta = self.recording._meta
-        return {"model": meta["model"], "stimuli": meta["stimuli"], "site": self.site.name, "rows": int(self.keep.sum())}
+        return {"model": meta.get("fingerprints", meta.get("model")), "stimuli": meta["stimuli"], "site": self.site.name,
+                "rows": int(self.keep.sum())}
 
     def read(self, block: int) -> np.ndarray:
         """The kept rows of one block, float32 ``[n, d_in]``."""
@@ -447,7 +447,7 @@ def train_sae(data: Recording | Any, site: str | None = None, width: int | None 
     steps = plan.steps(rows)
     total = sum(map(sum, steps))
 
-    model = _model_of(rows)
+    model, legacy = recording_model(rows.recording) if rows.recording is not None else (None, None)
     sae = SAE(rows.d_in, width, "topk" if kind == "topk" else "jumprelu" if kind in ("batchtopk", "jumprelu")
               else "standard", k=k if kind == "topk" else None, seed=seed, site=site_name,
               hook=rows.site.hook if rows.site else None, model=model, kind=kind)
@@ -507,18 +507,11 @@ def train_sae(data: Recording | Any, site: str | None = None, width: int | None 
                 "seconds": round(position["seconds"], 2), "threads": torch.get_num_threads(),
                 "torch": torch.__version__, "last_epoch": position["stats"], "scale": position["scale"],
                 "dataset_path": rows.recording.name if rows.recording else None, "exclude_special_tokens": not include_bos,
-                "context_size": None, "recording_model": rows.recording._meta["model"] if rows.recording else None}
+                "context_size": None, "recording_model": legacy}
     if folder is not None:
         sae.save(folder)
         (folder / CHECKPOINT).unlink(missing_ok=True)
     return sae
-
-
-def _model_of(rows: _Rows) -> Fingerprint | None:
-    if rows.recording is None:
-        return None
-    fp = rows.recording._meta["model"].get("identity")  # a store that keeps the identity fingerprint
-    return Fingerprint.from_dict(fp) if fp else None
 
 
 def _finish(sae: SAE, trainer: _Trainer, kind: str, scale: float) -> None:
