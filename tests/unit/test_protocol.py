@@ -158,7 +158,7 @@ def test_the_top_level_api_is_small():
 # ---------------------------------------------------------------- layers point down
 
 LAYERS = ["errors", "checks", "identity", "vocabulary", "progress", "models", "tokens", "sites", "result", "stimuli",
-          "behaviour", "recording", "interventions", "passes", "engine", "analysis", "organisms", "replicate",
+          "behaviour", "recording", "interventions", "passes", "engine", "analysis", "sae", "organisms", "replicate",
           "widgets"]
 
 
