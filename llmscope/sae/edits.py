@@ -11,15 +11,20 @@ added, so a feature that is not changed (gain 1, steer 0, a lesioned feature tha
 a token) leaves ``x`` bit for bit as it was. :class:`splice` is the other thing: the site's
 activation *replaced* by the SAE's reconstruction (error dropped), as in CE loss recovered.
 
-The first ``bos`` positions of every sequence (the BOS llmscope's stimuli begin with) are left
-as they are: SAEs are trained without BOS rows.
+The first ``n_bos`` positions of every sequence (the BOS llmscope's stimuli begin with) are
+left as they are: SAEs are trained without BOS rows.
+
+Features are units: an edit takes them as any unit intervention does (``lesion(units, indices)``),
+named by the features' site ``"sae:<site>"`` — ``("sae:mlp.0", [3, 7])``, ``"sae:mlp.0", [3, 7]``,
+or a unit table such as ``tuning(features_recording, "sae:mlp.0", "pos_tag").top(3)`` — or as bare
+feature indices (``[3, 7]``).
 
 Each is an :class:`~llmscope.interventions.Intervention`: apply it with ``intervene``.
 
 Example:
     >>> from llmscope.sae.train import train_sae
     >>> sae = train_sae(rec, "mlp.0", width=1024, k=8, epochs=1, progress=False)
-    >>> with intervene(model, lesion_features(sae, [3, 7]), gain_features(sae, [5], factor=2.0)):
+    >>> with intervene(model, lesion_features(sae, [3, 7]), gain_features(sae, "sae:mlp.0", [5], factor=2.0)):
     ...     logits = model(stim.ids)
 """
 
@@ -29,10 +34,15 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+import numpy as np
+
+from llmscope import identity
 from llmscope.checks import count, number
 from llmscope.errors import InterventionError, SiteError
 from llmscope.interventions import Intervention
 from llmscope.sae.model import SAE
+from llmscope.sites import Site, UnitsLike, bound_model, parse_units
+from llmscope.vocabulary import renamed
 
 if TYPE_CHECKING:
     from transformer_lens.hook_points import HookPoint
@@ -58,13 +68,16 @@ class _Setting:
 class _SAEIntervention(Intervention):
     """An intervention at an SAE's site, checked against the model before any hook."""
 
-    def __init__(self, sae: SAE, bos: int = 1):
+    def __init__(self, sae: SAE, n_bos: int = 1):
         if not isinstance(sae, SAE):
             raise InterventionError.Type(f"feature interventions take an llmscope SAE; got {type(sae).__name__}.")
-        self.sae, self.bos = sae, count(bos, "bos", 0, None, InterventionError)
+        self.sae, self.bos = sae, count(n_bos, "n_bos", 0, None, InterventionError)
+        self.bound = None  # the model a unit table of features was measured on, if it says
 
     def _hook(self, model: "TransformerBridge") -> str:
-        self.sae.check_model(model, InterventionError)
+        self.sae._check_model(model, InterventionError)
+        identity.check(self.bound, model, "these features", "arch", InterventionError,
+                       "Take the features from an analysis of this model's recording.")
         if self.sae.hook not in model.hook_dict:
             raise InterventionError.Unknown(f"the SAE's hook {self.sae.hook!r} is not a hook of this model.")
         return self.sae.hook
@@ -86,17 +99,48 @@ class _SAEIntervention(Intervention):
         return hook_fn
 
 
+def _is_indices(units: Any) -> bool:
+    """Bare feature indices: an int, or a flat list / array of ints."""
+    if isinstance(units, bool) or not isinstance(units, (int, np.integer, list, np.ndarray, torch.Tensor)):
+        return False
+    try:
+        a = np.asarray(units)
+    except ValueError:  # a ragged list: units of sites
+        return False
+    return a.dtype.kind in "iu" and a.ndim <= 1
+
+
+def feature_indices(sae: SAE, units: UnitsLike, indices: Any = None) -> np.ndarray:
+    """The SAE's feature indices named by ``units`` (and ``indices``): bare indices, or units of the
+    site ``sae.name`` in any form a unit intervention takes; a SiteError otherwise."""
+    if _is_indices(units):
+        if indices is not None:
+            raise SiteError.Type(f"feature indices are given once: as units ({units!r}) or after the site "
+                                 f"{sae.name!r} as indices, not both.")
+        return sae._indices(units)
+    picked = []
+    for spec, idx in parse_units(units, indices):
+        name = spec.name if isinstance(spec, Site) else spec
+        if name != sae.name:
+            raise SiteError.Unknown(f"this SAE's features are the site {sae.name!r}; got units of {name!r}. Take "
+                                    f"units from an analysis of its features (record_features), or give feature indices.")
+        picked.append(sae._indices(idx))
+    return np.unique(np.concatenate(picked))
+
+
 class _FeatureEdit(_SAEIntervention):
     """Change some features' activations; the site moves by ``(f' - f) @ W_dec[features]``."""
 
-    def __init__(self, sae: SAE, features: Any, bos: int = 1):
-        super().__init__(sae, bos)
+    def __init__(self, sae: SAE, units: UnitsLike, indices: Any = None, n_bos: int = 1):
+        super().__init__(sae, n_bos)
         try:
-            self.features = torch.as_tensor(sae.check_features(features))
+            self.features = torch.as_tensor(feature_indices(sae, units, indices))
         except SiteError as exc:  # the same message, in the intervention's class and kind
             kind = (InterventionError.Range if isinstance(exc, IndexError) else
-                    InterventionError.Type if isinstance(exc, TypeError) else InterventionError)
+                    InterventionError.Type if isinstance(exc, TypeError) else
+                    InterventionError.Unknown if isinstance(exc, KeyError) else InterventionError)
             raise kind(str(exc)) from None
+        self.bound = bound_model(units)
 
     def _change(self, f: torch.Tensor) -> torch.Tensor:
         """``f' - f`` for the selected features ``f [..., n_sel]``."""
@@ -119,7 +163,19 @@ class _FeatureEdit(_SAEIntervention):
 
 
 class lesion_features(_FeatureEdit):
-    """Silence features: each one's contribution ``f_i W_dec[i]`` is taken out of the site."""
+    """Silence features: each one's contribution ``f_i W_dec[i]`` is taken out of the site.
+
+    Args:
+        sae: the SAE whose features are edited.
+        units: the features: ``"sae:<site>"`` with ``indices``, a unit table of that site (such as
+            ``tuning(...).top(3)`` on a recording of the features), or bare feature indices.
+        indices: feature indices after the site name.
+        n_bos: leading positions of each sequence left as they are (the BOS).
+    """
+
+    @renamed(features="units", bos="n_bos")
+    def __init__(self, sae: SAE, units: UnitsLike, indices: Any = None, *, n_bos: int = 1):
+        super().__init__(sae, units, indices, n_bos)
 
     def _change(self, f):
         return -f
@@ -134,8 +190,9 @@ class gain_features(_FeatureEdit):
 
     factor = _Setting("gain factor")
 
-    def __init__(self, sae: SAE, features: Any, factor: float = 1.0, bos: int = 1):
-        super().__init__(sae, features, bos)
+    @renamed(features="units", bos="n_bos")
+    def __init__(self, sae: SAE, units: UnitsLike, indices: Any = None, *, factor: float = 1.0, n_bos: int = 1):
+        super().__init__(sae, units, indices, n_bos)
         self.factor = factor
 
     def _change(self, f):
@@ -151,8 +208,9 @@ class steer_features(_FeatureEdit):
 
     alpha = _Setting("steering alpha")
 
-    def __init__(self, sae: SAE, features: Any, alpha: float = 1.0, bos: int = 1):
-        super().__init__(sae, features, bos)
+    @renamed(features="units", bos="n_bos")
+    def __init__(self, sae: SAE, units: UnitsLike, indices: Any = None, *, alpha: float = 1.0, n_bos: int = 1):
+        super().__init__(sae, units, indices, n_bos)
         self.alpha = alpha
 
     def fwd_hooks(self, model):  # no encoding needed: the change does not depend on f
@@ -166,6 +224,10 @@ class steer_features(_FeatureEdit):
 
 class splice(_SAEIntervention):
     """Replace the site's activation by the SAE's reconstruction ``decode(encode(x))``."""
+
+    @renamed(bos="n_bos")
+    def __init__(self, sae: SAE, *, n_bos: int = 1):
+        super().__init__(sae, n_bos)
 
     def fwd_hooks(self, model):
         hook = self._hook(model)
@@ -181,4 +243,4 @@ class splice(_SAEIntervention):
         return f"splice({self.sae.name})"
 
 
-__all__ = ["lesion_features", "gain_features", "steer_features", "splice"]
+__all__ = ["lesion_features", "gain_features", "steer_features", "splice", "feature_indices"]

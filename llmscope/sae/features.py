@@ -28,12 +28,12 @@ from typing import Any
 import numpy as np
 import torch
 import zarr
-from tqdm.auto import tqdm
 from zarr.storage import MemoryStore
 
 from llmscope.analysis import responses
 from llmscope.checks import flag
 from llmscope.errors import SAEError
+from llmscope.progress import progress_bar
 from llmscope.recording import (Recording, _chunk_rows, _consolidate, _create, _exclusive, _open_group,
                                 _version)
 from llmscope.sae.model import SAE, recording_model
@@ -63,7 +63,7 @@ def _check(sae: SAE, recording: Recording) -> None:
         raise SAEError(f"the SAE reads {sae.d_in} values per token; {sae.site} here has shape "
                        f"{recording.site(sae.site).shape}: it is another model's site.")
     fp, legacy = recording_model(recording)
-    made_by = sae.info.get("recording_model")
+    made_by = sae.meta.get("recording_model")
     if (sae.model is not None and fp is not None and sae.model.weights != fp.weights) or (
             isinstance(made_by, dict) and legacy is not None and made_by.get("fingerprint") != legacy.get("fingerprint")):
         raise SAEError(f"the SAE was trained on a recording of {sae.model_name!r}; this recording was made "
@@ -83,7 +83,7 @@ def record_features(sae: SAE, recording: Recording, store: str | os.PathLike | N
         store: None (in memory) or a folder for the new store. A store already holding the
             features of this SAE on this recording is returned as it is; an unfinished one
             is written again.
-        progress: show a progress bar (tokens).
+        progress: show a progress bar (tokens; ``TQDM_DISABLE=1`` hides it).
 
     Raises:
         SAEError: another model's recording, a missing site, an incomplete recording, a
@@ -114,7 +114,7 @@ def record_features(sae: SAE, recording: Recording, store: str | os.PathLike | N
         _create(group, meta, recording.stimuli)
         out = group[sae.name]
         dtype = np.dtype(meta["dtype"])
-        with tqdm(total=len(recording), unit="tok", desc=f"encode {sae.name}", disable=not progress) as bar, \
+        with progress_bar(total=len(recording), unit="tok", desc=f"encode {sae.name}", show=progress) as bar, \
                 torch.no_grad():
             for rows, block in responses.blocks(recording, sae.site):
                 out[rows.start:rows.stop] = sae.encode(torch.from_numpy(block)).numpy().astype(dtype)

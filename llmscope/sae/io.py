@@ -73,7 +73,7 @@ def weight_shapes(architecture: str, d_in: int, d_sae: int) -> dict[str, tuple[i
 def config(sae: SAE, dtype: str = "float32", fingerprint: str | None = None) -> dict[str, Any]:
     """The ``cfg.json`` of ``sae`` (see the module docstring); ``fingerprint`` is that of the
     weights as written (default: as held)."""
-    info = sae.info
+    info = sae.meta
     cfg: dict[str, Any] = {
         "d_in": sae.d_in, "d_sae": sae.d_sae, "dtype": dtype, "device": "cpu", "apply_b_dec_to_input": True,
         "normalize_activations": "none", "reshape_activations": "none",
@@ -158,7 +158,7 @@ def load(folder: str | os.PathLike) -> SAE:
     ours = cfg.get("llmscope") or {}
     sae = SAE(d_in, d_sae, arch, k=None if k is None else int(k), site=ours.get("site"),
               hook=meta.get("hook_name"), model=Fingerprint.from_dict(ours.get("model")), kind=ours.get("kind"),
-              info=ours.get("info") or {key: meta.get(key) for key in ("dataset_path", "context_size")})
+              meta=ours.get("info") or {key: meta.get(key) for key in ("dataset_path", "context_size")})
     with torch.no_grad():
         for name, t in tensors.items():
             getattr(sae, name).copy_(t)

@@ -22,7 +22,7 @@ leaves special tokens out):
                             SAELens's ``ce_loss_score`` (zero ablation)
 ``ce_delta``                ``ce_sae - ce_clean``: the loss the splice costs against clean
 ``dead_fraction``           features that never fire on these tokens (frequency 0)
-``dense_fraction``          features firing on more than ``dense`` (default 10%) of them
+``dense_fraction``          features firing on more than ``DENSE`` (10%) of them
 ==========================  ================================================================
 
 Losses are SAELens's: the mean over predictions made at non-BOS positions (a loss at row
@@ -43,25 +43,27 @@ from __future__ import annotations
 
 import html
 import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from llmscope.analysis.sparsity import REFERENCE
 from llmscope.behaviour import next_token_loss
-from llmscope.checks import count, flag, fraction
+from llmscope.checks import count, flag
 from llmscope.errors import SAEError
-from llmscope.result import Result
+from llmscope.progress import progress_bar
+from llmscope.result import Result, unit_dataset
 from llmscope.sae.model import SAE
 from llmscope.stimuli.core import Stimuli, as_stimuli
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
     from transformer_lens.model_bridge import TransformerBridge
+
+DENSE = 0.1  # a feature firing on more than this fraction of the tokens is dense
+BINS = 60  # bars of the activation-frequency histogram
 
 DEFINITIONS = {
     "l0": "mean number of active features per token",
@@ -77,54 +79,61 @@ DEFINITIONS = {
     "ce_loss_score": "(ce_zero_ablation - ce_sae) / (ce_zero_ablation - ce_clean) (SAELens)",
     "ce_delta": "ce_sae - ce_clean",
     "dead_fraction": "features never active on these tokens",
-    "dense_fraction": "features active on more than `dense` of the tokens",
+    "dense_fraction": "features active on more than 10% of the tokens",
     "n_tokens": "tokens measured (BOS out)",
     "n_predictions": "next-token predictions scored",
 }
 
 
-def _figure(result: "SAEMetrics", bins: int = 60) -> "go.Figure":
-    """The activation-frequency histogram: log10 of each live feature's firing frequency, with
-    seed 003's ~2% as a reference line."""
-    import plotly.graph_objects as go
-
-    freq = result.features["frequency"].to_numpy()
-    live = np.log10(freq[freq > 0])
-    fig = go.Figure(go.Histogram(x=live, nbinsx=bins, name="features", marker_color="#4c78a8"))
-    fig.add_vline(x=math.log10(REFERENCE), line=dict(color="grey", dash="dash"),
-                  annotation_text="~2% (seed 003, cortex)", annotation_position="top right")
-    dead = int((freq == 0).sum())
-    fig.update_layout(
-        title=(f"{html.escape(result.meta['sae'])}: activation frequency of {len(live)} live features "
-               f"({dead} dead, not shown); L0 {result.value('l0'):.1f}, FVU {result.value('fvu'):.3f}"),
-        xaxis_title="log10(fraction of tokens on which the feature fires)", yaxis_title="features",
-        bargap=0.02, showlegend=False)
-    return fig
-
-
-@dataclass(repr=False, eq=False)
 class SAEMetrics(Result):
     """What :func:`evaluate` returns.
 
     ``.df``: one row per metric (index ``metric``), columns ``value`` and ``definition``
     (the module docstring says each one exactly).
 
-    Attributes:
-        features: one row per feature, indexed by ``(site, unit)`` (site ``"sae:<site>"``):
-            ``frequency`` (fraction of tokens on which it fires) and ``mean_activation``
-            (its mean where it fires, NaN if never).
+    ``.data``: per feature (dimension ``unit``, labelled ``"sae:mlp.0:12"``, with coordinates
+    ``site`` and ``index``): ``frequency`` (fraction of tokens on which it fires) and
+    ``mean_activation`` (its mean where it fires, NaN if never).
 
     ``.meta``: ``sae`` (its name), ``fingerprint`` (the SAE's), ``model``, ``stimuli``,
-    ``dense``, ``batch_size``. ``.plot()`` is the activation-frequency histogram.
+    ``dense`` (``DENSE``), ``batch_size``. ``.plot()`` is the activation-frequency histogram.
     """
 
-    features: pd.DataFrame = None
+    kind = "evaluate"
+    rank_by = None
 
     def value(self, metric: str) -> float:
         """One metric's value, e.g. ``m.value("fvu")``."""
         if metric not in self.df.index:
             raise SAEError.Unknown(f"unknown metric {metric!r}; these are {list(self.df.index)}.")
         return float(self.df.loc[metric, "value"])
+
+    @property
+    def features(self) -> pd.DataFrame:
+        """``.data``'s per-feature values as a unit table indexed by ``(site, unit)``, so
+        ``m.features.nlargest(5, "frequency")`` passes straight to the feature edits."""
+        index = pd.MultiIndex.from_arrays([self.data["site"].to_numpy(), self.data["index"].to_numpy()],
+                                          names=["site", "unit"])
+        return pd.DataFrame({name: self.data[name].to_numpy() for name in ("frequency", "mean_activation")},
+                            index=index)
+
+    def plot(self) -> "go.Figure":
+        """The activation-frequency histogram: log10 of each live feature's firing frequency,
+        with seed 003's ~2% as a reference line (dead features are counted in the title)."""
+        import plotly.graph_objects as go
+
+        freq = self.data["frequency"].to_numpy()
+        live = np.log10(freq[freq > 0])
+        fig = go.Figure(go.Histogram(x=live, nbinsx=BINS, name="features", marker_color="#4c78a8"))
+        fig.add_vline(x=math.log10(REFERENCE), line=dict(color="grey", dash="dash"),
+                      annotation_text="~2% (seed 003, cortex)", annotation_position="top right")
+        dead = int((freq == 0).sum())
+        fig.update_layout(
+            title=(f"{html.escape(self.meta['sae'])}: activation frequency of {len(live)} live features "
+                   f"({dead} dead, not shown); L0 {self.value('l0'):.1f}, FVU {self.value('fvu'):.3f}"),
+            xaxis_title="log10(fraction of tokens on which the feature fires)", yaxis_title="features",
+            bargap=0.02, showlegend=False)
+        return fig
 
 
 class _Sums:
@@ -161,7 +170,7 @@ def _ratio(baseline: float, sae: float, clean: float) -> float:
 
 
 def evaluate(sae: SAE, model: "TransformerBridge", stimuli: Stimuli | Any, *, batch_size: int = 8,
-             dense: float = 0.1, progress: bool = True) -> SAEMetrics:
+             progress: bool = True) -> SAEMetrics:
     """SAELens's metrics of ``sae`` on ``stimuli`` (definitions in the module docstring).
 
     Runs the model twice per batch: once clean (reading the site), once with three copies of
@@ -172,7 +181,6 @@ def evaluate(sae: SAE, model: "TransformerBridge", stimuli: Stimuli | Any, *, ba
         model: the model it was trained on (checked by fingerprint).
         stimuli: Stimuli (or text) to measure on; BOS rows are left out.
         batch_size: sequences per forward pass.
-        dense: the firing frequency above which a feature counts as dense.
         progress: show a progress bar.
 
     Returns:
@@ -183,12 +191,11 @@ def evaluate(sae: SAE, model: "TransformerBridge", stimuli: Stimuli | Any, *, ba
     """
     if not isinstance(sae, SAE):
         raise SAEError.Type(f"evaluate() takes an llmscope SAE; got {type(sae).__name__}.")
-    sae.check_model(model)
+    sae._check_model(model)
     if sae.hook not in model.hook_dict:
         raise SAEError(f"the SAE's hook {sae.hook!r} is not a hook of this model.")
     stimuli = as_stimuli(model, stimuli)
     batch_size = count(batch_size, "batch_size", error=SAEError)
-    dense = fraction(dense, "dense", error=SAEError)
     flag(progress, "progress", SAEError)
     is_bos = np.zeros(stimuli.ids.shape, dtype=bool)
     t = stimuli.tokens
@@ -204,7 +211,7 @@ def evaluate(sae: SAE, model: "TransformerBridge", stimuli: Stimuli | Any, *, ba
     sums = _Sums(sae.d_in, sae.d_sae)
     losses = {k: [] for k in ("clean", "sae", "mean", "zero")}
     batches = list(stimuli.batches(batch_size))
-    bar = tqdm(total=2 * len(batches), desc=f"evaluate {sae.name}", disable=not progress)
+    bar = progress_bar(total=2 * len(batches), desc=f"evaluate {sae.name}", show=progress)
     caught: dict[str, torch.Tensor] = {}
 
     def read(act: torch.Tensor, hook: Any) -> torch.Tensor:
@@ -249,7 +256,7 @@ def evaluate(sae: SAE, model: "TransformerBridge", stimuli: Stimuli | Any, *, ba
         "cossim": sums.cos / sums.n, "ce_clean": ce["clean"], "ce_sae": ce["sae"], "ce_mean_ablation": ce["mean"],
         "ce_zero_ablation": ce["zero"], "ce_loss_recovered": _ratio(ce["mean"], ce["sae"], ce["clean"]),
         "ce_loss_score": _ratio(ce["zero"], ce["sae"], ce["clean"]), "ce_delta": ce["sae"] - ce["clean"],
-        "dead_fraction": float((freq == 0).mean()), "dense_fraction": float((freq > dense).mean()),
+        "dead_fraction": float((freq == 0).mean()), "dense_fraction": float((freq > DENSE).mean()),
         "n_tokens": sums.n, "n_predictions": int(scored.sum()),
     }
     df = pd.DataFrame({"value": values, "definition": {k: DEFINITIONS[k] for k in values}})
@@ -257,10 +264,9 @@ def evaluate(sae: SAE, model: "TransformerBridge", stimuli: Stimuli | Any, *, ba
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_act = np.where(sums.active.numpy() > 0, sums.act_sum.numpy() / sums.active.numpy(), np.nan)
     index = pd.MultiIndex.from_arrays([[sae.name] * sae.d_sae, np.arange(sae.d_sae)], names=["site", "unit"])
-    features = pd.DataFrame({"frequency": freq, "mean_activation": mean_act}, index=index)
     meta = {"sae": sae.name, "fingerprint": sae.fingerprint, "model": str(model.cfg.model_name),
-            "stimuli": stimuli.name, "dense": dense, "batch_size": batch_size}
-    return SAEMetrics(df, kind="sae_metrics", meta=meta, plotter=_figure, features=features)
+            "stimuli": stimuli.name, "dense": DENSE, "batch_size": batch_size}
+    return SAEMetrics(df, meta, unit_dataset(index, {"frequency": freq, "mean_activation": mean_act}))
 
 
 __all__ = ["evaluate", "SAEMetrics", "DEFINITIONS"]

@@ -83,7 +83,7 @@ class SAE(torch.nn.Module):
 
     Args:
         d_in: values per token at the site (``d_mlp`` for ``mlp.L``, ``d_model`` for ``resid.L``).
-        d_sae: number of features.
+        width: number of features (SAELens's ``d_sae``, the attribute :attr:`d_sae`).
         architecture: ``"standard"``, ``"topk"`` or ``"jumprelu"`` (see the module docstring).
         k: features kept per token (``"topk"`` only).
         seed: seeds the initial weights (decoder rows of norm 0.1, the encoder their transpose,
@@ -91,17 +91,17 @@ class SAE(torch.nn.Module):
         site, hook: the site's short name and TransformerLens hook (None if not a model's site).
         model: the fingerprint of the model the SAE belongs to (None if unknown).
         kind: how it was trained (``"relu_l1"``, ``"topk"``, ``"batchtopk"``, ``"jumprelu"``).
-        info: provenance (training settings and statistics), kept in ``cfg.json``.
+        meta: provenance (training settings and statistics), kept in ``cfg.json``.
 
     Attributes:
         W_enc, b_enc, W_dec, b_dec, threshold: the weights (``threshold`` for ``"jumprelu"``).
     """
 
-    def __init__(self, d_in: int, d_sae: int, architecture: str = "topk", k: int | None = None, *,
+    def __init__(self, d_in: int, width: int, architecture: str = "topk", k: int | None = None, *,
                  seed: int = 0, site: str | None = None, hook: str | None = None,
-                 model: Fingerprint | None = None, kind: str | None = None, info: dict | None = None):
+                 model: Fingerprint | None = None, kind: str | None = None, meta: dict | None = None):
         super().__init__()
-        d_in, d_sae = count(d_in, "d_in", error=SAEError), count(d_sae, "d_sae", error=SAEError)
+        d_in, d_sae = count(d_in, "d_in", error=SAEError), count(width, "width", error=SAEError)
         self.architecture = choice(architecture, "SAE architecture", ARCHITECTURES, SAEError)
         if (architecture == "topk") != (k is not None):
             raise SAEError(f"k (features per token) is given for architecture 'topk' and only for it; "
@@ -109,7 +109,7 @@ class SAE(torch.nn.Module):
         self.k = None if k is None else count(k, "k", 1, d_sae, SAEError)
         self.site, self.hook, self.model = site, hook, model
         self.kind = kind or {"standard": "relu_l1"}.get(architecture, architecture)
-        self.info = dict(info or {})
+        self.meta = dict(meta or {})
         gen = torch.Generator().manual_seed(int(seed))
         w_dec = torch.rand(d_sae, d_in, generator=gen) * 2 - 1
         w_dec = 0.1 * w_dec / w_dec.norm(dim=1, keepdim=True)
@@ -136,11 +136,11 @@ class SAE(torch.nn.Module):
         return PREFIX + self.site if self.site else "sae"
 
     # ---- the code
-    def pre(self, x: torch.Tensor) -> torch.Tensor:
+    def _pre(self, x: torch.Tensor) -> torch.Tensor:
         """The pre-activations ``z = (x - b_dec) @ W_enc + b_enc``, ``[..., d_sae]``."""
         return (x - self.b_dec) @ self.W_enc + self.b_enc
 
-    def activate(self, z: torch.Tensor) -> torch.Tensor:
+    def _activate(self, z: torch.Tensor) -> torch.Tensor:
         """The features of pre-activations ``z`` (the architecture's activation)."""
         if self.architecture == "standard":
             return torch.relu(z)
@@ -149,23 +149,22 @@ class SAE(torch.nn.Module):
         top = torch.topk(z, self.k, dim=-1)
         return torch.zeros_like(z).scatter_(-1, top.indices, torch.relu(top.values))
 
-    def encode(self, x: Any) -> torch.Tensor:
+    def encode(self, activations: Any) -> torch.Tensor:
         """Features ``[..., d_sae]`` of activations ``[..., d_in]`` (a tensor or an array).
 
         Example:
             >>> SAE(8, 16, "standard", seed=0).encode(np.zeros((2, 8))).shape
             torch.Size([2, 16])
         """
-        x = self._input(x)
-        return self.activate(self.pre(x))
+        return self._activate(self._pre(self._input(activations)))
 
-    def decode(self, f: torch.Tensor) -> torch.Tensor:
-        """The reconstruction ``f @ W_dec + b_dec`` of features ``[..., d_sae]``."""
-        return f @ self.W_dec + self.b_dec
+    def decode(self, features: torch.Tensor) -> torch.Tensor:
+        """The reconstruction ``features @ W_dec + b_dec`` of features ``[..., d_sae]``."""
+        return features @ self.W_dec + self.b_dec
 
-    def forward(self, x: Any) -> torch.Tensor:
-        """The reconstruction of ``x``: ``decode(encode(x))``."""
-        return self.decode(self.encode(x))
+    def forward(self, activations: Any) -> torch.Tensor:
+        """The reconstruction of ``activations``: ``decode(encode(activations))``."""
+        return self.decode(self.encode(activations))
 
     def _input(self, x: Any) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
@@ -179,18 +178,24 @@ class SAE(torch.nn.Module):
                            f"got an array of shape {tuple(x.shape)}.")
         return x.to(self.W_enc.dtype)
 
-    def directions(self, features: Any = None) -> torch.Tensor:
+    def directions(self, indices: Any = None) -> torch.Tensor:
         """Unit decoder directions ``[n, d_in]`` of some features (all by default), detached."""
-        idx = self.check_features(features)
+        idx = self._indices(indices)
         w = self.W_dec.detach()[torch.as_tensor(idx)]
         return w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
-    def check_features(self, features: Any = None) -> np.ndarray:
+    def _indices(self, indices: Any = None) -> np.ndarray:
         """Feature indices as an int array (None = all), each in ``0..d_sae-1``; a SiteError
         (``.Range``/``.Type``) otherwise, as for any unit."""
+        return self.unit_site.check_units(indices)
+
+    @property
+    def unit_site(self) -> "Site":
+        """The features as a :class:`~llmscope.sites.Site` named ``"sae:<site>"`` (kind ``"sae"``,
+        unit ``"feature"``), as a recording of them holds it."""
         from llmscope.sites import Site
 
-        return Site(self.name, self.hook or self.name, "sae", None, (self.d_sae,), "feature").check_units(features)
+        return Site(self.name, self.hook or self.name, "sae", None, (self.d_sae,), "feature")
 
     # ---- identity
     @property
@@ -198,7 +203,7 @@ class SAE(torch.nn.Module):
         """A hash of the SAE's weights (its architecture, shapes and every value)."""
         return weights_hash(self.architecture, self.k, self._tensors())
 
-    def check_model(self, model: "TransformerBridge", error: type = SAEError) -> None:
+    def _check_model(self, model: "TransformerBridge", error: type = SAEError) -> None:
         """Raise ``error`` unless ``model`` has the weights the SAE was trained on: by its
         :class:`~llmscope.identity.Fingerprint`, or else by the print of the model that made the
         recording it was trained on. An SAE that knows neither passes."""
@@ -206,7 +211,7 @@ class SAE(torch.nn.Module):
         if self.model is not None:
             identity.check(self.model, model, f"the SAE of {self.site}", "weights", error, fix)
             return
-        made_by = self.info.get("recording_model")
+        made_by = self.meta.get("recording_model")
         if isinstance(made_by, dict):
             from llmscope import recording
 
@@ -222,21 +227,21 @@ class SAE(torch.nn.Module):
         return out
 
     # ---- files (SAELens's layout, see llmscope.sae.io)
-    def save(self, folder: str | Path, dtype: str = "float32") -> Path:
-        """Write ``sae_weights.safetensors`` and ``cfg.json`` into ``folder`` (SAELens's layout)."""
+    def save(self, path: str | Path, dtype: str = "float32") -> Path:
+        """Write ``sae_weights.safetensors`` and ``cfg.json`` into the folder ``path`` (SAELens's layout)."""
         from llmscope.sae import io
 
-        return io.save(self, folder, dtype)
+        return io.save(self, path, dtype)
 
     @classmethod
-    def load(cls, folder: str | Path, model: "TransformerBridge | None" = None) -> "SAE":
+    def load(cls, path: str | Path, model: "TransformerBridge | None" = None) -> "SAE":
         """An SAE saved by :meth:`save` or by SAELens (6.x, or the flat pre-6 ``cfg.json``);
         with ``model``, it must be the model the SAE was trained on."""
         from llmscope.sae import io
 
-        sae = io.load(folder)
+        sae = io.load(path)
         if model is not None:
-            sae.check_model(model)
+            sae._check_model(model)
         return sae
 
     # ---- using it
@@ -257,7 +262,7 @@ class SAE(torch.nn.Module):
         """The name of the model the SAE belongs to (None if unknown)."""
         if self.model is not None:
             return self.model.name
-        made_by = self.info.get("recording_model")
+        made_by = self.meta.get("recording_model")
         return made_by.get("name") if isinstance(made_by, dict) else None
 
     def __repr__(self) -> str:

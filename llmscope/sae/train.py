@@ -1,7 +1,7 @@
 """Training an SAE on a recorded site, streamed from the recording's zarr store.
 
 Rows are read in *blocks* of consecutive tokens; each epoch visits the blocks in a seeded
-random order, a *buffer* of blocks at a time (``buffer_rows`` tokens at most in memory), and
+random order, a *buffer* of blocks at a time (``BUFFER_ROWS`` tokens at most in memory), and
 shuffles the rows of each buffer with a seed of its own before cutting it into batches. So the
 order of the training rows is a function of ``seed`` alone, memory is one buffer whatever the
 size of the recording, and a run can stop at a buffer's end and resume exactly there.
@@ -24,12 +24,13 @@ Losses (``x`` scaled, ``x_hat`` its reconstruction, ``f`` the features, per toke
                 estimator of Rajamanoharan et al. 2024 (rectangle kernel, bandwidth 0.001)
 ==============  ===========================================================================
 
-A feature is *dead* (for AuxK) when it has not fired on any of the last ``dead_window`` tokens.
+A feature is *dead* (for AuxK) when it has not fired on any of the last ``DEAD_WINDOW`` tokens (one
+epoch's rows if fewer).
 Adam, learning rate warmed up over 5% of the steps and decayed to 0 over the last 20%.
 
 Checkpoints: with a recording on disk, the run keeps its state (weights, Adam's moments, the
 step and the position in the epoch) in a folder beside the store, ``<store>.sae/<run>/``,
-``checkpoint.safetensors`` (one file, replaced atomically, at most every ``checkpoint_every``
+``checkpoint.safetensors`` (one file, replaced atomically, at most every ``CHECKPOINT_SECONDS``
 seconds and at each epoch's end). Calling :func:`train_sae` again with the same arguments
 resumes from it; the finished SAE is saved in the same folder (``cfg.json`` +
 ``sae_weights.safetensors``) and a third call returns it without training. The run's folder
@@ -57,17 +58,20 @@ import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 from llmscope import checks
 from llmscope.analysis import responses
 from llmscope.checks import choice, count, flag, number
 from llmscope.errors import SAEError
+from llmscope.progress import progress_bar
 from llmscope.recording import Recording
 from llmscope.sae.model import KINDS, SAE, recording_model
 from llmscope.stimuli import trials
 
 BLOCK_ROWS = 2048  # consecutive tokens read at once
+BUFFER_ROWS = 32768  # tokens held in memory at once (whole blocks)
+DEAD_WINDOW = 200_000  # tokens without firing after which a feature is dead for AuxK (at most one epoch's rows)
+CHECKPOINT_SECONDS = 60.0  # the least time between checkpoints (0: after every buffer)
 CHECKPOINT = "checkpoint.safetensors"
 AUX_WEIGHT = 1 / 32  # AuxK's weight (Gao et al. 2024)
 THRESHOLD_LR = 0.01  # BatchTopK's running threshold (SAELens's topk_threshold_lr)
@@ -379,15 +383,14 @@ def _load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
 # ---------------------------------------------------------------- the entry point
 
 
-def train_sae(data: Recording | Any, site: str | None = None, width: int | None = None, kind: str = "topk",
+def train_sae(recording: Recording | Any, site: str | None = None, width: int | None = None, kind: str = "topk",
               k: int | None = 32, *, penalty: float | None = None, epochs: int = 10, batch_size: int = 1024,
-              lr: float = 1e-3, seed: int = 0, include_bos: bool = False, buffer_rows: int = 32768,
-              dead_window: int | None = None, checkpoint: Any = None, checkpoint_every: float = 60.0,
+              lr: float = 1e-3, seed: int = 0, include_bos: bool = False, checkpoint: Any = None,
               progress: bool = True) -> SAE:
     """Train a sparse autoencoder on a recorded site (see the module docstring).
 
     Args:
-        data: a :class:`~llmscope.Recording` holding ``site``, or an array ``[n_tokens, d_in]``.
+        recording: a :class:`~llmscope.Recording` holding ``site``, or an array ``[n_tokens, d_in]``.
         site: the recorded site (``"mlp.0"``, ``"resid.15"``); None for an array.
         width: number of features (default 8 x d_in).
         kind: ``"topk"``, ``"batchtopk"``, ``"relu_l1"`` or ``"jumprelu"``.
@@ -398,16 +401,16 @@ def train_sae(data: Recording | Any, site: str | None = None, width: int | None 
         lr: Adam's peak learning rate.
         seed: seeds the initial weights and the order of the rows.
         include_bos: train on BOS rows too (left out by default: their norms are outliers).
-        buffer_rows: tokens held in memory at once (rounded to whole blocks of 2048).
-        dead_window: tokens without firing after which a feature counts as dead (for AuxK);
-            default one epoch's rows, at most 200,000.
-        checkpoint: None (beside a recording on disk, nowhere otherwise), False (never), or a folder.
-        checkpoint_every: seconds between checkpoints (0: after every buffer).
-        progress: show a tqdm progress bar (steps).
+        checkpoint: None (beside a recording on disk, nowhere otherwise), False (never), or a folder;
+            a checkpoint is written at most every ``CHECKPOINT_SECONDS`` and at each epoch's end.
+        progress: show a progress bar (steps; ``TQDM_DISABLE=1`` hides it).
+
+    Memory holds one buffer of ``BUFFER_ROWS`` tokens (whole blocks of ``BLOCK_ROWS``); a feature
+    counts as dead for AuxK after one epoch's rows without firing, at most ``DEAD_WINDOW``.
 
     Returns:
         The trained :class:`~llmscope.sae.SAE`, bound to the recording's model and site; its
-        ``info`` holds the settings, tokens seen, seconds and the last epoch's mean ``mse``/``fvu``/``l0``.
+        ``meta`` holds the settings, tokens seen, seconds and the last epoch's mean ``mse``/``fvu``/``l0``.
 
     Raises:
         SAEError: bad arguments (each named with its valid range), a site with several values
@@ -415,7 +418,7 @@ def train_sae(data: Recording | Any, site: str | None = None, width: int | None 
         SiteError: a site the recording does not hold.
     """
     kind = choice(kind, "kind", list(KINDS), SAEError)
-    rows = _Rows(data, site, flag(include_bos, "include_bos", SAEError))
+    rows = _Rows(recording, site, flag(include_bos, "include_bos", SAEError))
     width = 8 * rows.d_in if width is None else count(width, "width", 2, None, SAEError)
     if kind in ("topk", "batchtopk"):
         k = count(k, "k", 1, width, SAEError)
@@ -429,10 +432,8 @@ def train_sae(data: Recording | Any, site: str | None = None, width: int | None 
     if lr <= 0:
         raise SAEError.Range(f"lr must be a finite number > 0, got {lr!r}.")
     seed = checks.seed(seed, "seed", SAEError)
-    buffer_blocks = max(1, count(buffer_rows, "buffer_rows", error=SAEError) // BLOCK_ROWS)
-    n_rows = int(rows.keep.sum())
-    dead_window = min(200_000, n_rows) if dead_window is None else count(dead_window, "dead_window", error=SAEError)
-    checkpoint_every = number(checkpoint_every, "checkpoint_every", 0, None, SAEError)
+    buffer_blocks = max(1, BUFFER_ROWS // BLOCK_ROWS)
+    dead_window = min(DEAD_WINDOW, int(rows.keep.sum()))
     flag(progress, "progress", SAEError)
     if rows.keep.sum() < 2:
         raise SAEError(f"train_sae needs at least 2 training rows; there are {int(rows.keep.sum())}.")
@@ -465,8 +466,8 @@ def train_sae(data: Recording | Any, site: str | None = None, width: int | None 
     else:
         position = {"epoch": 0, "buffer": 0, "step": 0, "scale": None, "seconds": 0.0, "stats": {}}
     started, last_save = time.perf_counter(), time.perf_counter()
-    bar = tqdm(total=total, initial=position["step"], unit="step", disable=not progress,
-               desc=f"train SAE {site_name or ''}".rstrip())
+    bar = progress_bar(total=total, initial=position["step"], unit="step", show=progress,
+                       desc=f"train SAE {site_name or ''}".rstrip())
     with bar:
         for epoch in range(position["epoch"], epochs):
             sums = np.zeros(4)  # mse, variance, l0, batches (this epoch, for info)
@@ -486,12 +487,12 @@ def train_sae(data: Recording | Any, site: str | None = None, width: int | None 
                     position["step"] += 1
                     sums += [out["mse"], variance, out["l0"], 1]
                     bar.update(1)
-                    if progress and position["step"] % 10 == 0:
+                    if not bar.disable and position["step"] % 10 == 0:
                         bar.set_postfix(fvu=f"{out['mse'] / variance:.3f}", l0=f"{out['l0']:.1f}",
                                         dead=f"{out['dead']:.1%}")
                 position.update(buffer=b + 1, seconds=position["seconds"] + time.perf_counter() - started)
                 started = time.perf_counter()
-                if folder is not None and time.perf_counter() - last_save >= checkpoint_every:
+                if folder is not None and time.perf_counter() - last_save >= CHECKPOINT_SECONDS:
                     _save_checkpoint(folder, trainer, position)
                     last_save = time.perf_counter()
             if sums[3]:
@@ -503,7 +504,7 @@ def train_sae(data: Recording | Any, site: str | None = None, width: int | None 
                 last_save = time.perf_counter()
     _finish(sae, trainer, kind, position["scale"])
     sae.requires_grad_(False)
-    sae.info = {"settings": settings, "steps": position["step"], "tokens_seen": int(epochs * rows.keep.sum()),
+    sae.meta = {"settings": settings, "steps": position["step"], "tokens_seen": int(epochs * rows.keep.sum()),
                 "seconds": round(position["seconds"], 2), "threads": torch.get_num_threads(),
                 "torch": torch.__version__, "last_epoch": position["stats"], "scale": position["scale"],
                 "dataset_path": rows.recording.name if rows.recording else None, "exclude_special_tokens": not include_bos,
@@ -527,4 +528,4 @@ def _finish(sae: SAE, trainer: _Trainer, kind: str, scale: float) -> None:
         sae.b_dec.div_(scale)
 
 
-__all__ = ["train_sae", "BLOCK_ROWS", "PENALTY"]
+__all__ = ["train_sae", "BLOCK_ROWS", "BUFFER_ROWS", "DEAD_WINDOW", "CHECKPOINT_SECONDS", "PENALTY"]

@@ -130,8 +130,8 @@ def run() -> list[dict]:
     rows = [{"benchmark": "sae", "case": f"record {SITE} on {len(rec)} tokens, or reopen the cached store ({load()})",
              "value": rec_seconds / 60, "unit": "min", "goal": ""},
             {"benchmark": "sae", "case": f"train {WIDTH} features, k={K}, {EPOCHS} epochs (as trained: "
-             f"{sae.info['seconds'] / 60:.1f} min, {sae.info['threads']} threads)",
-             "value": sae.info["seconds"] / 60, "unit": "min", "goal": "<= 15"}]
+             f"{sae.meta['seconds'] / 60:.1f} min, {sae.meta['threads']} threads)",
+             "value": sae.meta["seconds"] / 60, "unit": "min", "goal": "<= 15"}]
     goals = {"fvu": "< 0.2", "l0": "<= 64", "dead_fraction": "<= 0.1", "ce_loss_recovered": ">= 0.8"}
     for metric in ("fvu", "l0", "dead_fraction", "dense_fraction", "ce_loss_recovered", "ce_loss_score", "ce_clean",
                    "ce_sae", "ce_mean_ablation", "ce_zero_ablation"):
@@ -145,4 +145,4 @@ if __name__ == "__main__":  # record and train only (the long steps), e.g. in th
     rec, seconds = recording(llmscope.load("smollm2-135m"))
     print(rec, f"{seconds:.0f} s, {load()}", flush=True)
     sae, seconds = trained(rec)
-    print(sae, sae.info, f"{seconds:.0f} s, {load()}", flush=True)
+    print(sae, sae.meta, f"{seconds:.0f} s, {load()}", flush=True)

@@ -142,7 +142,9 @@ def test_synthetic_directions_are_recovered():
 
 def test_training_is_seeded_and_resumes_exactly(tmp_path, monkeypatch):
     data, _ = sparse_data(n=9000, d=16, n_dirs=32)
-    args = dict(width=64, kind="batchtopk", k=3, epochs=3, batch_size=512, buffer_rows=2048, progress=False)
+    monkeypatch.setattr(train, "BUFFER_ROWS", 2048)
+    monkeypatch.setattr(train, "CHECKPOINT_SECONDS", 0)  # a checkpoint after every buffer
+    args = dict(width=64, kind="batchtopk", k=3, epochs=3, batch_size=512, progress=False)
     a = train_sae(data, seed=3, checkpoint=False, **args)
     b = train_sae(data, seed=3, checkpoint=False, **args)
     c = train_sae(data, seed=4, checkpoint=False, **args)
@@ -158,11 +160,11 @@ def test_training_is_seeded_and_resumes_exactly(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train, "_save_checkpoint", killed_after_two)
     with pytest.raises(KeyboardInterrupt):
-        train_sae(data, seed=3, checkpoint=tmp_path, checkpoint_every=0, **args)
+        train_sae(data, seed=3, checkpoint=tmp_path, **args)
     monkeypatch.setattr(train, "_save_checkpoint", real_save)
     (run,) = tmp_path.iterdir()
     assert (run / "checkpoint.safetensors").is_file() and not (run / "cfg.json").exists()
-    resumed = train_sae(data, seed=3, checkpoint=tmp_path, checkpoint_every=0, **args)
+    resumed = train_sae(data, seed=3, checkpoint=tmp_path, **args)
     assert resumed.fingerprint == a.fingerprint  # the same weights, bit for bit, as the uninterrupted run
     assert (run / "cfg.json").is_file() and not (run / "checkpoint.safetensors").exists()
     assert train_sae(data, seed=3, checkpoint=tmp_path, **args).fingerprint == a.fingerprint  # loaded, not retrained
@@ -187,7 +189,8 @@ def test_training_reads_one_buffer_at_a_time(monkeypatch):
 
     monkeypatch.setattr(train._Rows, "read", read)
     monkeypatch.setattr(train._Trainer, "step", step)
-    train_sae(data, width=32, k=2, epochs=1, batch_size=100_000, buffer_rows=4096, progress=False)
+    monkeypatch.setattr(train, "BUFFER_ROWS", 4096)
+    train_sae(data, width=32, k=2, epochs=1, batch_size=100_000, progress=False)
     assert most[0] == 4096  # two blocks of 2048 rows, never the whole 20,000
 
 
@@ -195,7 +198,7 @@ def test_training_reads_one_buffer_at_a_time(monkeypatch):
 def test_the_penalty_of_penalised_kinds_buys_sparsity(kind, penalty):
     data, _ = sparse_data(n=4000, d=16, n_dirs=32)
     stats = [train_sae(data, width=64, kind=kind, epochs=15, batch_size=256, lr=3e-3, penalty=p,
-                       progress=False).info["last_epoch"]
+                       progress=False).meta["last_epoch"]
              for p in (penalty, 4 * penalty)]
     assert stats[0]["fvu"] < 0.7, stats  # it learns a code
     assert stats[1]["l0"] < 0.8 * stats[0]["l0"], stats  # and a larger penalty makes it sparser
@@ -253,17 +256,19 @@ def test_metrics_match_a_reference_computation(trained, organism):
     freq = (f > 0).double().mean(0).numpy()
     np.testing.assert_allclose(m.features["frequency"].to_numpy(), freq)
     assert m.value("dead_fraction") == pytest.approx((freq == 0).mean())
-    loss = llmscope.token_loss(organism, stim)  # clean CE: predictions made after a non-BOS token
+    loss = llmscope.token_loss(organism, stim).df  # clean CE: predictions made after a non-BOS token
     scored = loss.pos.to_numpy() >= 2
     assert m.value("ce_clean") == pytest.approx(loss.loss.to_numpy()[scored].mean(), rel=1e-5)
     with intervene(organism, splice(sae)):
-        spliced = llmscope.token_loss(organism, stim).loss.to_numpy()[scored].mean()
+        spliced = llmscope.token_loss(organism, stim).df.loss.to_numpy()[scored].mean()
     assert m.value("ce_sae") == pytest.approx(spliced, rel=1e-4)
     assert m.value("ce_clean") < m.value("ce_sae") < m.value("ce_mean_ablation")
     assert m.value("ce_loss_recovered") == pytest.approx(
         (m.value("ce_mean_ablation") - m.value("ce_sae")) / (m.value("ce_mean_ablation") - m.value("ce_clean")))
+    assert isinstance(m, llmscope.result.Result) and m.kind == "evaluate" and m.data["frequency"].dims == ("unit",)
     fig = m.plot()
-    assert fig.data[0].type == "histogram" and len(fig.data[0].x) == int((freq > 0).sum())
+    assert fig.data[0].type == "histogram"
+    np.testing.assert_allclose(fig.data[0].x, np.log10(freq[freq > 0]), rtol=1e-6)  # the live features' frequencies
     assert fig.layout.shapes[0].x0 == pytest.approx(np.log10(0.02))
 
 
@@ -293,7 +298,7 @@ def test_untouched_features_leave_the_model_bit_identical(trained, organism):
     f_edit[..., active] = 0
     expected = sae.decode(f_edit) + (x - sae.decode(f_all))
     seen = {}
-    with torch.no_grad(), intervene(organism, lesion_features(sae, [active], bos=0)):
+    with torch.no_grad(), intervene(organism, lesion_features(sae, [active], n_bos=0)):
         organism.run_with_hooks(stim.ids, fwd_hooks=[(sae.hook, lambda a, hook: seen.setdefault("x", a))])
     assert torch.allclose(seen["x"], expected, atol=1e-5)
     with pytest.raises(InterventionError.Range, match="0..255"):
@@ -303,6 +308,16 @@ def test_untouched_features_leave_the_model_bit_identical(trained, organism):
     with pytest.raises(InterventionError.Type, match="steering alpha"):
         steer_features(sae, [0], alpha="2")
     assert g.factor == 0.0  # a refused value leaves the slider where it was
+
+
+def test_old_edit_keywords_warn_and_edit_the_same_features(trained):
+    _, sae = trained
+    with pytest.warns(FutureWarning, match="features"):
+        old = lesion_features(sae, features=[3, 7], bos=0)
+    new = lesion_features(sae, "sae:mlp.0", [7, 3], n_bos=0)
+    assert old.features.tolist() == new.features.tolist() == [3, 7] and old.bos == new.bos == 0
+    with pytest.raises(InterventionError.Unknown, match="sae:mlp.0"):
+        lesion_features(sae, ("mlp.0", [3]))  # neurons are not this SAE's features
 
 
 def test_features_are_a_recording_every_analysis_reads(trained, organism):

@@ -14,13 +14,12 @@ import torch
 
 import llmscope
 from llmscope.interventions import intervene
-from llmscope.organisms.facts import agreement
-from llmscope.organisms.grammar import Grammar
+from llmscope.behaviour import logit_diff
 from llmscope.sae import scoring
 from llmscope.sae.edits import splice
 from llmscope.sae.features import record_features
 from llmscope.sae.train import train_sae
-from llmscope.stimuli import grammar
+from llmscope.stimuli import agreement, grammar
 
 pytestmark = pytest.mark.slow  # two SAEs trained (~25 s each on one busy core) and scored
 
@@ -77,15 +76,18 @@ def test_a_repeated_span_feature_at_resid_2(lab):
 def test_splicing_the_sae_keeps_the_card_facts(lab, organism):
     """Agreement accuracy drops by at most 0.05 (and stays above the card's 0.90); the induction
     loss gap (fresh - repeated tokens) keeps at least 80% of its clean size."""
-    pairs = Grammar(seed=0).minimal_pairs(300, seed=2025)
+    pairs = agreement(organism, n=300, seed=2025)
+    target = pairs.tokens.is_target.to_numpy(dtype=bool)
     stim = lab["test_stim"]
     rows = stim.tokens
     repeat = rows.is_repeat.to_numpy() & (rows.repeat_onset.to_numpy() == False)  # noqa: E712 (copies already under way)
     fresh = ~rows.is_repeat.to_numpy() & (rows.pos.to_numpy() > 1)
 
     def facts():
-        loss = llmscope.token_loss(organism, stim).loss.to_numpy()
-        return agreement(organism, pairs)["accuracy"], np.nanmean(loss[fresh]) - np.nanmean(loss[repeat])
+        loss = llmscope.token_loss(organism, stim).df.loss.to_numpy()
+        with torch.no_grad():
+            accuracy = float((logit_diff(organism(pairs.ids), pairs)[target] > 0).mean())
+        return accuracy, np.nanmean(loss[fresh]) - np.nanmean(loss[repeat])
 
     clean_acc, clean_gap = facts()
     for sae in (lab["pos_sae"], lab["repeat_sae"]):
