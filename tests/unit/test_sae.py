@@ -15,6 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import llmscope
+from llmscope.analysis.responses import resolve
 from llmscope.errors import InterventionError, SAEError, SiteError
 from llmscope.interventions import intervene
 from llmscope.sae import SAE, io, train
@@ -334,6 +335,40 @@ def test_features_are_a_recording_every_analysis_reads(trained, organism):
     assert tun.df.index.get_level_values(0).unique().tolist() == ["sae:mlp.0"]
     with pytest.raises(SAEError, match="whole, complete"):
         record_features(sae, rec.select("pos > 3"))
+
+
+def test_tuned_features_are_units_that_pass_to_the_edits(trained, organism):
+    """tuning on a recording of features ranks features; its top() is a unit table of the site
+    sae:mlp.0 that the analyses resolve and the feature edits take; the lesion changes the model
+    only while it is applied."""
+    rec, sae = trained
+    feats = record_features(sae, rec, progress=False)
+    tun = llmscope.tuning(feats, "sae:mlp.0", "pos_tag", n_controls=2, progress=False)
+    top = tun.top(1)
+    (unit,) = top.index.get_level_values("unit")
+    assert [(s.name, idx.tolist()) for s, idx in resolve(feats, top)] == [("sae:mlp.0", [unit])]
+    spikes = llmscope.spikes(feats, top, progress=False)
+    assert spikes.df.index.tolist() == [("sae:mlp.0", unit)]
+    examples = llmscope.top_examples(feats, top, k=3)
+    best = feats.responses("sae:mlp.0")[:, unit][~rec.tokens.is_bos.to_numpy()].max()
+    assert examples.df.activation.max() == pytest.approx(best, rel=1e-3)
+    stim = grammar(organism, n_docs=3, seed=7)
+    weights = {k: v.clone() for k, v in organism.state_dict().items()}
+    edit = lesion_features(sae, top)
+    assert edit.features.tolist() == [unit]
+    with torch.no_grad():
+        clean = organism(stim.ids)
+        with intervene(organism, edit):
+            lesioned = organism(stim.ids)
+        with intervene(organism, lesion_features(sae, [unit])):
+            assert torch.equal(organism(stim.ids), lesioned)  # the table names the same feature
+        assert not torch.equal(lesioned, clean)  # the best-tuned feature fires: its lesion moves the logits
+        assert torch.equal(organism(stim.ids), clean)  # and leaves the model bit-identical after
+    assert all(torch.equal(v, weights[k]) for k, v in organism.state_dict().items())
+    with pytest.raises(SiteError.Unknown, match="lesion_features"):  # a model-unit lesion says where features go
+        with intervene(organism, llmscope.lesion(top)):
+            pass
+    assert torch.equal(organism(stim.ids), clean)
 
 
 def test_features_on_disk_are_kept_and_bound_to_their_sae(trained, tmp_path):
