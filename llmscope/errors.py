@@ -90,5 +90,10 @@ class ColumnError(LLMScopeError, KeyError):
     """A trial-table column that does not exist (or cannot be used as asked)."""
 
 
+class SAEError(LLMScopeError, ValueError):
+    """A sparse autoencoder that cannot be trained, loaded or used as asked: a bad training
+    argument, a damaged or foreign file, or an SAE of another model or site."""
+
+
 __all__ = ["LLMScopeError", "SiteError", "PromptError", "InterventionError", "RecordingError",
-           "ModelNotAvailable", "AnalysisError", "ColumnError", "WidgetError"]
+           "ModelNotAvailable", "AnalysisError", "ColumnError", "WidgetError", "SAEError"]

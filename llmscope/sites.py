@@ -207,6 +207,9 @@ def site(model: "TransformerBridge", spec: "str | Site") -> Site:
             return named[spec]
         shape = _probe_shape(model, spec)
         return Site(spec, spec, "hook", _layer_of(spec), shape, "dim", identity.fingerprint(model))
+    if spec.startswith("sae:"):  # features live in the SAE, not in the model: edited through it
+        raise SiteError.Unknown(f"{spec!r} names an SAE's features, not a site of the model: edit them with "
+                                f"llmscope.sae.lesion_features(sae, units) (or gain_features / steer_features).")
     raise SiteError.Unknown(f"unknown site {spec!r}: valid sites are {_choices(model)}.")
 
 

@@ -96,7 +96,8 @@ VOCABULARY: dict[str, str] = {
     "tokens": "the trial table (one row per token), or a slice of token columns",
     "pad_id": "the id padding short sequences",
     "hook": "a TransformerLens hook name",
-    "kind": "what a site is: 'mlp', 'attn', 'resid' or 'hook'",
+    "kind": "what a site is: 'mlp', 'attn', 'resid', 'hook' or 'sae'; how an SAE is trained: 'topk', 'batchtopk', "
+            "'relu_l1' or 'jumprelu'",
     "layer": "a block's index",
     "shape": "a site's per-token shape",
     "unit": "what one unit of a site is: 'neuron', 'head', 'dim'",
@@ -111,7 +112,7 @@ VOCABULARY: dict[str, str] = {
     "logits": "a batch's logits [batch, pos, vocab]",
     "matrix": "a sparse [units, tokens] spike matrix",
     # running
-    "batch_size": "sequences per forward pass",
+    "batch_size": "sequences per forward pass (train_sae: tokens per training step)",
     "progress": "show a progress bar (TQDM_DISABLE=1 hides every bar)",
     "device": "a torch device ('cpu')",
     "store": "a folder for a zarr store on disk (None: in memory)",
@@ -158,6 +159,17 @@ VOCABULARY: dict[str, str] = {
     "match": "a column pairs are matched on for a control",
     "tail": "tokens appended after the critical one",
     "unit_offset": "which token after the critical one a unit's surprise is read at",
+    # sparse autoencoders (llmscope.sae; d_in and architecture are SAELens's names)
+    "sae": "a sparse autoencoder (llmscope.sae.SAE) of one site; its features are the units of the site 'sae:<site>'",
+    "width": "how many features an SAE has (SAELens's d_sae)",
+    "d_in": "values per token at the site an SAE reads",
+    "architecture": "how an SAE computes its features at inference: 'standard', 'topk' or 'jumprelu' (SAELens's)",
+    "activations": "a site's values per token, [..., d_in] (what an SAE encodes)",
+    "features": "an SAE's feature values per token, [..., width] (what it decodes)",
+    "penalty": "the weight of an SAE's sparsity penalty in its training loss",
+    "epochs": "passes over the training rows",
+    "lr": "the optimiser's (peak) learning rate",
+    "checkpoint": "where a training run keeps its state to resume: None (beside the recording), False, or a folder",
 }
 
 

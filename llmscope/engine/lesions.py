@@ -55,7 +55,7 @@ from llmscope.engine import routes
 from llmscope.engine.passes import run_from
 from llmscope.errors import AnalysisError
 from llmscope.progress import progress_bar
-from llmscope.sites import Site, resolve_units
+from llmscope.sites import Site
 from llmscope.stimuli.core import Stimuli, as_stimuli
 from llmscope.vocabulary import renamed
 

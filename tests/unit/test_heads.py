@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-import llmscope
 from llmscope.stimuli import trials
 from llmscope.analysis.heads import SCORES, confirm_by_lesion, localize_heads
 from llmscope.behaviour import correct, loss

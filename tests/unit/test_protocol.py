@@ -19,7 +19,7 @@ import pytest
 import xarray as xr
 
 import llmscope as ls
-from llmscope import analysis
+from llmscope import analysis, sae
 from llmscope.analysis.attribution import screen
 from llmscope.result import Result
 from llmscope.stimuli import agreement, grammar, induction
@@ -29,10 +29,11 @@ PACKAGE = pathlib.Path(ls.__file__).parent
 
 
 def public_callables():
-    """Every public function and class of llmscope, llmscope.analysis and llmscope.stimuli, and the
-    public methods of the public classes (their own, not inherited from outside llmscope)."""
+    """Every public function and class of llmscope, llmscope.analysis, llmscope.stimuli and
+    llmscope.sae, and the public methods of the public classes (their own, not inherited from
+    outside llmscope)."""
     seen = {}
-    for module in (ls, analysis, ls.stimuli):
+    for module in (ls, analysis, ls.stimuli, sae):
         for name in getattr(module, "__all__", []):
             obj = getattr(module, name)
             if inspect.ismodule(obj) or not callable(obj):
@@ -158,7 +159,7 @@ def test_the_top_level_api_is_small():
 # ---------------------------------------------------------------- layers point down
 
 LAYERS = ["errors", "checks", "identity", "vocabulary", "progress", "models", "tokens", "sites", "result", "stimuli",
-          "behaviour", "recording", "interventions", "passes", "engine", "analysis", "organisms", "replicate",
+          "behaviour", "recording", "interventions", "passes", "engine", "analysis", "sae", "organisms", "replicate",
           "widgets"]
 
 
