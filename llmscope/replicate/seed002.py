@@ -272,7 +272,7 @@ def seed002(model: "TransformerBridge", *, stimuli: dict[str, tuple[Stimuli, Sti
     steps_total = len(stimuli) * (2 + len(layers) * 2 + len(lesion_layers))
     with progress_bar(total=steps_total, desc="seed002", show=progress) as bar:
         for name, (train, test) in stimuli.items():
-            key = keys[name] = key_neurons(model, train, label, method, sites=sites, top_frac=top_frac,
+            key = keys[name] = key_neurons(model, train, label, method, units=sites, top_frac=top_frac,
                                            k=max([k, *ks]), steps=steps, progress=False)
             bar.update()
             rec = record(model, test, sites, dtype="float32", progress=False)
