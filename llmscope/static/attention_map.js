@@ -928,7 +928,7 @@ var AttentionView = class extends View {
       fill.style.background = mark ? mark.colour : "";
     }));
     this.attributionLegend.hidden = marks === null;
-    this.attributionLegend.textContent = marks === null ? "" : `bars: ${attribution.label}${attribution.behaviour ? ` for ${attribution.behaviour}` : ""}, each head's share of the largest (orange: a lesion of the head harms the behaviour; blue: it helps; dashed: not screened)`;
+    this.attributionLegend.textContent = marks === null ? "" : `bars: ${attribution.label}${attribution.behaviour ? ` for ${attribution.behaviour}` : ""}, each head's share of the largest (${attribution.signed ? "orange: a lesion of the head harms the behaviour; blue: it helps; " : ""}dashed: not screened)`;
     this.labelCells();
   }
   /** Show which head is focused in the grid (a roving tab stop: the focused cell takes Tab). */

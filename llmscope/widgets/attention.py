@@ -161,8 +161,9 @@ class AttentionMap(LiveWidget):
         version: bumped each time a new prompt has been run.
         _progress: the run of a prompt, for the page: ``{run, state, done, total, n_tokens}``
             (``state`` running, done, cancelled or failed; ``error`` when failed).
-        _attribution: what :meth:`colour_by` set, for the page: ``{behaviour, label, values}``
-            (``values`` ``[layers][heads]``, None where a head has no number), or ``{}``.
+        _attribution: what :meth:`colour_by` set, for the page: ``{behaviour, label, signed,
+            values}`` (``values`` ``[layers][heads]``, None where a head has no number; ``signed``
+            for an estimate, whose sign the bars' colour shows), or ``{}``.
 
     ``.figure()`` is the current view as a static plotly figure. ``.colour_by(screen, behaviour)``
     marks each head by its attribution to a behaviour (:func:`llmscope.analysis.attribution.screen`).
@@ -360,7 +361,8 @@ class AttentionMap(LiveWidget):
         """Mark each head's thumbnail by its attribution to ``behaviour``: a bar under it, as
         long and as dark as the head's share of the grid's largest absolute value (orange where
         lesioning the head harms the behaviour, blue where it helps, none where the head has no
-        number), and the share in the cell's accessible label.
+        number), and the share in the cell's accessible label. A score (``|estimate|`` for AtP,
+        GradDrop's for AtP*) has no sign: its bars are all orange.
 
         ``source`` is a :class:`~llmscope.analysis.attribution.ScreenResult` made with this
         model (its fingerprint is checked; ``measure`` picks its ``"score"`` or its signed
@@ -415,7 +417,8 @@ class AttentionMap(LiveWidget):
         if behaviour is not None and not isinstance(behaviour, str):
             raise WidgetError.Type(f"behaviour is a behaviour's name (str); got {type(behaviour).__name__}.")
         values = [[None if np.isnan(v) else float(v) for v in row] for row in grid]
-        self._attribution = {"behaviour": behaviour or "", "label": label, "values": values}
+        self._attribution = {"behaviour": behaviour or "", "label": label, "signed": measure == "estimate",
+                             "values": values}
         return self
 
     # ------------------------------------------------------------------ commands of the page

@@ -228,10 +228,11 @@ def test_heads_are_coloured_by_a_screen_s_attribution_in_the_widget_state(organi
     assert amap.colour_by(head_screen, "copying") is amap
     state = json.loads(json.dumps(amap._attribution, allow_nan=False))  # what the page gets: plain JSON
     grid = head_screen.heads("copying").to_numpy()
-    assert state == {"behaviour": "copying", "label": "AtP score", "values": grid.tolist()}
+    assert state == {"behaviour": "copying", "label": "AtP score", "signed": False, "values": grid.tolist()}
     assert np.nanargmax(grid) == 4  # attn.1:0, the induction head, first for copying
     signed = amap.colour_by(head_screen, "agreement", measure="estimate")._attribution
     np.testing.assert_array_equal(signed["values"], head_screen.heads("agreement", "estimate").to_numpy())
+    assert signed["signed"] and signed["label"] == "AtP estimate"
     partial = head_screen.heads("copying")
     partial.loc["attn.0"] = np.nan  # a head not screened travels as null
     amap.colour_by(partial, "copying")

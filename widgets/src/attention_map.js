@@ -14,7 +14,7 @@
 // head's pattern), `_run` (start a new prompt), `_cancel` (stop it). Traits: `prompt`, `focus`
 // ([layer, head], set here when a head is picked), `version` (bumped by the kernel when a new
 // prompt is in), `_progress` ({run, state, done, total, n_tokens, error}: a run's layers),
-// `_attribution` ({behaviour, label, values: [layers][heads], null = no number} from
+// `_attribution` ({behaviour, label, signed, values: [layers][heads], null = no number} from
 // `colour_by`, or {}: a bar under each thumbnail).
 
 import { MAPS, css, lut } from "./colormap.js";
@@ -348,7 +348,8 @@ class AttentionView extends View {
     this.attributionLegend.hidden = marks === null;
     this.attributionLegend.textContent = marks === null ? "" :
       `bars: ${attribution.label}${attribution.behaviour ? ` for ${attribution.behaviour}` : ""}, each head's share ` +
-      "of the largest (orange: a lesion of the head harms the behaviour; blue: it helps; dashed: not screened)";
+      `of the largest (${attribution.signed ? "orange: a lesion of the head harms the behaviour; blue: it helps; " : ""}` +
+      "dashed: not screened)";
     this.labelCells();
   }
 
