@@ -890,9 +890,7 @@ var AttentionView = class extends View {
   labelCells() {
     const { nHeads, scores, scoreNames, complete } = this.shown;
     const [previous, induction] = ["previous_token", "induction"].map((name) => scoreNames.indexOf(name));
-    const attribution = this.model.get("_attribution") ?? {};
-    const marks = attribution.values ? attributionMarks(attribution.values) : null;
-    const what = `${attribution.label}${attribution.behaviour ? ` for ${attribution.behaviour}` : ""}`;
+    const { marks, what } = this.attribution();
     this.cells.forEach((row, layer) => row.forEach((cell, head) => {
       const parts = [];
       if (complete) {
@@ -908,10 +906,18 @@ var AttentionView = class extends View {
       cell.setAttribute("aria-label", `layer ${layer}, head ${head}${parts.length ? ": " : ""}${parts.join("; ")}`);
     }));
   }
+  /** The attribution `colour_by` set: each head's mark (null: none set) and what it is of, in words. */
+  attribution() {
+    const attribution = this.model.get("_attribution") ?? {};
+    return {
+      marks: attribution.values ? attributionMarks(attribution.values) : null,
+      signed: Boolean(attribution.signed),
+      what: `${attribution.label}${attribution.behaviour ? ` for ${attribution.behaviour}` : ""}`
+    };
+  }
   /** Mark each head by the attribution `colour_by` set (a bar under its thumbnail), or take the marks off. */
   markAttribution() {
-    const attribution = this.model.get("_attribution") ?? {};
-    const marks = attribution.values ? attributionMarks(attribution.values) : null;
+    const { marks, signed, what } = this.attribution();
     this.cells.forEach((row, layer) => row.forEach((cell, head) => {
       const bar = (
         /** @type {HTMLElement} */
@@ -928,7 +934,7 @@ var AttentionView = class extends View {
       fill.style.background = mark ? mark.colour : "";
     }));
     this.attributionLegend.hidden = marks === null;
-    this.attributionLegend.textContent = marks === null ? "" : `bars: ${attribution.label}${attribution.behaviour ? ` for ${attribution.behaviour}` : ""}, each head's share of the largest (${attribution.signed ? "orange: a lesion of the head harms the behaviour; blue: it helps; " : ""}dashed: not screened)`;
+    this.attributionLegend.textContent = marks === null ? "" : `bars: ${what}, each head's share of the largest (${signed ? "orange: a lesion of the head harms the behaviour; blue: it helps; " : ""}dashed: not screened)`;
     this.labelCells();
   }
   /** Show which head is focused in the grid (a roving tab stop: the focused cell takes Tab). */
