@@ -27,7 +27,7 @@ from llmscope.analysis.atlas import Battery, Behaviour, battery, lesion_atlas
 from llmscope.analysis.patching import patching
 from llmscope.analysis.attribution import (ConfirmResult, ScreenResult, confirm, confirm_patching,
                                            false_negative_bound, patching_screen, screen)
-from llmscope.behaviour import evaluate, logit_diff
+from llmscope.behaviour import evaluate, logit_diff, loss
 from llmscope.errors import AnalysisError
 from llmscope.stimuli import agreement
 from llmscope.stimuli.core import as_stimuli
@@ -157,6 +157,15 @@ def test_top_units_pass_to_lesion_atlas_and_panel(organism, screens, bat):
     assert set(atlas.df.index) == set(top.index)
     panel = AblationPanel(organism, "the dog runs .", units=top)
     assert list(panel.gains) == list(top.index)
+    s = screens["atp*"]
+    panel = AblationPanel(organism, "the dog runs .", units=s.top(8))  # the call: neurons and heads
+    eight = s.df.sort_values("score", ascending=False, kind="stable").index[:8]
+    assert list(panel.gains) == list(eight) and {u[0] for u in eight} > {"attn.1"}  # best first, several sites
+    reply, _ = panel._move({"seq": 1, "factors": [0.0] * 8, "mode": "zero"}, [])  # every slider down
+    assert reply["ok"]
+    with torch.no_grad(), intervene(organism, lesion(s.top(8))):
+        lesioned = organism(panel._stim.ids).float()
+    assert panel._now["metric"] == pytest.approx(float(np.mean(loss(lesioned, panel._stim)[panel._keep])), rel=1e-5)
 
 
 # ---------------------------------------------------------------- arithmetic and the fixes

@@ -71,10 +71,10 @@ def test_a_slider_at_zero_lesions_its_head_and_the_page_gets_both_distributions(
     assert set(base.topk(10).indices.tolist()) <= set(ids.tolist())  # the baseline's top 10 ...
     assert set(probs.topk(10).indices.tolist()) <= set(ids.tolist())  # ... beside the intervened top 10
     assert data["texts"] == [organism.tokenizer.decode([i]) for i in ids.tolist()]
-    expected = evaluate(organism, stim, "loss")["loss"]
+    expected = evaluate(organism, stim, "loss").df["loss"]
     assert data["metric"] == {"name": "loss", "base": pytest.approx(expected.mean()), "now": pytest.approx(panel.value)}
     with intervene(organism, lesion("attn.1", [0])):
-        assert panel.value == pytest.approx(evaluate(organism, stim, "loss")["loss"].mean())
+        assert panel.value == pytest.approx(evaluate(organism, stim, "loss").df["loss"].mean())
     assert panel.value > panel.baseline + 0.5  # the induction head matters on a repeat
     assert data["labels"] == ["attn.1:0", "attn.0:2"] and data["factors"] == [0.0, 1.0]
     assert data["context"] == stim.tokens["text"].tolist() and data["n_bos"] == 1
@@ -142,10 +142,10 @@ def test_named_groups_and_paired_stimuli_use_the_logit_difference(organism) -> N
     pairs = llmscope.stimuli.agreement(organism, n=8)
     panel = AblationPanel(organism, pairs, units={"heads": [("attn.1", [0]), ("attn.0", [2])], "mlp": ("mlp.0", range(64))})
     assert panel.metric_name == "logit_diff" and list(panel.gains) == ["heads", "mlp"]
-    assert panel.baseline == pytest.approx(metric(organism, pairs, "logit_diff")["mean"].item())
+    assert panel.baseline == pytest.approx(metric(organism, pairs, "logit_diff").df["mean"].item())
     move(panel, [0.0, 1.0])
     with intervene(organism, lesion("attn.1", [0]), lesion("attn.0", [2])):
-        assert panel.value == pytest.approx(metric(organism, pairs, "logit_diff")["mean"].item())
+        assert panel.value == pytest.approx(metric(organism, pairs, "logit_diff").df["mean"].item())
     assert AblationPanel(organism, pairs, units=UNITS, metric="loss").metric_name == "loss"
 
 
@@ -244,7 +244,7 @@ def test_sliders_follow_a_rasters_selection_live(organism, stim, pristine) -> No
     data = opened(*move(panel, [0.0, 1.0]))
     assert data["labels"] == ["mlp.1:3", "mlp.1:7"]
     with intervene(organism, lesion("mlp.1", [3])):
-        by_hand = metric(organism, stim, "loss")["mean"].item()
+        by_hand = metric(organism, stim, "loss").df["mean"].item()
     assert panel.value == pytest.approx(by_hand, rel=1e-5)
     raster.selected = [3, 9]  # unit 3 stays and keeps its gain (the model still runs it lesioned)
     assert panel.gains == {("mlp.1", 3): 0.0, ("mlp.1", 9): 1.0} and panel.version == version + 1

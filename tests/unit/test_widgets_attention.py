@@ -17,7 +17,7 @@ import torch
 
 import llmscope
 from llmscope.analysis.heads import localize_heads
-from llmscope.errors import AnalysisError, SiteError
+from llmscope.errors import AnalysisError, SiteError, WidgetError
 from llmscope.widgets import AttentionMap, attention, wire
 from tests.unit.widget_pages import ask, opened
 
@@ -212,6 +212,62 @@ def test_the_figure_is_the_current_view(amap: AttentionMap) -> None:
     assert fig.data[2].x == ("2",) and fig.data[2].y == ("attn.0",)  # the focus is marked
     assert fig.layout.xaxis2.type == "category"
     amap.focus = (1, 0)
+
+
+@pytest.fixture(scope="module")
+def head_screen(organism):
+    from llmscope.analysis.attribution import screen
+
+    bat = llmscope.battery(organism, n_docs=2, n_pairs=8, behaviours=["copying", "agreement"])
+    return screen(organism, bat, ["attn.0", "attn.1"], progress=False)
+
+
+def test_heads_are_coloured_by_a_screen_s_attribution_in_the_widget_state(organism, head_screen) -> None:
+    amap = AttentionMap(organism, REPEATED)
+    assert amap._attribution == {}
+    assert amap.colour_by(head_screen, "copying") is amap
+    state = json.loads(json.dumps(amap._attribution, allow_nan=False))  # what the page gets: plain JSON
+    grid = head_screen.heads("copying").to_numpy()
+    assert state == {"behaviour": "copying", "label": "AtP score", "signed": False, "values": grid.tolist()}
+    assert np.nanargmax(grid) == 4  # attn.1:0, the induction head, first for copying
+    signed = amap.colour_by(head_screen, "agreement", measure="estimate")._attribution
+    np.testing.assert_array_equal(signed["values"], head_screen.heads("agreement", "estimate").to_numpy())
+    assert signed["signed"] and signed["label"] == "AtP estimate"
+    partial = head_screen.heads("copying")
+    partial.loc["attn.0"] = np.nan  # a head not screened travels as null
+    amap.colour_by(partial, "copying")
+    assert amap._attribution["values"][0] == [None] * 4 and amap._attribution["label"] == "score"
+    assert amap._attribution["values"][1] == grid[1].tolist()
+    amap.prompt = "the cat runs . the cat runs ."  # the screen ran on its battery: the marks stay
+    assert amap._attribution["values"][1] == grid[1].tolist()
+    fig = amap.figure()  # the static view shows the grid too, as each head's share of the largest
+    assert fig.layout.annotations[-1].text == "score copying / largest"
+    np.testing.assert_allclose(np.array(fig.data[-2].z, dtype=float), partial.to_numpy() / np.nanmax(grid[1]))
+    assert amap.colour_by(None)._attribution == {} and len(amap.figure().data) == 5
+
+
+def test_colouring_by_another_model_s_screen_or_a_grid_of_another_shape_is_refused(organism, tiny, head_screen) -> None:
+    from llmscope.analysis.attribution import screen
+
+    amap = AttentionMap(tiny, "w1 w2 w3 w1 w2 w3")  # 2 layers x 4 heads, as the organism
+    with pytest.raises(WidgetError, match="the screen was made for grammar-2l; this model is"):
+        amap.colour_by(head_screen, "copying")
+    for bad, match in [(np.zeros((2, 3)), r"is \[2, 3\] but .* has 2 layers x 4 heads"),
+                       (np.full((2, 4), np.inf), "infinite value"), (np.full((2, 4), np.nan), "no number")]:
+        with pytest.raises(WidgetError, match=match):
+            amap.colour_by(bad)
+    with pytest.raises(WidgetError.Type, match="ScreenResult or a .layers x heads. grid of numbers; got str"):
+        amap.colour_by("copying")
+    own = AttentionMap(organism, REPEATED)
+    with pytest.raises(KeyError, match="no behaviour 'loss_NOUN'"):
+        own.colour_by(head_screen, "loss_NOUN")
+    with pytest.raises(WidgetError.Unknown, match="unknown measure 'rank'"):
+        own.colour_by(head_screen, "copying", measure="rank")
+    neurons = screen(organism, llmscope.battery(organism, n_docs=2, behaviours=["copying"]), ("mlp.1", [0, 1]),
+                     progress=False)
+    with pytest.raises(WidgetError, match="no attention heads"):
+        own.colour_by(neurons)
+    assert amap._attribution == {} and own._attribution == {}  # a refusal changes nothing
 
 
 def test_a_focus_change_costs_no_model_run(organism, monkeypatch) -> None:
