@@ -17,7 +17,7 @@ Example:
     >>> with warnings.catch_warnings(record=True) as w:
     ...     warnings.simplefilter("always")
     ...     f(n_perm=5), str(w[0].message)[:46]
-    (5, "f(n_perm=...) is now f(n_controls=...); n_perm")
+    (5, 'f(n_perm=...) is now f(n_controls=...); n_perm')
 """
 
 from __future__ import annotations
