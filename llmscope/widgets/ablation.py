@@ -122,7 +122,7 @@ class AblationPanel(LiveWidget):
             sequence ``seq`` (at its first ``is_target`` row, for minimal pairs). The mean of
             ``"mean"`` mode is taken over it.
         units: one slider per row of a unit table (``tuning(...).top(8)``,
-            ``localize_heads(...).top("induction", 2)``, a ``(site, unit)`` MultiIndex), per
+            ``localize_heads(...).top(2, by="induction")``, a ``(site, unit)`` MultiIndex), per
             unit of ``("mlp.0", [3, 7])`` or a list of pairs; or a dict ``{name: units}``, one
             slider per named group; or a Raster or an AttentionMap, whose selected units or
             focused head the sliders then follow (:meth:`link`).
@@ -148,7 +148,7 @@ class AblationPanel(LiveWidget):
         ``metric="logit_diff"`` on stimuli without its columns.
 
     Example:
-        >>> heads = localize_heads(model, stim, progress=False).top("induction", 2)
+        >>> heads = localize_heads(model, stim, progress=False).top(2, by="induction")
         >>> panel = AblationPanel(model, agreement(model, n=16), units=heads)
         >>> panel.metric_name, list(panel.gains)[0]
         ('logit_diff', ('attn.1', 0))

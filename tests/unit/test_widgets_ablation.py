@@ -130,7 +130,7 @@ def test_units_straight_from_analysis_results(organism, stim, pristine) -> None:
     top = llmscope.tuning(rec, "mlp.0", "pos_tag", progress=False).top(8)
     panel = AblationPanel(organism, grammar.select_seqs([0]), units=top)
     assert list(panel.gains) == list(top.index)  # one slider per row, keyed (site, unit)
-    heads = llmscope.localize_heads(organism, grammar, progress=False).top("induction", 2)
+    heads = llmscope.localize_heads(organism, grammar, progress=False).top(2, by="induction")
     panel = AblationPanel(organism, PROMPT, units=heads)
     assert list(panel.gains)[0] == ("attn.1", 0) and len(panel.gains) == 2
     data = opened(*move(panel, [0.0, 1.0]))
