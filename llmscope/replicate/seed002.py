@@ -11,7 +11,7 @@ most often, and trains a classifier on those key neurons that predicts the POS o
 2. **Classifiers per layer** — :func:`~llmscope.decode` / :func:`~llmscope.decode_curve` on a
    recording of *other* stimuli (folds grouped by sequence): the key neurons of every class
    together (the union of each class's k), as many random neurons of the same layer
-   (``n_random`` draws: decode_curve's ``n_controls``), and all neurons; decoding the POS of the next token (the word being
+   (``n_controls`` draws: decode_curve's ``n_controls``), and all neurons; decoding the POS of the next token (the word being
    predicted, as in the paper) and of the current token; and accuracy against k.
 3. **Lesion test** — for each layer and each of the ``n_classes`` commonest classes C, zero the
    k key neurons of C and measure the loss on predicted tokens of class C, on predicted tokens
@@ -28,7 +28,7 @@ chosen on; a small model's layer has few neurons, so the headline k is ``k`` (de
 class and the curve runs k = 1..100; the lesion is a zero-ablation (``lesion(mode="zero")``).
 
 Example:
-    >>> r = seed002(model, n_docs=12, method="grad_x_act", ks=(1, 5), n_random=2, folds=2, progress=False)
+    >>> r = seed002(model, n_docs=12, method="grad_x_act", ks=(1, 5), n_controls=2, folds=2, progress=False)
     >>> r.table.columns[:4].tolist()
     ['stimuli', 'layer', 'key_next', 'random_next']
 """
@@ -51,6 +51,7 @@ from llmscope.behaviour import scored_rows
 from llmscope.errors import AnalysisError, SiteError
 from llmscope.interventions import intervene, lesion
 from llmscope.progress import progress_bar
+from llmscope.vocabulary import renamed
 from llmscope.recording import record
 from llmscope.stimuli.core import Stimuli
 
@@ -165,12 +166,13 @@ def _specificity(d: pd.DataFrame, n_boot: int, rng: np.random.Generator) -> dict
                 specificity_low=ratio_low, specificity_high=ratio_high)
 
 
+@renamed(n_random="n_controls")
 def lesion_test(model: "TransformerBridge", stimuli: Stimuli, key: KeyNeurons, site: str, k: int,
-                n_classes: int = 4, n_random: int = 3, seed: int = 0, batch_size: int = 16,
+                n_classes: int = 4, n_controls: int = 3, seed: int = 0, batch_size: int = 16,
                 n_boot: int = N_BOOT) -> pd.DataFrame:
     """Zero the ``k`` key neurons of each of the ``n_classes`` commonest classes in ``site`` (runs
     the model): loss change on predicted tokens of the class, of other classes, and of the class
-    after zeroing ``k`` random neurons of the site (mean of ``n_random`` draws). One row per class.
+    after zeroing ``k`` random neurons of the site (mean of ``n_controls`` draws). One row per class.
 
     Columns: ``site``, ``cls``, ``k``, ``n_class`` (predicted tokens of the class),
     ``class_effect``, ``other_effect``, ``random_effect`` (mean loss changes, nats) with the
@@ -193,7 +195,7 @@ def lesion_test(model: "TransformerBridge", stimuli: Stimuli, key: KeyNeurons, s
         with intervene(model, lesion(units)):
             hit = scored_rows(model, stimuli, "loss", batch_size=batch_size)["value"]
         rand = []
-        for _ in range(n_random):
+        for _ in range(n_controls):
             with intervene(model, lesion(site, rng.choice(n_units, len(units), replace=False))):
                 rand.append(scored_rows(model, stimuli, "loss", batch_size=batch_size)["value"])
         rows_c = base[label] == cls
@@ -212,12 +214,12 @@ def _layers(model: "TransformerBridge", layers: Any, name: str) -> list[int]:
 
 
 def _check_args(model: "TransformerBridge", layers: Any, lesion_layers: Any, ks: Any, k: Any, method: Any,
-                steps: Any, top_frac: Any, n_classes: Any, n_random: Any, folds: Any, n_docs: Any, seed: Any,
+                steps: Any, top_frac: Any, n_classes: Any, n_controls: Any, folds: Any, n_docs: Any, seed: Any,
                 progress: Any) -> tuple[list[int], list[int], list[int]]:
     """Every argument of :func:`seed002` checked before any work: ``(layers, lesion_layers, ks)``."""
     d_mlp = model.cfg.d_mlp
     count(k, "k", 1, d_mlp), count(steps, "steps"), count(n_classes, "n_classes"), count(n_docs, "n_docs", 2)
-    count(n_random, "n_random"), count(folds, "folds", 2), checks.seed(seed), checks.flag(progress, "progress")
+    count(n_controls, "n_controls"), count(folds, "folds", 2), checks.seed(seed), checks.flag(progress, "progress")
     checks.fraction(top_frac, "top_frac")
     checks.choice(method, "method", METHODS)
     layers = list(range(model.cfg.n_layers)) if layers is None else _layers(model, layers, "layers")
@@ -232,10 +234,11 @@ def _check_args(model: "TransformerBridge", layers: Any, lesion_layers: Any, ks:
     return layers, lesion_layers, ks
 
 
+@renamed(n_random="n_controls")
 def seed002(model: "TransformerBridge", *, stimuli: dict[str, tuple[Stimuli, Stimuli]] | None = None,
             n_docs: int = 40, label: str = "pos_tag", method: str = "ig", k: int = 10, ks: Sequence[int] = KS,
             top_frac: float = 0.05, steps: int = 64, layers: Sequence[int] | None = None,
-            lesion_layers: Sequence[int] | None = None, n_classes: int = 4, n_random: int = 5, folds: int = 5,
+            lesion_layers: Sequence[int] | None = None, n_classes: int = 4, n_controls: int = 5, folds: int = 5,
             seed: int = 0, progress: bool = True) -> Seed002:
     """Run the seed-002 replication on ``model`` (runs the model: attributions, recordings, lesions).
 
@@ -251,7 +254,7 @@ def seed002(model: "TransformerBridge", *, stimuli: dict[str, tuple[Stimuli, Sti
         steps: IG integration points (64 make the organism's layers add up within 5%; 32 miss mlp.0 by ~14%).
         layers: layers to decode (default all); ``lesion_layers``: layers of the lesion test
             (default all ``layers``).
-        n_classes: commonest classes in the lesion test; ``n_random``: random draws of every control.
+        n_classes: commonest classes in the lesion test; ``n_controls``: random draws of every control.
         folds: cross-validation folds (whole sequences).
         seed: seeds the random controls.
         progress: show a tqdm bar over the steps.
@@ -265,7 +268,7 @@ def seed002(model: "TransformerBridge", *, stimuli: dict[str, tuple[Stimuli, Sti
         specific, of ``lesion_classes`` tested: see :func:`lesion_test`).
     """
     layers, lesion_layers, ks = _check_args(model, layers, lesion_layers, ks, k, method, steps, top_frac,
-                                            n_classes, n_random, folds, n_docs, seed, progress)
+                                            n_classes, n_controls, folds, n_docs, seed, progress)
     stimuli = default_stimuli(model, n_docs) if stimuli is None else stimuli
     sites = [f"mlp.{L}" for L in layers]
     table, curves, lesions, keys = [], [], [], {}
@@ -282,12 +285,12 @@ def seed002(model: "TransformerBridge", *, stimuli: dict[str, tuple[Stimuli, Sti
                 row: dict[str, Any] = dict(stimuli=name, layer=L)
                 for target in ("next", "current"):
                     options = dict(target=target, folds=folds, where=where, seed=seed, progress=False)
-                    curve = decode_curve(rec, {kk: _key_set(key, site, kk) for kk in ks}, label, n_controls=n_random,
+                    curve = decode_curve(rec, {kk: _key_set(key, site, kk) for kk in ks}, label, n_controls=n_controls,
                                          **options).df
                     curves.append(curve.assign(stimuli=name, layer=L, target=target))
                     # the headline k: its row of the curve (each probe tunes its C, so none is fitted twice)
                     at_k = (curve if k in ks else decode_curve(rec, {k: _key_set(key, site, k)}, label,
-                                                               n_controls=n_random, **options).df)
+                                                               n_controls=n_controls, **options).df)
                     head = at_k[at_k.k == k].iloc[0]
                     every = decode(rec, site, label, n_controls=0, **options).df.iloc[0]
                     row.update({f"key_{target}": head["accuracy"], f"random_{target}": head["accuracy_control_units"],
@@ -299,13 +302,13 @@ def seed002(model: "TransformerBridge", *, stimuli: dict[str, tuple[Stimuli, Sti
                     bar.update()
                 row["n_key"] = len(_key_set(key, site, k))
                 if L in lesion_layers:
-                    part = lesion_test(model, test, key, site, k, n_classes, n_random=min(n_random, 3), seed=seed)
+                    part = lesion_test(model, test, key, site, k, n_classes, n_controls=min(n_controls, 3), seed=seed)
                     lesions.append(part.assign(stimuli=name, layer=L))
                     row["lesion_specific"], row["lesion_classes"] = int(part["specific"].sum()), len(part)
                     bar.update()
                 table.append(row)
     meta = dict(model=str(model.cfg.model_name), method=method, k=k, ks=ks, top_frac=top_frac, steps=steps,
-                folds=folds, n_random=n_random, label=label, paper=PAPER,
+                folds=folds, n_controls=n_controls, label=label, paper=PAPER,
                 completeness_error={n: kn.meta.get("completeness_error") for n, kn in keys.items()})
     lesion_df = pd.concat(lesions, ignore_index=True) if lesions else pd.DataFrame()
     return Seed002(pd.DataFrame(table), pd.concat(curves, ignore_index=True), lesion_df, keys, meta)

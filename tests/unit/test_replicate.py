@@ -12,7 +12,7 @@ from llmscope.replicate.__main__ import main
 
 def test_seed002_command_prints_a_row_per_layer_and_writes_tables(tmp_path, capsys):
     assert main(["seed002", "--model", "grammar-2l", "--method", "grad_x_act", "--n-docs", "8",
-                 "--ks", "1", "5", "--n-random", "2", "--folds", "2", "--out", str(tmp_path)]) == 0
+                 "--ks", "1", "5", "--n-controls", "2", "--folds", "2", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "key_next" in printed and "lesion test" in printed
     table = pd.read_csv(tmp_path / "table.csv")
@@ -36,7 +36,7 @@ def test_lesion_specificity_is_two_differences_with_intervals(organism):
     from llmscope.replicate.seed002 import lesion_test
     from llmscope.stimuli import grammar
 
-    key = key_neurons(organism, grammar(organism, n_docs=16, seed=0), "pos_tag", "grad_x_act", sites=["mlp.0"], k=10,
+    key = key_neurons(organism, grammar(organism, n_docs=16, seed=0), "pos_tag", "grad_x_act", units=["mlp.0"], k=10,
                       progress=False)
     out = lesion_test(organism, grammar(organism, n_docs=16, seed=1), key, "mlp.0", 10).set_index("cls")
     assert list(out.index) == ["NOUN", "DET", "VERB", "PUNCT"]
