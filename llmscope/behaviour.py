@@ -24,6 +24,11 @@ A metric is ``"loss"``, ``"correct"``, ``"logit_diff"`` (columns ``good_id``, ``
 ``stimuli.tokens``, e.g. ``functools.partial(logit_diff, good="io_id", bad="s_id")``.
 
 Example:
+    >>> import llmscope
+    >>> from llmscope import metric
+    >>> from llmscope.stimuli import grammar
+    >>> model = llmscope.load("grammar-2l")
+    >>> stim = grammar(model, n_docs=4, seed=0)
     >>> metric(model, stim, "loss", by="pos_tag").df.columns.tolist()
     ['pos_tag', 'mean', 'sem', 'n']
 """
@@ -64,6 +69,8 @@ def next_token_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     cross-entropy of ``ids[:, t]`` under ``logits[:, t - 1]``; entry 0 is NaN.
 
     Example:
+        >>> import torch
+        >>> from llmscope.behaviour import next_token_loss
         >>> next_token_loss(torch.zeros(1, 3, 4), torch.tensor([[0, 1, 2]])).tolist()[0][1:]
         [1.3862943649291992, 1.3862943649291992]
     """
@@ -80,6 +87,8 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     ``F.cross_entropy`` over the class axis 1 of a 3-d tensor.
 
     Example:
+        >>> import torch
+        >>> from llmscope.behaviour import cross_entropy
         >>> cross_entropy(torch.zeros(2, 4), torch.tensor([0, 3])).tolist()
         [1.3862943649291992, 1.3862943649291992]
     """
@@ -268,6 +277,11 @@ def evaluate(model: "TransformerBridge", stimuli: Stimuli, metric: Metric | Mapp
         batch_size: sequences per forward pass.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import evaluate
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
         >>> evaluate(model, stim, {"loss": "loss", "hit": "correct"}).df.columns[-2:].tolist()
         ['loss', 'hit']
     """
@@ -296,6 +310,11 @@ def token_loss(model: "TransformerBridge", stimuli: Stimuli, batch_size: int = 8
     Row ``(seq, pos)`` scores the prediction *of* the token at ``pos`` (``align="target"``).
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import token_loss
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
         >>> t = token_loss(model, stim).df
         >>> bool(t.loc[t.pos == 0, "loss"].isna().all())
         True
@@ -363,6 +382,11 @@ def metric(model: "TransformerBridge", stimuli: Stimuli, metric: Metric = "loss"
     """A metric's mean, standard error (across rows) and row count, per group of ``by``.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import metric
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
         >>> metric(model, stim, "correct").df.n.item() > 0
         True
     """

@@ -16,6 +16,8 @@ so ``except SiteError``, ``except IndexError`` and ``except LLMScopeError`` all 
 plain text (a ``KeyError`` would quote it).
 
 Example:
+    >>> from llmscope import LLMScopeError
+    >>> from llmscope.errors import SiteError
     >>> try:
     ...     raise SiteError.Range("layer 9 out of range: valid layers are 0..1")
     ... except IndexError as exc:

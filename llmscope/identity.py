@@ -22,6 +22,9 @@ model and recomputed when a parameter is modified in place (PyTorch's version co
 optimizer step, ``copy_``, ``load_state_dict``).
 
 Example:
+    >>> import llmscope
+    >>> from llmscope.identity import check, fingerprint
+    >>> model = llmscope.load("grammar-2l")
     >>> fp = fingerprint(model)
     >>> fp.name, fp == fingerprint(model)
     ('grammar-2l', True)
@@ -125,6 +128,9 @@ def fingerprint(model: "TransformerBridge") -> Fingerprint:
     """The model's :class:`Fingerprint`, cached on it until a parameter is modified in place.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope.identity import fingerprint
+        >>> model = llmscope.load("grammar-2l")
         >>> fingerprint(model).arch == fingerprint(llmscope.load("grammar-2l")).arch
         True
     """
@@ -152,6 +158,11 @@ def check(bound: "Fingerprint | None", model: "TransformerBridge | Fingerprint",
     (activations). ``bound=None`` (an object that does not know its model) passes.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import LLMScopeError
+        >>> from llmscope.identity import check, fingerprint
+        >>> model = llmscope.load("grammar-2l")
+        >>> smol = llmscope.load("smollm2-135m")
         >>> smol_fp = fingerprint(smol)
         >>> try:
         ...     check(smol_fp, model, "these stimuli", "vocab")

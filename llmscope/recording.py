@@ -65,6 +65,10 @@ recorded, or after it stopped early, rows past ``attrs["done_seqs"]`` sequences 
 :meth:`Recording.to_xarray` gives the recorded rows only.
 
 Example:
+    >>> import llmscope
+    >>> from llmscope import Recording, record
+    >>> from llmscope.stimuli import induction
+    >>> model = llmscope.load("grammar-2l")
     >>> import tempfile, xarray
     >>> path = tempfile.mkdtemp() + "/ind.zarr"
     >>> ind = record(model, induction(model, 8, 10), ["mlp.0", "attn.1"], store=path, progress=False)
@@ -617,6 +621,10 @@ def record(
             needed; free it and call ``record`` again: it resumes).
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import record
+        >>> from llmscope.stimuli import induction
+        >>> model = llmscope.load("grammar-2l")
         >>> ind = record(model, induction(model, n_seqs=8, half_len=10), ["mlp.0", "mlp.1"], progress=False)
         >>> ind.responses("mlp.1").shape
         (168, 512)
@@ -699,6 +707,10 @@ class Recording:
             how many, and whether that is all of them (analyses put these in ``.meta``).
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import Recording, record
+        >>> from llmscope.stimuli import induction
+        >>> model = llmscope.load("grammar-2l")
         >>> import tempfile
         >>> path = tempfile.mkdtemp() + "/ind.zarr"
         >>> _ = record(model, induction(model, 8, 10), ["mlp.1"], store=path, progress=False)
@@ -870,6 +882,12 @@ class Recording:
             RecordingError: ``labelled`` not a bool, or ``dtype`` neither ``"float32"`` nor None.
 
         Example:
+            >>> import llmscope
+            >>> from llmscope.stimuli import grammar
+            >>> model = llmscope.load("grammar-2l")
+            >>> stim = grammar(model, n_docs=4, seed=0)
+            >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+            ...                       dtype="float32", progress=False)
             >>> rec.responses("attn.0", [1]).shape
             (496, 1, 32)
             >>> rec.responses(("mlp.0", [3, 7]), labelled=True).columns.tolist()
@@ -931,6 +949,12 @@ class Recording:
                 mask that is not boolean or not one value per row.
 
         Example:
+            >>> import llmscope
+            >>> from llmscope.stimuli import grammar
+            >>> model = llmscope.load("grammar-2l")
+            >>> stim = grammar(model, n_docs=4, seed=0)
+            >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+            ...                       dtype="float32", progress=False)
             >>> len(rec.select("pos_tag == 'NOUN'"))
             141
             >>> late = rec.select(rec.tokens.pos.to_numpy() > 10)
@@ -964,6 +988,12 @@ class Recording:
         or damaged when it is computed raises a RecordingError that names it.
 
         Example:
+            >>> import llmscope
+            >>> from llmscope.stimuli import grammar
+            >>> model = llmscope.load("grammar-2l")
+            >>> stim = grammar(model, n_docs=4, seed=0)
+            >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+            ...                       dtype="float32", progress=False)
             >>> ds = rec.to_xarray()
             >>> ds["mlp.0"].groupby("pos_tag").mean("token").compute().shape
             (10, 512)

@@ -15,6 +15,7 @@ Every public analysis returns a subclass named after what it holds (``TuningResu
 ``rank_by`` (the column :meth:`top` ranks by unless told; None when rows are not units).
 
 Example:
+    >>> from llmscope import Result
     >>> import pandas as pd
     >>> r = Result(pd.DataFrame({"auc": [0.6, 0.9]}, index=pd.MultiIndex.from_tuples(
     ...     [("mlp.0", 3), ("mlp.0", 7)], names=["site", "unit"])))
@@ -80,6 +81,13 @@ class Result:
             ColumnError: ``by`` is not a column.
 
         Example:
+            >>> import llmscope
+            >>> from llmscope import tuning
+            >>> from llmscope.stimuli import grammar
+            >>> model = llmscope.load("grammar-2l")
+            >>> stim = grammar(model, n_docs=4, seed=0)
+            >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+            ...                       dtype="float32", progress=False)
             >>> tuning(rec, "mlp.0", "pos_tag", progress=False).top(2, where="preferred == 'NOUN'").index.nlevels
             2
         """
@@ -139,6 +147,9 @@ def unit_dataset(index: pd.MultiIndex, variables: Mapping[str, np.ndarray], dim:
     ``site`` and ``index``, so ``ds.sel(unit="mlp.0:12")`` picks one unit.
 
     Example:
+        >>> import numpy as np
+        >>> import pandas as pd
+        >>> from llmscope.result import unit_dataset
         >>> idx = pd.MultiIndex.from_tuples([("mlp.0", 3), ("mlp.0", 7)], names=["site", "unit"])
         >>> ds = unit_dataset(idx, {"mean": np.zeros((2, 3))}, "pos_tag", ["DET", "NOUN", "VERB"])
         >>> ds["mean"].sel(unit="mlp.0:7").dims, ds.site.values.tolist()

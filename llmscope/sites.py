@@ -34,6 +34,10 @@ with :func:`resolve_units`, which accepts:
 Tables index units with that ``MultiIndex`` (:func:`unit_index` builds one from any of the above).
 
 Example:
+    >>> import llmscope
+    >>> from llmscope import site
+    >>> from llmscope.sites import unit_index
+    >>> model = llmscope.load("grammar-2l")
     >>> s = site(model, "mlp.1")
     >>> s.hook, s.n_units
     ('blocks.1.mlp.hook_post', 512)
@@ -189,6 +193,9 @@ def site(model: "TransformerBridge", spec: "str | Site") -> Site:
     """Resolve a site name for ``model``; raise :class:`SiteError` listing valid choices.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import site
+        >>> model = llmscope.load("grammar-2l")
         >>> site(model, "attn.0").shape
         (4, 32)
     """

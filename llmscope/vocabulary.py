@@ -8,6 +8,7 @@ Names used before this vocabulary still work for one release, with a ``FutureWar
 naming the new one (:func:`renamed`).
 
 Example:
+    >>> from llmscope.vocabulary import VOCABULARY, renamed
     >>> VOCABULARY["where"][:44]
     'the one row selector: a boolean trial-table '
     >>> @renamed(n_perm="n_controls")
@@ -182,6 +183,7 @@ def renamed(**old_to_new: str) -> Callable[[F], F]:
     by another old name), as in the old call ``spikes(rec, "mlp.0", units=[1, 2])``.
 
     Example:
+        >>> from llmscope.vocabulary import renamed
         >>> @renamed(subset="where")
         ... def g(*, where=None):
         ...     return where

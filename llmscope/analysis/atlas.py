@@ -42,6 +42,9 @@ criterion does not rank units against the controls for that reason: with a small
 controls *are* the units.
 
 Example:
+    >>> import llmscope
+    >>> from llmscope import battery, lesion_atlas
+    >>> model = llmscope.load("grammar-2l")
     >>> bat = battery(model, n_docs=4, n_pairs=16, seed=0)
     >>> atlas = lesion_atlas(model, bat, "attn.1", n_controls=4, progress=False)
     >>> atlas.top(1, by="harm_copying").index.tolist()
@@ -134,6 +137,10 @@ def battery(model: "TransformerBridge", n_docs: int = 16, n_pairs: int = 64, see
     ``behaviours`` keeps only the named ones. See the module docstring for the definitions.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import battery
+        >>> model = llmscope.load("grammar-2l")
+        >>> smol = llmscope.load("smollm2-135m")
         >>> battery(model, n_docs=4, n_pairs=8).names[-2:]
         ['copying', 'agreement']
         >>> english = battery(smol, n_docs=4)
@@ -261,6 +268,11 @@ class AtlasResult(Result):
         for ``lesion()`` or a widget.
 
         Example:
+            >>> import llmscope
+            >>> from llmscope import battery, intervene, lesion, lesion_atlas
+            >>> from llmscope.stimuli import grammar
+            >>> model = llmscope.load("grammar-2l")
+            >>> stim = grammar(model, n_docs=4, seed=0)
             >>> bat = battery(model, n_docs=4, n_pairs=8)
             >>> atlas = lesion_atlas(model, bat, "attn.1", group_size=2, n_controls=2, progress=False)
             >>> with intervene(model, lesion(atlas.top(1, by="harm_copying"))):
@@ -385,6 +397,9 @@ def lesion_atlas(model: "TransformerBridge", battery: Battery, units: UnitsLike 
         :class:`AtlasResult` (its docstring lists the columns).
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import battery, lesion_atlas
+        >>> model = llmscope.load("grammar-2l")
         >>> atlas = lesion_atlas(model, battery(model, n_docs=4, n_pairs=8), [("attn.0", [2])], n_controls=3,
         ...                      progress=False)
         >>> atlas.df[["class", "group_size"]].values.tolist()
@@ -536,6 +551,10 @@ def lesion_test(model: "TransformerBridge", battery: Battery, units: UnitsLike, 
         mode, reference, stack, pass_tokens: as in :func:`lesion_atlas`.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import battery
+        >>> from llmscope.analysis import lesion_test
+        >>> model = llmscope.load("grammar-2l")
         >>> bat = battery(model, n_docs=8, n_pairs=16, behaviours=["copying", "agreement"])
         >>> test = lesion_test(model, bat, ("attn.1", [0]), n_controls=3, progress=False)
         >>> bool(test.df.loc["copying", "excess_ci_low"] > 0), float(test.df.loc["agreement", "harm"])

@@ -60,6 +60,10 @@ breakers the unconfirmed units can hold (:func:`false_negative_bound`). The pape
 the sample by estimate; we draw one uniform stratum.
 
 Example:
+    >>> import llmscope
+    >>> from llmscope import battery
+    >>> from llmscope.analysis.attribution import screen
+    >>> model = llmscope.load("grammar-2l")
     >>> bat = battery(model, n_docs=4, n_pairs=16, seed=0)
     >>> s = screen(model, bat, "attn.1", method="atp*", progress=False)
     >>> s.top(1, by="copying").index.tolist(), s.meta["approximate"]
@@ -514,6 +518,12 @@ class ScreenResult(Result):
         or a column (default ``score``: first for any behaviour).
 
         Example:
+            >>> import llmscope
+            >>> from llmscope import battery, intervene, lesion
+            >>> from llmscope.analysis.attribution import screen
+            >>> from llmscope.stimuli import grammar
+            >>> model = llmscope.load("grammar-2l")
+            >>> stim = grammar(model, n_docs=4, seed=0)
             >>> s = screen(model, battery(model, n_docs=2, n_pairs=8), "attn.0", progress=False)
             >>> with intervene(model, lesion(s.top(2, by="copying"))):
             ...     logits = model(stim.ids)
@@ -578,6 +588,10 @@ def screen(model: "TransformerBridge", battery: Battery, units: UnitsLike = None
         :class:`ScreenResult` (its docstring lists the columns).
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import battery
+        >>> from llmscope.analysis.attribution import screen
+        >>> model = llmscope.load("grammar-2l")
         >>> s = screen(model, battery(model, n_docs=4, n_pairs=8), ["mlp.1", "attn.1"], progress=False)
         >>> s.df.columns[:3].tolist()
         ['estimate_loss_ADJ', 'estimate_loss_ADP', 'estimate_loss_ADV']
@@ -649,6 +663,7 @@ def false_negative_bound(n_break: int, n_sample: int, n_pool: int, confidence: f
     one-sided Clopper-Pearson bound on the fraction, times ``n_pool``; NaN without a sample.
 
     Example:
+        >>> from llmscope.analysis.attribution import false_negative_bound
         >>> round(false_negative_bound(0, 100, 1000), 1)
         29.5
     """
@@ -732,6 +747,10 @@ def confirm(model: "TransformerBridge", battery: Battery, result: ScreenResult, 
         :class:`ConfirmResult`.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import battery
+        >>> from llmscope.analysis.attribution import confirm, screen
+        >>> model = llmscope.load("grammar-2l")
         >>> bat = battery(model, n_docs=4, n_pairs=8, behaviours=["copying"])
         >>> c = confirm(model, bat, screen(model, bat, "attn.1", progress=False), k=1, n_sample=2, n_controls=2,
         ...             progress=False)
@@ -928,6 +947,11 @@ def patching_screen(model: "TransformerBridge", clean: Stimuli, corrupt: Stimuli
     GradDrop as for :func:`screen` (runs the model). ``corrupt`` defaults to ``clean.corrupt``.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import logit_diff
+        >>> from llmscope.analysis.attribution import patching_screen
+        >>> from llmscope.stimuli import ioi
+        >>> smol = llmscope.load("smollm2-135m")
         >>> from functools import partial
         >>> clean = ioi(smol, n=4, seed=0, corrupt=True)
         >>> s = patching_screen(smol, clean, metric=partial(logit_diff, good="io_id", bad="s_id"),

@@ -21,6 +21,13 @@ the same way (``rho_control``, ``p_control``, ``q_control``): its FDR discoverie
 construction.
 
 Example:
+    >>> import llmscope
+    >>> from llmscope import behaviour_correlates
+    >>> from llmscope.stimuli import grammar
+    >>> model = llmscope.load("grammar-2l")
+    >>> stim = grammar(model, n_docs=4, seed=0)
+    >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+    ...                       dtype="float32", progress=False)
     >>> r = behaviour_correlates(model, rec, "loss", n_controls=20, progress=False)
     >>> r.df.columns[:3].tolist()
     ['rho', 'p', 'q']
@@ -72,6 +79,8 @@ def circular_shifts(seq: np.ndarray, n: int, rng: np.random.Generator) -> np.nda
     one-row sequence stays put). Rows of one sequence must be contiguous.
 
     Example:
+        >>> import numpy as np
+        >>> from llmscope.analysis.correlates import circular_shifts
         >>> circular_shifts(np.array([0, 0, 0, 1]), 1, np.random.default_rng(0))[:, 0].tolist()
         [2, 0, 1, 3]
     """
@@ -153,6 +162,13 @@ def behaviour_correlates(model: "TransformerBridge", recording: "Recording", beh
         :class:`CorrelatesResult` (columns and meta keys in its docstring).
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import behaviour_correlates
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
+        >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+        ...                       dtype="float32", progress=False)
         >>> r = behaviour_correlates(model, rec, "loss", "attn.1", n_controls=20, progress=False)
         >>> r.df.index[:1].tolist(), bool(r.df.rho.iloc[0] < 0)
         ([('attn.1', 0)], True)

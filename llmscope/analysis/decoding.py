@@ -55,6 +55,13 @@ decoded) saw the test folds' labels when chosen; choose them on other stimuli fo
 figure.
 
 Example:
+    >>> import llmscope
+    >>> from llmscope import decode
+    >>> from llmscope.stimuli import grammar
+    >>> model = llmscope.load("grammar-2l")
+    >>> stim = grammar(model, n_docs=4, seed=0)
+    >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+    ...                       dtype="float32", progress=False)
     >>> res = decode(rec, ("mlp.0", range(64)), "pos_tag", folds=2, n_controls=2, progress=False)
     >>> r = res.df.iloc[0]
     >>> bool(r.accuracy > r.accuracy_control_labels and r.accuracy > r.accuracy_control_majority)
@@ -471,6 +478,13 @@ class DecodingResult(Result):
         ``accuracy_where`` (the same over the rows it selects).
 
         Example:
+            >>> import llmscope
+            >>> from llmscope import decode
+            >>> from llmscope.stimuli import grammar
+            >>> model = llmscope.load("grammar-2l")
+            >>> stim = grammar(model, n_docs=4, seed=0)
+            >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+            ...                       dtype="float32", progress=False)
             >>> res = decode(rec, "mlp.0", "pos_tag", folds=2, n_controls=0, progress=False)
             >>> table = res.by_class()
             >>> table.columns.tolist(), int(table["n"].sum()) == res.meta["n_tokens"]
@@ -600,6 +614,13 @@ def decode(recording: Recording, units: UnitsLike, label: str, *, target: str = 
         SiteError: units of a site not recorded, or indices out of range.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import decode, tuning
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
+        >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+        ...                       dtype="float32", progress=False)
         >>> top = tuning(rec, "mlp.0", "pos_tag", progress=False).top(5)
         >>> res = decode(rec, top, "pos_tag", folds=2, n_controls=3, progress=False)
         >>> res.data["accuracy_control_units"].shape, res.units.equals(top.index.sort_values())
@@ -707,6 +728,13 @@ def decode_curve(recording: Recording, units: Any, label: str, ks: Any = KS, *, 
             or not positive integers.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import decode_curve, tuning
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
+        >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+        ...                       dtype="float32", progress=False)
         >>> top = tuning(rec, "mlp.0", "pos_tag", progress=False).top(8)
         >>> curve = decode_curve(rec, top, "pos_tag", ks=[2, 8], folds=2, n_controls=2, progress=False)
         >>> curve.df.k.tolist(), curve.data["accuracy_control_units"].shape

@@ -1,6 +1,11 @@
 """Intervention effects: run stimuli with and without an intervention and compare a metric.
 
 Example:
+    >>> import llmscope
+    >>> from llmscope import effect, lesion
+    >>> from llmscope.stimuli import grammar
+    >>> model = llmscope.load("grammar-2l")
+    >>> stim = grammar(model, n_docs=4, seed=0)
     >>> r = effect(model, stim, lesion("attn.1", [0]), metric="loss", by="is_repeat", n_boot=200)
     >>> r.df.columns[:3].tolist()
     ['is_repeat', 'intervention', 'baseline']
@@ -38,6 +43,8 @@ def compare(rows: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> dict:
     draws, excludes zero); else NaN.
 
     Example:
+        >>> import pandas as pd
+        >>> from llmscope.analysis.effect import compare
         >>> rows = pd.DataFrame({"seq": [0, 0, 1, 1, 2], "baseline": [1.0, 2, 1, 1, 2],
         ...                      "intervened": [2.0, 3, 2, 1, 3]})
         >>> out = compare(rows, n_boot=200)

@@ -13,6 +13,9 @@ responses of units) and :func:`~llmscope.analysis.lfp.event_average` (field pote
 rest on it.
 
 Example:
+    >>> import numpy as np
+    >>> import pandas as pd
+    >>> from llmscope.analysis.events import rows, weights
     >>> tokens = pd.DataFrame({"seq": [0, 0, 0, 1, 1], "pos": [0, 1, 2, 0, 1],
     ...                        "noun": [False, True, False, True, False]})
     >>> w, counts = weights(tokens, rows(tokens, "noun"), window=1, n_controls=0, seed=0)
@@ -47,6 +50,8 @@ def rows(tokens: pd.DataFrame, where: Any) -> np.ndarray:
         ColumnError: a query naming a column the table lacks.
 
     Example:
+        >>> import pandas as pd
+        >>> from llmscope.analysis.events import rows
         >>> rows(pd.DataFrame({"pos_tag": ["DET", "NOUN", "VERB"]}), "pos_tag == 'NOUN'").tolist()
         [False, True, False]
     """
@@ -82,6 +87,7 @@ def span(window: Any, baseline: bool = False) -> tuple[int, int]:
         AnalysisError: anything else (the message names the bad value).
 
     Example:
+        >>> from llmscope.analysis.events import span
         >>> span(3), span((2, 0))
         ((3, 3), (2, 0))
     """
@@ -106,6 +112,8 @@ def shuffled(seq: np.ndarray, events: np.ndarray, n_controls: int, rng: np.rando
         rng: the generator that draws them.
 
     Example:
+        >>> import numpy as np
+        >>> from llmscope.analysis.events import shuffled
         >>> seq, events = np.array([0, 0, 0, 1, 1]), np.array([True, False, False, True, False])
         >>> [np.bincount(seq[d]).tolist() for d in shuffled(seq, events, 3, np.random.default_rng(0))]
         [[1, 1], [1, 1], [1, 1]]

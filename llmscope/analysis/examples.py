@@ -6,6 +6,13 @@ sequence on either side and every trial-table label of the token. The HTML rende
 all token text (token strings are untrusted: a vocabulary can hold ``<script>``).
 
 Example:
+    >>> import llmscope
+    >>> from llmscope import top_examples
+    >>> from llmscope.stimuli import grammar
+    >>> model = llmscope.load("grammar-2l")
+    >>> stim = grammar(model, n_docs=4, seed=0)
+    >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+    ...                       dtype="float32", progress=False)
     >>> ex = top_examples(rec, "mlp.0", 12, k=5)
     >>> ex.df.columns[:4].tolist()
     ['rank', 'seq', 'pos', 'token']
@@ -139,6 +146,13 @@ def top_examples(recording: Recording, units: UnitsLike, indices: Any = None, k:
         AnalysisError: ``k < 1``, ``context < 0``, no rows to search, not a Recording.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import top_examples, tuning
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
+        >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+        ...                       dtype="float32", progress=False)
         >>> top_examples(rec, tuning(rec, "mlp.0", "pos_tag", progress=False).top(1), k=3).df["rank"].tolist()
         [1, 2, 3]
     """

@@ -26,6 +26,13 @@ why). Analyses read recordings and never run the model. A head of ``attn.L`` res
 norm of its ``hook_z`` (:mod:`~llmscope.analysis.responses`).
 
 Example:
+    >>> import llmscope
+    >>> from llmscope import cka, pca, rdm, rsa
+    >>> from llmscope.stimuli import grammar
+    >>> model = llmscope.load("grammar-2l")
+    >>> stim = grammar(model, n_docs=4, seed=0)
+    >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+    ...                       dtype="float32", progress=False)
     >>> p = pca(rec, "mlp.0", "pos_tag", n_components=3)
     >>> p.df.columns.tolist()
     ['seq', 'pos', 'text', 'pos_tag', 'PC1', 'PC2', 'PC3']
@@ -211,6 +218,13 @@ def pca(recording: Recording, units: UnitsLike, label: str | None = None, n_comp
         SiteError: a site not recorded, a unit out of range.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import pca
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
+        >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+        ...                       dtype="float32", progress=False)
         >>> p = pca(rec, "mlp.1", "is_repeat", n_components=2)
         >>> p.components.index.names, p.components.shape
         (FrozenList(['site', 'unit']), (512, 2))
@@ -319,6 +333,14 @@ def rdm(recording: Recording, units: UnitsLike, label: str = "pos_tag", *, inclu
         SiteError: a site not recorded, a unit out of range.
 
     Example:
+        >>> import numpy as np
+        >>> import llmscope
+        >>> from llmscope import rdm
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
+        >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+        ...                       dtype="float32", progress=False)
         >>> r = rdm(rec, "mlp.0", "pos_tag")
         >>> m = r.data.rdm.sel(site="mlp.0").to_pandas()
         >>> bool((np.diag(m) < 1e-9).all()), bool(m.loc["NOUN", "DET"] > 0)
@@ -432,6 +454,13 @@ def rsa(result: RDMResult, other: RDMResult | None = None, *, n_controls: int = 
             unit), a bad ``n_controls`` or ``seed``.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import rdm, rsa
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
+        >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+        ...                       dtype="float32", progress=False)
         >>> r = rsa(rdm(rec, ["mlp.0", "mlp.1"]), n_controls=100)
         >>> r.df.rho.round(6).tolist()[0], len(r.df)
         (1.0, 4)
@@ -521,6 +550,8 @@ def linear_cka(X: np.ndarray, Y: np.ndarray) -> float:
             that does not vary (CKA is undefined).
 
     Example:
+        >>> import numpy as np
+        >>> from llmscope.analysis.geometry import linear_cka
         >>> X = np.random.default_rng(0).normal(size=(50, 8))
         >>> round(linear_cka(X, 3 * X @ np.linalg.qr(X.T @ X)[0]), 6)
         1.0
@@ -602,6 +633,13 @@ def cka(recording: Recording, units: UnitsLike, other: Recording | None = None, 
         SiteError: a site not recorded, a unit out of range.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import cka
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
+        >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+        ...                       dtype="float32", progress=False)
         >>> c = cka(rec, "mlp.0", other_units=["mlp.1", "attn.1"], progress=False)
         >>> bool((c.df.cka > c.df.cka_control).all())
         True

@@ -22,6 +22,9 @@ current token, or at the token after such a copy (induction), and whether lesion
   of the engine's stacked lesion runner (:func:`llmscope.engine.lesions.run`).
 
 Example:
+    >>> import llmscope
+    >>> from llmscope import confirm_by_lesion, localize_heads
+    >>> model = llmscope.load("grammar-2l")
     >>> stim = llmscope.stimuli.grammar(model, n_docs=8, seed=0)
     >>> heads = localize_heads(model, stim, progress=False)
     >>> heads.top(1).index.tolist()
@@ -148,6 +151,11 @@ class HeadScores(Result):
         has (no query of the stimuli had a target for it) is an AnalysisError.
 
         Example:
+            >>> import llmscope
+            >>> from llmscope import localize_heads
+            >>> from llmscope.stimuli import grammar
+            >>> model = llmscope.load("grammar-2l")
+            >>> stim = grammar(model, n_docs=4, seed=0)
             >>> localize_heads(model, stim, progress=False).top(1, by="previous_token").index.tolist()
             [('attn.0', 2)]
         """
@@ -206,6 +214,9 @@ def localize_heads(model: "TransformerBridge", stimuli: Stimuli, *, batch_size: 
         ``.plot(by=None)`` draws a layers x heads heatmap per score.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import localize_heads
+        >>> model = llmscope.load("grammar-2l")
         >>> heads = localize_heads(model, llmscope.stimuli.grammar(model, n_docs=8), progress=False)
         >>> heads.df.nlargest(1, "previous_token")[["layer", "head"]].values.tolist()
         [[0, 2]]
@@ -332,6 +343,11 @@ def confirm_by_lesion(model: "TransformerBridge", stimuli: Stimuli, units: Units
         :class:`LesionConfirmation` (its docstring lists the columns).
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import confirm_by_lesion
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
         >>> r = confirm_by_lesion(model, stim, [("attn.1", 0)], n_controls=7, progress=False)
         >>> r.df["p"].tolist()
         [0.125]

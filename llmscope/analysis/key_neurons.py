@@ -66,6 +66,10 @@ statistic, the neuron's most specific class, under permuted labels), and
 ``units(..., control=True)`` gives the key neurons under permuted labels.
 
 Example:
+    >>> import llmscope
+    >>> from llmscope.stimuli import grammar
+    >>> model = llmscope.load("grammar-2l")
+    >>> stim = grammar(model, n_docs=4, seed=0)
     >>> from llmscope.analysis.key_neurons import key_neurons
     >>> res = key_neurons(model, stim, method="grad_x_act", k=5, progress=False)
     >>> res.units("NOUN", site="mlp.1").columns[:3].tolist()
@@ -524,6 +528,10 @@ def attributions(model: "TransformerBridge", stimuli: Stimuli, site: str = "mlp.
     """Each sample's scores of one MLP site's neurons (runs the model; see the module docstring).
 
     Example:
+        >>> import llmscope
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
         >>> from llmscope.analysis.key_neurons import attributions
         >>> a = attributions(model, stim, "mlp.1", "grad_x_act", progress=False)
         >>> a.data["score"].shape == (len(a.df), 512)
@@ -666,6 +674,10 @@ class KeyNeurons(Result):
         ``frequency_rest``, ``specificity``, ``mean_score``, indexed by ``(site, unit)``.
 
         Example:
+            >>> import llmscope
+            >>> from llmscope.stimuli import grammar
+            >>> model = llmscope.load("grammar-2l")
+            >>> stim = grammar(model, n_docs=4, seed=0)
             >>> from llmscope.analysis.key_neurons import key_neurons
             >>> res = key_neurons(model, stim, method="activation", units=["mlp.1"], k=3, progress=False)
             >>> res.units("DET", k=2)["rank"].tolist()
@@ -752,6 +764,11 @@ def key_neurons(model: "TransformerBridge", stimuli: Stimuli, label: str = "pos_
         SiteError: a site that is not ``mlp.L``, or part of one.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import key_neurons
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
         >>> res = key_neurons(model, stim, method="ig", units=["mlp.1"], k=10, steps=16, progress=False)
         >>> res.meta["completeness_error"] < 0.05, len(res.units("NOUN"))
         (True, 10)

@@ -24,6 +24,11 @@ surprisal is predicted from the residual just before it, and a unit's response i
 activation at that token.
 
 Example:
+    >>> import llmscope
+    >>> from llmscope import logit_lens
+    >>> from llmscope.stimuli import grammar
+    >>> model = llmscope.load("grammar-2l")
+    >>> stim = grammar(model, n_docs=4, seed=0)
     >>> lens = logit_lens(model, stim, progress=False)
     >>> lens.df[["site", "kl"]].round(2).values.tolist()[-1]
     ['resid.2', 0.0]
@@ -71,6 +76,10 @@ def lens_logits(model: "TransformerBridge", resid: torch.Tensor) -> torch.Tensor
     vectors ``[..., d_model]``.
 
     Example:
+        >>> import torch
+        >>> import llmscope
+        >>> from llmscope.analysis.lens import lens_logits
+        >>> model = llmscope.load("grammar-2l")
         >>> ids = model.to_tokens("the dog")
         >>> logits, cache = model.run_with_cache(ids)
         >>> torch.equal(lens_logits(model, cache["blocks.1.hook_resid_post"]), logits)
@@ -179,6 +188,11 @@ def logit_lens(model: "TransformerBridge", stimuli: Stimuli, sites: "str | Seque
         SiteError: a site that is not the residual stream.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import logit_lens
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
         >>> r = logit_lens(model, stim, ["resid.0", "resid.1"], by="pos_tag", progress=False)
         >>> r.df.columns[:3].tolist()
         ['site', 'layer', 'pos_tag']
@@ -396,6 +410,10 @@ def surprise(model: "TransformerBridge", stimuli: Stimuli, *, good: str = "good_
             residual stream, or a bad unit. All before the first forward pass.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import surprise
+        >>> from llmscope.stimuli import agreement
+        >>> model = llmscope.load("grammar-2l")
         >>> r = surprise(model, agreement(model, n=16, seed=0), tail=".", units="mlp.1", progress=False)
         >>> r.data["word"].values.tolist(), r.top(2).index.names
         (['<critical>', '.'], FrozenList(['site', 'unit']))

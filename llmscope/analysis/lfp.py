@@ -29,6 +29,13 @@ the mean of those two neurons). The analyses take a :class:`FieldPotential` or a
   "connections"; the wiring diagram says which exist).
 
 Example:
+    >>> import llmscope
+    >>> from llmscope import field_potential, lfp_spectrum
+    >>> from llmscope.stimuli import grammar
+    >>> model = llmscope.load("grammar-2l")
+    >>> stim = grammar(model, n_docs=4, seed=0)
+    >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+    ...                       dtype="float32", progress=False)
     >>> fp = field_potential(rec, progress=False)
     >>> fp.df.columns.tolist(), fp.sites
     (['seq', 'pos', 'site', 'value'], ['mlp.0', 'mlp.1', 'attn.0', 'attn.1'])
@@ -208,6 +215,13 @@ def field_potential(recording: Recording, units: UnitsLike | None = None, *, inc
         AnalysisError: not a Recording, or no tokens to analyse.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import field_potential
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
+        >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+        ...                       dtype="float32", progress=False)
         >>> fp = field_potential(rec, ["attn.1", "mlp.0"], progress=False)
         >>> fp.signal.shape == (int((~rec.tokens.is_bos).sum()), 2), fp.meta["definition"]
         (True, {'attn.1': 'mean', 'mlp.0': 'mean'})
@@ -404,6 +418,13 @@ def lfp_spectrum(source: "FieldPotential | Recording", units: UnitsLike | None =
         SiteError: an unknown site.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import lfp_spectrum
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
+        >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+        ...                       dtype="float32", progress=False)
         >>> spec = lfp_spectrum(rec, "attn.1", nperseg=16, n_controls=20, progress=False)
         >>> spec.df.frequency.tolist()[:2], spec.meta["n_seqs"]
         ([0.0625, 0.125], 4)
@@ -553,6 +574,13 @@ def event_average(source: "FieldPotential | Recording", where: str, window: int 
         SiteError: an unknown site.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import event_average
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
+        >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+        ...                       dtype="float32", progress=False)
         >>> ea = event_average(rec, "sent_pos == 0", window=(2, 3), units="attn.1", n_controls=20)
         >>> ea.df.offset.tolist()
         [-2, -1, 0, 1, 2, 3]
@@ -611,6 +639,9 @@ def wired(source: Site, target: Site) -> bool:
     a later layer to an earlier one, nor from attn.L or mlp.L to the same block's mlp.L.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope.analysis.lfp import wired
+        >>> model = llmscope.load("grammar-2l")
         >>> from llmscope.sites import site
         >>> wired(site(model, "mlp.0"), site(model, "attn.1")), wired(site(model, "mlp.1"), site(model, "mlp.0"))
         (True, False)
@@ -753,6 +784,13 @@ def granger(source: "FieldPotential | Recording", units: UnitsLike | None = None
         SiteError: an unknown site.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import granger
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
+        >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+        ...                       dtype="float32", progress=False)
         >>> g = granger(rec, ["mlp.0", "mlp.1"], progress=False)
         >>> g.df[["source", "target", "wired"]].values.tolist()
         [['mlp.0', 'mlp.1', True], ['mlp.1', 'mlp.0', False]]

@@ -1,6 +1,10 @@
 """Activation patching: run corrupt stimuli with one site x position (x head) taken from clean ones.
 
 Example:
+    >>> import llmscope
+    >>> from llmscope import logit_diff, patching
+    >>> from llmscope.stimuli import ioi
+    >>> smol = llmscope.load("smollm2-135m")
     >>> from functools import partial
     >>> clean = ioi(smol, n=4, seed=0, corrupt=True)   # clean prompts; clean.corrupt is their twin
     >>> io_vs_s = partial(logit_diff, good="io_id", bad="s_id")

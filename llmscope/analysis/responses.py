@@ -5,6 +5,13 @@ A neuron's response is its activation. A unit with more than one value per token
 how strongly the head writes at that token.
 
 Example:
+    >>> import llmscope
+    >>> from llmscope.analysis.responses import scalar
+    >>> from llmscope.stimuli import grammar
+    >>> model = llmscope.load("grammar-2l")
+    >>> stim = grammar(model, n_docs=4, seed=0)
+    >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+    ...                       dtype="float32", progress=False)
     >>> X = scalar(rec, "attn.1")          # [n_tokens, n_heads] float32
     >>> X.shape == (len(rec), 4)
     True
@@ -35,6 +42,14 @@ def check_finite(recording: "Recording", site: Site, data: np.ndarray, first_row
     One pass when the data are clean (float16: over the bits, ~2 GB/s; no conversion).
 
     Example:
+        >>> import numpy as np
+        >>> import llmscope
+        >>> from llmscope.analysis.responses import AnalysisError, check_finite
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
+        >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+        ...                       dtype="float32", progress=False)
         >>> bad = np.array([[0.0, np.nan]], dtype=np.float32)
         >>> try:
         ...     check_finite(rec, rec.site("mlp.0"), bad, 3)
@@ -93,6 +108,13 @@ def recorded_sites(recording: "Recording", site: str | Sequence[str]) -> list[st
     order; a SiteError names the recorded sites.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope.analysis.responses import recorded_sites
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
+        >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+        ...                       dtype="float32", progress=False)
         >>> recorded_sites(rec, ["mlp.1", "blocks.0.mlp.hook_post", "mlp.1"])
         ['mlp.1', 'mlp.0']
     """
@@ -141,6 +163,13 @@ def resolve(recording: "Recording", units: UnitsLike) -> list[tuple[Site, np.nda
     an index out of range.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope.analysis.responses import resolve
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
+        >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+        ...                       dtype="float32", progress=False)
         >>> [(s.name, idx.tolist()) for s, idx in resolve(rec, [("mlp.1", [7, 3]), ("mlp.0", 2)])]
         [('mlp.1', [3, 7]), ('mlp.0', [2])]
     """
@@ -163,6 +192,13 @@ def matrix(recording: "Recording", units: UnitsLike, keep: np.ndarray | None = N
     ``keep`` is true, all rows if None) and its columns' ``(site, unit)`` MultiIndex.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope.analysis.responses import matrix
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
+        >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+        ...                       dtype="float32", progress=False)
         >>> X, index = matrix(rec, [("mlp.1", [7, 3]), ("attn.0", [2])])
         >>> X.shape == (len(rec), 3), index.tolist()
         (True, [('mlp.1', 3), ('mlp.1', 7), ('attn.0', 2)])

@@ -38,6 +38,13 @@ two would agree. (A Gaussian with matched moments answers a weaker question: rot
 are near-Gaussian mixtures already, and the rotation keeps the real covariance exactly.)
 
 Example:
+    >>> import llmscope
+    >>> from llmscope import sparsity
+    >>> from llmscope.stimuli import grammar
+    >>> model = llmscope.load("grammar-2l")
+    >>> stim = grammar(model, n_docs=4, seed=0)
+    >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+    ...                       dtype="float32", progress=False)
     >>> sp = sparsity(rec, ["mlp.0", "mlp.1"], thresholds=(0.0, 1.0), progress=False)
     >>> sp.df.columns.tolist()[:4]
     ['level', 'population', 'population_control', 'lifetime']
@@ -250,6 +257,13 @@ def sparsity(recording: Recording, units: UnitsLike, thresholds: Sequence[float]
         SiteError: a site not recorded, a unit out of range.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import sparsity
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
+        >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+        ...                       dtype="float32", progress=False)
         >>> sp = sparsity(rec, "mlp.0", thresholds=(0.0, 3.0), progress=False)
         >>> p = sp.df.population
         >>> bool(p.loc[("mlp.0", 3.0)] < p.loc[("mlp.0", 0.0)])

@@ -21,6 +21,13 @@ Units are those of one site: ``spikes(rec, "mlp.0")`` (all), ``spikes(rec, "mlp.
 ``spikes(rec, ("mlp.0", [3, 7]))`` or a unit table of one site (``tuning(...).top(40)``).
 
 Example:
+    >>> import llmscope
+    >>> from llmscope import psth, spikes
+    >>> from llmscope.stimuli import grammar
+    >>> model = llmscope.load("grammar-2l")
+    >>> stim = grammar(model, n_docs=4, seed=0)
+    >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+    ...                       dtype="float32", progress=False)
     >>> sp = spikes(rec, "attn.1", method="quantile", threshold=0.9, sort_by="pos_tag", progress=False)
     >>> sp.matrix.shape == (4, len(sp.tokens))
     True
@@ -165,6 +172,13 @@ class Spikes(Result):
     ``.plot(units=slice, tokens=slice)`` draws the raster (or a window of it) with plotly.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import spikes
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
+        >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+        ...                       dtype="float32", progress=False)
         >>> sp = spikes(rec, "attn.1", progress=False)
         >>> sp.window(slice(0, 2), slice(0, 5)).shape, sp.pairs().dtype
         ((2, 5), dtype('int32'))
@@ -275,6 +289,13 @@ def spikes(recording: Recording, units: UnitsLike, indices: Any = None, *, thres
         ColumnError: a ``sort_by`` column the trial table lacks.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import spikes
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
+        >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+        ...                       dtype="float32", progress=False)
         >>> sp = spikes(rec, "mlp.0", method="quantile", threshold=0.99, progress=False)
         >>> bool((sp.df.rate < 0.02).all())
         True
@@ -458,6 +479,13 @@ def psth(source: "Spikes | Recording", where: str, window: int | tuple[int, int]
         :class:`PSTHResult` (columns and meta keys in its docstring).
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import psth
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
+        >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+        ...                       dtype="float32", progress=False)
         >>> p = psth(rec, "is_repeat", window=3, units="attn.1", n_controls=20, progress=False)
         >>> p.df.columns[:4].tolist()
         ['site', 'unit', 'offset', 'rate']

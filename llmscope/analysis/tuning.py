@@ -30,6 +30,13 @@ Caveat: tokens of one document are not independent, so real p-values can be opti
 shuffle control breaks label-response pairing only, not that dependence.
 
 Example:
+    >>> import llmscope
+    >>> from llmscope import tuning
+    >>> from llmscope.stimuli import grammar
+    >>> model = llmscope.load("grammar-2l")
+    >>> stim = grammar(model, n_docs=4, seed=0)
+    >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+    ...                       dtype="float32", progress=False)
     >>> res = tuning(rec, "mlp.0", "pos_tag", progress=False)
     >>> res.df.columns[:3].tolist()
     ['preferred', 'mean_preferred', 'mean_rest']
@@ -433,6 +440,13 @@ class TuningResult(Result):
         ``(site, unit)`` pair or a one-row unit table such as ``res.top(1)``.
 
         Example:
+            >>> import llmscope
+            >>> from llmscope import tuning
+            >>> from llmscope.stimuli import grammar
+            >>> model = llmscope.load("grammar-2l")
+            >>> stim = grammar(model, n_docs=4, seed=0)
+            >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+            ...                       dtype="float32", progress=False)
             >>> res = tuning(rec, "mlp.0", "pos_tag", progress=False)
             >>> res.curve(12).columns.tolist()
             ['category', 'mean', 'sem', 'n']
@@ -514,6 +528,13 @@ def tuning(recording: Recording, units: UnitsLike, label: str, *, include_bos: b
             out of range.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import tuning
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
+        >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+        ...                       dtype="float32", progress=False)
         >>> res = tuning(rec, ["mlp.0", "mlp.1"], "pos_tag", progress=False)
         >>> list(res.top(3).index.names), len(res.df)
         (['site', 'unit'], 1024)

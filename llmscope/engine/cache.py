@@ -7,6 +7,9 @@ to its weights: when :func:`llmscope.identity.fingerprint` reports other weights
 changed in place), everything kept for the model is dropped and worked out again.
 
 Example:
+    >>> import llmscope
+    >>> from llmscope.engine import forget, memo
+    >>> model = llmscope.load("grammar-2l")
     >>> kept = memo(model, "example")
     >>> kept["answer"] = 42
     >>> memo(model, "example")["answer"]

@@ -28,6 +28,10 @@ blocks, with a warning). ``stack=False`` runs one intervened forward per lesion 
 through :func:`~llmscope.interventions.lesion`: the plain way, which the stacked passes match.
 
 Example:
+    >>> import llmscope
+    >>> from llmscope.engine import Battery, Behaviour, run
+    >>> from llmscope.sites import resolve_units
+    >>> model = llmscope.load("grammar-2l")
     >>> from llmscope.stimuli import grammar
     >>> docs = grammar(model, n_docs=4, seed=0)
     >>> t = docs.tokens
@@ -142,6 +146,9 @@ class Battery:
     """An ordered set of :class:`Behaviour` objects with distinct names.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import battery
+        >>> model = llmscope.load("grammar-2l")
         >>> bat = battery(model, n_docs=2, n_pairs=4)
         >>> bat.select(["copying", "agreement"]).names
         ['copying', 'agreement']
@@ -196,6 +203,9 @@ class Battery:
         """Each behaviour of the intact model (runs the model; no intervention).
 
         Example:
+            >>> import llmscope
+            >>> from llmscope import battery
+            >>> model = llmscope.load("grammar-2l")
             >>> float(battery(model, n_docs=2, n_pairs=8).measure(model)["agreement"]) > 0.5
             True
         """
@@ -244,6 +254,11 @@ def random_sets(pool: Lesion, size: int, n: int, rng: np.random.Generator) -> li
     """``n`` sets of ``size`` distinct units, each drawn at random from all units of ``pool``.
 
     Example:
+        >>> import numpy as np
+        >>> import llmscope
+        >>> from llmscope.engine import random_sets
+        >>> from llmscope.sites import resolve_units
+        >>> model = llmscope.load("grammar-2l")
         >>> sets = random_sets(resolve_units(model, "attn.0"), 2, 3, np.random.default_rng(0))
         >>> [sum(len(i) for _, i in s) for s in sets]
         [2, 2, 2]
@@ -266,6 +281,11 @@ def same_sites(lesion: Lesion, n: int, rng: np.random.Generator) -> list[Lesion]
     the site's other units (not the lesion's own).
 
     Example:
+        >>> import numpy as np
+        >>> import llmscope
+        >>> from llmscope.engine import same_sites
+        >>> from llmscope.sites import resolve_units
+        >>> model = llmscope.load("grammar-2l")
         >>> lesion = resolve_units(model, ("mlp.1", [3, 7]))
         >>> [(s.name, len(i)) for s, i in same_sites(lesion, 2, np.random.default_rng(0))[0]]
         [('mlp.1', 2)]

@@ -17,6 +17,10 @@ takes the plain way where one does not reproduce it.
 * :func:`fused_activations` runs HF's five-op tanh GELU (GPT-2's) as torch's fused one.
 
 Example:
+    >>> import torch
+    >>> import llmscope
+    >>> from llmscope.engine.passes import readout, run_from
+    >>> model = llmscope.load("grammar-2l")
     >>> ids = torch.tensor([[1, 5, 9, 4]])
     >>> with torch.no_grad():
     ...     logits, cache = model.run_with_cache(ids, names_filter="blocks.1.hook_resid_pre")
@@ -81,6 +85,10 @@ def fused_activations(model: "TransformerBridge") -> Iterator[int]:
     own is left alone. Always put back, even on error.
 
     Example:
+        >>> import torch
+        >>> import llmscope
+        >>> from llmscope.engine.passes import fused_activations
+        >>> model = llmscope.load("grammar-2l")
         >>> ids = torch.tensor([[1, 5, 9, 4]])
         >>> with torch.no_grad():
         ...     plain = model(ids)
@@ -143,6 +151,10 @@ def rank_one_readout(model: "TransformerBridge") -> Callable[[torch.Tensor], Cal
     every shortcut here).
 
     Example:
+        >>> import torch
+        >>> import llmscope
+        >>> from llmscope.engine.passes import rank_one_readout, readout
+        >>> model = llmscope.load("grammar-2l")
         >>> r, w, a = torch.randn(4, model.cfg.d_model), torch.randn(2, model.cfg.d_model), torch.randn(2, 4)
         >>> with torch.no_grad():
         ...     got = rank_one_readout(model)(r)(torch.arange(4), a, w)

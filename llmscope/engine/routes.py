@@ -14,6 +14,9 @@ engine takes the plain way (slower; the same numbers).
   its block without running it (their writes subtracted: :func:`out_weights`).
 
 Example:
+    >>> import llmscope
+    >>> from llmscope.engine.routes import closed_form, readout, resumes
+    >>> model = llmscope.load("grammar-2l")
     >>> resumes(model, 1), readout(model) is not None, closed_form(model, llmscope.site(model, "mlp.0")).shape
     (True, True, torch.Size([512, 128]))
 """

@@ -19,6 +19,7 @@ Two measures stay independent of the lab's, deliberately:
   eight times as much here, and reproduces these figures within the card's tolerance.
 
 Example:
+    >>> from llmscope.organisms import failures, verify
     >>> facts = verify("grammar-2l", write=False)          # doctest: +SKIP
     >>> failures(facts)                                    # doctest: +SKIP
     []
@@ -86,6 +87,7 @@ def read_card(name: str | Path) -> dict:
     wall time, losses, the induction onset and the training curve), `facts`, `thresholds`.
 
     Example:
+        >>> from llmscope.organisms import read_card
         >>> read_card("grammar-2l")["training"]["config"]["n_layer"]
         2
     """
@@ -98,6 +100,7 @@ def verify(name: str | Path, write: bool = True, n_docs: int = N_DOCS,
     so the result is reproducible); with `write`, store them and `THRESHOLDS` in its card.
 
     Example:
+        >>> from llmscope.organisms import THRESHOLDS, verify
         >>> facts = verify("grammar-2l", write=False)                # doctest: +SKIP
         >>> facts["agreement"]["accuracy"] >= THRESHOLDS["agreement_accuracy"]  # doctest: +SKIP
         True
@@ -118,6 +121,7 @@ def failures(facts: dict) -> list[str]:
     """The facts that miss their thresholds, one line each; empty when all pass.
 
     Example:
+        >>> from llmscope.organisms import failures, read_card
         >>> failures(read_card("grammar-2l")["facts"])
         []
     """

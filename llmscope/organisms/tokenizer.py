@@ -1,6 +1,7 @@
 """A word-level tokenizer for the toy English: one token per word, ids as in `Grammar.vocab`.
 
 Example:
+    >>> from llmscope.organisms.tokenizer import word_tokenizer
     >>> from llmscope.stimuli.toy_grammar import Grammar
     >>> tok = word_tokenizer(Grammar(0).vocab)
     >>> tok.convert_ids_to_tokens(tok("The dog runs.")["input_ids"])

@@ -5,6 +5,7 @@ Run ``python -m llmscope.organisms.train grammar-2l``. It writes the HF folder
 ``llmscope/organisms/<name>/``, then measures the card's facts with `verify`.
 
 Example:
+    >>> from llmscope.organisms.train import ORGANISMS
     >>> ORGANISMS["grammar-2l"].n_layer
     2
 """

@@ -28,6 +28,9 @@ chosen on; a small model's layer has few neurons, so the headline k is ``k`` (de
 class and the curve runs k = 1..100; the lesion is a zero-ablation (``lesion(mode="zero")``).
 
 Example:
+    >>> import llmscope
+    >>> from llmscope.replicate import seed002
+    >>> model = llmscope.load("grammar-2l")
     >>> r = seed002(model, n_docs=12, method="grad_x_act", ks=(1, 5), n_controls=2, folds=2, progress=False)
     >>> r.table.columns[:4].tolist()
     ['stimuli', 'layer', 'key_next', 'random_next']
@@ -139,14 +142,6 @@ def _specificity(d: pd.DataFrame, n_boot: int, rng: np.random.Generator) -> dict
     ``is_c``: a row of the class, ``key``: the key lesion's change, ``rand``: the random
     lesions'): the three effects, the two differences and the bounded ratio, with 95% intervals
     from one cluster bootstrap over sequences.
-
-    Example:
-        >>> rng = np.random.default_rng(0)
-        >>> d = pd.DataFrame({"seq": np.repeat(np.arange(20), 10), "is_c": np.tile([True, False], 100),
-        ...                   "key": np.tile([1.0, 0.1], 100) + rng.normal(0, 0.1, 200), "rand": rng.normal(0, 0.1, 200)})
-        >>> out = _specificity(d, 500, rng)
-        >>> out["specific"], bool(np.isnan(out["specificity"]))   # the random lesion is harmless: no ratio
-        (True, True)
     """
     parts = pd.DataFrame({"seq": d["seq"], "key_c": d["key"].where(d["is_c"], 0.0),
                           "rand_c": d["rand"].where(d["is_c"], 0.0), "key_o": d["key"].where(~d["is_c"], 0.0),

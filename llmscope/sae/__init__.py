@@ -9,6 +9,12 @@
 * ``io.py``: SAELens's on-disk layout (``cfg.json`` + ``sae_weights.safetensors``).
 
 Example:
+    >>> import llmscope
+    >>> from llmscope.stimuli import grammar
+    >>> model = llmscope.load("grammar-2l")
+    >>> stim = grammar(model, n_docs=4, seed=0)
+    >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+    ...                       dtype="float32", progress=False)
     >>> from llmscope.sae import train_sae
     >>> train_sae(rec, "mlp.1", width=1024, k=16, epochs=1, progress=False).d_sae
     1024

@@ -22,6 +22,14 @@ feature indices (``[3, 7]``).
 Each is an :class:`~llmscope.interventions.Intervention`: apply it with ``intervene``.
 
 Example:
+    >>> import llmscope
+    >>> from llmscope import intervene
+    >>> from llmscope.sae import gain_features, lesion_features
+    >>> from llmscope.stimuli import grammar
+    >>> model = llmscope.load("grammar-2l")
+    >>> stim = grammar(model, n_docs=4, seed=0)
+    >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+    ...                       dtype="float32", progress=False)
     >>> from llmscope.sae.train import train_sae
     >>> sae = train_sae(rec, "mlp.0", width=1024, k=8, epochs=1, progress=False)
     >>> with intervene(model, lesion_features(sae, [3, 7]), gain_features(sae, "sae:mlp.0", [5], factor=2.0)):

@@ -11,6 +11,13 @@ The store's ``llmscope`` metadata names the SAE (``sae``: its name, site and fin
 a recording of features knows which SAE made it.
 
 Example:
+    >>> import llmscope
+    >>> from llmscope.sae import record_features
+    >>> from llmscope.stimuli import grammar
+    >>> model = llmscope.load("grammar-2l")
+    >>> stim = grammar(model, n_docs=4, seed=0)
+    >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+    ...                       dtype="float32", progress=False)
     >>> from llmscope.sae.train import train_sae
     >>> sae = train_sae(rec, "mlp.0", width=1024, k=16, epochs=1, progress=False)
     >>> feats = record_features(sae, rec, progress=False)

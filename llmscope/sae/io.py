@@ -27,6 +27,8 @@ Reading accepts SAELens 6.x files and the flat pre-6 ``cfg.json`` (``hook_name``
 read with safetensors only; nothing is ever unpickled.
 
 Example:
+    >>> from llmscope.sae import SAE
+    >>> from llmscope.sae.io import load
     >>> import tempfile
     >>> folder = SAE(8, 32, "topk", k=4, seed=0).save(tempfile.mkdtemp())
     >>> sorted(p.name for p in folder.iterdir())

@@ -32,6 +32,13 @@ on its ignore mask); BOS activations stay clean. The recovered fractions are rat
 are NaN when the baseline does not raise the loss by at least ``1e-6`` nats.
 
 Example:
+    >>> import llmscope
+    >>> from llmscope.sae import evaluate
+    >>> from llmscope.stimuli import grammar
+    >>> model = llmscope.load("grammar-2l")
+    >>> stim = grammar(model, n_docs=4, seed=0)
+    >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+    ...                       dtype="float32", progress=False)
     >>> from llmscope.sae.train import train_sae
     >>> sae = train_sae(rec, "mlp.0", width=1024, k=16, epochs=1, progress=False)
     >>> m = evaluate(sae, model, stim, progress=False)

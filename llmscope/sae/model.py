@@ -26,6 +26,8 @@ Every SAE knows the model and site it was trained on (:attr:`SAE.model`, a
 weights (:attr:`SAE.fingerprint`), so features can be bound to the SAE and the model they belong to.
 
 Example:
+    >>> import torch
+    >>> from llmscope.sae import SAE
     >>> sae = SAE(8, 32, "topk", k=4, seed=0)
     >>> f = sae.encode(torch.randn(5, 8))
     >>> f.shape, int((f > 0).sum(-1).max()) <= 4
@@ -154,6 +156,8 @@ class SAE(torch.nn.Module):
         """Features ``[..., d_sae]`` of activations ``[..., d_in]`` (a tensor or an array).
 
         Example:
+            >>> import numpy as np
+            >>> from llmscope.sae import SAE
             >>> SAE(8, 16, "standard", seed=0).encode(np.zeros((2, 8))).shape
             torch.Size([2, 16])
         """

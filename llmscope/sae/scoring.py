@@ -8,6 +8,8 @@ held-out rows, with that threshold, is the score. Features, neurons and random d
 go through this same rule, so their scores compare.
 
 Example:
+    >>> import numpy as np
+    >>> from llmscope.sae.scoring import best_units
     >>> rng = np.random.default_rng(0)
     >>> y = rng.random(400) < 0.3
     >>> X = np.c_[rng.normal(size=400), y + 0.1 * rng.normal(size=400)]

@@ -37,6 +37,13 @@ resumes from it; the finished SAE is saved in the same folder (``cfg.json`` +
 name holds a hash of every argument that changes the result.
 
 Example:
+    >>> import llmscope
+    >>> from llmscope.sae import train_sae
+    >>> from llmscope.stimuli import grammar
+    >>> model = llmscope.load("grammar-2l")
+    >>> stim = grammar(model, n_docs=4, seed=0)
+    >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+    ...                       dtype="float32", progress=False)
     >>> sae = train_sae(rec, "mlp.0", width=1024, k=16, epochs=1, progress=False)
     >>> sae
     SAE(mlp.0 of grammar-2l: 512 -> 1024 features, topk, k=16, trained as 'topk')

@@ -12,6 +12,9 @@ padded position has no row in the table. Right padding never changes a real toke
 activations in a causal model.
 
 Example:
+    >>> import llmscope
+    >>> from llmscope import Stimuli
+    >>> model = llmscope.load("grammar-2l")
     >>> stim = Stimuli.from_ids(model, [[1, 5, 6], [1, 7]], labels={"kind": list("aaabb")}, n_bos=1)
     >>> stim.tokens.columns.tolist()
     ['seq', 'pos', 'token', 'text', 'is_bos', 'kind']
@@ -44,6 +47,9 @@ def token_table(model: "TransformerBridge", ids: Sequence[int] | torch.Tensor, *
     """A small table of token ids, their text, and any extra per-token columns.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope.stimuli import token_table
+        >>> model = llmscope.load("grammar-2l")
         >>> top = model(model.to_tokens("the dog"))[0, -1].softmax(-1).topk(3)
         >>> token_table(model, top.indices, probability=top.values).columns.tolist()
         ['token', 'text', 'probability']
@@ -57,6 +63,7 @@ def onsets(flags: Sequence[bool] | np.ndarray, seq: Sequence[int] | np.ndarray) 
     """True where ``flags`` turns on within a sequence (the first token of each flagged span).
 
     Example:
+        >>> from llmscope.stimuli.core import onsets
         >>> onsets([False, True, True, False, True], [0, 0, 0, 0, 1]).tolist()
         [False, True, False, False, True]
     """
@@ -70,6 +77,9 @@ def as_stimuli(model: "TransformerBridge", source: Any, what: str = "stimuli") -
     strings as free text (one sequence each, untagged, BOS as the model prepends it).
 
     Example:
+        >>> import llmscope
+        >>> from llmscope.stimuli.core import as_stimuli
+        >>> model = llmscope.load("grammar-2l")
         >>> as_stimuli(model, "the dog runs .").n_seqs
         1
     """
@@ -230,6 +240,10 @@ class Stimuli:
         sequence longer than its context (a :class:`PromptError` says what to do).
 
         Example:
+            >>> import llmscope
+            >>> from llmscope.stimuli import grammar
+            >>> model = llmscope.load("grammar-2l")
+            >>> stim = grammar(model, n_docs=4, seed=0)
             >>> stim.check(model) is stim
             True
         """

@@ -15,6 +15,9 @@ Trial-table columns added by :func:`ioi`:
   ``logits[io_id] - logits[s_id]`` there measures the behaviour.
 
 Example:
+    >>> import llmscope
+    >>> from llmscope.stimuli import ioi
+    >>> smol = llmscope.load("smollm2-135m")
     >>> stim = ioi(smol, n=16, seed=0)
     >>> stim.tokens.query("is_target")[["text", "io", "s"]].head(2).values.tolist()
     [[' to', 'Amy', 'Daniel'], [' to', 'Mary', 'Tom']]
@@ -90,6 +93,9 @@ def ioi(model: "TransformerBridge", n: int = 32, seed: int = 0,
         PromptError: fewer than two names are single tokens in this model's vocabulary.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope.stimuli import ioi
+        >>> smol = llmscope.load("smollm2-135m")
         >>> stim = ioi(smol, n=4, seed=0)
         >>> stim.tokens.query("role != ''").role.tolist()[:3]
         ['IO', 'S1', 'S2']

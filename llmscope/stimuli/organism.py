@@ -16,6 +16,8 @@ Both need a model whose tokenizer has one token per word of the grammar (an orga
 ``"grammar-2l"``).
 
 Example:
+    >>> import llmscope
+    >>> from llmscope.stimuli import grammar
     >>> model = llmscope.load("grammar-2l")
     >>> grammar(model, n_docs=4, seed=0).tokens.pos_tag.value_counts().index[:3].tolist()
     ['NOUN', 'DET', 'VERB']
@@ -61,6 +63,10 @@ def speaks_grammar(model: "TransformerBridge", grammar_seed: int = 0) -> bool:
     """True when ``model``'s tokenizer has one token for every word of the toy grammar (an organism).
 
     Example:
+        >>> import llmscope
+        >>> from llmscope.stimuli.organism import speaks_grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> smol = llmscope.load("smollm2-135m")
         >>> speaks_grammar(model), speaks_grammar(smol)
         (True, False)
     """
@@ -80,6 +86,9 @@ def grammar(model: "TransformerBridge", n_docs: int = 16, seed: int = 0,
         grammar_seed: the lexicon's seed; organisms are trained on ``Grammar(seed=0)``.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
         >>> stim = grammar(model, n_docs=2, seed=0)
         >>> stim.tokens.loc[0, ["text", "pos_tag"]].tolist()
         ['<bos>', 'BOS']
@@ -116,6 +125,9 @@ def agreement(model: "TransformerBridge", n: int = 64, seed: int = 0, grammar_se
     (names and pronouns have no other-number form here), so the attractor split may be uneven.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope.stimuli import agreement
+        >>> model = llmscope.load("grammar-2l")
         >>> stim = agreement(model, n=8, seed=0)
         >>> t = stim.tokens[stim.tokens.is_target]
         >>> len(t), int(t.attractor.sum())

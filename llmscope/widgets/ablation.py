@@ -20,12 +20,14 @@ selected in a :class:`~llmscope.widgets.raster.Raster`, or the head focused in a
 (a unit that stays keeps its gain; a new one starts at 1).
 
 Example:
+    >>> import llmscope
+    >>> from llmscope import AblationPanel
+    >>> model = llmscope.load("grammar-2l")
     >>> panel = AblationPanel(model, "the dog runs . the dog", units=[("attn.1", 0), ("attn.0", 2)])
     >>> panel.gains
     {('attn.1', 0): 1.0, ('attn.0', 2): 1.0}
-    >>> reply, _ = panel._move({"seq": 1, "factors": [0.0, 1.0], "mode": "zero"}, [])
-    >>> panel.gains[("attn.1", 0)]
-    0.0
+    >>> panel.value == panel.baseline   # every slider at 1: the intact model
+    True
 """
 
 from __future__ import annotations
@@ -148,6 +150,11 @@ class AblationPanel(LiveWidget):
         ``metric="logit_diff"`` on stimuli without its columns.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import AblationPanel, localize_heads
+        >>> from llmscope.stimuli import agreement, grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
         >>> heads = localize_heads(model, stim, progress=False).top(2, by="induction")
         >>> panel = AblationPanel(model, agreement(model, n=16), units=heads)
         >>> panel.metric_name, list(panel.gains)[0]
@@ -326,6 +333,13 @@ class AblationPanel(LiveWidget):
         no slider. The units ``source`` may ever give are checked against the model first.
 
         Example:
+            >>> import llmscope
+            >>> from llmscope import AblationPanel, Raster
+            >>> from llmscope.stimuli import grammar
+            >>> model = llmscope.load("grammar-2l")
+            >>> stim = grammar(model, n_docs=4, seed=0)
+            >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+            ...                       dtype="float32", progress=False)
             >>> raster = Raster(rec, "mlp.1")
             >>> panel = AblationPanel(model, "the dog runs .", units=raster)
             >>> raster.selected = [3, 7]

@@ -29,6 +29,9 @@ What crosses the wire (see :mod:`llmscope.widgets.wire`): the overview sends the
 max-pools it to its canvas's pixels when it has more cells than that.
 
 Example:
+    >>> import llmscope
+    >>> from llmscope import AttentionMap
+    >>> model = llmscope.load("grammar-2l")
     >>> amap = AttentionMap(model, "the dog runs . the dog runs .")
     >>> amap.focus, amap.unit
     ((1, 0), ('attn.1', 0))
@@ -174,6 +177,9 @@ class AttentionMap(LiveWidget):
         PromptError: an empty prompt, or one longer than the model's context.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import AttentionMap
+        >>> model = llmscope.load("grammar-2l")
         >>> amap = AttentionMap(model, llmscope.stimuli.grammar(model, n_docs=2, seed=0), seq=1)
         >>> amap.focus
         (1, 0)
@@ -379,11 +385,14 @@ class AttentionMap(LiveWidget):
             AnalysisError: ``behaviour`` is not one of the screen's (``.Unknown``).
 
         Example:
+            >>> import llmscope
+            >>> from llmscope import AttentionMap, battery
+            >>> model = llmscope.load("grammar-2l")
             >>> from llmscope.analysis.attribution import screen
             >>> s = screen(model, battery(model, n_docs=2, n_pairs=8), ["attn.0", "attn.1"], progress=False)
             >>> amap = AttentionMap(model, "the dog runs . the dog runs .").colour_by(s, "copying")
-            >>> amap._attribution["label"], len(amap._attribution["values"])
-            ('AtP score', 2)
+            >>> amap.figure().layout.annotations[-1].text
+            'AtP score copying / largest'
         """
         from llmscope.analysis.attribution import ScreenResult
 

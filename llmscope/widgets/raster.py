@@ -27,6 +27,13 @@ Memory: building reads the units' responses once (float32, up to 8 bytes a cell 
 works) and keeps the codes, 1 byte a cell (512 units x 20,000 tokens: 10 MB).
 
 Example:
+    >>> import llmscope
+    >>> from llmscope import Raster
+    >>> from llmscope.stimuli import grammar
+    >>> model = llmscope.load("grammar-2l")
+    >>> stim = grammar(model, n_docs=4, seed=0)
+    >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+    ...                       dtype="float32", progress=False)
     >>> r = Raster(rec, "mlp.0", sort_by="pos_tag")
     >>> r.selected = [12]
     >>> r.selected.tolist()
@@ -134,6 +141,13 @@ class Raster(LiveWidget):
             for a rung or view out of range.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import Raster
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
+        >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+        ...                       dtype="float32", progress=False)
         >>> Raster(rec, "attn.1", method="quantile", threshold=0.9).threshold
         0.9
     """

@@ -11,6 +11,8 @@ its path, and the page puts each back where it was. :func:`unpack` reads a paylo
 Python (for static figures and tests).
 
 Example:
+    >>> import numpy as np
+    >>> from llmscope.widgets.wire import array, split_buffers, unpack
     >>> a = array(np.array([[255, 0], [128, 64]], dtype=np.uint8), tril=True)
     >>> a["dtype"], a["shape"], a["layout"], bytes(a["buffer"])
     ('uint8', [2, 2], 'tril', b'\\xff\\x80@')
