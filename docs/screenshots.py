@@ -59,7 +59,7 @@ raster.selected = tuning(rec, "mlp.0", "pos_tag", progress=False).top(1)
 """, """\
 heads = localize_heads(organism, stim, progress=False)
 AblationPanel(organism, "the dog runs . the cats see the dog . the dog",
-              units=pd.concat([heads.top("induction", 1), heads.top("previous_token", 1)]))
+              units=pd.concat([heads.top(1, by="induction"), heads.top(1, by="previous_token")]))
 """)
 
 

@@ -2,7 +2,7 @@
 
 A model is shown stimuli, its units are recorded, the recording is analysed, and results are
 seen as figures and live widgets; interventions change the model only inside a ``with`` block.
-Every error llmscope raises is an :class:`LLMScopeError`.
+Every error llmscope raises is an :class:`LLMScopeError` (its kinds are in :mod:`llmscope.errors`).
 
 Example:
     >>> import llmscope
@@ -11,45 +11,32 @@ Example:
     Site('mlp.1', hook='blocks.1.mlp.hook_post', 512 neurons, shape=(512,))
 """
 
-from llmscope import analysis, models, stimuli
-from llmscope.analysis.atlas import battery, lesion_atlas
-from llmscope.analysis.correlates import behaviour_correlates
-from llmscope.analysis.decoding import decode, decode_curve
-from llmscope.analysis.effect import effect
-from llmscope.analysis.examples import ExamplesResult, top_examples
-from llmscope.analysis.geometry import cka, pca, rdm, rsa
-from llmscope.analysis.heads import confirm_by_lesion, localize_heads
-from llmscope.analysis.key_neurons import key_neurons
-from llmscope.analysis.lens import logit_lens, surprise
-from llmscope.analysis.lfp import event_average, field_potential, granger, lfp_spectrum
-from llmscope.analysis.sparsity import sparsity
-from llmscope.analysis.spikes import Spikes, psth, spikes
-from llmscope.analysis.tuning import TuningResult, tuning
-from llmscope.analysis.patching import patching
+from llmscope import analysis, errors, models, stimuli
+from llmscope.analysis import (battery, behaviour_correlates, cka, confirm_by_lesion, decode, decode_curve, effect,
+                               event_average, field_potential, granger, key_neurons, lesion_atlas, lfp_spectrum,
+                               localize_heads, logit_lens, patching, pca, psth, rdm, rsa, sparsity, spikes, surprise,
+                               top_examples, tuning)
 from llmscope.behaviour import evaluate, logit_diff, metric, token_loss
-from llmscope.errors import (AnalysisError, ColumnError, InterventionError, LLMScopeError, ModelNotAvailable,
-                             PromptError, RecordingError, SiteError, WidgetError)
+from llmscope.errors import LLMScopeError
 from llmscope.interventions import gain, intervene, lesion, patch, steer
 from llmscope.models import available, load
-from llmscope.recording import IncompleteRecordingWarning, Recording, record
+from llmscope.recording import Recording, record
 from llmscope.result import Result
-from llmscope.sites import Site, site, unit_index
+from llmscope.sites import Site, site
 from llmscope.stimuli import Stimuli
-from llmscope.tokens import tokenize
 from llmscope.widgets import AblationPanel, AttentionMap, Raster
 
 __all__ = [
     "models", "load", "available",
-    "Site", "site", "unit_index",
-    "stimuli", "Stimuli", "tokenize",
+    "Site", "site",
+    "stimuli", "Stimuli",
     "intervene", "lesion", "gain", "steer", "patch",
-    "record", "Recording", "IncompleteRecordingWarning",
-    "token_loss", "logit_diff", "metric", "evaluate", "Result",
-    "analysis", "effect", "patching", "battery", "lesion_atlas", "localize_heads", "confirm_by_lesion", "spikes", "psth", "Spikes",
-    "tuning", "TuningResult", "top_examples", "ExamplesResult",
-    "decode", "decode_curve", "pca", "rdm", "rsa", "cka", "sparsity", "behaviour_correlates",
-    "field_potential", "lfp_spectrum", "event_average", "granger", "logit_lens", "surprise", "key_neurons",
-    "LLMScopeError", "SiteError", "PromptError", "InterventionError", "RecordingError", "ModelNotAvailable",
-    "AnalysisError", "ColumnError", "WidgetError",
+    "record", "Recording",
+    "metric", "evaluate", "token_loss", "logit_diff", "Result",
+    "analysis", "tuning", "top_examples", "spikes", "psth", "decode", "decode_curve", "pca", "rdm", "rsa", "cka",
+    "sparsity", "field_potential", "lfp_spectrum", "event_average", "granger",
+    "effect", "patching", "battery", "lesion_atlas", "localize_heads", "confirm_by_lesion", "behaviour_correlates",
+    "logit_lens", "surprise", "key_neurons",
+    "errors", "LLMScopeError",
     "AttentionMap", "AblationPanel", "Raster",
 ]

@@ -8,8 +8,8 @@ metrics. Metrics never run the model; :func:`evaluate` runs it once per batch an
 * :func:`confidence`, :func:`entropy` — the top guess's probability and the entropy (nats) of the
   next-token distribution;
 * :func:`logit_diff` — ``logit[good] - logit[bad]`` at the target rows of a minimal-pair paradigm;
-* :func:`evaluate` — the trial table plus one column per metric (runs the model);
-* :func:`token_loss` — the trial table plus ``loss`` and ``correct``;
+* :func:`evaluate` — the trial table plus one column per metric (runs the model), as a Result;
+* :func:`token_loss` — the trial table plus ``loss`` and ``correct``, as a Result;
 * :func:`metric` — a metric's mean per group of any trial-table column.
 
 **A loss belongs to the token being predicted** (``align="target"``, the default, as in
@@ -24,12 +24,18 @@ A metric is ``"loss"``, ``"correct"``, ``"logit_diff"`` (columns ``good_id``, ``
 ``stimuli.tokens``, e.g. ``functools.partial(logit_diff, good="io_id", bad="s_id")``.
 
 Example:
-    >>> metric(model, stim, "loss", by="pos_tag").columns.tolist()
+    >>> import llmscope
+    >>> from llmscope import metric
+    >>> from llmscope.stimuli import grammar
+    >>> model = llmscope.load("grammar-2l")
+    >>> stim = grammar(model, n_docs=4, seed=0)
+    >>> metric(model, stim, "loss", by="pos_tag").df.columns.tolist()
     ['pos_tag', 'mean', 'sem', 'n']
 """
 
 from __future__ import annotations
 
+import html
 from functools import partial
 from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence, Union
 
@@ -38,13 +44,16 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from llmscope import identity
+from llmscope.checks import choice, count
+from llmscope.errors import AnalysisError, ColumnError
+from llmscope.result import Result
 from llmscope.stimuli import trials
-from llmscope.checks import choice, count, flag
-from llmscope.errors import AnalysisError, ColumnError, PromptError
 from llmscope.stimuli.core import Stimuli, as_stimuli
-from llmscope.tokens import check_tokens
+from llmscope.vocabulary import renamed
 
 if TYPE_CHECKING:
+    import plotly.graph_objects as go
     from transformer_lens.model_bridge import TransformerBridge
 
 Metric = Union[str, Callable[[torch.Tensor, Stimuli], np.ndarray]]
@@ -60,6 +69,8 @@ def next_token_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     cross-entropy of ``ids[:, t]`` under ``logits[:, t - 1]``; entry 0 is NaN.
 
     Example:
+        >>> import torch
+        >>> from llmscope.behaviour import next_token_loss
         >>> next_token_loss(torch.zeros(1, 3, 4), torch.tensor([[0, 1, 2]])).tolist()[0][1:]
         [1.3862943649291992, 1.3862943649291992]
     """
@@ -76,6 +87,8 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     ``F.cross_entropy`` over the class axis 1 of a 3-d tensor.
 
     Example:
+        >>> import torch
+        >>> from llmscope.behaviour import cross_entropy
         >>> cross_entropy(torch.zeros(2, 4), torch.tensor([0, 3])).tolist()
         [1.3862943649291992, 1.3862943649291992]
     """
@@ -132,31 +145,32 @@ def entropy(logits: torch.Tensor, stimuli: Stimuli, align: str = "target") -> np
     return _of_prediction(lambda logp: -(logp.exp() * logp).sum(-1), logits, stimuli, align)
 
 
-def check_logit_diff(stimuli: Stimuli, good: str, bad: str, at: str, d_vocab: int | None = None) -> None:
-    """The columns :func:`logit_diff` reads exist and hold token ids at some ``at`` row, or a clear error."""
+def check_logit_diff(stimuli: Stimuli, good: str, bad: str, where: str, d_vocab: int | None = None) -> None:
+    """The columns :func:`logit_diff` reads exist and hold token ids at some ``where`` row, or a clear error."""
     table = stimuli.tokens
-    missing = [c for c in (good, bad, at) if c not in table.columns]
+    missing = [c for c in (good, bad, where) if c not in table.columns]
     if missing:
-        raise ColumnError(
+        raise ColumnError.Unknown(
             f"the stimuli have no column {missing}; logit_diff reads token ids from good={good!r} and "
-            f"bad={bad!r} at rows where at={at!r} is true (columns: {list(table.columns)}).")
-    flag = _flag(table[at])
+            f"bad={bad!r} at rows where {where!r} is true (columns: {list(table.columns)}).")
+    flag = _flag(table[where])
     if not flag.any():
-        raise AnalysisError(f"no row of the stimuli has {at}=True; nothing to score.")
+        raise AnalysisError(f"no row of the stimuli has {where}=True; nothing to score.")
     ids = table.loc[flag, [good, bad]].to_numpy()
     if not np.issubdtype(ids.dtype, np.integer) or (d_vocab is not None and (ids.min() < 0 or ids.max() >= d_vocab)):
         top = "" if d_vocab is None else f" in 0..{d_vocab - 1}"
-        raise AnalysisError.Range(f"{good!r} and {bad!r} must hold token ids{top} at the {at!r} rows.")
+        raise AnalysisError.Range(f"{good!r} and {bad!r} must hold token ids{top} at the {where!r} rows.")
 
 
+@renamed(at="where")
 def logit_diff(logits: torch.Tensor, stimuli: Stimuli, good: str = "good_id", bad: str = "bad_id",
-               at: str = "is_target") -> np.ndarray:
-    """``logit[good] - logit[bad]`` of the prediction made after each row where ``at`` is true
+               where: str = "is_target") -> np.ndarray:
+    """``logit[good] - logit[bad]`` of the prediction made after each row where ``where`` is true
     (NaN on the other rows); ``good``/``bad`` name trial-table columns of token ids."""
-    check_logit_diff(stimuli, good, bad, at, logits.shape[-1])
+    check_logit_diff(stimuli, good, bad, where, logits.shape[-1])
     table = stimuli.tokens
     out = np.full(len(table), np.nan)
-    flag = _flag(table[at])
+    flag = _flag(table[where])
     seq, pos = (torch.tensor(table.loc[flag, c].to_numpy()) for c in ("seq", "pos"))
     g, w = (torch.tensor(table.loc[flag, c].to_numpy(dtype=np.int64)) for c in (good, bad))
     out[flag] = (logits[seq, pos, g] - logits[seq, pos, w]).float().cpu().numpy()
@@ -222,15 +236,56 @@ def _values(fn: Callable, logits: torch.Tensor, part: Stimuli, name: str) -> np.
     return values
 
 
-def evaluate(model: "TransformerBridge", stimuli: Stimuli, metrics: Metric | Mapping[str, Metric] = "loss",
-             align: str = "target", batch_size: int = 8) -> pd.DataFrame:
+class EvaluationResult(Result):
+    """What :func:`evaluate` returns: ``.df`` is the trial table plus one float column per metric
+    (NaN where a metric is undefined); ``.meta``: ``metrics`` (column -> metric name), ``align``,
+    ``model``, ``fingerprint``, ``stimuli``. ``.plot()`` draws each metric's mean by position."""
+
+    kind = "evaluate"
+
+    def plot(self) -> "go.Figure":
+        """Each metric's mean over sequences at every position (BOS rows left out)."""
+        import plotly.graph_objects as go
+
+        rows = self.df[trials.rows(self.df)]
+        fig = go.Figure()
+        for col in self.meta["metrics"]:
+            by_pos = rows.groupby("pos")[col].agg(["mean", "sem"]).dropna(subset=["mean"])
+            fig.add_trace(go.Scatter(x=by_pos.index, y=by_pos["mean"], name=html.escape(col), mode="lines+markers",
+                                     error_y=dict(type="data", array=by_pos["sem"].fillna(0).to_numpy())))
+        title = ", ".join(map(html.escape, self.meta["metrics"]))
+        return fig.update_layout(title=f"{title} by position ({html.escape(self.meta['stimuli'])})",
+                                 xaxis_title="position", yaxis_title="mean (± s.e.m.)")
+
+
+class TokenLossResult(EvaluationResult):
+    """What :func:`token_loss` returns: the trial table plus ``loss`` (nats) and ``correct``."""
+
+    kind = "token_loss"
+
+
+@renamed(metrics="metric")
+def evaluate(model: "TransformerBridge", stimuli: Stimuli, metric: Metric | Mapping[str, Metric] = "loss",
+             align: str = "target", batch_size: int = 8) -> EvaluationResult:
     """The trial table plus one float column per metric (runs the model once per batch).
 
+    Args:
+        model: the model to run.
+        stimuli: Stimuli, or text.
+        metric: a metric (its name is the column), or a mapping ``{column: metric}`` for several.
+        align: ``"target"`` (a value belongs to the predicted token) or ``"context"``.
+        batch_size: sequences per forward pass.
+
     Example:
-        >>> evaluate(model, stim, {"loss": "loss", "hit": "correct"}).columns[-2:].tolist()
+        >>> import llmscope
+        >>> from llmscope import evaluate
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
+        >>> evaluate(model, stim, {"loss": "loss", "hit": "correct"}).df.columns[-2:].tolist()
         ['loss', 'hit']
     """
-    named = dict(metrics) if isinstance(metrics, Mapping) else {metric_name(metrics): metrics}
+    named = dict(metric) if isinstance(metric, Mapping) else {metric_name(metric): metric}
     fns = {col: metric_fn(m, align) for col, m in named.items()}
     stimuli = as_stimuli(model, stimuli)
     for col, m in named.items():
@@ -243,24 +298,32 @@ def evaluate(model: "TransformerBridge", stimuli: Stimuli, metrics: Metric | Map
     table = stimuli.tokens.copy()
     for col, parts in out.items():
         table[col] = np.concatenate(parts)
-    return table
+    meta = dict(metrics={col: metric_name(m) for col, m in named.items()}, align=align,
+                model=str(model.cfg.model_name), fingerprint=identity.fingerprint(model).to_dict(), stimuli=stimuli.name)
+    return EvaluationResult(table, meta)
 
 
 def token_loss(model: "TransformerBridge", stimuli: Stimuli, batch_size: int = 8,
-               align: str = "target") -> pd.DataFrame:
+               align: str = "target") -> TokenLossResult:
     """The trial table plus ``loss`` (nats) and ``correct`` (boolean, NA where undefined).
 
     Row ``(seq, pos)`` scores the prediction *of* the token at ``pos`` (``align="target"``).
 
     Example:
-        >>> t = token_loss(model, stim)
+        >>> import llmscope
+        >>> from llmscope import token_loss
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
+        >>> t = token_loss(model, stim).df
         >>> bool(t.loc[t.pos == 0, "loss"].isna().all())
         True
     """
-    table = evaluate(model, stimuli, {"loss": "loss", "correct": "correct"}, align, batch_size)
+    result = evaluate(model, stimuli, {"loss": "loss", "correct": "correct"}, align, batch_size)
+    table = result.df
     hits = table["correct"].to_numpy()
     table["correct"] = pd.arrays.BooleanArray(hits == 1, np.isnan(hits))
-    return table
+    return TokenLossResult(table, result.meta)
 
 
 def group_columns(rows: pd.DataFrame, by: By) -> list[str]:
@@ -285,7 +348,7 @@ def scored_rows(model: "TransformerBridge", stimuli: Stimuli, metric: Metric, al
     """Trial rows that have a value of ``metric`` (column ``value``), BOS rows out unless asked."""
     stimuli = as_stimuli(model, stimuli)
     keep = trials.rows(stimuli.tokens, include_bos)
-    rows = evaluate(model, stimuli, {"value": metric}, align, batch_size)[keep]
+    rows = evaluate(model, stimuli, {"value": metric}, align, batch_size).df[keep]
     rows = rows.dropna(subset=["value"])
     if rows.empty:
         raise AnalysisError(f"no row has a value of {metric_name(metric)} (a one-token sequence has no "
@@ -293,20 +356,50 @@ def scored_rows(model: "TransformerBridge", stimuli: Stimuli, metric: Metric, al
     return rows
 
 
+class MetricResult(Result):
+    """What :func:`metric` returns: ``.df`` has one row per group of ``by`` (its columns first),
+    then ``mean``, ``sem`` (standard error across rows) and ``n`` (rows); ``.meta``: ``metric``,
+    ``by``, ``align``, ``include_bos``, ``model``, ``fingerprint``, ``stimuli``."""
+
+    kind = "metric"
+
+    def plot(self) -> "go.Figure":
+        """The mean per group, with ± s.e.m. bars."""
+        import plotly.graph_objects as go
+
+        by, df = self.meta["by"], self.df
+        x = [" · ".join(html.escape(str(v)) for v in row) for row in df[by].itertuples(index=False)] if by else ["all"]
+        fig = go.Figure(go.Bar(x=x, y=df["mean"], error_y=dict(type="data", array=df["sem"].fillna(0).to_numpy()),
+                               hovertext=[f"n = {n}" for n in df["n"]]))
+        name = html.escape(self.meta["metric"])
+        return fig.update_layout(title=f"{name} by {html.escape(', '.join(by)) or 'all rows'}",
+                                 xaxis=dict(type="category", title=html.escape(", ".join(by))),
+                                 yaxis_title=f"mean {name} (± s.e.m.)")
+
+
 def metric(model: "TransformerBridge", stimuli: Stimuli, metric: Metric = "loss", by: By = None,
-           align: str = "target", include_bos: bool = False, batch_size: int = 8) -> pd.DataFrame:
+           align: str = "target", include_bos: bool = False, batch_size: int = 8) -> MetricResult:
     """A metric's mean, standard error (across rows) and row count, per group of ``by``.
 
     Example:
-        >>> metric(model, stim, "correct").n.item() > 0
+        >>> import llmscope
+        >>> from llmscope import metric
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
+        >>> metric(model, stim, "correct").df.n.item() > 0
         True
     """
     stimuli = as_stimuli(model, stimuli)
     group_columns(stimuli.tokens, by)
     rows = scored_rows(model, stimuli, metric, align, include_bos, batch_size)
     cols = group_columns(rows, by)
-    return pd.DataFrame([{**key, "mean": g["value"].mean(), "sem": g["value"].sem(), "n": len(g)}
-                         for key, g in groups(rows, cols)])
+    df = pd.DataFrame([{**key, "mean": g["value"].mean(), "sem": g["value"].sem(), "n": len(g)}
+                       for key, g in groups(rows, cols)])
+    meta = dict(metric=metric_name(metric), by=cols, align=align, include_bos=include_bos,
+                model=str(model.cfg.model_name), fingerprint=identity.fingerprint(model).to_dict(), stimuli=stimuli.name)
+    return MetricResult(df, meta)
 
 
-__all__ = ["next_token_loss", "cross_entropy", "loss", "correct", "confidence", "entropy", "logit_diff", "evaluate", "token_loss", "metric", "METRICS"]
+__all__ = ["next_token_loss", "cross_entropy", "loss", "correct", "confidence", "entropy", "logit_diff", "evaluate",
+           "token_loss", "metric", "METRICS", "EvaluationResult", "TokenLossResult", "MetricResult"]

@@ -11,6 +11,7 @@ recomputed from numbers in memory), ``"fit"`` (a model such as a probe refitted)
 (the data re-read or the model run again).
 
 Example:
+    >>> from llmscope.checks import choice, count, flag
     >>> count(3, "n_seqs"), flag(True, "include_bos"), choice("zero", "mode", ("zero", "mean"))
     (3, True, 'zero')
     >>> try:
@@ -44,6 +45,8 @@ def count(value: Any, name: str, minimum: int = 1, maximum: int | None = None,
     """``value`` as an int in ``minimum..maximum``.
 
     Example:
+        >>> import numpy as np
+        >>> from llmscope.checks import count
         >>> count(np.int64(4), "k")
         4
     """
@@ -59,6 +62,7 @@ def draws(value: Any, name: str, cost: str, minimum: int = 1, error: type[LLMSco
     """A number of control draws, capped by what one draw costs (``MAX_DRAWS``).
 
     Example:
+        >>> from llmscope.checks import draws
         >>> draws(1000, "n_perm", "resample")
         1000
     """
@@ -77,6 +81,7 @@ def number(value: Any, name: str, low: float | None = None, high: float | None =
     """``value`` as a finite float in ``[low, high]`` (either bound may be None).
 
     Example:
+        >>> from llmscope.checks import number
         >>> number(2, "factor", 0)
         2.0
     """
@@ -103,6 +108,7 @@ def choice(value: Any, name: str, choices: Iterable[Any], error: type[LLMScopeEr
     """``value`` if it is one of ``choices``; a string compared exactly.
 
     Example:
+        >>> from llmscope.checks import choice
         >>> choice("mean", "mode", ["zero", "mean"])
         'mean'
     """
@@ -131,6 +137,8 @@ def finite(values: np.ndarray, what: str, rows: Any = None, units: Any = None,
     numbers, unit indices).
 
     Example:
+        >>> import numpy as np
+        >>> from llmscope.checks import AnalysisError, finite
         >>> try:
         ...     finite(np.array([[0.0, 1.0], [np.nan, 2.0]]), "the responses of mlp.0")
         ... except AnalysisError as exc:

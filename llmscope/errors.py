@@ -16,6 +16,8 @@ so ``except SiteError``, ``except IndexError`` and ``except LLMScopeError`` all 
 plain text (a ``KeyError`` would quote it).
 
 Example:
+    >>> from llmscope import LLMScopeError
+    >>> from llmscope.errors import SiteError
     >>> try:
     ...     raise SiteError.Range("layer 9 out of range: valid layers are 0..1")
     ... except IndexError as exc:
@@ -90,5 +92,10 @@ class ColumnError(LLMScopeError, KeyError):
     """A trial-table column that does not exist (or cannot be used as asked)."""
 
 
+class SAEError(LLMScopeError, ValueError):
+    """A sparse autoencoder that cannot be trained, loaded or used as asked: a bad training
+    argument, a damaged or foreign file, or an SAE of another model or site."""
+
+
 __all__ = ["LLMScopeError", "SiteError", "PromptError", "InterventionError", "RecordingError",
-           "ModelNotAvailable", "AnalysisError", "ColumnError", "WidgetError"]
+           "ModelNotAvailable", "AnalysisError", "ColumnError", "WidgetError", "SAEError"]

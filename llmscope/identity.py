@@ -22,6 +22,9 @@ model and recomputed when a parameter is modified in place (PyTorch's version co
 optimizer step, ``copy_``, ``load_state_dict``).
 
 Example:
+    >>> import llmscope
+    >>> from llmscope.identity import check, fingerprint
+    >>> model = llmscope.load("grammar-2l")
     >>> fp = fingerprint(model)
     >>> fp.name, fp == fingerprint(model)
     ('grammar-2l', True)
@@ -125,6 +128,9 @@ def fingerprint(model: "TransformerBridge") -> Fingerprint:
     """The model's :class:`Fingerprint`, cached on it until a parameter is modified in place.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope.identity import fingerprint
+        >>> model = llmscope.load("grammar-2l")
         >>> fingerprint(model).arch == fingerprint(llmscope.load("grammar-2l")).arch
         True
     """
@@ -144,14 +150,19 @@ _LEVEL_TEXT = {"arch": "a model of another shape", "vocab": "a model with anothe
                "weights": "a model with other weights"}
 
 
-def check(bound: "Fingerprint | None", model: "TransformerBridge", what: str, level: Level,
+def check(bound: "Fingerprint | None", model: "TransformerBridge | Fingerprint", what: str, level: Level,
           error: type[LLMScopeError] = LLMScopeError, remedy: str = "") -> None:
     """Raise ``error`` when ``what`` (made with the model printed ``bound``) cannot be used with
-    ``model`` because they differ at ``level``: the architecture (sites, units), the vocabulary
-    (token ids) or the weights (activations). ``bound=None`` (an object that does not know its
-    model) passes.
+    ``model`` (a model, or the fingerprint of the one another object belongs to) because they
+    differ at ``level``: the architecture (sites, units), the vocabulary (token ids) or the weights
+    (activations). ``bound=None`` (an object that does not know its model) passes.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import LLMScopeError
+        >>> from llmscope.identity import check, fingerprint
+        >>> model = llmscope.load("grammar-2l")
+        >>> smol = llmscope.load("smollm2-135m")
         >>> smol_fp = fingerprint(smol)
         >>> try:
         ...     check(smol_fp, model, "these stimuli", "vocab")
@@ -161,7 +172,7 @@ def check(bound: "Fingerprint | None", model: "TransformerBridge", what: str, le
     """
     if bound is None:
         return
-    here = fingerprint(model)
+    here = model if isinstance(model, Fingerprint) else fingerprint(model)
     if getattr(bound, level) == getattr(here, level):
         return
     differ = [lv for lv in LEVELS if getattr(bound, lv) != getattr(here, lv)]

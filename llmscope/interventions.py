@@ -20,6 +20,9 @@ on exit, even on error. Weights are never touched. Each intervention also expose
 hooks, so ``model.run_with_hooks(tokens, fwd_hooks=gain(...).fwd_hooks(model))`` works as well.
 
 Example:
+    >>> import llmscope
+    >>> from llmscope import gain, intervene, lesion
+    >>> model = llmscope.load("grammar-2l")
     >>> tokens = model.to_tokens("the dog runs .")
     >>> with intervene(model, lesion("mlp.1", [3, 7]), gain("attn.0", [2], factor=2.0)):
     ...     logits = model(tokens)
@@ -72,7 +75,7 @@ def reference_pools(model: "TransformerBridge", reference: Any,
     Args:
         model: the model the units belong to (a Recording made by another model is refused).
         reference: Stimuli (recorded here) or a Recording holding the sites (or anything with
-            ``.sites`` and ``.responses(site, units=...)``).
+            ``.sites`` and ``.responses(site, indices=...)``).
         resolved: ``(site, unit indices)`` pairs, the indices a 1-d integer tensor.
 
     Raises:
@@ -80,6 +83,13 @@ def reference_pools(model: "TransformerBridge", reference: Any,
             the wrong shape.
 
     Example:
+        >>> import torch
+        >>> import llmscope
+        >>> from llmscope import site
+        >>> from llmscope.interventions import reference_pools
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
         >>> pools = reference_pools(model, stim, [(site(model, "mlp.1"), torch.tensor([3, 7]))])
         >>> pools["blocks.1.mlp.hook_post"].shape[1:]
         torch.Size([2])
@@ -100,7 +110,7 @@ def reference_pools(model: "TransformerBridge", reference: Any,
                 f"the reference recording has no site {s.name!r} (it has {sorted(have)}); "
                 f"record it first, e.g. record(model, stimuli, [{s.name!r}])."
             )
-        pool = np.asarray(reference.responses(name, units=idx.numpy()), dtype=np.float32)
+        pool = np.asarray(reference.responses(name, indices=idx.numpy()), dtype=np.float32)
         if pool.ndim < 2 or pool.shape[1:] != (len(idx), *s.shape[1:]) or len(pool) == 0:
             raise InterventionError(
                 f"the reference responses of {s.name!r} have shape {pool.shape}; expected "
@@ -170,6 +180,11 @@ class lesion(_UnitIntervention):
         seed: random seed of ``"resample"``.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import intervene, lesion
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
         >>> with intervene(model, lesion("mlp.1", [3], mode="mean", reference=stim)):
         ...     logits = model(stim.ids)
     """
@@ -216,6 +231,11 @@ class gain(_UnitIntervention):
     that is not a finite number is refused when it is set.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import gain, intervene
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
         >>> g = gain("mlp.1", range(10), factor=2.0)
         >>> with intervene(model, g):
         ...     g.factor = 3.0
@@ -255,6 +275,12 @@ class steer(Intervention):
         alpha: scale; may be changed between forward passes.
 
     Example:
+        >>> import torch
+        >>> import llmscope
+        >>> from llmscope import intervene, steer
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
         >>> direction = torch.randn(model.cfg.d_model)
         >>> with intervene(model, steer("resid.1", direction, alpha=4.0)):
         ...     logits = model(stim.ids)
@@ -315,6 +341,9 @@ class patch(Intervention):
             match the source batch, or the source has batch 1 and is broadcast.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import intervene, patch
+        >>> model = llmscope.load("grammar-2l")
         >>> with intervene(model, patch("the dog runs", "resid.2", positions=[2])):
         ...     logits = model(model.to_tokens("the dogs runs"))
     """
@@ -429,6 +458,12 @@ def intervene(model: "TransformerBridge",
     when the block raises.
 
     Example:
+        >>> import torch
+        >>> import llmscope
+        >>> from llmscope import intervene, lesion, steer
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
         >>> with intervene(model, lesion("mlp.0", [1, 2]), steer("resid.1", torch.ones(128), 2.0)) as m:
         ...     logits = m(stim.ids)
     """

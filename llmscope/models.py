@@ -212,6 +212,7 @@ def load(name: str, device: str = "cpu") -> "TransformerBridge":
         ModelNotAvailable: unknown name offline, a folder that is not a model.
 
     Example:
+        >>> from llmscope import load
         >>> model = load("grammar-2l")
         >>> model.cfg.n_layers
         2
@@ -299,6 +300,7 @@ def available() -> pd.DataFrame:
     disk, so loading needs no conversion).
 
     Example:
+        >>> from llmscope import available
         >>> available().columns.tolist()[:2]
         ['name', 'kind']
     """

@@ -7,6 +7,7 @@ imported (its Jupyter bar never); here it is read at each bar, so setting it in 
 kernel (``os.environ["TQDM_DISABLE"] = "1"``) works too.
 
 Example:
+    >>> from llmscope.progress import progress_bar
     >>> [i for i in progress_bar(range(3), desc="demo", show=False)]
     [0, 1, 2]
     >>> progress_bar(total=3, show=False).disable

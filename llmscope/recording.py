@@ -65,12 +65,16 @@ recorded, or after it stopped early, rows past ``attrs["done_seqs"]`` sequences 
 :meth:`Recording.to_xarray` gives the recorded rows only.
 
 Example:
+    >>> import llmscope
+    >>> from llmscope import Recording, record
+    >>> from llmscope.stimuli import induction
+    >>> model = llmscope.load("grammar-2l")
     >>> import tempfile, xarray
     >>> path = tempfile.mkdtemp() + "/ind.zarr"
     >>> ind = record(model, induction(model, 8, 10), ["mlp.0", "attn.1"], store=path, progress=False)
     >>> ind.responses("mlp.0").shape
     (168, 512)
-    >>> Recording.open(path).select("is_repeat").responses("attn.1", units=[0, 3]).shape
+    >>> Recording.open(path).select("is_repeat").responses("attn.1", indices=[0, 3]).shape
     (80, 2, 32)
     >>> xarray.open_zarr(path)["mlp.0"].mean("token").shape
     (512,)
@@ -88,7 +92,7 @@ import shutil
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence, overload
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -101,9 +105,10 @@ from zarr.storage import MemoryStore
 from llmscope.errors import ColumnError, RecordingError
 from llmscope.identity import Fingerprint, check, fingerprint
 from llmscope.progress import progress_bar
-from llmscope.sites import Site, SiteError
+from llmscope.sites import Site, SiteError, UnitsLike, parse_units
 from llmscope.sites import sites as resolve_sites
 from llmscope.checks import choice, count, flag
+from llmscope.vocabulary import renamed
 from llmscope.stimuli.core import Stimuli, as_stimuli
 
 if TYPE_CHECKING:
@@ -616,6 +621,10 @@ def record(
             needed; free it and call ``record`` again: it resumes).
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import record
+        >>> from llmscope.stimuli import induction
+        >>> model = llmscope.load("grammar-2l")
         >>> ind = record(model, induction(model, n_seqs=8, half_len=10), ["mlp.0", "mlp.1"], progress=False)
         >>> ind.responses("mlp.1").shape
         (168, 512)
@@ -698,10 +707,14 @@ class Recording:
             how many, and whether that is all of them (analyses put these in ``.meta``).
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import Recording, record
+        >>> from llmscope.stimuli import induction
+        >>> model = llmscope.load("grammar-2l")
         >>> import tempfile
         >>> path = tempfile.mkdtemp() + "/ind.zarr"
         >>> _ = record(model, induction(model, 8, 10), ["mlp.1"], store=path, progress=False)
-        >>> Recording.open(path, model=model).select("is_repeat").responses("mlp.1", units=[3, 7]).shape
+        >>> Recording.open(path, model=model).select("is_repeat").responses("mlp.1", indices=[3, 7]).shape
         (80, 2)
     """
 
@@ -846,21 +859,15 @@ class Recording:
         first, last = int(self._rows[0]), int(self._rows[-1])
         return slice(first, last + 1) if last - first + 1 == len(self._rows) else self._rows
 
-    @overload
-    def responses(self, site: str, units: int | Sequence[int] | None = None,
-                  labelled: Literal[False] = False, *, dtype: str | None = "float32") -> np.ndarray: ...
-
-    @overload
-    def responses(self, site: str, units: int | Sequence[int] | None = None, *,
-                  labelled: Literal[True], dtype: str | None = "float32") -> pd.DataFrame: ...
-
-    def responses(self, site: str, units: int | Sequence[int] | None = None,
+    @renamed(site="units", units="indices")
+    def responses(self, units: "str | Site | UnitsLike", indices: int | Sequence[int] | None = None,
                   labelled: bool = False, *, dtype: str | None = "float32") -> np.ndarray | pd.DataFrame:
-        """Responses of ``site``'s units, float32 ``[n_tokens, n_units, ...]``, rows as ``tokens``.
+        """Responses of units of one site, float32 ``[n_tokens, n_units, ...]``, rows as ``tokens``.
 
         Args:
-            site: a recorded site (``"mlp.1"`` or its hook name).
-            units: unit indices (neurons, heads...), None for all.
+            units: a recorded site (``"mlp.1"`` or its hook name), or units of one site in any
+                form (``("mlp.1", [3, 7])``, a unit table of that site).
+            indices: unit indices (neurons, heads...) of the site named by ``units``; None for all.
             labelled: False for the bare array; True for a DataFrame ``[n_tokens, n_units]``
                 indexed like ``tokens``, its columns the ``(site, unit)`` MultiIndex of unit
                 tables. Only for sites with one value per unit (``mlp.L``, ``resid.L``): a head
@@ -870,22 +877,28 @@ class Recording:
                 (:attr:`dtype`: float16 by default), half the memory and no conversion pass.
 
         Raises:
-            SiteError: a site not recorded, a unit out of range, or ``labelled`` on a site
-                with several values per unit.
+            SiteError: a site not recorded, units of several sites, a unit out of range, or
+                ``labelled`` on a site with several values per unit.
             RecordingError: ``labelled`` not a bool, or ``dtype`` neither ``"float32"`` nor None.
 
         Example:
-            >>> rec.responses("attn.0", units=[1]).shape
+            >>> import llmscope
+            >>> from llmscope.stimuli import grammar
+            >>> model = llmscope.load("grammar-2l")
+            >>> stim = grammar(model, n_docs=4, seed=0)
+            >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+            ...                       dtype="float32", progress=False)
+            >>> rec.responses("attn.0", [1]).shape
             (496, 1, 32)
-            >>> rec.responses("mlp.0", units=[3, 7], labelled=True).columns.tolist()
+            >>> rec.responses(("mlp.0", [3, 7]), labelled=True).columns.tolist()
             [('mlp.0', 3), ('mlp.0', 7)]
         """
         flag(labelled, "labelled", RecordingError)
         if dtype is not None and (not isinstance(dtype, str) or dtype != "float32"):
             raise RecordingError(f"dtype must be 'float32' or None (as stored: {self.dtype}), got {dtype!r}.")
         stored = np.dtype(self.dtype if dtype is None else dtype)
-        s = self.site(site)
-        idx = s.check_units(units)
+        s, every = self._one_site(units, indices)
+        idx = s.check_units(every)
         if labelled and len(s.shape) > 1:
             raise SiteError(
                 f"{s.name} has {math.prod(s.shape[1:])} values per {s.unit} (shape {s.shape}), and a labelled "
@@ -894,12 +907,23 @@ class Recording:
         if len(self._rows) == 0:
             data = np.empty((0, len(idx), *s.shape[1:]), dtype=stored)
         else:
-            cols = slice(None) if units is None else idx
+            cols = slice(None) if every is None else idx
             data = _read(self._array(s.name), f"site {s.name}", _where(self._group), self._row_index(), (cols,))
             data = np.asarray(data, dtype=stored)
         if labelled:
             return pd.DataFrame(data, index=self.tokens.index, columns=s.unit_index(idx))
         return data
+
+    def _one_site(self, units: Any, indices: Any) -> tuple[Site, Any]:
+        """The one recorded site ``units`` name and its unit indices (None: all)."""
+        if isinstance(units, (str, Site)):
+            return self.site(units if isinstance(units, str) else units.name), indices
+        pairs = parse_units(units, indices)
+        if len(pairs) != 1:
+            raise SiteError(f"responses() reads one site at a time; these units span {[str(getattr(p, 'name', p)) for p, _ in pairs]}: "
+                            "call it once per site.")
+        spec, idx = pairs[0]
+        return self.site(spec if isinstance(spec, str) else spec.name), idx
 
     def _array(self, name: str) -> zarr.Array:
         """The store's array ``name``, or a RecordingError if the store is gone or damaged since it was opened."""
@@ -912,7 +936,8 @@ class Recording:
             raise RecordingError(f"the array of {name} in the recording at {where} cannot be opened "
                                  f"({type(exc).__name__}: {exc}): the store is damaged; {_REDO}.") from None
 
-    def select(self, mask: str | np.ndarray | pd.Series | Sequence[bool]) -> "Recording":
+    @renamed(mask="where")
+    def select(self, where: str | np.ndarray | pd.Series | Sequence[bool]) -> "Recording":
         """A view of some rows: a boolean mask over ``tokens`` or a query on its columns
         (``DataFrame.eval`` syntax; ``@name`` is a variable of the caller).
 
@@ -924,22 +949,28 @@ class Recording:
                 mask that is not boolean or not one value per row.
 
         Example:
+            >>> import llmscope
+            >>> from llmscope.stimuli import grammar
+            >>> model = llmscope.load("grammar-2l")
+            >>> stim = grammar(model, n_docs=4, seed=0)
+            >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+            ...                       dtype="float32", progress=False)
             >>> len(rec.select("pos_tag == 'NOUN'"))
             141
             >>> late = rec.select(rec.tokens.pos.to_numpy() > 10)
         """
         columns = list(self.tokens.columns)
-        if isinstance(mask, str):
+        if isinstance(where, str):
             try:
-                mask = self.tokens.eval(mask, level=1)  # level 1: "@name" is looked up where select() was called
+                where = self.tokens.eval(where, level=2)  # level 2: "@name" is looked up where select() was called
             except pd.errors.UndefinedVariableError as exc:
-                raise ColumnError(f"select({mask!r}): {exc}; the trial table's columns are {columns} "
+                raise ColumnError.Unknown(f"select({where!r}): {exc}; the trial table's columns are {columns} "
                                   "(a Python variable is written @name).") from None
             except Exception as exc:  # pandas raises SyntaxError, TypeError, ValueError... for a bad query
                 raise RecordingError(
-                    f"select({mask!r}) is not a query on the trial table ({type(exc).__name__}: {exc}); write a "
+                    f"select({where!r}) is not a query on the trial table ({type(exc).__name__}: {exc}); write a "
                     f"boolean expression of its columns {columns}, such as \"pos > 2 and seq == 0\".") from None
-        keep = np.asarray(mask)
+        keep = np.asarray(where)
         if keep.dtype != bool or keep.shape != (len(self),):
             raise RecordingError(f"select() takes a query string or a boolean mask of {len(self)} rows; "
                                  f"got {keep.dtype} of shape {keep.shape}.")
@@ -957,6 +988,12 @@ class Recording:
         or damaged when it is computed raises a RecordingError that names it.
 
         Example:
+            >>> import llmscope
+            >>> from llmscope.stimuli import grammar
+            >>> model = llmscope.load("grammar-2l")
+            >>> stim = grammar(model, n_docs=4, seed=0)
+            >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+            ...                       dtype="float32", progress=False)
             >>> ds = rec.to_xarray()
             >>> ds["mlp.0"].groupby("pos_tag").mean("token").compute().shape
             (10, 512)

@@ -34,6 +34,10 @@ with :func:`resolve_units`, which accepts:
 Tables index units with that ``MultiIndex`` (:func:`unit_index` builds one from any of the above).
 
 Example:
+    >>> import llmscope
+    >>> from llmscope import site
+    >>> from llmscope.sites import unit_index
+    >>> model = llmscope.load("grammar-2l")
     >>> s = site(model, "mlp.1")
     >>> s.hook, s.n_units
     ('blocks.1.mlp.hook_post', 512)
@@ -189,6 +193,9 @@ def site(model: "TransformerBridge", spec: "str | Site") -> Site:
     """Resolve a site name for ``model``; raise :class:`SiteError` listing valid choices.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import site
+        >>> model = llmscope.load("grammar-2l")
         >>> site(model, "attn.0").shape
         (4, 32)
     """
@@ -207,6 +214,9 @@ def site(model: "TransformerBridge", spec: "str | Site") -> Site:
             return named[spec]
         shape = _probe_shape(model, spec)
         return Site(spec, spec, "hook", _layer_of(spec), shape, "dim", identity.fingerprint(model))
+    if spec.startswith("sae:"):  # features live in the SAE, not in the model: edited through it
+        raise SiteError.Unknown(f"{spec!r} names an SAE's features, not a site of the model: edit them with "
+                                f"llmscope.sae.lesion_features(sae, units) (or gain_features / steer_features).")
     raise SiteError.Unknown(f"unknown site {spec!r}: valid sites are {_choices(model)}.")
 
 

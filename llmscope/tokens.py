@@ -1,6 +1,9 @@
 """Prompts -> token batches, with the checks every entry point shares.
 
 Example:
+    >>> import llmscope
+    >>> from llmscope.tokens import tokenize
+    >>> smol = llmscope.load("smollm2-135m")
     >>> tokens = tokenize(smol, ["The cat sat", "A dog ran"])
     >>> tokens.shape
     torch.Size([2, 4])
@@ -29,6 +32,10 @@ def check_tokens(model: "TransformerBridge", tokens: torch.Tensor, truncate: boo
     (a caller without that option) refuses it and says to shorten the input.
 
     Example:
+        >>> import torch
+        >>> import llmscope
+        >>> from llmscope.tokens import check_tokens
+        >>> model = llmscope.load("grammar-2l")
         >>> check_tokens(model, torch.tensor([[1, 5, 6]])).shape
         torch.Size([1, 3])
     """

@@ -14,13 +14,21 @@ nothing scored and drops out.
 **Why not scipy's p-values.** Tokens of one sequence are not independent: responses and
 behaviour both drift along a sequence, so a t-test across tokens finds "correlates" in pure
 noise. Each unit's p-value is instead calibrated against a null of the same structure: the
-behaviour circularly shifted within each sequence by a random offset (``n_null`` times),
+behaviour circularly shifted within each sequence by a random offset (``n_controls`` times),
 which keeps both series' autocorrelation and breaks only their alignment; ``p`` is two-sided
 normal on ``(rho - null_mean) / null_sd``. The control is one more independent shift, tested
-the same way: its FDR discoveries are false by construction.
+the same way (``rho_control``, ``p_control``, ``q_control``): its FDR discoveries are false by
+construction.
 
 Example:
-    >>> r = behaviour_correlates(model, rec, "loss", n_null=20, progress=False)
+    >>> import llmscope
+    >>> from llmscope import behaviour_correlates
+    >>> from llmscope.stimuli import grammar
+    >>> model = llmscope.load("grammar-2l")
+    >>> stim = grammar(model, n_docs=4, seed=0)
+    >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+    ...                       dtype="float32", progress=False)
+    >>> r = behaviour_correlates(model, rec, "loss", n_controls=20, progress=False)
     >>> r.df.columns[:3].tolist()
     ['rho', 'p', 'q']
 """
@@ -32,18 +40,17 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pandas as pd
-import torch
 
 from llmscope.stimuli import trials
 from llmscope.analysis.responses import check_recording, resolve, scalar
 from llmscope import checks, identity
-from llmscope.checks import count, draws, flag
+from llmscope.checks import draws, flag
 from llmscope.analysis.stats import fdr
 from llmscope.behaviour import confidence, correct, entropy, evaluate, loss
 from llmscope.errors import AnalysisError
 from llmscope.result import Result
-from llmscope.sites import UnitsLike
-from llmscope.stimuli.core import Stimuli
+from llmscope.sites import UnitsLike, unit_labels
+from llmscope.vocabulary import renamed
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -72,6 +79,8 @@ def circular_shifts(seq: np.ndarray, n: int, rng: np.random.Generator) -> np.nda
     one-row sequence stays put). Rows of one sequence must be contiguous.
 
     Example:
+        >>> import numpy as np
+        >>> from llmscope.analysis.correlates import circular_shifts
         >>> circular_shifts(np.array([0, 0, 0, 1]), 1, np.random.default_rng(0))[:, 0].tolist()
         [2, 0, 1, 3]
     """
@@ -94,23 +103,46 @@ def _iid_discoveries(rho: pd.Series, n: int) -> int:
     return int((fdr(2 * stats.t.sf(t, n - 2)) < 0.05).sum())
 
 
-def _plot_correlates(result: Result) -> "go.Figure":
-    import plotly.graph_objects as go
+class CorrelatesResult(Result):
+    """What :func:`behaviour_correlates` returns.
 
-    df = result.df
-    labels = [f"{s}:{u}" for s, u in df.index]
-    fig = go.Figure([
-        go.Scatter(x=df[f"{tag}rho"], y=-np.log10(df[f"{tag}p"].clip(lower=1e-300)), mode="markers", text=labels,
-                   name="shifted behaviour (control)" if tag else "units", opacity=0.6,
-                   hovertemplate="%{text}<br>rho %{x:.3f}<br>-log10 p %{y:.2f}<extra></extra>")
-        for tag in ("", "control_")])
-    return fig.update_layout(title=f"units vs {result.meta['behaviour']} of the prediction they precede",
-                             xaxis_title="Spearman rho", yaxis_title="-log10 p (shift null)")
+    ``.df``, indexed by ``(site, unit)``, strongest first: ``rho`` (Spearman, as
+    ``scipy.stats.spearmanr``), ``p`` (against the shift null), ``q`` (BH-FDR across units),
+    ``abs_rho`` (``|rho|``, the order of the table and what :meth:`top` ranks by), ``null_mean``,
+    ``null_sd`` (of rho under the null), and ``rho_control``, ``p_control``, ``q_control`` for
+    the control shift.
+
+    ``.meta``: ``model``, ``fingerprint``, ``stimuli``, ``behaviour``, ``align`` (``"context"``),
+    ``n_rows``, ``n_controls``, ``seed``, ``control``, ``n_significant`` and
+    ``n_significant_control`` (q < 0.05), and ``n_significant_iid``, ``n_significant_control_iid``
+    (what scipy's p-values, which take tokens as independent, would have claimed: the control's
+    count shows the excess).
+
+    ``.plot()``: a volcano plot of units and control.
+    """
+
+    kind = "behaviour_correlates"
+    rank_by = "abs_rho"
+
+    def plot(self) -> "go.Figure":
+        """A volcano plot: each unit's rho against -log10 p, and the control shift's beside them."""
+        import plotly.graph_objects as go
+
+        df = self.df
+        labels = unit_labels(df.index)
+        fig = go.Figure([
+            go.Scatter(x=df[f"rho{tag}"], y=-np.log10(df[f"p{tag}"].clip(lower=1e-300)), mode="markers", text=labels,
+                       name="shifted behaviour (control)" if tag else "units", opacity=0.6,
+                       hovertemplate="%{text}<br>rho %{x:.3f}<br>-log10 p %{y:.2f}<extra></extra>")
+            for tag in ("", "_control")])
+        return fig.update_layout(title=f"units vs {self.meta['behaviour']} of the prediction they precede",
+                                 xaxis_title="Spearman rho", yaxis_title="-log10 p (shift null)")
 
 
+@renamed(n_null="n_controls")
 def behaviour_correlates(model: "TransformerBridge", recording: "Recording", behaviour: str = "loss",
-                         units: UnitsLike | None = None, *, include_bos: bool = False, n_null: int = 100,
-                         seed: int = 0, batch_size: int = 8, progress: bool = True) -> Result:
+                         units: UnitsLike | None = None, *, include_bos: bool = False, n_controls: int = 100,
+                         seed: int = 0, batch_size: int = 8, progress: bool = True) -> CorrelatesResult:
     """Spearman correlation of every unit with a per-token behaviour (runs the model once, to
     measure the behaviour on the recording's stimuli; the responses are read from the recording).
 
@@ -121,22 +153,23 @@ def behaviour_correlates(model: "TransformerBridge", recording: "Recording", beh
             prediction made from each token (see the module docstring).
         units: any form of units (a site, pairs, a unit table); all recorded units by default.
         include_bos: keep BOS rows.
-        n_null: circular shifts of the behaviour in the null that calibrates the p-values.
+        n_controls: circular shifts of the behaviour in the null that calibrates the p-values (>= 2).
         seed: seeds the shifts.
+        batch_size: sequences per forward pass.
+        progress: show a progress bar.
 
     Returns:
-        Result whose ``df`` is indexed by ``(site, unit)``, strongest first (by |rho|), with
-        ``rho`` (Spearman, as ``scipy.stats.spearmanr``), ``p`` (against the shift null),
-        ``q`` (BH-FDR across units), ``null_mean``, ``null_sd`` (of rho under the null), and
-        ``control_rho``, ``control_p``, ``control_q`` for the control shift. ``meta``:
-        ``model``, ``stimuli``, ``behaviour``, ``align`` (``"context"``), ``n_rows``,
-        ``n_null``, ``seed``, ``n_significant`` and ``n_significant_control`` (q < 0.05), and
-        ``n_significant_iid``, ``n_significant_control_iid`` (what scipy's p-values, which
-        take tokens as independent, would have claimed: the control's count shows the excess).
-        ``.plot()`` is a volcano plot of units and control.
+        :class:`CorrelatesResult` (columns and meta keys in its docstring).
 
     Example:
-        >>> r = behaviour_correlates(model, rec, "loss", "attn.1", n_null=20, progress=False)
+        >>> import llmscope
+        >>> from llmscope import behaviour_correlates
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
+        >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+        ...                       dtype="float32", progress=False)
+        >>> r = behaviour_correlates(model, rec, "loss", "attn.1", n_controls=20, progress=False)
         >>> r.df.index[:1].tolist(), bool(r.df.rho.iloc[0] < 0)
         ([('attn.1', 0)], True)
     """
@@ -146,39 +179,41 @@ def behaviour_correlates(model: "TransformerBridge", recording: "Recording", beh
     provenance = check_recording(recording, "behaviour_correlates")
     if not isinstance(behaviour, str) or behaviour not in BEHAVIOURS:
         raise AnalysisError.Unknown(f"unknown behaviour {behaviour!r}; choose one of {list(BEHAVIOURS)}.")
-    n_null, seed = draws(n_null, "n_null", "resample", minimum=2), checks.seed(seed)
+    n_controls, seed = draws(n_controls, "n_controls", "resample", minimum=2), checks.seed(seed)
     progress = flag(progress, "progress")
     resolved = resolve(recording, [(s, None) for s in recording.sites] if units is None else units)
     identity.check(recording.fingerprint, model, f"the recording {recording.name!r}", "weights", AnalysisError,
                    "Behaviour must come from the model that made the responses: pass that model.")
     stimuli = recording.stimuli
     measured = evaluate(model, stimuli, {"value": partial(BEHAVIOURS[behaviour], align="context")},
-                        batch_size=batch_size)["value"].to_numpy()
+                        batch_size=batch_size).df["value"].to_numpy()
     keep = trials.rows(stimuli.tokens, include_bos) & np.isfinite(measured)
     if keep.sum() < 3 or np.unique(measured[keep]).size < 2:
         raise AnalysisError(f"{behaviour} takes {np.unique(measured[keep]).size} value(s) on the {int(keep.sum())} "
                             "rows that have one; a correlation needs at least 3 rows and 2 values.")
     rng = np.random.default_rng(seed)
     y = _standard_ranks(measured[keep])
-    shifted = y[circular_shifts(stimuli.tokens["seq"].to_numpy()[keep], n_null + 1, rng)]  # [rows, null + control]
+    shifted = y[circular_shifts(stimuli.tokens["seq"].to_numpy()[keep], n_controls + 1, rng)]  # [rows, null + control]
     parts = []
     for s, idx in progress_bar(resolved, desc="correlates", unit="site", show=progress, leave=False):
         X = _standard_ranks(scalar(recording, s.name, idx)[keep].astype(np.float64))
         rho, null = (X.T @ y) / len(y), (X.T @ shifted) / len(y)             # [units], [units, null + 1]
         parts.append(pd.DataFrame({"rho": rho, "null_mean": null[:, :-1].mean(1), "null_sd": null[:, :-1].std(1, ddof=1),
-                                   "control_rho": null[:, -1]}, index=s.unit_index(idx)))
+                                   "rho_control": null[:, -1]}, index=s.unit_index(idx)))
     df = pd.concat(parts)
+    df["abs_rho"] = df["rho"].abs()
     with np.errstate(invalid="ignore", divide="ignore"):
-        for tag in ("", "control_"):
-            df[f"{tag}p"] = 2 * stats.norm.sf(np.abs(df[f"{tag}rho"] - df["null_mean"]) / df["null_sd"])
-            df[f"{tag}q"] = fdr(df[f"{tag}p"].to_numpy())
-    df = df[["rho", "p", "q", "null_mean", "null_sd", "control_rho", "control_p", "control_q"]]
-    df = df.iloc[np.argsort(-np.nan_to_num(df["rho"].abs().to_numpy(), nan=-1.0), kind="stable")]
-    meta = dict(**provenance, behaviour=behaviour, align="context", n_rows=int(keep.sum()), n_null=n_null, seed=seed,
-                n_significant=int((df["q"] < 0.05).sum()), n_significant_control=int((df["control_q"] < 0.05).sum()),
+        for tag in ("", "_control"):
+            df[f"p{tag}"] = 2 * stats.norm.sf(np.abs(df[f"rho{tag}"] - df["null_mean"]) / df["null_sd"])
+            df[f"q{tag}"] = fdr(df[f"p{tag}"].to_numpy())
+    df = df[["rho", "p", "q", "abs_rho", "null_mean", "null_sd", "rho_control", "p_control", "q_control"]]
+    df = df.iloc[np.argsort(-np.nan_to_num(df["abs_rho"].to_numpy(), nan=-1.0), kind="stable")]
+    meta = dict(**provenance, behaviour=behaviour, align="context", n_rows=int(keep.sum()), n_controls=n_controls,
+                seed=seed, control="one more independent circular shift of the behaviour, tested the same way",
+                n_significant=int((df["q"] < 0.05).sum()), n_significant_control=int((df["q_control"] < 0.05).sum()),
                 n_significant_iid=_iid_discoveries(df["rho"], len(y)),
-                n_significant_control_iid=_iid_discoveries(df["control_rho"], len(y)))
-    return Result(df, kind="behaviour correlates", meta=meta, plotter=_plot_correlates)
+                n_significant_control_iid=_iid_discoveries(df["rho_control"], len(y)))
+    return CorrelatesResult(df, meta)
 
 
-__all__ = ["behaviour_correlates", "circular_shifts", "BEHAVIOURS"]
+__all__ = ["behaviour_correlates", "CorrelatesResult", "circular_shifts", "BEHAVIOURS"]

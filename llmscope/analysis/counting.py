@@ -13,6 +13,8 @@ running sums, gathers, segment sums: ten or so per response), in numba one pass 
 with the unit's data in cache, and no index arrays the size of the data.
 
 Example:
+    >>> import numpy as np
+    >>> from llmscope.analysis.counting import segment_sums
     >>> part = np.array([[0.5], [-1.0], [0.5], [2.0]], dtype=np.float16)
     >>> doubled, sums, squares, ties = segment_sums(part, np.arange(4), np.array([0, 2, 4]), "mlp.0")
     >>> doubled.tolist(), sums.tolist(), ties.tolist()  # midranks 2.5, 1 | 2.5, 4; one tie of 2

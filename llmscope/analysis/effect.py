@@ -1,6 +1,11 @@
 """Intervention effects: run stimuli with and without an intervention and compare a metric.
 
 Example:
+    >>> import llmscope
+    >>> from llmscope import effect, lesion
+    >>> from llmscope.stimuli import grammar
+    >>> model = llmscope.load("grammar-2l")
+    >>> stim = grammar(model, n_docs=4, seed=0)
     >>> r = effect(model, stim, lesion("attn.1", [0]), metric="loss", by="is_repeat", n_boot=200)
     >>> r.df.columns[:3].tolist()
     ['is_repeat', 'intervention', 'baseline']
@@ -8,18 +13,20 @@ Example:
 
 from __future__ import annotations
 
+import html
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
 
-from llmscope.checks import count
+from llmscope import checks, identity
+from llmscope.checks import draws
 from llmscope.analysis.stats import LEVEL, cluster_bootstrap, interval, p_value
 from llmscope.behaviour import By, Metric, group_columns, groups, metric_fn, metric_name, scored_rows
 from llmscope.errors import InterventionError
 from llmscope.interventions import Intervention, intervene
 from llmscope.result import Result
-from llmscope.stimuli.core import Stimuli
+from llmscope.stimuli.core import Stimuli, as_stimuli
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -36,6 +43,8 @@ def compare(rows: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> dict:
     draws, excludes zero); else NaN.
 
     Example:
+        >>> import pandas as pd
+        >>> from llmscope.analysis.effect import compare
         >>> rows = pd.DataFrame({"seq": [0, 0, 1, 1, 2], "baseline": [1.0, 2, 1, 1, 2],
         ...                      "intervened": [2.0, 3, 2, 1, 3]})
         >>> out = compare(rows, n_boot=200)
@@ -58,36 +67,43 @@ def _label(row: pd.Series, by: list[str]) -> str:
     return " / ".join(str(row[c]) for c in by) if by else "all"
 
 
-def _plot_effect(result: Result) -> "go.Figure":
-    import plotly.graph_objects as go
+class EffectResult(Result):
+    """What :func:`effect` returns: one row per group of ``by`` (see :func:`effect`)."""
 
-    df, by = result.df, result.meta["by"]
-    fig = go.Figure(go.Bar(
-        x=[_label(r, by) for _, r in df.iterrows()], y=df["difference"],
-        error_y=dict(type="data", symmetric=False, array=df["ci_high"] - df["difference"],
-                     arrayminus=df["difference"] - df["ci_low"]),
-        customdata=df[["baseline", "intervened", "n"]].to_numpy(),
-        hovertemplate=("baseline %{customdata[0]:.4g}<br>intervened %{customdata[1]:.4g}"
-                       "<br>n %{customdata[2]}<extra></extra>"),
-    ))
-    fig.add_hline(y=0, line_color="grey")
-    return fig.update_layout(title=f"{result.meta['intervention']}: change in {result.meta['metric']} (95% CI)",
-                             xaxis_title=" / ".join(by) or None, yaxis_title=f"Δ {result.meta['metric']}",
-                             xaxis_type="category")
+    kind = "effect"
+
+    def plot(self) -> "go.Figure":
+        """The change in the metric per group, with its 95% interval."""
+        import plotly.graph_objects as go
+
+        df, by = self.df, self.meta["by"]
+        fig = go.Figure(go.Bar(
+            x=[html.escape(_label(r, by)) for _, r in df.iterrows()], y=df["difference"],
+            error_y=dict(type="data", symmetric=False, array=df["ci_high"] - df["difference"],
+                         arrayminus=df["difference"] - df["ci_low"]),
+            customdata=df[["baseline", "intervened", "n"]].to_numpy(),
+            hovertemplate=("baseline %{customdata[0]:.4g}<br>intervened %{customdata[1]:.4g}"
+                           "<br>n %{customdata[2]}<extra></extra>"),
+        ))
+        fig.add_hline(y=0, line_color="grey")
+        metric = html.escape(self.meta["metric"])
+        return fig.update_layout(title=f"{html.escape(self.meta['intervention'])}: change in {metric} (95% CI)",
+                                 xaxis_title=html.escape(" / ".join(by)) or None, yaxis_title=f"Δ {metric}",
+                                 xaxis_type="category")
 
 
 def _interventions(intervention: Intervention | Sequence[Intervention]) -> list[Intervention]:
     ivs = list(intervention) if isinstance(intervention, (list, tuple)) else [intervention]
     bad = [iv for iv in ivs if not isinstance(iv, Intervention)]
     if not ivs or bad:
-        raise InterventionError("effect() takes an intervention (lesion(...), gain(...), steer(...), patch(...)) "
+        raise InterventionError.Type("effect() takes an intervention (lesion(...), gain(...), steer(...), patch(...)) "
                                 f"or a list of them; got {intervention!r}.")
     return ivs
 
 
 def effect(model: "TransformerBridge", stimuli: Stimuli, intervention: Intervention | Sequence[Intervention],
            metric: Metric = "loss", by: By = None, align: str = "target", include_bos: bool = False,
-           batch_size: int = 8, n_boot: int = 2000, seed: int = 0) -> Result:
+           batch_size: int = 8, n_boot: int = 2000, seed: int = 0) -> EffectResult:
     """Run the stimuli with and without ``intervention`` and compare a metric per group.
 
     ``df`` has one row per group of ``by``: the group's labels, ``intervention`` (what was
@@ -98,12 +114,14 @@ def effect(model: "TransformerBridge", stimuli: Stimuli, intervention: Intervent
     (``n_boot`` draws; p inverts the percentile interval, so the interval excludes zero exactly
     when ``p < 0.05``, and p is never below ``1 / n_boot``), ``n`` rows and ``n_seqs``. A loss is grouped by the predicted
     token's labels unless ``align="context"``; BOS rows are left out unless ``include_bos``.
-    ``meta``: ``metric``, ``intervention``, ``by``, ``align``, ``stimuli``, ``ci``.
+    ``meta``: ``metric``, ``intervention``, ``by``, ``align``, ``stimuli``, ``ci``, ``model``, ``fingerprint``.
     """
     ivs = _interventions(intervention)
-    count(n_boot, "n_boot")
+    draws(n_boot, "n_boot", "resample")
+    seed = checks.seed(seed)
     metric_fn(metric, align)
-    group_columns(stimuli.tokens if isinstance(stimuli, Stimuli) else pd.DataFrame(), by)
+    stimuli = as_stimuli(model, stimuli)
+    group_columns(stimuli.tokens, by)
     for iv in ivs:  # validate against the model before the first forward pass
         iv.fwd_hooks(model)
     base = scored_rows(model, stimuli, metric, align, include_bos, batch_size)
@@ -113,10 +131,11 @@ def effect(model: "TransformerBridge", stimuli: Stimuli, intervention: Intervent
     cols = group_columns(rows, by)
     name = " + ".join(map(repr, ivs))
     df = pd.DataFrame([{**key, "intervention": name, **compare(g, n_boot, seed)} for key, g in groups(rows, cols)])
-    meta = dict(metric=metric_name(metric), intervention=name, by=cols, align=align,
-                stimuli=stimuli.name, ci=f"{LEVEL:.0%} percentile interval and the p-value that inverts it, "
-                                                 f"from one bootstrap over sequences ({n_boot} draws)")
-    return Result(df, kind="effect", meta=meta, plotter=_plot_effect)
+    meta = dict(metric=metric_name(metric), intervention=name, by=cols, align=align, include_bos=include_bos,
+                stimuli=stimuli.name, model=str(model.cfg.model_name), fingerprint=identity.fingerprint(model).to_dict(),
+                ci=f"{LEVEL:.0%} percentile interval and the p-value that inverts it, "
+                   f"from one bootstrap over sequences ({n_boot} draws)")
+    return EffectResult(df, meta)
 
 
-__all__ = ["effect", "compare"]
+__all__ = ["effect", "compare", "EffectResult"]

@@ -6,6 +6,13 @@ sequence on either side and every trial-table label of the token. The HTML rende
 all token text (token strings are untrusted: a vocabulary can hold ``<script>``).
 
 Example:
+    >>> import llmscope
+    >>> from llmscope import top_examples
+    >>> from llmscope.stimuli import grammar
+    >>> model = llmscope.load("grammar-2l")
+    >>> stim = grammar(model, n_docs=4, seed=0)
+    >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+    ...                       dtype="float32", progress=False)
     >>> ex = top_examples(rec, "mlp.0", 12, k=5)
     >>> ex.df.columns[:4].tolist()
     ['rank', 'seq', 'pos', 'token']
@@ -16,19 +23,19 @@ Example:
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from llmscope.analysis.responses import check_recording, check_site, scalar
+from llmscope.analysis.responses import check_recording, resolve, scalar
 from llmscope.checks import count
 from llmscope.stimuli.trials import rows
 from llmscope.errors import AnalysisError, SiteError
 from llmscope.recording import Recording
 from llmscope.result import Result
-from llmscope.sites import Site, parse_units
+from llmscope.sites import UnitsLike, parse_units
+from llmscope.vocabulary import renamed
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -36,32 +43,16 @@ if TYPE_CHECKING:
 _OWN = ["rank", "seq", "pos", "token", "activation", "text", "left", "right"]
 
 
-def _one_unit(recording: Recording, site: Any, unit: Any) -> tuple[str, int]:
+def _one_unit(recording: Recording, units: Any, indices: Any) -> tuple[str, int]:
     """``(site name, unit index)`` from a site and an index, or from a one-row unit table."""
-    pairs = parse_units(site, unit)
+    pairs = parse_units(units, indices)
     if len(pairs) != 1 or pairs[0][1] is None or len(pairs[0][1]) != 1:
         raise SiteError.Type(f"top_examples shows one unit: a site and an index ('mlp.0', 12) or a one-row unit "
-                        f"table such as tuning(...).top(1); got site={site!r}, unit={unit!r}.")
-    spec, (idx,) = pairs[0]
-    name = check_site(recording, spec.name if isinstance(spec, Site) else spec)
-    return name, int(recording.site(name).check_units([idx])[0])
+                             f"table such as tuning(...).top(1); got units={units!r}, indices={indices!r}.")
+    (s, (index,)), = resolve(recording, units if indices is None else pairs)  # a unit table's model is checked
+    return s.name, int(index)
 
 
-def _plot(result: "ExamplesResult") -> "go.Figure":
-    import plotly.graph_objects as go
-
-    df = result.df
-    names = [f"{r}. {html.escape(t)}" for r, t in zip(df["rank"], df["text"])]
-    gap = result.meta["joiner"]
-    hover = [html.escape(f"{a}{gap}[{t}]{gap}{b}") for a, t, b in zip(df["left"], df["text"], df["right"])]
-    fig = go.Figure(go.Bar(x=df["activation"], y=names, orientation="h", hovertext=hover,
-                           hovertemplate="%{hovertext}<br>%{x:.4g}<extra></extra>"))
-    fig.update_yaxes(type="category", autorange="reversed")
-    unit = html.escape(f"{result.meta['site']}:{result.meta['unit']}")
-    return fig.update_layout(title=f"top {len(df)} examples of {unit}", xaxis_title="activation")
-
-
-@dataclass(repr=False, eq=False)
 class ExamplesResult(Result):
     """What :func:`top_examples` returns; ``.html()`` (and the notebook display) shows the contexts.
 
@@ -81,8 +72,12 @@ class ExamplesResult(Result):
 
     ``.meta``: ``site``, ``unit``, ``k``, ``context``, ``include_bos``, ``n_tokens`` (rows searched),
     ``joiner`` (what joins token texts: ``""`` for subword vocabularies, ``" "`` for word-level
-    ones), ``model``, ``stimuli``, ``complete``, ``recorded_seqs``, ``stimuli_seqs``.
+    ones), ``model``, ``fingerprint``, ``stimuli``, ``complete``, ``recorded_seqs``, ``stimuli_seqs``.
+
+    ``.plot()``: the examples' activations as bars, the contexts in the hover.
     """
+
+    kind = "top_examples"
 
     def html(self) -> str:
         """The examples as an HTML table, the max token highlighted; every text is escaped."""
@@ -100,6 +95,20 @@ class ExamplesResult(Result):
     def _repr_html_(self) -> str:
         return self.html()
 
+    def plot(self) -> "go.Figure":
+        """The activations as horizontal bars, best first; each example's context in its hover."""
+        import plotly.graph_objects as go
+
+        df = self.df
+        names = [f"{r}. {html.escape(t)}" for r, t in zip(df["rank"], df["text"])]
+        gap = self.meta["joiner"]
+        hover = [html.escape(f"{a}{gap}[{t}]{gap}{b}") for a, t, b in zip(df["left"], df["text"], df["right"])]
+        fig = go.Figure(go.Bar(x=df["activation"], y=names, orientation="h", hovertext=hover,
+                               hovertemplate="%{hovertext}<br>%{x:.4g}<extra></extra>"))
+        fig.update_yaxes(type="category", autorange="reversed")
+        unit = html.escape(f"{self.meta['site']}:{self.meta['unit']}")
+        return fig.update_layout(title=f"top {len(df)} examples of {unit}", xaxis_title="activation")
+
 
 def text_joiner(text: pd.Series) -> str:
     """How token texts join into running text: subword vocabularies carry their spaces
@@ -114,15 +123,16 @@ def context_around(text: np.ndarray, seq: np.ndarray, row: int, context: int, jo
     return joiner.join(text[lo:row]), joiner.join(text[row + 1: hi])
 
 
-def top_examples(recording: Recording, site: Any, unit: Any = None, k: int = 10, context: int = 8, *,
+@renamed(site="units", unit="indices")
+def top_examples(recording: Recording, units: UnitsLike, indices: Any = None, k: int = 10, context: int = 8, *,
                  include_bos: bool = False) -> ExamplesResult:
     """The ``k`` tokens where one unit responds most, in context.
 
     Args:
         recording: a :class:`~llmscope.Recording` (or a selection of one).
-        site: a recorded site (``"mlp.0"``) with ``unit`` its index; or one unit as a
-            ``(site, unit)`` pair or a one-row unit table (``tuning(...).top(1)``), ``unit`` omitted.
-        unit: the unit's index (``0..n_units-1``).
+        units: one unit: a recorded site (``"mlp.0"``) with ``indices`` its index; or a
+            ``(site, index)`` pair or a one-row unit table (``tuning(...).top(1)``), ``indices`` omitted.
+        indices: the unit's index (``0..n_units-1``) in the site named by ``units``.
         k: how many examples (fewer if the recording has fewer tokens).
         context: recorded tokens shown on each side, within the token's sequence (a selection
             shows only the rows it kept).
@@ -136,11 +146,18 @@ def top_examples(recording: Recording, site: Any, unit: Any = None, k: int = 10,
         AnalysisError: ``k < 1``, ``context < 0``, no rows to search, not a Recording.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import top_examples, tuning
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
+        >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+        ...                       dtype="float32", progress=False)
         >>> top_examples(rec, tuning(rec, "mlp.0", "pos_tag", progress=False).top(1), k=3).df["rank"].tolist()
         [1, 2, 3]
     """
     meta = check_recording(recording, "top_examples")
-    name, index = _one_unit(recording, site, unit)
+    name, index = _one_unit(recording, units, indices)
     k, context = count(k, "k"), count(context, "context", minimum=0)
     keep = rows(recording.tokens, include_bos)
     if not keep.any():
@@ -159,7 +176,7 @@ def top_examples(recording: Recording, site: Any, unit: Any = None, k: int = 10,
     df = pd.concat([df, t.iloc[best][labels].reset_index(drop=True)], axis=1)
     meta = dict(meta, site=name, unit=index, k=k, context=context, include_bos=include_bos,
                 n_tokens=int(keep.sum()), joiner=joiner)
-    return ExamplesResult(df, kind="top_examples", meta=meta, plotter=_plot)
+    return ExamplesResult(df, meta)
 
 
 __all__ = ["top_examples", "ExamplesResult"]

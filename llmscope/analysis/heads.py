@@ -18,36 +18,40 @@ current token, or at the token after such a copy (induction), and whether lesion
   the same on both; a head tuned to the target scores far above its control.
 * :func:`confirm_by_lesion` runs the model: it zero-lesions each given head and measures the
   change in loss on the rows of interest (``is_repeat`` by default), against the same lesion
-  of random other heads (a null distribution: percentile and p-value).
+  of random other heads (a null distribution: percentile and p-value). It is a configuration
+  of the engine's stacked lesion runner (:func:`llmscope.engine.lesions.run`).
 
 Example:
+    >>> import llmscope
+    >>> from llmscope import confirm_by_lesion, localize_heads
+    >>> model = llmscope.load("grammar-2l")
     >>> stim = llmscope.stimuli.grammar(model, n_docs=8, seed=0)
     >>> heads = localize_heads(model, stim, progress=False)
-    >>> heads.top("induction", 1).index.tolist()
+    >>> heads.top(1).index.tolist()
     [('attn.1', 0)]
-    >>> confirm_by_lesion(model, stim, heads.top("induction", 1), progress=False).df["percentile"].tolist()
+    >>> confirm_by_lesion(model, stim, heads.top(1), progress=False).df["percentile"].tolist()
     [100.0]
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 
-from llmscope.stimuli import trials
 from llmscope import checks, identity
 from llmscope.checks import count, draws, flag
-
+from llmscope.engine import lesions as engine
 from llmscope.errors import AnalysisError, SiteError
 from llmscope.result import Result
-from llmscope.sites import UnitsLike, site, unit_index
-from llmscope.stimuli.core import Stimuli
+from llmscope.sites import UnitsLike, resolve_units, site, unit_index, unit_labels
+from llmscope.stimuli import trials
+from llmscope.stimuli.core import Stimuli, as_stimuli
 from llmscope.tokens import check_tokens
-from llmscope.stimuli.core import as_stimuli
+from llmscope.vocabulary import renamed
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -122,48 +126,71 @@ class _Accumulator:
         return read
 
 
-class HeadScores(Result):
-    """What :func:`localize_heads` returns: a :class:`Result` with :meth:`top`."""
+def old_top(n: Any, by: Any, column: Callable[[str], str] = str) -> tuple[Any, Any]:
+    """``(n, by)`` of a call in the old order ``top(name, n)`` (kept one release, with a
+    FutureWarning): ``by`` is ``column(name)``."""
+    if not isinstance(n, str):
+        return n, by
+    name, n, by = n, (1 if by is None else by), column(n)
+    warnings.warn(f"top({name!r}, {n}) is now top({n}, by={by!r}); the old order will be removed in the next "
+                  "release.", FutureWarning, stacklevel=3)
+    return n, by
 
-    def top(self, score: str = "induction", n: int = 1) -> pd.DataFrame:
-        """The ``n`` heads with the highest ``score``: a unit table ready for ``lesion()``.
+
+class HeadScores(Result):
+    """What :func:`localize_heads` returns: one row per head (see :func:`localize_heads`)."""
+
+    kind: ClassVar[str] = "localize_heads"
+    rank_by: ClassVar[str | None] = "induction"
+
+    @renamed(score="by")
+    def top(self, n: int = 10, by: str | None = None, where: str | None = None,
+            ascending: bool = False) -> pd.DataFrame:
+        """The ``n`` heads with the highest score ``by`` (default ``"induction"``; any of
+        :data:`SCORES` or another column): a unit table ready for ``lesion()``. A score no head
+        has (no query of the stimuli had a target for it) is an AnalysisError.
 
         Example:
-            >>> localize_heads(model, stim, progress=False).top("previous_token", 1).index.tolist()
+            >>> import llmscope
+            >>> from llmscope import localize_heads
+            >>> from llmscope.stimuli import grammar
+            >>> model = llmscope.load("grammar-2l")
+            >>> stim = grammar(model, n_docs=4, seed=0)
+            >>> localize_heads(model, stim, progress=False).top(1, by="previous_token").index.tolist()
             [('attn.0', 2)]
         """
-        if not isinstance(score, str) or score not in SCORES:
-            raise AnalysisError.Unknown(f"unknown head score {score!r}; choose one of {list(SCORES)}.")
-        n = count(n, "n")
-        if self.df[score].isna().all():
+        n, by = old_top(n, by)
+        score = by or self.rank_by
+        if score in self.df.columns and self.df[score].isna().all():
             raise AnalysisError(f"no head has a {score} score: no query of these stimuli has a target "
                                 f"for it (induction and duplicate scores need repeated tokens).")
-        return self.df.nlargest(n, score)
+        return super().top(n, by, where, ascending)
 
+    @renamed(score="by")
+    def plot(self, by: str | None = None) -> "go.Figure":
+        """A layers x heads heatmap per score (or of the one score ``by``), the control in the hover."""
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
 
-def _plot_scores(result: Result, score: str | None = None) -> "go.Figure":
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    if score is not None and score not in SCORES:
-        raise AnalysisError.Unknown(f"unknown head score {score!r}; choose one of {list(SCORES)} or None (all).")
-    names = list(SCORES) if score is None else [score]
-    df = result.df
-    layers = [f"attn.{L}" for L in sorted(df["layer"].unique())]
-    heads = [str(h) for h in sorted(df["head"].unique())]
-    fig = make_subplots(rows=1, cols=len(names), subplot_titles=[s.replace("_", " ") for s in names],
-                        horizontal_spacing=0.08)
-    for i, name in enumerate(names, start=1):
-        grid = df.pivot(index="layer", columns="head", values=name)
-        ctrl = df.pivot(index="layer", columns="head", values=f"{name}_control")
-        fig.add_trace(go.Heatmap(
-            z=grid.to_numpy(), x=heads, y=layers, customdata=ctrl.to_numpy(), zmin=0, zmax=1,
-            colorscale="Viridis", showscale=i == len(names), colorbar=dict(title="attention"),
-            hovertemplate=f"%{{y}}:%{{x}}<br>{name} %{{z:.3f}}<br>control %{{customdata:.3f}}<extra></extra>",
-        ), row=1, col=i)
-        fig.update_xaxes(type="category", title_text="head", row=1, col=i)
-        fig.update_yaxes(type="category", row=1, col=i, title_text="site" if i == 1 else None)
-    return fig.update_layout(title=f"head scores on {result.meta['stimuli']}")
+        if by is not None and by not in SCORES:
+            raise AnalysisError.Unknown(f"unknown head score {by!r}; choose one of {list(SCORES)} or None (all).")
+        names = list(SCORES) if by is None else [by]
+        df = self.df
+        layers = [f"attn.{L}" for L in sorted(df["layer"].unique())]
+        heads = [str(h) for h in sorted(df["head"].unique())]
+        fig = make_subplots(rows=1, cols=len(names), subplot_titles=[s.replace("_", " ") for s in names],
+                            horizontal_spacing=0.08)
+        for i, name in enumerate(names, start=1):
+            grid = df.pivot(index="layer", columns="head", values=name)
+            ctrl = df.pivot(index="layer", columns="head", values=f"{name}_control")
+            fig.add_trace(go.Heatmap(
+                z=grid.to_numpy(), x=heads, y=layers, customdata=ctrl.to_numpy(), zmin=0, zmax=1,
+                colorscale="Viridis", showscale=i == len(names), colorbar=dict(title="attention"),
+                hovertemplate=f"%{{y}}:%{{x}}<br>{name} %{{z:.3f}}<br>control %{{customdata:.3f}}<extra></extra>",
+            ), row=1, col=i)
+            fig.update_xaxes(type="category", title_text="head", row=1, col=i)
+            fig.update_yaxes(type="category", row=1, col=i, title_text="site" if i == 1 else None)
+        return fig.update_layout(title=f"head scores on {self.meta['stimuli']}")
 
 
 def localize_heads(model: "TransformerBridge", stimuli: Stimuli, *, batch_size: int = 8,
@@ -183,10 +210,13 @@ def localize_heads(model: "TransformerBridge", stimuli: Stimuli, *, batch_size: 
         ``duplicate_token``, ``induction``: the score and ``<score>_control`` (the mean
         attention on as many other causal keys of the same queries). All are fractions of
         attention in 0..1. ``meta``: ``model``, ``stimuli``, ``include_bos``, ``n_queries``
-        (queries scored, per score). ``.top(score, n)`` gives the best heads as a unit table;
-        ``.plot(score=None)`` draws a layers x heads heatmap per score.
+        (queries scored, per score). ``.top(n, by=score)`` gives the best heads as a unit table;
+        ``.plot(by=None)`` draws a layers x heads heatmap per score.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import localize_heads
+        >>> model = llmscope.load("grammar-2l")
         >>> heads = localize_heads(model, llmscope.stimuli.grammar(model, n_docs=8), progress=False)
         >>> heads.df.nlargest(1, "previous_token")[["layer", "head"]].values.tolist()
         [[0, 2]]
@@ -222,15 +252,15 @@ def localize_heads(model: "TransformerBridge", stimuli: Stimuli, *, batch_size: 
         columns[f"{name}_control"] = acc.control[name].numpy().ravel() / n
     index = pd.MultiIndex.from_arrays([[f"attn.{L}" for L in layer], head], names=["site", "unit"])
     meta = dict(model=str(cfg.model_name), fingerprint=identity.fingerprint(model).to_dict(), stimuli=stimuli.name, include_bos=include_bos, n_queries=n_queries)
-    return HeadScores(pd.DataFrame(columns, index=index), kind="heads", meta=meta, plotter=_plot_scores)
+    return HeadScores(pd.DataFrame(columns, index=index), meta)
 
 
 # ---------------------------------------------------------------- confirmation by lesion
 
 
-def _head_index(model: "TransformerBridge", heads: UnitsLike) -> pd.MultiIndex:
-    """``heads`` as a ``(site, unit)`` index of attention heads, or a SiteError."""
-    index = unit_index(model, heads)
+def _head_index(model: "TransformerBridge", units: UnitsLike) -> pd.MultiIndex:
+    """``units`` as a ``(site, unit)`` index of attention heads, or a SiteError."""
+    index = unit_index(model, units)
     bad = sorted({s for s in index.get_level_values(0) if site(model, s).kind != "attn"})
     if bad:
         raise SiteError(f"confirm_by_lesion lesions attention heads; {bad} are not attention sites "
@@ -239,125 +269,127 @@ def _head_index(model: "TransformerBridge", heads: UnitsLike) -> pd.MultiIndex:
 
 
 def _rows_of_interest(stimuli: Stimuli, where: str | None) -> np.ndarray:
-    keep = trials.rows(stimuli.tokens)
-    if where is None:
-        return keep
-    col = trials.column(stimuli.tokens, where, "where column")
-    if not (pd.api.types.is_bool_dtype(col) or col.dropna().isin([True, False]).all()):
-        raise AnalysisError.Type(f"where={where!r} must name a boolean column (such as 'is_repeat'); "
-                            f"it holds {col.dtype} values such as {col.dropna().unique()[:3].tolist()}.")
-    keep &= col.astype("boolean").fillna(False).to_numpy(dtype=bool)
+    """The rows measured: trial rows (BOS out) where ``where`` is true, except each sequence's
+    first token (nothing predicts it)."""
+    keep = trials.rows(stimuli.tokens) & (stimuli.tokens["pos"].to_numpy() > 0)
+    if where is not None:
+        col = trials.column(stimuli.tokens, where, "where column")
+        if not (pd.api.types.is_bool_dtype(col) or col.dropna().isin([True, False]).all()):
+            raise AnalysisError.Type(f"where={where!r} must name a boolean column (such as 'is_repeat'); "
+                                     f"it holds {col.dtype} values such as {col.dropna().unique()[:3].tolist()}.")
+        keep &= col.astype("boolean").fillna(False).to_numpy(dtype=bool)
     if not keep.any():
-        raise AnalysisError(f"no trial row has {where}=True (BOS rows left out); nothing to measure.")
+        raise AnalysisError(f"no trial row has {where}=True (BOS rows and first tokens left out); nothing to measure.")
     return keep
 
 
-def _metric_mean(model: "TransformerBridge", stimuli: Stimuli, metric: str, keep: np.ndarray,
-                 batch_size: int) -> float:
-    from llmscope.behaviour import token_loss
+class LesionConfirmation(Result):
+    """What :func:`confirm_by_lesion` returns: one row per tested head, most harmful first.
 
-    values = token_loss(model, stimuli, batch_size=batch_size)[metric].astype(float).to_numpy()[keep]
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        raise AnalysisError(f"no row of interest has a {metric} (the first token of a sequence has none).")
-    return float(values.mean())
+    ``.df``, indexed by ``(site, unit)``: ``layer``, ``head``, ``delta_<metric>`` (lesioned -
+    intact), ``harm`` (the delta signed so that harm is positive: a rise in loss, a fall in
+    ``correct``), ``harm_control`` (the random heads' mean harm), ``harm_control_p95`` (their
+    95th percentile), ``percentile`` (of the head's harm among the random heads', ties half) and
+    ``p`` (``(1 + #random heads at least as harmful) / (1 + n_controls)``).
+
+    ``.data``: per random head (``control``), ``delta`` and ``harm``, labelled by ``unit``
+    (``"attn.L:h"``). ``.meta``: ``model``, ``stimuli``, ``metric``, ``where``, ``baseline``
+    (intact mean), ``n_rows``, ``n_controls`` (random heads lesioned), ``seed``.
+    """
+
+    kind: ClassVar[str] = "confirm_by_lesion"
+    rank_by: ClassVar[str | None] = "harm"
+
+    def plot(self) -> "go.Figure":
+        """The tested heads' deltas beside the random heads'."""
+        import plotly.graph_objects as go
+
+        df, meta, null = self.df, self.meta, self.data
+        col = f"delta_{meta['metric']}"
+        labels = [f"{s}:{u}" for s, u in df.index]
+        fig = go.Figure([
+            go.Bar(x=labels, y=df[col], name="tested heads", customdata=df[["percentile", "p"]].to_numpy(),
+                   hovertemplate="%{x}<br>Δ %{y:.4g}<br>percentile %{customdata[0]:.0f}, p %{customdata[1]:.3g}"
+                                 "<extra></extra>"),
+            go.Box(x=["random heads"] * null.sizes["control"], y=null["delta"].values, name="random heads",
+                   boxpoints="all", text=null["unit"].values, hovertemplate="%{text}<br>Δ %{y:.4g}<extra></extra>"),
+        ])
+        p95 = METRICS[meta["metric"]] * float(df["harm_control_p95"].iloc[0])
+        fig.add_hline(y=p95, line_dash="dash", line_color="grey", annotation_text="95th percentile of random heads")
+        fig.update_xaxes(type="category", categoryorder="array", categoryarray=[*labels, "random heads"])
+        where = meta["where"] or "all rows"
+        return fig.update_layout(title=f"zero lesion: change in {meta['metric']} on {where}", showlegend=False,
+                                 xaxis_title="head", yaxis_title=f"Δ {meta['metric']}")
 
 
-def _plot_lesions(result: Result) -> "go.Figure":
-    import plotly.graph_objects as go
-
-    df, meta = result.df, result.meta
-    col = f"delta_{meta['metric']}"
-    labels = [f"{s}:{u}" for s, u in df.index]
-    fig = go.Figure([
-        go.Bar(x=labels, y=df[col], name="tested heads", customdata=df[["percentile", "p"]].to_numpy(),
-               hovertemplate="%{x}<br>Δ %{y:.4g}<br>percentile %{customdata[0]:.0f}, p %{customdata[1]:.3g}"
-                             "<extra></extra>"),
-        go.Box(x=["random heads"] * len(meta["null_deltas"]), y=meta["null_deltas"], name="random heads",
-               boxpoints="all", text=meta["null_heads"], hovertemplate="%{text}<br>Δ %{y:.4g}<extra></extra>"),
-    ])
-    fig.add_hline(y=float(df["null_p95"].iloc[0]), line_dash="dash", line_color="grey",
-                  annotation_text="95th percentile of random heads")
-    fig.update_xaxes(type="category", categoryorder="array", categoryarray=[*labels, "random heads"])
-    where = meta["where"] or "all rows"
-    return fig.update_layout(title=f"zero lesion: change in {meta['metric']} on {where}", showlegend=False,
-                             xaxis_title="head", yaxis_title=f"Δ {meta['metric']}")
-
-
-def confirm_by_lesion(model: "TransformerBridge", stimuli: Stimuli, heads: UnitsLike, *,
-                      metric: str = "loss", where: str | None = "is_repeat", n_random: int = 20,
-                      seed: int = 0, batch_size: int = 8, progress: bool = True) -> Result:
+@renamed(heads="units", n_random="n_controls")
+def confirm_by_lesion(model: "TransformerBridge", stimuli: Stimuli, units: UnitsLike, *,
+                      metric: str = "loss", where: str | None = "is_repeat", n_controls: int = 20,
+                      seed: int = 0, pass_tokens: int | None = None, progress: bool = True) -> LesionConfirmation:
     """Lesion each head and compare the harm with lesions of random heads (runs the model).
 
-    For every head of ``heads`` (a unit table such as ``localize_heads(...).top("induction", 3)``,
-    or ``(site, head)`` pairs), the head is zero-lesioned (``lesion`` + ``intervene``) and the
-    stimuli run again; ``delta`` is the change in the mean ``metric`` of
-    :func:`llmscope.behaviour.token_loss` over the rows where ``where`` is true (``"loss"``:
-    the loss of predicting those tokens, so ``is_repeat`` gives the loss on repeated tokens;
-    ``where=None`` takes every row). The control lesions, one at a time, ``n_random`` distinct
+    For every head of ``units`` (a unit table such as ``localize_heads(...).top(3)``, or
+    ``(site, head)`` pairs), the head is zero-lesioned and ``delta`` is the change in the mean
+    ``metric`` over the rows where ``where`` is true (``"loss"``: the loss of predicting those
+    tokens, as :func:`llmscope.behaviour.token_loss` gives it, so ``is_repeat`` gives the loss on
+    repeated tokens; ``"correct"``: the share of them that are the model's top guess;
+    ``where=None`` takes every row). The control lesions, one at a time, ``n_controls`` distinct
     heads drawn at random (seeded) from the heads not tested (all of them when fewer remain):
     their deltas are the null distribution. Harm is a rise in loss or a fall in ``correct``.
+    The lesions run stacked on the engine (:func:`llmscope.engine.lesions.run`; ``pass_tokens``
+    per forward pass).
 
     Returns:
-        Result whose ``df`` is indexed by ``(site, unit)``, one row per tested head, most
-        harmful first, with columns ``layer``, ``head``, ``delta_<metric>`` (lesioned - intact),
-        ``null_mean`` (mean delta of the random heads), ``null_p95`` (their 95th percentile of
-        harm, as a delta), ``percentile`` (of the head's harm among the random heads', ties
-        half) and ``p`` (``(1 + #random heads at least as harmful) / (1 + n_null)``).
-        ``meta``: ``model``, ``stimuli``, ``metric``, ``where``, ``baseline`` (intact mean),
-        ``n_rows``, ``n_null``, ``null_heads`` (``"attn.L:h"`` labels), ``null_deltas``, ``seed``.
-        ``.plot()`` draws the tested heads' deltas beside the random heads'.
+        :class:`LesionConfirmation` (its docstring lists the columns).
 
     Example:
-        >>> r = confirm_by_lesion(model, stim, [("attn.1", 0)], n_random=7, progress=False)
+        >>> import llmscope
+        >>> from llmscope import confirm_by_lesion
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
+        >>> r = confirm_by_lesion(model, stim, [("attn.1", 0)], n_controls=7, progress=False)
         >>> r.df["p"].tolist()
         [0.125]
     """
+    import xarray as xr
     from scipy import stats
-    from llmscope.progress import progress_bar
-
-    from llmscope.interventions import intervene, lesion
 
     stimuli = as_stimuli(model, stimuli)
     if not isinstance(metric, str) or metric not in METRICS:
         raise AnalysisError.Unknown(f"unknown metric {metric!r}; choose one of {list(METRICS)}.")
-    n_random, seed = draws(n_random, "n_random", "pass"), checks.seed(seed)
-    batch_size = count(batch_size, "batch_size")
+    n_controls, seed = draws(n_controls, "n_controls", "pass"), checks.seed(seed)
     progress = flag(progress, "progress")
     keep = _rows_of_interest(stimuli, where)
-    tested = _head_index(model, heads)
+    tested = _head_index(model, units)
     every = pd.MultiIndex.from_product([[f"attn.{L}" for L in range(model.cfg.n_layers)],
                                         range(model.cfg.n_heads)], names=["site", "unit"])
     pool = every.difference(tested, sort=False)
     if len(pool) == 0:
         raise AnalysisError.Range(f"all {len(every)} heads are tested, so no head is left for the random-head "
-                            "control; test fewer heads.")
+                                  "control; test fewer heads.")
     rng = np.random.default_rng(seed)
-    null = pool[np.sort(rng.choice(len(pool), size=min(n_random, len(pool)), replace=False))]
+    null = pool[np.sort(rng.choice(len(pool), size=min(n_controls, len(pool)), replace=False))]
+    bat = engine.Battery([engine.Behaviour(metric, stimuli, metric, keep)])
+    heads = [resolve_units(model, (s, [h])) for s, h in [*tested, *null]]
+    sums = engine.run(model, bat, heads, pass_tokens=pass_tokens, progress=progress, desc="lesion heads")
+    values = sums.values()[metric].to_numpy()
+    deltas = values[1:] - values[0]
     sign = METRICS[metric]
-    with progress_bar(total=1 + len(tested) + len(null), desc="lesion heads", show=progress, leave=False) as bar:
-        baseline = _metric_mean(model, stimuli, metric, keep, batch_size)
-        bar.update()
-        deltas = {}
-        for unit in [*tested, *null]:
-            with intervene(model, lesion(unit[0], [unit[1]])):
-                deltas[unit] = _metric_mean(model, stimuli, metric, keep, batch_size) - baseline
-            bar.update()
-    null_delta = np.array([deltas[u] for u in null])
-    null_harm = sign * null_delta
-    rows = []
-    for s, h in tested:
-        harm = sign * deltas[(s, h)]
-        rows.append({"layer": site(model, s).layer, "head": h, f"delta_{metric}": deltas[(s, h)],
-                     "null_mean": float(null_delta.mean()), "null_p95": sign * float(np.percentile(null_harm, 95)),
-                     "percentile": float(stats.percentileofscore(null_harm, harm, kind="mean")),
-                     "p": (1 + int((null_harm >= harm).sum())) / (1 + len(null))})
-    df = pd.DataFrame(rows, index=tested)
-    df = df.iloc[np.argsort(-sign * df[f"delta_{metric}"].to_numpy(), kind="stable")]
-    meta = dict(model=str(model.cfg.model_name), fingerprint=identity.fingerprint(model).to_dict(), stimuli=stimuli.name, metric=metric, where=where,
-                baseline=baseline, n_rows=int(keep.sum()), n_null=len(null),
-                null_heads=[f"{s}:{h}" for s, h in null], null_deltas=null_delta.tolist(), seed=seed)
-    return Result(df, kind="head lesions", meta=meta, plotter=_plot_lesions)
+    harm, null_harm = sign * deltas[:len(tested)], sign * deltas[len(tested):]
+    df = pd.DataFrame({"layer": [site(model, s).layer for s, _ in tested], "head": tested.get_level_values(1),
+                       f"delta_{metric}": deltas[:len(tested)], "harm": harm,
+                       "harm_control": float(null_harm.mean()),
+                       "harm_control_p95": float(np.percentile(null_harm, 95)),
+                       "percentile": [float(stats.percentileofscore(null_harm, h, kind="mean")) for h in harm],
+                       "p": [(1 + int((null_harm >= h).sum())) / (1 + len(null)) for h in harm]}, index=tested)
+    df = df.iloc[np.argsort(-harm, kind="stable")]
+    data = xr.Dataset({"delta": ("control", deltas[len(tested):]), "harm": ("control", null_harm)},
+                      coords={"control": np.arange(len(null)), "unit": ("control", unit_labels(null))})
+    meta = dict(model=str(model.cfg.model_name), fingerprint=identity.fingerprint(model).to_dict(),
+                stimuli=stimuli.name, metric=metric, where=where, baseline=float(values[0]), n_rows=int(keep.sum()),
+                n_controls=len(null), seed=seed)
+    return LesionConfirmation(df, meta, data)
 
 
-__all__ = ["localize_heads", "confirm_by_lesion", "HeadScores", "SCORES", "METRICS"]
+__all__ = ["localize_heads", "confirm_by_lesion", "HeadScores", "LesionConfirmation", "SCORES", "METRICS"]

@@ -47,23 +47,35 @@ separated passes per layer (Captum packs the steps into passes of ``PASS_TOKENS`
 shorter than a plain one: a pass for ``mlp.L`` starts at block L from the clean run's residual
 entering it (the blocks below are the clean run's), and its gradient stops there. Every pass stops
 at ``ln_final`` and unembeds only the samples' rows (SmolLM2's unembedding is about a quarter
-of its forward pass, and padding and BOS rows are no samples). Both short cuts are checked once
-per model against a plain pass on the probe and left out where they differ; the scores are the
-same either way. How many steps make the scores add up depends on the layer: on the organism and
+of its forward pass, and padding and BOS rows are no samples). Both short cuts are routes of
+the engine (:mod:`llmscope.engine.routes`), checked once per model against a plain pass and left
+out where they differ; the scores are the same either way. How many steps make the scores add up depends on the layer: on the organism and
 on SmolLM2 the first layer's path is far from linear (64 steps for 3% on the organism; 32 leave
 23% on SmolLM2), later ones add up within 0.1% at 8 steps. ``meta["completeness_error"]``
 measures it on every run.
 
+**The table.** ``.df`` has one row per scored neuron: the class it is most specific to
+(``preferred``), how specific (``specificity``: the share of that class's samples that keep it,
+less the share of the other classes'), and which classes it is a key neuron of (``key_for``);
+``.data`` holds every neuron's counts and ranks in every class. ``top(10)`` gives the ten most
+class-specific neurons; :meth:`KeyNeurons.units` the paper's key neurons of one class.
+
 **Control.** The same counts with the labels permuted across samples (one seeded permutation;
-class sizes kept): ``specificity_shuffled`` sits beside ``specificity`` in ``.df``, and
-``units(..., shuffled=True)`` gives the shuffled-label key neurons.
+class sizes kept): ``specificity_control`` sits beside ``specificity`` in ``.df`` (the same
+statistic, the neuron's most specific class, under permuted labels), and
+``units(..., control=True)`` gives the key neurons under permuted labels.
 
 Example:
+    >>> import llmscope
+    >>> from llmscope.stimuli import grammar
+    >>> model = llmscope.load("grammar-2l")
+    >>> stim = grammar(model, n_docs=4, seed=0)
     >>> from llmscope.analysis.key_neurons import key_neurons
     >>> res = key_neurons(model, stim, method="grad_x_act", k=5, progress=False)
     >>> res.units("NOUN", site="mlp.1").columns[:3].tolist()
     ['class', 'rank', 'count']
-    >>> bool(res.df["specificity"].mean() > 2 * res.df["specificity_shuffled"].mean())
+    >>> key = res.df[res.df["key_for"] != ""]
+    >>> bool(key["specificity"].mean() > 2 * key["specificity_control"].mean())
     True
 """
 
@@ -72,9 +84,8 @@ from __future__ import annotations
 import math
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -86,12 +97,14 @@ from llmscope.stimuli import trials
 from llmscope.checks import count, flag, fraction
 from llmscope.behaviour import cross_entropy, next_token_loss
 from llmscope.errors import AnalysisError, SiteError
+from llmscope.engine import routes
+from llmscope.engine.cache import memo
+from llmscope.engine.passes import run_from
 from llmscope.progress import progress_bar
-from llmscope.passes import layer_list, readout, run_from
 from llmscope.result import Result
-from llmscope.sites import Site, sites as resolve_sites
-from llmscope.stimuli.core import Stimuli
-from llmscope.stimuli.core import as_stimuli
+from llmscope.sites import Site, UnitsLike, resolve_units, unit_labels
+from llmscope.stimuli.core import Stimuli, as_stimuli
+from llmscope.vocabulary import renamed
 
 Block = tuple[int, np.ndarray, torch.Tensor, "torch.Tensor | None"]  # site index, sample rows, scores, change
 
@@ -112,18 +125,13 @@ MAX_CLASSES = 256  # count tables are [classes, d_mlp] per site
 # ---------------------------------------------------------------- position separation
 
 
-def _memo(model: "TransformerBridge") -> dict[str, Any]:
-    """What the scoring learns about a model once (hook names, the probe's verdicts), kept on it."""
-    return model.__dict__.setdefault("_llmscope_separation", {})
-
-
 def _attn_hooks(model: "TransformerBridge", layer: int) -> dict[str, str]:
     """The hooks of one attention layer that separation reads and writes. Keys and queries are
     taken where they enter the score product (after RoPE when the model has it)."""
-    memo = _memo(model)
-    if "hook_names" not in memo:  # the bridge rebuilds hook_dict on every read (~1 ms on SmolLM2, 60 reads a pass)
-        memo["hook_names"] = frozenset(model.hook_dict)
-    known = memo["hook_names"]
+    kept = memo(model, "separation")
+    if "hook_names" not in kept:  # the bridge rebuilds hook_dict on every read (~1 ms on SmolLM2, 60 reads a pass)
+        kept["hook_names"] = frozenset(model.hook_dict)
+    known = kept["hook_names"]
 
     def pick(*names: str) -> str:
         return next(f"blocks.{layer}.attn.{n}" for n in names if f"blocks.{layer}.attn.{n}" in known)
@@ -189,24 +197,20 @@ def clean_names(model: "TransformerBridge", layers: Sequence[int]) -> list[str]:
     return [h for layer in layers for key, h in _attn_hooks(model, layer).items() if key in ("k", "v")]
 
 
-def _probe(model: "TransformerBridge") -> torch.Tensor:
-    gen = torch.Generator().manual_seed(0)
-    return torch.randint(0, model.cfg.d_vocab, (1, PROBE_LEN), generator=gen)
-
-
 def check_separation(model: "TransformerBridge") -> dict[int, float]:
     """Each attention layer's score scale, after checking on a short probe that a
     position-separated pass equals one-position-at-a-time runs, in log-probabilities and in
-    gradients (cached on the model). An AnalysisError names the error on a model where it fails.
+    gradients (kept in the per-model cache, :func:`llmscope.engine.cache.memo`). An AnalysisError
+    names the error on a model where it fails.
 
     The probe halves ``mlp.0`` at every position in one separated pass, and at one position per
     sequence in ``PROBE_LEN`` plain passes; every later attention layer runs separated.
     """
-    memo = _memo(model)
-    if "scales" in memo:
-        return memo["scales"]
+    kept = memo(model, "separation")
+    if "scales" in kept:
+        return kept["scales"]
     n = model.cfg.n_layers
-    ids, hook = _probe(model), "blocks.0.mlp.hook_post"
+    ids, hook = routes.probe(model, PROBE_LEN), "blocks.0.mlp.hook_post"
     attn = {layer: _attn_hooks(model, layer) for layer in range(n)}
     wanted = {hook, *[h for names in attn.values() for h in (names["q"], names["k"], names["scores"])],
               *clean_names(model, range(n))}
@@ -237,7 +241,7 @@ def check_separation(model: "TransformerBridge") -> dict[int, float]:
             f"position-separated attribution does not reproduce one-position runs on {model.cfg.model_name!r} "
             f"(relative errors {errors}; allowed {PROBE_TOL}): its attention differs from q.k scores, a softmax "
             "and a pattern-weighted sum of values at the hooks. Use method='activation' on this model.")
-    memo["scales"] = scales
+    kept["scales"] = scales
     return scales
 
 
@@ -275,52 +279,17 @@ def _entry(layer: int) -> str:
     return f"blocks.{layer}.hook_resid_pre"
 
 
-def _same(out: torch.Tensor, logits: torch.Tensor) -> bool:
-    """Whether a shortened pass gives a plain pass's logits (up to float32 rounding)."""
-    return torch.allclose(out, logits, rtol=1e-4, atol=1e-4)
-
-
-def _rows_readout(model: "TransformerBridge") -> Callable | None:
-    """The readout (residual entering ``ln_final`` -> logits) with which passes stop at
-    ``ln_final`` and unembed only the rows scored, where it gives the probe's logits (checked once
-    per model); else None (passes give all logits)."""
-    memo = _memo(model)
-    if "readout" not in memo:
-        ids, read = _probe(model), readout(model)
-        with torch.no_grad():
-            same = read is not None and _same(read(run_from(model, ids, 0, [], True)), model(ids, return_type="logits"))
-        memo["readout"] = read if same else None
-    return memo["readout"]
-
-
-def _start(model: "TransformerBridge", layer: int) -> int:
-    """The block where IG's passes for a site of block ``layer`` start: that block, if a pass
-    resumed there from the residual entering it gives the probe's logits (checked once per block
-    and model; the blocks below it are not run at all), else 0 (from the tokens)."""
-    memo = _memo(model).setdefault("resumes", {})
-    if layer and layer not in memo:
-        ids = _probe(model)
-        with torch.no_grad():
-            logits, cache = model.run_with_cache(ids, names_filter=_entry(layer))
-            try:
-                memo[layer] = layer_list(model) is not None and _same(
-                    run_from(model, cache[_entry(layer)], layer, [], False), logits)
-            except (NotImplementedError, ValueError, KeyError):  # start_at_layer or the hook is not there
-                memo[layer] = False
-    return layer if layer and memo[layer] else 0
-
-
 def _run_pass(model: "TransformerBridge", x: torch.Tensor, start: int, hooks: list) -> torch.Tensor:
     """One pass with ``hooks``, from the tokens ``x`` (``start`` 0) or the residual ``x`` entering
     block ``start``: the residual entering ``ln_final`` where the model reads out rows, else logits."""
-    return run_from(model, x, start, hooks, _rows_readout(model) is not None)
+    return run_from(model, x, start, hooks, routes.readout(model) is not None)
 
 
 def _logp_at(model: "TransformerBridge", out: torch.Tensor, ids: torch.Tensor, seq: torch.Tensor,
              pos: torch.Tensor) -> torch.Tensor:
     """``[n_rows]``: the log-probability of the actual token ``ids[seq, pos + 1]`` as predicted at
     ``(seq, pos)``, from a pass's output (:func:`_run_pass`)."""
-    rows, read = out[seq, pos], _rows_readout(model)
+    rows, read = out[seq, pos], routes.readout(model)
     return -cross_entropy(rows if read is None else read(rows), ids[seq, pos + 1])
 
 
@@ -418,7 +387,7 @@ def _integrated(model: "TransformerBridge", ids: torch.Tensor, rows: np.ndarray,
 
     n_layers = model.cfg.n_layers
     low = min(s.layer for s in targets)
-    start = {s.hook: _start(model, s.layer) for s in targets}
+    start = {s.hook: s.layer if routes.resumes(model, s.layer) else 0 for s in targets}  # checked once per model
     cache, out = _clean(model, ids, {s.hook for s in targets} | set(clean_names(model, range(low + 1, n_layers)))
                         | {_entry(layer) for layer in start.values() if layer})
     actual = _logp_at(model, out, ids, *where)
@@ -455,9 +424,9 @@ def _integrated(model: "TransformerBridge", ids: torch.Tensor, rows: np.ndarray,
 # ---------------------------------------------------------------- arguments
 
 
-def _check(model: "TransformerBridge", stimuli: Stimuli, method: str, sites: Any, steps: int, batch_size: int,
-           include_bos: bool, progress: bool) -> list[Site]:
-    """The MLP sites to score, after checking every argument shared by both entry points."""
+def _check(model: "TransformerBridge", stimuli: Stimuli, method: str, units: UnitsLike, steps: int,
+           batch_size: int, include_bos: bool, progress: bool) -> list[Site]:
+    """The MLP sites to score (whole), after checking every argument shared by both entry points."""
     if method not in METHODS:
         raise AnalysisError.Unknown(f"unknown method {method!r}; choose one of {list(METHODS)}.")
     count(steps, "steps")
@@ -465,12 +434,16 @@ def _check(model: "TransformerBridge", stimuli: Stimuli, method: str, sites: Any
     flag(include_bos, "include_bos")
     flag(progress, "progress")
     stimuli = as_stimuli(model, stimuli)
-    targets = resolve_sites(model, [f"mlp.{i}" for i in range(model.cfg.n_layers)] if sites is None else sites)
-    bad = [s.name for s in targets if s.kind != "mlp"]
+    resolved = resolve_units(model, [f"mlp.{i}" for i in range(model.cfg.n_layers)] if units is None else units)
+    bad = [s.name for s, _ in resolved if s.kind != "mlp"]
     if bad:
         raise SiteError(f"key neurons are MLP neurons: {bad} {'is not an' if len(bad) == 1 else 'are not'} MLP site; "
                         f"choose among mlp.0..mlp.{model.cfg.n_layers - 1} (or None for all).")
-    return targets
+    part = [s.name for s, idx in resolved if len(idx) < s.n_units]
+    if part:
+        raise SiteError(f"key neurons rank every neuron of a layer (top_frac of each), so they take whole MLP sites; "
+                        f"{part} {'is' if len(part) == 1 else 'are'} given in part: pass the site names.")
+    return [s for s, _ in resolved]
 
 
 def _run(model: "TransformerBridge", stimuli: Stimuli, samples: pd.DataFrame, targets: list[Site], method: str,
@@ -512,9 +485,14 @@ def _meta(model: "TransformerBridge", stimuli: Stimuli, targets: list[Site], met
 # ---------------------------------------------------------------- per-sample attributions
 
 
-@dataclass
+def _unit_coords(index: pd.MultiIndex) -> dict[str, Any]:
+    """The coordinates of a ``unit`` dimension: labels ``"mlp.0:12"``, with ``site`` and ``index``."""
+    return {"unit": unit_labels(index), "site": ("unit", index.get_level_values(0).to_numpy()),
+            "index": ("unit", index.get_level_values(1).to_numpy())}
+
+
 class Attributions(Result):
-    """What :func:`attributions` returns: one row of ``.df`` per sample and its neurons' scores.
+    """What :func:`attributions` returns: one row of ``.df`` per sample, its neurons' scores on ``.data``.
 
     ``.df``: the predicted token's trial row (``seq``, ``pos`` = t, ``token``, ``text``, labels),
     plus ``context_pos`` (t - 1, where the neurons sit), ``context_text``, ``total`` (the scores
@@ -522,8 +500,7 @@ class Attributions(Result):
     the same with the site zeroed at ``context_pos`` (the rest of the model re-run), which
     ``total`` equals by completeness, up to the integration error (NaN for other methods).
 
-    Attributes:
-        values: ``[n_samples, d_mlp]`` float32, row for row with ``.df``.
+    ``.data``: ``score``, ``[sample, unit]`` float32, row for row with ``.df``.
 
     ``.meta``: ``model``, ``stimuli``, ``method``, ``sites`` (one), ``steps``, ``ig``, ``target``,
     ``include_bos``, ``n_samples``, ``n_seqs``, ``completeness_error`` (IG:
@@ -531,7 +508,18 @@ class Attributions(Result):
     ``completeness_by_site`` (the same, per site: ``{}`` for other methods).
     """
 
-    values: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    kind: ClassVar[str] = "attributions"
+
+    def plot(self, n: int = 40) -> "go.Figure":
+        """The ``n`` neurons with the largest mean score over the samples, as bars."""
+        import plotly.graph_objects as go
+
+        mean = self.data["score"].mean("sample").to_series().sort_values(ascending=False).head(count(n, "n"))
+        fig = go.Figure(go.Bar(x=mean.index.tolist(), y=mean.tolist(),
+                               hovertemplate="%{x}<br>mean score %{y:.4g}<extra></extra>"))
+        fig.update_xaxes(type="category", title_text="neuron")
+        return fig.update_layout(title=f"{self.meta['method']} attribution to log p(actual next token), mean over "
+                                       f"{self.meta['n_samples']} samples", yaxis_title="mean score")
 
 
 def attributions(model: "TransformerBridge", stimuli: Stimuli, site: str = "mlp.0", method: str = "ig", *,
@@ -540,11 +528,17 @@ def attributions(model: "TransformerBridge", stimuli: Stimuli, site: str = "mlp.
     """Each sample's scores of one MLP site's neurons (runs the model; see the module docstring).
 
     Example:
+        >>> import llmscope
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
         >>> from llmscope.analysis.key_neurons import attributions
         >>> a = attributions(model, stim, "mlp.1", "grad_x_act", progress=False)
-        >>> a.values.shape == (len(a.df), 512)
+        >>> a.data["score"].shape == (len(a.df), 512)
         True
     """
+    import xarray as xr
+
     targets = _check(model, stimuli, method, [site], steps, batch_size, include_bos, progress)
     samples = _samples(stimuli, None, "next", include_bos)
     values = np.zeros((len(samples), targets[0].n_units), np.float32)
@@ -559,8 +553,11 @@ def attributions(model: "TransformerBridge", stimuli: Stimuli, site: str = "mlp.
     errors = _run(model, stimuli, samples, targets, method, steps, batch_size, progress, each)
     samples["total"] = values.sum(1, dtype=np.float64)
     samples["change"] = change
-    meta = _meta(model, stimuli, targets, method, steps, include_bos, samples, errors)
-    return Attributions(samples, kind="attributions", meta=meta, values=values)
+    index = pd.MultiIndex.from_arrays([[targets[0].name] * values.shape[1], np.arange(values.shape[1])],
+                                      names=["site", "unit"])
+    data = xr.Dataset({"score": (("sample", "unit"), values)},
+                      coords={"sample": np.arange(len(samples)), **_unit_coords(index)})
+    return Attributions(samples, _meta(model, stimuli, targets, method, steps, include_bos, samples, errors), data)
 
 
 # ---------------------------------------------------------------- key neurons
@@ -572,7 +569,7 @@ class _Counts:
 
     def __init__(self, targets: list[Site], n_classes: int, n_top: int, codes: np.ndarray, shuffled: np.ndarray):
         self.n_top, self.n_classes = n_top, n_classes
-        self.codes = {"real": torch.as_tensor(codes), "shuffled": torch.as_tensor(shuffled)}
+        self.codes = {"real": torch.as_tensor(codes), "control": torch.as_tensor(shuffled)}
         self.counts = {k: [torch.zeros(n_classes * s.n_units, dtype=torch.int64) for s in targets] for k in self.codes}
         self.sums = {k: [torch.zeros(n_classes, s.n_units, dtype=torch.float64) for s in targets] for k in self.codes}
 
@@ -585,156 +582,156 @@ class _Counts:
             self.counts[key][i] += torch.bincount((c[:, None] * d + top).ravel(), minlength=self.n_classes * d)
             self.sums[key][i].index_add_(0, c, scores.double())
 
-    def frames(self, key: str, index: pd.MultiIndex, classes: list, n: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
+    def arrays(self, key: str, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Counts and mean scores ``[units, classes]`` of all sites."""
         counts = np.concatenate([c.view(self.n_classes, -1).T.numpy() for c in self.counts[key]])
-        means = np.concatenate([s.T.numpy() for s in self.sums[key]]) / n
-        return pd.DataFrame(counts, index=index, columns=classes), pd.DataFrame(means, index=index, columns=classes)
+        return counts, np.concatenate([s.T.numpy() for s in self.sums[key]]) / n
 
 
-def _ranking(rows: np.ndarray, counts: np.ndarray, scores: np.ndarray, n: np.ndarray, which: np.ndarray,
+def _order(counts: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Row positions, per column, from the most recurrent neuron down (ties: the higher mean
+    score, then the lower row)."""
+    return np.lexsort((-scores, -counts), axis=0)
+
+
+def _ranks(counts: np.ndarray, scores: np.ndarray, sites: list[slice]) -> np.ndarray:
+    """``[units, classes]``: each neuron's rank among its site's neurons in each class (1 = most recurrent)."""
+    ranks = np.empty(counts.shape, dtype=np.int64)
+    for rows in sites:
+        order = _order(counts[rows], scores[rows])
+        np.put_along_axis(ranks[rows], order, np.arange(1, len(order) + 1)[:, None].repeat(counts.shape[1], 1), 0)
+    return ranks
+
+
+def _specificity(counts: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(frequency, frequency_rest, specificity)`` ``[units, classes]``: the share of a class's
+    samples in which a neuron is kept, the same over every other class's samples, their difference."""
+    frequency = counts / n
+    rest = (counts.sum(1, keepdims=True) - counts) / (n.sum() - n)
+    return frequency, rest, frequency - rest
+
+
+def _ranking(rows: np.ndarray, counts: np.ndarray, scores: np.ndarray, n: np.ndarray, which: int,
              k: int) -> dict[str, np.ndarray]:
-    """The ``k`` most recurrent neurons of each class at positions ``which``, among the neurons
-    ``rows`` of ``counts`` and ``scores`` ``[neurons, classes]`` (top-set counts and mean scores;
-    ties: the higher mean score, then the lower row), ``n`` samples per class: their row
-    positions (``pos``) and the columns of a key-neuron table, each ``[len(which), k]``."""
-    every = counts[rows]
-    mine, mean = every[:, which], scores[rows][:, which]
-    order = np.lexsort((-mean, -mine), axis=0)[:k].T
-    col = np.arange(len(which))[:, None]
-    hits = mine[order, col]
-    frequency = hits / n[which, None]
-    rest = (every.sum(1)[order] - hits) / (n.sum() - n[which])[:, None]
-    return dict(pos=rows[order], rank=np.broadcast_to(np.arange(1, order.shape[1] + 1), order.shape), count=hits,
-                frequency=frequency, frequency_rest=rest, specificity=frequency - rest, mean_score=mean[order, col])
+    """The ``k`` most recurrent neurons of class ``which`` among the neurons ``rows`` of
+    ``counts`` and ``scores`` ``[neurons, classes]`` (top-set counts and mean scores; ties: the
+    higher mean score, then the lower row), ``n`` samples per class: their row positions
+    (``pos``) and the columns of a key-neuron table."""
+    frequency, rest, specificity = (x[rows, which] for x in _specificity(counts, n))
+    order = _order(counts[rows, which], scores[rows, which])[:k]
+    return dict(pos=rows[order], rank=np.arange(1, len(order) + 1), count=counts[rows[order], which],
+                frequency=frequency[order], frequency_rest=rest[order], specificity=specificity[order],
+                mean_score=scores[rows[order], which])
 
 
-def _table(index: pd.MultiIndex, classes: list, ranked: dict[str, np.ndarray],
-           control: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
-    """A key-neuron table from :func:`_ranking`'s columns (row ``i`` of each belongs to
-    ``classes[i]``), indexed by the neurons' ``(site, unit)``; with the ``control``'s ranking,
-    its ``specificity_shuffled`` (the neuron of the same class, site and rank under permuted labels)."""
-    width = ranked["pos"].shape[1]
-    columns = {key: value.ravel() for key, value in ranked.items() if key != "pos"}
-    table = pd.DataFrame({"class": [c for c in classes for _ in range(width)], **columns},
-                         index=index[ranked["pos"].ravel()])
-    if control is not None:
-        table.insert(5, "specificity_shuffled", control["specificity"].ravel())
-    return table
-
-
-def _plot(result: "KeyNeurons") -> "go.Figure":
-    import plotly.graph_objects as go
-
-    df = result.df.reset_index()
-    grid = df.pivot_table(index="class", columns="site", values=["specificity", "specificity_shuffled"],
-                          aggfunc="mean", sort=False)
-    sites, classes = result.meta["sites"], result.meta["classes"]
-    real = grid["specificity"].reindex(index=classes, columns=sites)
-    shuffled = grid["specificity_shuffled"].reindex(index=classes, columns=sites)
-    fig = go.Figure(go.Heatmap(
-        z=real.to_numpy(), x=sites, y=[str(c) for c in classes], customdata=shuffled.to_numpy(),
-        colorscale="Viridis", colorbar=dict(title="specificity"),
-        hovertemplate="%{y} @ %{x}<br>specificity %{z:.3f}<br>shuffled labels %{customdata:.3f}<extra></extra>"))
-    return fig.update_layout(
-        title=(f"key neurons ({result.meta['method']}, k={result.meta['k']}): in-class minus out-of-class "
-               f"frequency in the top {result.meta['top_frac']:.0%}"),
-        xaxis_title="site", yaxis_title=f"{result.meta['label']} of the {result.meta['label_of']} token",
-        xaxis_type="category", yaxis_type="category")
-
-
-@dataclass
 class KeyNeurons(Result):
-    """What :func:`key_neurons` returns: the key neurons of every class, per layer.
+    """What :func:`key_neurons` returns: every scored neuron, the key neurons of every class.
 
-    ``.df``, indexed by ``(site, unit)`` (pass it, or any part of it, to ``lesion``, ``gain``, a
-    decoder or a widget): for every class and every site, its ``k`` most recurrent neurons:
+    ``.df``, one row per scored MLP neuron, indexed by ``(site, unit)`` (pass it, or any part of
+    it, to ``lesion``, ``gain``, a decoder or a widget):
 
     ======================  =======================================================================
-    class                   the class (a value of ``label`` of the ``label_of`` token)
-    rank                    1 = most recurrent in this class and site (ties: higher mean score)
-    count                   samples of the class in which the neuron is in the top ``top_frac``
+    preferred               the class in which the neuron is most specific (a value of ``label``
+                            of the ``label_of`` token)
+    rank                    its rank among its site's neurons in that class (1 = most recurrent;
+                            ties: the higher mean score)
+    count                   samples of that class in which it is in the top ``top_frac``
     frequency               ``count`` / samples of the class
     frequency_rest          the same over the samples of every other class
-    specificity             ``frequency - frequency_rest``
-    specificity_shuffled    the specificity of the neuron of the same rank when the labels are
-                            permuted across samples (the control; near 0 when nothing is specific)
-    mean_score              the neuron's mean score over all samples of the class
+    specificity             ``frequency - frequency_rest`` (what :meth:`top` ranks by)
+    specificity_control     the neuron's specificity in its most specific class when the labels
+                            are permuted across samples (the control; near 0)
+    mean_score              its mean score over all samples of the class
+    key_for                 the classes whose ``k`` key neurons (the most recurrent in the site)
+                            it is among, comma-separated
     ======================  =======================================================================
 
-    Attributes:
-        counts, scores: DataFrames ``[every scored neuron, classes]``: top-set counts and mean
-            scores (``counts_shuffled``, ``scores_shuffled``: the same with permuted labels).
-        n_samples: samples per class (a Series; the permutation keeps these sizes).
+    ``.data``, over ``unit`` and ``class``: ``count``, ``mean_score``, ``rank`` and
+    ``specificity`` of every neuron in every class, the same with permuted labels
+    (``<name>_control``), and ``n_samples`` per class (the permutation keeps these sizes).
 
     ``.meta``: ``model``, ``stimuli``, ``method``, ``sites``, ``label``, ``label_of``, ``classes``,
     ``top_frac``, ``n_top`` (neurons kept per sample and layer), ``k``, ``steps`` (IG), ``ig``,
     ``target``, ``include_bos``, ``n_samples``, ``n_seqs``, ``completeness_error`` (IG: the worst
-    site's, as in :class:`Attributions`), ``completeness_by_site``,
-    ``shuffle``, ``seed``.
+    site's, as in :class:`Attributions`), ``completeness_by_site``, ``control``, ``seed``.
     """
 
-    counts: pd.DataFrame = field(default_factory=pd.DataFrame)
-    scores: pd.DataFrame = field(default_factory=pd.DataFrame)
-    counts_shuffled: pd.DataFrame = field(default_factory=pd.DataFrame)
-    scores_shuffled: pd.DataFrame = field(default_factory=pd.DataFrame)
-    n_samples: pd.Series = field(default_factory=lambda: pd.Series(dtype=int))
+    kind: ClassVar[str] = "key_neurons"
+    rank_by: ClassVar[str | None] = "specificity"
 
-    def units(self, cls: Any, site: str | None = None, k: int | None = None, shuffled: bool = False) -> pd.DataFrame:
-        """The ``k`` key neurons of class ``cls`` (``meta["k"]`` by default): in one ``site``, or
-        over all scored sites (``site=None``: top-set counts compare across layers, as every layer
-        keeps the same share). ``shuffled=True``: the key neurons under permuted labels (the
-        control). Columns as ``.df`` (no ``specificity_shuffled``), indexed by ``(site, unit)``.
+    @property
+    def n_samples(self) -> pd.Series:
+        """Samples per class."""
+        return self.data["n_samples"].to_series().rename("n")
+
+    @renamed(cls="category", shuffled="control")
+    def units(self, category: Any, site: str | None = None, k: int | None = None,
+              control: bool = False) -> pd.DataFrame:
+        """The ``k`` key neurons of the class ``category`` (``meta["k"]`` by default): the most
+        recurrent in one ``site``, or over all scored sites (``site=None``: top-set counts compare
+        across layers, as every layer keeps the same share). ``control=True``: the key neurons
+        under permuted labels. Columns ``class``, ``rank``, ``count``, ``frequency``,
+        ``frequency_rest``, ``specificity``, ``mean_score``, indexed by ``(site, unit)``.
 
         Example:
+            >>> import llmscope
+            >>> from llmscope.stimuli import grammar
+            >>> model = llmscope.load("grammar-2l")
+            >>> stim = grammar(model, n_docs=4, seed=0)
             >>> from llmscope.analysis.key_neurons import key_neurons
-            >>> res = key_neurons(model, stim, method="activation", sites=["mlp.1"], k=3, progress=False)
-            >>> res.units("DET", k=2).index.tolist() == res.df[res.df["class"] == "DET"].index[:2].tolist()
-            True
+            >>> res = key_neurons(model, stim, method="activation", units=["mlp.1"], k=3, progress=False)
+            >>> res.units("DET", k=2)["rank"].tolist()
+            [1, 2]
         """
-        if cls not in self.n_samples.index:
-            raise AnalysisError.Unknown(f"class {cls!r} is not a value of {self.meta['label']!r} here; "
-                                f"the classes are {self.meta['classes']}.")
+        classes = self.meta["classes"]
+        if category not in classes:
+            raise AnalysisError.Unknown(f"class {category!r} is not a value of {self.meta['label']!r} here; "
+                                        f"the classes are {classes}.")
         if site is not None and site not in self.meta["sites"]:
-            raise SiteError.Unknown(f"site {site!r} was not scored; the scored sites are {self.meta['sites']} (or None: all).")
+            raise SiteError.Unknown(f"site {site!r} was not scored; the scored sites are {self.meta['sites']} "
+                                    "(or None: all).")
         k = self.meta["k"] if k is None else count(k, "k")
-        rows = slice(None) if site is None else self.counts.index.get_level_values("site") == site
-        which = np.array([self.n_samples.index.get_loc(cls)])
-        return _table(self.counts.index, [cls], self._ranked(flag(shuffled, "shuffled"), [rows], which, k))
+        suffix = "_control" if flag(control, "control") else ""
+        d = self.data
+        rows = np.arange(d.sizes["unit"]) if site is None else np.flatnonzero(d["site"].values == site)
+        ranked = _ranking(rows, d[f"count{suffix}"].values, d[f"mean_score{suffix}"].values,
+                          d["n_samples"].values, classes.index(category), k)
+        pos = ranked.pop("pos")
+        index = pd.MultiIndex.from_arrays([d["site"].values[pos], d["index"].values[pos]], names=["site", "unit"])
+        out = pd.DataFrame({"class": category, **ranked}, index=index)
+        out.attrs.update(self.df.attrs)
+        return out
 
-    def _ranked(self, shuffled: bool, groups: list[Any], which: np.ndarray, k: int) -> dict[str, np.ndarray]:
-        """:func:`_ranking` of the classes at positions ``which`` within each group of neurons (a
-        mask, slice or positions of the count tables' rows), the groups side by side, with the real
-        or the shuffled labels."""
-        counts, scores = (self.counts_shuffled, self.scores_shuffled) if shuffled else (self.counts, self.scores)
-        every, n = np.arange(len(counts)), self.n_samples.to_numpy()
-        parts = [_ranking(every[rows], counts.to_numpy(), scores.to_numpy(), n, which, k) for rows in groups]
-        return {key: np.concatenate([part[key] for part in parts], axis=1) for key in parts[0]}
+    def plot(self) -> "go.Figure":
+        """A classes x sites heatmap: the mean specificity of each class's ``k`` key neurons in
+        each site, the control (permuted labels) in the hover."""
+        import plotly.graph_objects as go
 
-    def top(self, n: int = 10, cls: Any = None, site: str | None = None) -> pd.DataFrame:
-        """The ``n`` most class-specific key neurons (rows of ``.df`` by ``specificity``), of one
-        class and/or site if given; the index passes to ``lesion`` and the decoders.
+        d, k = self.data, self.meta["k"]
+        sites, classes = self.meta["sites"], self.meta["classes"]
 
-        Example:
-            >>> from llmscope.analysis.key_neurons import key_neurons
-            >>> res = key_neurons(model, stim, method="activation", k=3, progress=False)
-            >>> res.top(2, cls="NOUN")["class"].tolist()
-            ['NOUN', 'NOUN']
-        """
-        n = count(n, "n")
-        df = self.df
-        if cls is not None:
-            df = df[df["class"] == self.units(cls, site, 1)["class"].iloc[0]]
-        if site is not None:
-            self.units(self.n_samples.index[0], site, 1)  # checks the site
-            df = df[df.index.get_level_values("site") == site]
-        return df.sort_values("specificity", ascending=False, kind="stable").head(n)
+        def grid(suffix: str) -> np.ndarray:
+            key = d[f"rank{suffix}"].values <= k
+            spec = np.where(key, d[f"specificity{suffix}"].values, 0.0)
+            return np.stack([spec[d["site"].values == s].sum(0) / key[d["site"].values == s].sum(0)
+                             for s in sites], 1)  # [classes, sites]
+
+        fig = go.Figure(go.Heatmap(
+            z=grid(""), x=sites, y=[str(c) for c in classes], customdata=grid("_control"),
+            colorscale="Viridis", colorbar=dict(title="specificity"),
+            hovertemplate="%{y} @ %{x}<br>specificity %{z:.3f}<br>permuted labels %{customdata:.3f}<extra></extra>"))
+        return fig.update_layout(
+            title=(f"key neurons ({self.meta['method']}, k={k}): in-class minus out-of-class "
+                   f"frequency in the top {self.meta['top_frac']:.0%}"),
+            xaxis_title="site", yaxis_title=f"{self.meta['label']} of the {self.meta['label_of']} token",
+            xaxis_type="category", yaxis_type="category")
 
 
+@renamed(sites="units")
 def key_neurons(model: "TransformerBridge", stimuli: Stimuli, label: str = "pos_tag", method: str = "ig", *,
-                sites: str | Sequence[str] | None = None, top_frac: float = 0.05, k: int = 100,
-                label_of: str = "next", steps: int = 64, batch_size: int = 16, include_bos: bool = False,
-                seed: int = SHUFFLE_SEED, progress: bool = True) -> KeyNeurons:
+                units: UnitsLike = None, top_frac: float = 0.05, k: int = 100, label_of: str = "next",
+                steps: int = 64, batch_size: int = 16, include_bos: bool = False, seed: int = SHUFFLE_SEED,
+                progress: bool = True) -> KeyNeurons:
     """The key MLP neurons of every class of ``label`` (runs the model: forward and backward passes).
 
     Args:
@@ -743,7 +740,7 @@ def key_neurons(model: "TransformerBridge", stimuli: Stimuli, label: str = "pos_
         label: the class of a sample is this column's value at the ``label_of`` token.
         method: ``"ig"`` (Integrated Gradients, ``steps`` Gauss-Legendre points per sample and
             layer), ``"grad_x_act"`` or ``"activation"`` (see the module docstring).
-        sites: MLP sites to score (``"mlp.L"``); None scores every layer.
+        units: whole MLP sites to score (``"mlp.L"`` or a list of them); None scores every layer.
         top_frac: share of each layer's neurons kept per sample, in (0, 1).
         k: key neurons per class and site (at most ``d_mlp``).
         label_of: ``"next"`` (the predicted token, as in the paper) or ``"current"``.
@@ -764,21 +761,28 @@ def key_neurons(model: "TransformerBridge", stimuli: Stimuli, label: str = "pos_
             or above ``d_mlp``, a label with fewer than two classes among the samples (or more
             than 256), bad stimuli, or a model whose attention cannot be position-separated.
         ColumnError: ``label`` is not a trial-table column.
-        SiteError: a site that is not ``mlp.L``.
+        SiteError: a site that is not ``mlp.L``, or part of one.
 
     Example:
-        >>> res = key_neurons(model, stim, method="ig", sites=["mlp.1"], k=10, steps=16, progress=False)
+        >>> import llmscope
+        >>> from llmscope import key_neurons
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
+        >>> res = key_neurons(model, stim, method="ig", units=["mlp.1"], k=10, steps=16, progress=False)
         >>> res.meta["completeness_error"] < 0.05, len(res.units("NOUN"))
         (True, 10)
     """
+    import xarray as xr
+
     if label_of not in LABEL_OF:
         raise AnalysisError.Unknown(f"label_of must be one of {list(LABEL_OF)} (the predicted token, or the token the "
-                            f"neurons sit on); got {label_of!r}.")
+                                    f"neurons sit on); got {label_of!r}.")
     top_frac = fraction(top_frac, "top_frac")
     k = count(k, "k")
     seed = count(seed, "seed", minimum=0)
     trials.column(stimuli.tokens if isinstance(stimuli, Stimuli) else pd.DataFrame(), label, "label column")
-    targets = _check(model, stimuli, method, sites, steps, batch_size, include_bos, progress)
+    targets = _check(model, stimuli, method, units, steps, batch_size, include_bos, progress)
     d_mlp = min(s.n_units for s in targets)
     if k > d_mlp:
         raise AnalysisError.Range(f"k must be an integer in 1..{d_mlp} (the neurons of a layer); got {k}.")
@@ -786,7 +790,7 @@ def key_neurons(model: "TransformerBridge", stimuli: Stimuli, label: str = "pos_
     values = trials.labels(samples, "class", min_categories=2)
     if values.nunique() > MAX_CLASSES:
         raise AnalysisError.Range(f"the label {label!r} has {values.nunique()} classes; key neurons count at most "
-                            f"{MAX_CLASSES} (a table per class): bin it, or pick a coarser label.")
+                                  f"{MAX_CLASSES} (a table per class): bin it, or pick a coarser label.")
     samples = samples.loc[values.index].reset_index(drop=True)
     codes, classes = pd.factorize(samples["class"], sort=True)
     shuffled = np.random.default_rng(seed).permutation(codes)
@@ -796,21 +800,30 @@ def key_neurons(model: "TransformerBridge", stimuli: Stimuli, label: str = "pos_
 
     index = pd.MultiIndex.from_arrays([np.repeat([s.name for s in targets], [s.n_units for s in targets]),
                                        np.concatenate([np.arange(s.n_units) for s in targets])], names=["site", "unit"])
-    n = np.bincount(codes, minlength=len(classes))
-    counts, scores = tally.frames("real", index, classes.tolist(), n)
-    counts_shuffled, scores_shuffled = tally.frames("shuffled", index, classes.tolist(), n)
-    meta = dict(_meta(model, stimuli, targets, method, steps, include_bos, samples, errors), label=label,
-                label_of=label_of, classes=classes.tolist(), top_frac=top_frac, n_top=n_top, k=k, seed=seed,
-                shuffle="labels permuted across samples (class sizes kept), one permutation for all sites")
-    res = KeyNeurons(pd.DataFrame(), kind="key_neurons", meta=meta, plotter=_plot, counts=counts, scores=scores,
-                     counts_shuffled=counts_shuffled, scores_shuffled=scores_shuffled,
-                     n_samples=pd.Series(n, index=classes, name="n"))
     ends = np.cumsum([s.n_units for s in targets])
     per_site = [slice(end - s.n_units, end) for s, end in zip(targets, ends)]
-    every = np.arange(len(classes))
-    res.df = _table(index, classes.tolist(), res._ranked(False, per_site, every, k),
-                    res._ranked(True, per_site, every, k))
-    return res
+    n = np.bincount(codes, minlength=len(classes))
+    arrays = {}
+    for suffix, key in (("", "real"), ("_control", "control")):
+        counts, scores = tally.arrays(key, n)
+        arrays |= {f"count{suffix}": counts, f"mean_score{suffix}": scores,
+                   f"rank{suffix}": _ranks(counts, scores, per_site),
+                   f"specificity{suffix}": _specificity(counts, n)[2]}
+    frequency, rest, specificity = _specificity(arrays["count"], n)
+    best, rows = specificity.argmax(1), np.arange(len(index))
+    key = arrays["rank"] <= k
+    df = pd.DataFrame({"preferred": classes[best], "rank": arrays["rank"][rows, best],
+                       "count": arrays["count"][rows, best], "frequency": frequency[rows, best],
+                       "frequency_rest": rest[rows, best], "specificity": specificity[rows, best],
+                       "specificity_control": arrays["specificity_control"].max(1),
+                       "mean_score": arrays["mean_score"][rows, best],
+                       "key_for": [", ".join(map(str, classes[hit])) for hit in key]}, index=index)
+    data = xr.Dataset({name: (("unit", "class"), value) for name, value in arrays.items()}
+                      | {"n_samples": ("class", n)}, coords=_unit_coords(index) | {"class": classes.to_numpy()})
+    meta = dict(_meta(model, stimuli, targets, method, steps, include_bos, samples, errors), label=label,
+                label_of=label_of, classes=classes.tolist(), top_frac=top_frac, n_top=n_top, k=k, seed=seed,
+                control="labels permuted across samples (class sizes kept), one permutation for all sites")
+    return KeyNeurons(df, meta, data)
 
 
-__all__ = ["key_neurons", "KeyNeurons", "attributions", "Attributions", "separated", "check_separation"]
+__all__ = ["key_neurons", "KeyNeurons", "attributions", "Attributions", "check_separation"]

@@ -24,6 +24,11 @@ surprisal is predicted from the residual just before it, and a unit's response i
 activation at that token.
 
 Example:
+    >>> import llmscope
+    >>> from llmscope import logit_lens
+    >>> from llmscope.stimuli import grammar
+    >>> model = llmscope.load("grammar-2l")
+    >>> stim = grammar(model, n_docs=4, seed=0)
     >>> lens = logit_lens(model, stim, progress=False)
     >>> lens.df[["site", "kl"]].round(2).values.tolist()[-1]
     ['resid.2', 0.0]
@@ -31,9 +36,10 @@ Example:
 
 from __future__ import annotations
 
+import html
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -41,19 +47,20 @@ import pandas as pd
 import torch
 
 from llmscope import identity
-from llmscope.stimuli import trials
-from llmscope.checks import count, flag
 from llmscope.analysis.stats import fdr
 from llmscope.behaviour import By, check_logit_diff, group_columns, groups
+from llmscope.checks import choice, count, flag
 from llmscope.errors import AnalysisError, SiteError
 from llmscope.result import Result
 from llmscope.sites import Site, UnitsLike, resolve_units, sites as resolve_sites
-from llmscope.stimuli.core import Stimuli
+from llmscope.stimuli import trials
+from llmscope.stimuli.core import Stimuli, as_stimuli
 from llmscope.tokens import check_tokens
-from llmscope.stimuli.core import as_stimuli
+from llmscope.vocabulary import renamed
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
+    import xarray as xr
     from transformer_lens.model_bridge import TransformerBridge
 
 _RESID_HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|mid|post)$")
@@ -69,6 +76,10 @@ def lens_logits(model: "TransformerBridge", resid: torch.Tensor) -> torch.Tensor
     vectors ``[..., d_model]``.
 
     Example:
+        >>> import torch
+        >>> import llmscope
+        >>> from llmscope.analysis.lens import lens_logits
+        >>> model = llmscope.load("grammar-2l")
         >>> ids = model.to_tokens("the dog")
         >>> logits, cache = model.run_with_cache(ids)
         >>> torch.equal(lens_logits(model, cache["blocks.1.hook_resid_post"]), logits)
@@ -126,22 +137,28 @@ def _final_check(model: "TransformerBridge", cache: dict, logits: torch.Tensor) 
     return float((lens_logits(model, cache[last]) - logits).abs().max())
 
 
-def _plot_lens(result: Result, measure: str = "kl") -> "go.Figure":
-    import plotly.graph_objects as go
+class LensResult(Result):
+    """What :func:`logit_lens` returns: one row per residual site (and group of ``by``), see
+    :func:`logit_lens`; the control sits in the ``_control`` columns."""
 
-    if measure not in MEASURES + ("top1",):
-        raise AnalysisError.Unknown(f"unknown lens measure {measure!r}; choose one of {[*MEASURES, 'top1']}.")
-    df, by = result.df, result.meta["by"]
-    fig = go.Figure()
-    for key, g in groups(df, by):
-        name = " / ".join(map(str, key.values())) or "lens"
-        fig.add_trace(go.Scatter(x=g["site"], y=g[measure], mode="lines+markers", name=name))
-        fig.add_trace(go.Scatter(x=g["site"], y=g[f"{measure}_control"], mode="lines+markers",
-                                 line=dict(dash="dash"), name=f"{name}: shuffled residuals"))
-    title = {"kl": "KL(final || lens), nats", "loss": "loss of the next token, nats",
-             "rank": "median rank of the next token", "top1": "next token ranked first"}[measure]
-    return fig.update_layout(title=f"logit lens on {result.meta['stimuli']}: {title}", xaxis_title="site",
-                             yaxis_title=title, xaxis_type="category")
+    kind = "logit_lens"
+
+    def plot(self, measure: str = "kl") -> "go.Figure":
+        """One measure (``"kl"``, ``"loss"``, ``"rank"`` or ``"top1"``) across sites, beside its control."""
+        import plotly.graph_objects as go
+
+        choice(measure, "lens measure", [*MEASURES, "top1"])
+        df, by = self.df, self.meta["by"]
+        fig = go.Figure()
+        for key, g in groups(df, by):
+            name = html.escape(" / ".join(map(str, key.values()))) or "lens"
+            fig.add_trace(go.Scatter(x=g["site"], y=g[measure], mode="lines+markers", name=name))
+            fig.add_trace(go.Scatter(x=g["site"], y=g[f"{measure}_control"], mode="lines+markers",
+                                     line=dict(dash="dash"), name=f"{name}: shuffled residuals"))
+        title = {"kl": "KL(final || lens), nats", "loss": "loss of the next token, nats",
+                 "rank": "median rank of the next token", "top1": "next token ranked first"}[measure]
+        return fig.update_layout(title=f"logit lens on {html.escape(self.meta['stimuli'])}: {title}",
+                                 xaxis_title="site", yaxis_title=title, xaxis_type="category")
 
 
 def logit_lens(model: "TransformerBridge", stimuli: Stimuli, sites: "str | Sequence[str] | None" = None, *,
@@ -171,6 +188,11 @@ def logit_lens(model: "TransformerBridge", stimuli: Stimuli, sites: "str | Seque
         SiteError: a site that is not the residual stream.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import logit_lens
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
         >>> r = logit_lens(model, stim, ["resid.0", "resid.1"], by="pos_tag", progress=False)
         >>> r.df.columns[:3].tolist()
         ['site', 'layer', 'pos_tag']
@@ -214,7 +236,7 @@ def logit_lens(model: "TransformerBridge", stimuli: Stimuli, sites: "str | Seque
     meta = dict(model=str(model.cfg.model_name), fingerprint=identity.fingerprint(model).to_dict(), stimuli=stimuli.name, sites=[s.name for s in resolved], by=cols,
                 include_bos=include_bos, seed=seed, final_max_abs_diff=check,
                 control="lens applied to residuals shuffled across the batch's scored tokens")
-    return Result(df, kind="logit lens", meta=meta, plotter=_plot_lens)
+    return LensResult(df, meta)
 
 
 def _lens_table(table: pd.DataFrame, resolved: list[Site], values: dict, cols: list[str]) -> pd.DataFrame:
@@ -320,46 +342,41 @@ def _unit_response(act: torch.Tensor, idx: np.ndarray) -> np.ndarray:
     return (act.flatten(2).norm(dim=-1) if act.ndim > 2 else act).cpu().numpy().astype(np.float64)
 
 
-@dataclass(repr=False)
 class Surprise(Result):
-    """What :func:`surprise` returns: per-site lens surprisal in ``df`` and a unit table in ``units``."""
+    """What :func:`surprise` returns: the unit table in ``.df`` (``rank_by="t"``: the units most
+    larger for violations first), the per-site lens surprisal on ``.data``."""
 
-    units: pd.DataFrame = field(default_factory=pd.DataFrame)
+    kind = "surprise"
+    rank_by = "t"
 
-    def top(self, n: int = 8) -> pd.DataFrame:
-        """The ``n`` most violation-responsive units (largest |t|): a unit table for ``lesion()``.
+    def plot(self) -> "go.Figure":
+        """The lens surprisal effect per site and offset, with its 95% interval, beside its control."""
+        import plotly.graph_objects as go
 
-        Example:
-            >>> r = surprise(model, agreement(model, n=16, seed=0), units=[("mlp.1", range(8))], progress=False)
-            >>> r.top(2).index.names
-            FrozenList(['site', 'unit'])
-        """
-        return self.units.head(count(n, "n"))
-
-
-def _plot_surprise(result: Result) -> "go.Figure":
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    for (offset, word), g in result.df.groupby(["offset", "word"], sort=True):
-        for tag, dash in (("", None), ("control_", "dash")):
-            fig.add_trace(go.Scatter(
-                x=g["site"], y=g[f"{tag}effect"], mode="lines+markers", line=dict(dash=dash),
-                name=f"{offset:+d} {word}: {'shuffled pair' if tag else 'violation'}",
-                error_y=dict(type="data", symmetric=False, array=g[f"{tag}ci_high"] - g[f"{tag}effect"],
-                             arrayminus=g[f"{tag}effect"] - g[f"{tag}ci_low"])))
-    fig.add_hline(y=0, line_color="grey")
-    return fig.update_layout(title=f"surprise on {result.meta['stimuli']}: lens surprisal minus the grammatical one",
-                             xaxis_title="site", yaxis_title="Δ surprisal, nats (95% CI)", xaxis_type="category")
+        fig = go.Figure()
+        for offset in self.data["offset"].to_numpy():
+            g = self.data.sel(offset=offset)
+            word = html.escape(str(g["word"].item()))
+            for tag, dash in (("", None), ("_control", "dash")):
+                effect, low, high = (g[f"{m}{tag}"].to_numpy() for m in ("effect", "ci_low", "ci_high"))
+                fig.add_trace(go.Scatter(
+                    x=g["site"].to_numpy(), y=effect, mode="lines+markers", line=dict(dash=dash),
+                    name=f"{int(offset):+d} {word}: {'shuffled pair' if tag else 'violation'}",
+                    error_y=dict(type="data", symmetric=False, array=high - effect, arrayminus=effect - low)))
+        fig.add_hline(y=0, line_color="grey")
+        return fig.update_layout(
+            title=f"surprise on {html.escape(self.meta['stimuli'])}: lens surprisal minus the grammatical one",
+            xaxis_title="site", yaxis_title="Δ surprisal, nats (95% CI)", xaxis_type="category")
 
 
+@renamed(at="where")
 def surprise(model: "TransformerBridge", stimuli: Stimuli, *, good: str = "good_id", bad: str = "bad_id",
-             at: str = "is_target", match: str | None = "number", tail: "str | Sequence[int]" = "",
+             where: str = "is_target", match: str | None = "number", tail: "str | Sequence[int]" = "",
              sites: "str | Sequence[str] | None" = None, units: UnitsLike | None = None, unit_offset: int = 0,
              batch_size: int = 32, seed: int = 0, progress: bool = True) -> Surprise:
     """The response to a grammatical violation, per residual site and per unit (runs the model).
 
-    Each sequence of ``stimuli`` is a prefix ending at its ``at`` row (``agreement(model, n)``:
+    Each sequence of ``stimuli`` is a prefix ending at its ``where`` row (``agreement(model, n)``:
     a sentence up to its verb); it is continued three ways, each followed by the same ``tail``
     (text or token ids, e.g. ``". the"``): the ``good`` token (grammatical), the ``bad`` one
     (the violation: the verb in the wrong number), and the control, the ``good`` token of
@@ -374,35 +391,39 @@ def surprise(model: "TransformerBridge", stimuli: Stimuli, *, good: str = "good_
     t-test across pairs; the control is the same contrast of control minus grammatical.
 
     Returns:
-        Surprise. ``df``: one row per site and offset, columns ``site``, ``layer``, ``offset``,
-        ``word`` (the tail token's text, ``"<critical>"`` at 0), mean surprisal (nats)
-        ``grammatical``, ``violation``, ``control``, then ``effect`` (violation - grammatical),
-        ``ci_low``, ``ci_high``, ``p``, the same four for the control as ``control_effect``...,
-        and ``n`` (pairs). ``units``: indexed by ``(site, unit)``, most violation-responsive
-        first (by |t|), columns ``effect`` (mean activation difference), ``d`` (effect /
-        within-group sd of the differences), ``t``, ``p``, ``q`` (BH-FDR across all units) and
-        ``control_effect``, ``control_d``, ``control_t``, ``control_p``, ``control_q``.
-        ``meta``: ``model``, ``stimuli``, ``good``, ``bad``, ``at``, ``match``, ``groups``
-        (pairs per group), ``tail``, ``unit_offset``, ``seed``, ``control``, ``n_responsive``
-        and ``n_responsive_control`` (units with q < 0.05). ``.top(n)`` is the unit table's
-        head; ``.plot()`` draws the effect per site and offset beside its control.
+        Surprise. ``.df``: indexed by ``(site, unit)``, most violation-responsive first (by
+        |t|), columns ``effect`` (mean activation difference), ``d`` (effect / within-group sd of
+        the differences), ``t``, ``p``, ``q`` (BH-FDR across all units) and ``effect_control``,
+        ``d_control``, ``t_control``, ``p_control``, ``q_control``. ``.data``: dims ``site`` and
+        ``offset`` (coordinates ``layer``, ``word``: the tail token's text, ``"<critical>"`` at
+        0): mean surprisal (nats) ``grammatical``, ``violation``, ``control``, then ``effect``
+        (violation - grammatical), ``ci_low``, ``ci_high``, ``p``, the same four for the control
+        as ``effect_control``..., and ``n`` (pairs). ``meta``: ``model``, ``stimuli``, ``good``,
+        ``bad``, ``where``, ``match``, ``groups`` (pairs per group), ``tail``, ``unit_offset``,
+        ``seed``, ``control``, ``n_responsive`` and ``n_responsive_control`` (units with q <
+        0.05). ``.top(n)`` ranks by ``t``; ``.plot()`` draws the effect per site and offset
+        beside its control.
 
     Raises:
         ColumnError / AnalysisError: missing columns, a sequence that does not end at its
-            ``at`` row, a ``match`` group of one pair; SiteError: a site that is not the
+            ``where`` row, a ``match`` group of one pair; SiteError: a site that is not the
             residual stream, or a bad unit. All before the first forward pass.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import surprise
+        >>> from llmscope.stimuli import agreement
+        >>> model = llmscope.load("grammar-2l")
         >>> r = surprise(model, agreement(model, n=16, seed=0), tail=".", units="mlp.1", progress=False)
-        >>> r.df.loc[r.df.site == "resid.2", ["offset", "word"]].values.tolist()
-        [[0, '<critical>'], [1, '.']]
+        >>> r.data["word"].values.tolist(), r.top(2).index.names
+        (['<critical>', '.'], FrozenList(['site', 'unit']))
     """
     from llmscope.progress import progress_bar
 
     stimuli = as_stimuli(model, stimuli)
     seed, batch_size = count(seed, "seed", minimum=0), count(batch_size, "batch_size")
     progress = flag(progress, "progress")
-    items = _items(stimuli, good, bad, at, match, seed, model.cfg.d_vocab)
+    items = _items(stimuli, good, bad, where, match, seed, model.cfg.d_vocab)
     tail_ids = _tail_ids(model, tail)
     offset = count(unit_offset, "unit_offset", minimum=0)
     if offset > len(tail_ids):
@@ -432,47 +453,48 @@ def surprise(model: "TransformerBridge", stimuli: Stimuli, *, good: str = "good_
                 for s, idx in unit_sites:
                     response[cond][s.name].append(_unit_response(cache[s.hook][b[:, 0], pos[:, offset]], idx))
                 bar.update(len(ids))
-    df = _surprise_table(model, resolved, surprisal, items.group, tail_ids)
+    per_site = _surprise_table(model, resolved, surprisal, items.group, tail_ids)
     table = _unit_table(unit_sites, {c: {k: np.concatenate(v) for k, v in r.items()} for c, r in response.items()},
                         items.group)
-    meta = dict(model=str(model.cfg.model_name), fingerprint=identity.fingerprint(model).to_dict(), stimuli=stimuli.name, good=good, bad=bad, at=at, match=match,
+    meta = dict(model=str(model.cfg.model_name), fingerprint=identity.fingerprint(model).to_dict(), stimuli=stimuli.name, good=good, bad=bad, where=where, match=match,
                 groups=pd.Series(items.group).value_counts().sort_index().to_dict(),
                 tail=model.tokenizer.decode(tail_ids) if tail_ids else "", unit_offset=offset, seed=seed,
                 control=f"each prefix continued with another pair's {good!r} token of the same {match!r} group",
-                n_responsive=int((table["q"] < 0.05).sum()), n_responsive_control=int((table["control_q"] < 0.05).sum()))
-    return Surprise(df, kind="surprise", meta=meta, plotter=_plot_surprise, units=table)
+                n_responsive=int((table["q"] < 0.05).sum()), n_responsive_control=int((table["q_control"] < 0.05).sum()))
+    return Surprise(table, meta, per_site)
 
 
 def _surprise_table(model: "TransformerBridge", resolved: list[Site], surprisal: dict, group: np.ndarray,
-                    tail_ids: list[int]) -> pd.DataFrame:
+                    tail_ids: list[int]) -> "xr.Dataset":
+    import xarray as xr
+
     from llmscope.stimuli.core import token_texts
 
-    words = ["<critical>", *token_texts(model, tail_ids)]
-    out = []
-    for s in resolved:
-        g, v, c = (surprisal[k][s.name] for k in ("grammatical", "violation", "control"))
-        means = {k: _contrast(surprisal[k][s.name], group)["effect"] for k in surprisal}
-        real, ctrl = _contrast(v - g, group), _contrast(c - g, group)
-        for k, word in enumerate(words):
-            out.append({"site": s.name, "layer": s.layer, "offset": k, "word": word,
-                        **{name: means[name][k] for name in ("grammatical", "violation", "control")},
-                        **{m: real[m][k] for m in ("effect", "ci_low", "ci_high", "p")},
-                        **{f"control_{m}": ctrl[m][k] for m in ("effect", "ci_low", "ci_high", "p")},
-                        "n": len(group)})
-    return pd.DataFrame(out)
+    names = [s.name for s in resolved]
+    data: dict[str, tuple] = {}
+    means = {k: np.stack([_contrast(surprisal[k][n], group)["effect"] for n in names]) for k in surprisal}
+    data.update({k: (("site", "offset"), v) for k, v in means.items()})
+    for tag, cond in (("", "violation"), ("_control", "control")):
+        stats = [_contrast(surprisal[cond][n] - surprisal["grammatical"][n], group) for n in names]
+        data.update({f"{m}{tag}": (("site", "offset"), np.stack([st[m] for st in stats]))
+                     for m in ("effect", "ci_low", "ci_high", "p")})
+    width = len(tail_ids) + 1
+    coords = {"site": names, "offset": np.arange(width), "layer": ("site", [s.layer for s in resolved]),
+              "word": ("offset", ["<critical>", *token_texts(model, tail_ids)])}
+    return xr.Dataset(data, coords=coords, attrs={"n": len(group)})
 
 
 def _unit_table(unit_sites: list[tuple[Site, np.ndarray]], response: dict, group: np.ndarray) -> pd.DataFrame:
     index = pd.MultiIndex.from_tuples([(s.name, int(i)) for s, idx in unit_sites for i in idx], names=["site", "unit"])
     stack = {c: np.concatenate([r[s.name] for s, _ in unit_sites], axis=1) for c, r in response.items()}
     columns = {}
-    for tag, cond in (("", "violation"), ("control_", "control")):
+    for tag, cond in (("", "violation"), ("_control", "control")):
         stats = _contrast(stack[cond] - stack["grammatical"], group)
-        columns.update({f"{tag}{m}": stats[m] for m in ("effect", "d", "t", "p")})
-        columns[f"{tag}q"] = fdr(stats["p"])
+        columns.update({f"{m}{tag}": stats[m] for m in ("effect", "d", "t", "p")})
+        columns[f"q{tag}"] = fdr(stats["p"])
     table = pd.DataFrame(columns, index=index)
     order = np.argsort(-np.nan_to_num(np.abs(table["t"].to_numpy()), nan=-1.0), kind="stable")
     return table.iloc[order]
 
 
-__all__ = ["lens_logits", "lens_sites", "logit_lens", "surprise", "Surprise"]
+__all__ = ["lens_logits", "lens_sites", "logit_lens", "surprise", "Surprise", "LensResult"]

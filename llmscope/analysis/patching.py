@@ -1,23 +1,29 @@
 """Activation patching: run corrupt stimuli with one site x position (x head) taken from clean ones.
 
 Example:
+    >>> import llmscope
+    >>> from llmscope import logit_diff, patching
+    >>> from llmscope.stimuli import ioi
+    >>> smol = llmscope.load("smollm2-135m")
     >>> from functools import partial
-    >>> clean, corrupt = ioi(smol, n=4, seed=0, corrupt=True)
+    >>> clean = ioi(smol, n=4, seed=0, corrupt=True)   # clean prompts; clean.corrupt is their twin
     >>> io_vs_s = partial(logit_diff, good="io_id", bad="s_id")
-    >>> r = patching(smol, clean, corrupt, io_vs_s, sites=["attn.9"], positions=[-1], per_head=True, progress=False)
+    >>> r = patching(smol, clean, metric=io_vs_s, sites=["attn.9"], positions=[-1], per_head=True, progress=False)
     >>> r.df.columns.tolist()
     ['site', 'layer', 'head', 'pos', 'text', 'metric', 'value']
 """
 
 from __future__ import annotations
 
+import html
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from llmscope.checks import flag
+from llmscope import identity
+from llmscope.checks import choice, flag
 from llmscope.behaviour import Metric, evaluate, metric_fn, metric_name
 from llmscope.errors import AnalysisError
 from llmscope.interventions import intervene, patch
@@ -47,7 +53,7 @@ def _corrupt_run(clean: Stimuli, corrupt: Stimuli) -> Stimuli:
 
 def _scored(model: "TransformerBridge", stimuli: Stimuli, metric: Metric, batch_size: int) -> pd.DataFrame:
     """The trial rows that have a value of ``metric`` (column ``value``), in passes of ``batch_size``."""
-    rows = evaluate(model, stimuli, {"value": metric}, batch_size=batch_size).dropna(subset=["value"])
+    rows = evaluate(model, stimuli, {"value": metric}, batch_size=batch_size).df.dropna(subset=["value"])
     if rows.empty:
         raise AnalysisError(f"no row has a value of {metric_name(metric)}; nothing to patch for.")
     return rows
@@ -57,20 +63,26 @@ def _label(df: pd.DataFrame) -> list[str]:
     return [s if h < 0 else f"{s}.{h}" for s, h in zip(df["site"], df["head"])]
 
 
-def _plot_patching(result: Result) -> "go.Figure":
-    import plotly.graph_objects as go
+class PatchingResult(Result):
+    """What :func:`patching` returns: one row per cell (site x position, x head), see :func:`patching`."""
 
-    df = result.df.assign(row=lambda d: _label(d))
-    grid = df.pivot(index="row", columns="pos", values="value").reindex(index=list(dict.fromkeys(df["row"])))
-    texts = df.drop_duplicates("pos").set_index("pos")["text"]
-    fig = go.Figure(go.Heatmap(  # "pos: text" keeps repeated tokens apart on a categorical axis
-        z=grid.to_numpy(), x=[f"{p}: {texts[p]}" for p in grid.columns], y=list(grid.index),
-        colorscale="RdBu", zmid=0, colorbar=dict(title="restored"),
-        hovertemplate="%{y} @ %{x}<br>%{z:.3f}<extra></extra>",
-    ))
-    return fig.update_layout(title=f"activation patching: {result.meta['metric']} restored (1 = clean)",
-                             xaxis_title="position: clean token", yaxis_title="site",
-                             xaxis_type="category", yaxis_type="category")
+    kind = "patching"
+
+    def plot(self) -> "go.Figure":
+        """A heatmap of the restored fraction: sites (or heads) by positions."""
+        import plotly.graph_objects as go
+
+        df = self.df.assign(row=lambda d: _label(d))
+        grid = df.pivot(index="row", columns="pos", values="value").reindex(index=list(dict.fromkeys(df["row"])))
+        texts = df.drop_duplicates("pos").set_index("pos")["text"]
+        fig = go.Figure(go.Heatmap(  # "pos: text" keeps repeated tokens apart on a categorical axis
+            z=grid.to_numpy(), x=[f"{p}: {html.escape(str(texts[p]))}" for p in grid.columns], y=list(grid.index),
+            colorscale="RdBu", zmid=0, colorbar=dict(title="restored"),
+            hovertemplate="%{y} @ %{x}<br>%{z:.3f}<extra></extra>",
+        ))
+        return fig.update_layout(title=f"activation patching: {html.escape(self.meta['metric'])} restored (1 = clean)",
+                                 xaxis_title="position: clean token", yaxis_title="site",
+                                 xaxis_type="category", yaxis_type="category")
 
 
 def _cells(targets: list[Site], positions: list[int], per_head: bool) -> list[tuple[Site, int, int]]:
@@ -82,10 +94,19 @@ def _cells(targets: list[Site], positions: list[int], per_head: bool) -> list[tu
     return out
 
 
-def patching(model: "TransformerBridge", clean: Stimuli, corrupt: Stimuli, metric: Metric,
+def patching(model: "TransformerBridge", clean: Stimuli, corrupt: Stimuli | None = None, metric: Metric = "loss",
              sites: Sequence[str | Site] | None = None, positions: Sequence[int] | None = None,
-             per_head: bool = False, progress: bool = True) -> Result:
+             per_head: bool = False, method: str = "exact", confirm: int | None = None,
+             progress: bool = True) -> PatchingResult:
     """Activation patching: run ``corrupt`` with one site x position taken from ``clean``.
+
+    ``method="atp"`` (or ``"atp*"``) estimates the whole map from gradients instead
+    (:func:`~llmscope.analysis.attribution.patching_screen`, a ``PatchingScreen`` whose
+    ``estimate`` column stands for ``value``); ``confirm=k`` then patches its top ``k`` cells
+    exactly (a ``PatchingConfirmation``: exact cells outlined in the figure).
+
+    ``corrupt`` defaults to ``clean.corrupt``, the twin a builder makes with ``corrupt=True``
+    (``agreement(model, corrupt=True)``, ``ioi(model, corrupt=True)``).
 
     ``value`` is the normalized effect ``(patched - corrupt) / (clean - corrupt)`` of the mean
     metric (1 = the clean behaviour is fully restored, 0 = no change). The metric is always
@@ -98,14 +119,30 @@ def patching(model: "TransformerBridge", clean: Stimuli, corrupt: Stimuli, metri
     patching one site leaves everything upstream of it as in the corrupt run.
 
     Returns:
-        Result with ``df`` columns ``site``, ``layer``, ``head`` (-1 = the whole site), ``pos``,
+        PatchingResult with ``df`` columns ``site``, ``layer``, ``head`` (-1 = the whole site), ``pos``,
         ``text`` (the clean token there, from the first sequence that long), ``metric`` (raw
         mean) and ``value``; ``meta``: ``metric``, ``clean``, ``corrupt``, ``sites``,
         ``per_head``; ``.plot()`` is a heatmap.
     """
     from llmscope.progress import progress_bar
 
-    clean, corrupt = as_stimuli(model, clean, "clean"), as_stimuli(model, corrupt, "corrupt")
+    method = choice(method, "method", ("exact", "atp", "atp*"))
+    if method != "exact":
+        from llmscope.analysis.attribution import confirm_patching, patching_screen
+
+        screened = patching_screen(model, clean, corrupt, metric, sites, positions, per_head, method=method,
+                                   progress=progress)
+        return screened if confirm is None else confirm_patching(model, screened, confirm, progress=progress)
+    if confirm is not None:
+        raise AnalysisError(f"confirm={confirm!r} confirms an estimated map; pass method='atp' or 'atp*' too "
+                            "(method='exact' patches every cell exactly).")
+    clean = as_stimuli(model, clean, "clean")
+    if corrupt is None:
+        if clean.corrupt is None:
+            raise AnalysisError.Type("patching needs corrupt stimuli: pass corrupt=, or clean stimuli built with "
+                                     "corrupt=True (e.g. agreement(model, corrupt=True)), whose .corrupt is the twin.")
+        corrupt = clean.corrupt
+    corrupt = as_stimuli(model, corrupt, "corrupt")
     per_head, progress = flag(per_head, "per_head"), flag(progress, "progress")
     target = _corrupt_run(clean, corrupt)
     metric_fn(metric)
@@ -152,10 +189,9 @@ def patching(model: "TransformerBridge", clean: Stimuli, corrupt: Stimuli, metri
                               value=(float(means[j]) - corrupt_value) / (clean_value - corrupt_value))
                          for j, (_, h, p) in enumerate(chunk)]
                 bar.update(k)
-    return Result(pd.DataFrame(rows), kind="patching",
-                  meta=dict(metric=metric_name(metric), clean=clean_value, corrupt=corrupt_value,
-                            sites=[s.name for s in targets], per_head=per_head),
-                  plotter=_plot_patching)
+    return PatchingResult(pd.DataFrame(rows), dict(
+        metric=metric_name(metric), clean=clean_value, corrupt=corrupt_value, sites=[s.name for s in targets],
+        per_head=per_head, model=str(model.cfg.model_name), fingerprint=identity.fingerprint(model).to_dict()))
 
 
-__all__ = ["patching"]
+__all__ = ["patching", "PatchingResult"]

@@ -5,6 +5,13 @@ A neuron's response is its activation. A unit with more than one value per token
 how strongly the head writes at that token.
 
 Example:
+    >>> import llmscope
+    >>> from llmscope.analysis.responses import scalar
+    >>> from llmscope.stimuli import grammar
+    >>> model = llmscope.load("grammar-2l")
+    >>> stim = grammar(model, n_docs=4, seed=0)
+    >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+    ...                       dtype="float32", progress=False)
     >>> X = scalar(rec, "attn.1")          # [n_tokens, n_heads] float32
     >>> X.shape == (len(rec), 4)
     True
@@ -22,7 +29,8 @@ import pandas as pd
 from llmscope.checks import finite
 from llmscope.errors import AnalysisError, SiteError
 from llmscope.recording import IncompleteRecordingWarning, Recording
-from llmscope.sites import Site, UnitsLike, parse_units
+from llmscope import identity
+from llmscope.sites import Site, UnitsLike, bound_model, parse_units
 
 BLOCK_BYTES = 64 << 20  # float32 bytes held per block: bounded memory whatever the recording's size
 
@@ -34,6 +42,14 @@ def check_finite(recording: "Recording", site: Site, data: np.ndarray, first_row
     One pass when the data are clean (float16: over the bits, ~2 GB/s; no conversion).
 
     Example:
+        >>> import numpy as np
+        >>> import llmscope
+        >>> from llmscope.analysis.responses import AnalysisError, check_finite
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
+        >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+        ...                       dtype="float32", progress=False)
         >>> bad = np.array([[0.0, np.nan]], dtype=np.float32)
         >>> try:
         ...     check_finite(rec, rec.site("mlp.0"), bad, 3)
@@ -92,6 +108,13 @@ def recorded_sites(recording: "Recording", site: str | Sequence[str]) -> list[st
     order; a SiteError names the recorded sites.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope.analysis.responses import recorded_sites
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
+        >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+        ...                       dtype="float32", progress=False)
         >>> recorded_sites(rec, ["mlp.1", "blocks.0.mlp.hook_post", "mlp.1"])
         ['mlp.1', 'mlp.0']
     """
@@ -112,7 +135,7 @@ def blocks(recording: "Recording", site: str, units: Sequence[int] | None = None
     for lo in range(0, len(recording), step):
         rows = slice(lo, min(lo + step, len(recording)))
         part = recording.select(_mask(len(recording), rows))
-        data = part.responses(s.name, units=None if units is None else idx)
+        data = part.responses(s.name, indices=None if units is None else idx)
         yield rows, _reduce(check_finite(recording, s, data, lo, idx))
 
 
@@ -126,7 +149,7 @@ def scalar(recording: "Recording", site: str, units: Sequence[int] | None = None
     """All responses of ``site``'s units as one float32 array ``[n_tokens, n_units]``."""
     s = recording.site(site)
     if len(s.shape) == 1:  # one value per unit: the responses are the answer, read once
-        return check_finite(recording, s, recording.responses(s.name, units=units), 0, s.check_units(units))
+        return check_finite(recording, s, recording.responses(s.name, indices=units), 0, s.check_units(units))
     n = len(s.check_units(units))
     out = np.empty((len(recording), n), dtype=np.float32)
     for rows, block in blocks(recording, site, units):
@@ -140,9 +163,20 @@ def resolve(recording: "Recording", units: UnitsLike) -> list[tuple[Site, np.nda
     an index out of range.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope.analysis.responses import resolve
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
+        >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+        ...                       dtype="float32", progress=False)
         >>> [(s.name, idx.tolist()) for s, idx in resolve(rec, [("mlp.1", [7, 3]), ("mlp.0", 2)])]
         [('mlp.1', [3, 7]), ('mlp.0', [2])]
     """
+    if isinstance(units, (list, tuple)) and len(units) == 0:
+        raise SiteError(f"no units given; this recording holds {recording.sites}.")
+    identity.check(bound_model(units), recording.fingerprint, "these units", "arch", SiteError,
+                   "Take units from an analysis of this recording's model.")
     out: dict[str, tuple[Site, np.ndarray]] = {}
     for spec, idx in parse_units(units):
         s = recording.site(spec.name if isinstance(spec, Site) else check_site(recording, spec))
@@ -158,6 +192,13 @@ def matrix(recording: "Recording", units: UnitsLike, keep: np.ndarray | None = N
     ``keep`` is true, all rows if None) and its columns' ``(site, unit)`` MultiIndex.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope.analysis.responses import matrix
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
+        >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+        ...                       dtype="float32", progress=False)
         >>> X, index = matrix(rec, [("mlp.1", [7, 3]), ("attn.0", [2])])
         >>> X.shape == (len(rec), 3), index.tolist()
         (True, [('mlp.1', 3), ('mlp.1', 7), ('attn.0', 2)])

@@ -26,6 +26,8 @@ output above zero". Below the level a response counts as silence, so the Treves-
 at a threshold is computed on ``r`` with sub-threshold values set to 0 (at threshold 0 it is
 the plain measure). Several thresholds show how much the answer depends on the choice.
 
+A population is every unit of a site, or the units asked for (``units=("mlp.0", [3, 7])``).
+
 Control: the same population in a random orthogonal basis (a Haar-random rotation of the
 recorded values ``x``, before ``r`` is taken), measured the same
 way with its own scale. A rotation keeps the population's geometry (every distance, the
@@ -36,10 +38,17 @@ two would agree. (A Gaussian with matched moments answers a weaker question: rot
 are near-Gaussian mixtures already, and the rotation keeps the real covariance exactly.)
 
 Example:
+    >>> import llmscope
+    >>> from llmscope import sparsity
+    >>> from llmscope.stimuli import grammar
+    >>> model = llmscope.load("grammar-2l")
+    >>> stim = grammar(model, n_docs=4, seed=0)
+    >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+    ...                       dtype="float32", progress=False)
     >>> sp = sparsity(rec, ["mlp.0", "mlp.1"], thresholds=(0.0, 1.0), progress=False)
     >>> sp.df.columns.tolist()[:4]
-    ['level', 'population', 'population_rotated', 'lifetime']
-    >>> bool((sp.df.lifetime < sp.df.lifetime_rotated).all())
+    ['level', 'population', 'population_control', 'lifetime']
+    >>> bool((sp.df.lifetime < sp.df.lifetime_control).all())
     True
 """
 
@@ -47,7 +56,6 @@ from __future__ import annotations
 
 import html
 import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
@@ -55,12 +63,14 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from llmscope.analysis import responses
-from llmscope.stimuli import trials
 from llmscope.checks import count, flag, number
 from llmscope.errors import AnalysisError
 from llmscope.progress import progress_bar
 from llmscope.recording import Recording
-from llmscope.result import Result
+from llmscope.result import Result, unit_dataset
+from llmscope.sites import UnitsLike
+from llmscope.stimuli import trials
+from llmscope.vocabulary import renamed
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -124,7 +134,8 @@ class _Tally:
 
     def summary(self, n: int) -> dict[str, np.ndarray]:
         """Per threshold: ``population``, ``lifetime`` (median Treves-Rolls over units ever
-        active) and ``silent``; with the per-unit ``tr`` and ``active`` ``[n_thresholds, n_units]``."""
+        active) and ``silent``; with the per-unit ``tr`` and ``active`` ``[n_thresholds, n_units]``
+        (``tr`` NaN for a unit never active)."""
         with np.errstate(invalid="ignore", divide="ignore"):
             tr = np.where(self.s2 > 0, np.square(self.s1) / (n * self.s2), np.nan)  # NaN: never active
         ever = self.n_active > 0
@@ -141,13 +152,14 @@ def _rotation(d: int, rng: np.random.Generator) -> np.ndarray:
     return (q * np.sign(np.diag(r))).astype(np.float32)
 
 
-def _site(recording: Recording, name: str, keep: np.ndarray, thresholds: np.ndarray, rectify: Callable,
-          rotation: np.ndarray | None, bar: tqdm) -> list[_Tally]:
-    """Two passes over one site's blocks; the tallies of the real population and, with a
-    rotation, of the rotated one."""
-    tallies = [_Tally(recording.site(name).n_units, thresholds) for _ in range(1 if rotation is None else 2)]
+def _site(recording: Recording, name: str, units: np.ndarray | None, keep: np.ndarray, thresholds: np.ndarray,
+          rectify: Callable, rotation: np.ndarray | None, bar: tqdm) -> list[_Tally]:
+    """Two passes over the blocks of one site's units (None: all); the tallies of the real
+    population and, with a rotation, of the rotated one."""
+    n_units = recording.site(name).n_units if units is None else len(units)
+    tallies = [_Tally(n_units, thresholds) for _ in range(1 if rotation is None else 2)]
     for step in ("measure", "add"):
-        for rows, block in responses.blocks(recording, name):
+        for rows, block in responses.blocks(recording, name, units):
             bar.update(rows.stop - rows.start)
             x = block[keep[rows]]  # a fresh array: rectified in place
             populations = (x,) if rotation is None else (x, x @ rotation)
@@ -156,38 +168,6 @@ def _site(recording: Recording, name: str, keep: np.ndarray, thresholds: np.ndar
     return tallies
 
 
-def _figure(result: "SparsityResult") -> "go.Figure":
-    """Population and lifetime sparsity against threshold, a colour per site in both panels (the
-    legend shows the first panel's traces only), its rotated control dotted in the same colour."""
-    import plotly.colors
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    fig = make_subplots(1, 2, subplot_titles=["population: fraction of units active per token",
-                                              "lifetime: median Treves-Rolls over units"])
-    palette = plotly.colors.qualitative.Plotly
-    lines = [("", "", "solid")]  # (column suffix, legend suffix, dash)
-    if "population_rotated" in result.df.columns:
-        lines.append(("_rotated", " rotated", "dot"))
-    for i, (site, part) in enumerate(result.df.groupby(level="site", sort=False)):
-        t = part.index.get_level_values("threshold")
-        color = palette[i % len(palette)]
-        for col, measure in enumerate(("population", "lifetime")):
-            for column, legend, dash in lines:
-                name = html.escape(site) + legend
-                fig.add_trace(go.Scatter(x=t, y=part[measure + column], mode="lines+markers", name=name,
-                                         line=dict(color=color, dash=dash), legendgroup=name,
-                                         showlegend=col == 0), 1, col + 1)
-    fig.add_hline(y=REFERENCE, line=dict(color="grey", dash="dash"), row=1, col=1,
-                  annotation_text="~2% (seed 003, cortex)", annotation_position="top right")
-    fig.update_yaxes(type="log", title="fraction active", row=1, col=1)
-    fig.update_yaxes(title="Treves-Rolls a (low = sparse)", row=1, col=2)
-    fig.update_xaxes(title="threshold (x site RMS)")
-    return fig.update_layout(title=f"sparsity of {html.escape(result.meta['model'])} "
-                                   f"(negative responses: {result.meta['negative']})")
-
-
-@dataclass(repr=False, eq=False)
 class SparsityResult(Result):
     """What :func:`sparsity` returns.
 
@@ -198,25 +178,58 @@ class SparsityResult(Result):
     population              mean over tokens of the fraction of the site's units active
     lifetime                median over units (those ever active) of the Treves-Rolls measure
     silent                  fraction of units never active on these tokens
-    \\*_rotated              the same for the randomly rotated population (the control)
+    \\*_control              the same for the randomly rotated population (the control)
     ======================  =====================================================================
 
-    Attributes:
-        units: one row per unit, indexed by ``(site, unit)``: ``tr@<t>`` (Treves-Rolls at
-            threshold t) and ``active@<t>`` (fraction of tokens the unit is active) for each t.
-        tokens: one row per analysed token (index: its row in the recording): ``seq``,
-            ``pos``, ``text`` and ``<site>@<t>``, the fraction of that site's units active there.
+    ``.data``: ``lifetime [unit, threshold]`` (each unit's Treves-Rolls measure; NaN for a unit
+    never active), ``active [unit, threshold]`` (the fraction of tokens the unit is active) and
+    ``population [token, sites, threshold]`` (the fraction of the site's units active at each
+    token; ``token`` is the row in the recording, with coordinates ``seq``, ``pos``, ``text``).
+    Their medians and means over units and tokens are the columns of ``.df``.
 
-    ``.meta``: ``sites``, ``thresholds``, ``negative``, ``control``, ``reference`` (0.02),
-    ``scale`` and ``scale_rotated`` (each site's RMS of ``r``), ``seed``, ``include_bos``,
-    ``n_tokens``, ``model``, ``stimuli``, ``complete``, ``recorded_seqs``, ``stimuli_seqs``.
+    ``.meta``: ``sites``, ``units`` (site -> the unit indices, None for all), ``thresholds``,
+    ``negative``, ``control``, ``reference`` (0.02), ``scale`` and ``scale_control`` (each site's
+    RMS of ``r``), ``seed``, ``include_bos``, ``n_tokens``, ``model``, ``fingerprint``,
+    ``stimuli``, ``complete``, ``recorded_seqs``, ``stimuli_seqs``.
+
+    ``.plot()``: population and lifetime sparsity against threshold, the control dotted.
     """
 
-    units: pd.DataFrame = None
-    tokens: pd.DataFrame = None
+    kind = "sparsity"
+
+    def plot(self) -> "go.Figure":
+        """Population and lifetime sparsity against threshold, a colour per site in both panels (the
+        legend shows the first panel's traces only), its rotated control dotted in the same colour."""
+        import plotly.colors
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+
+        fig = make_subplots(1, 2, subplot_titles=["population: fraction of units active per token",
+                                                  "lifetime: median Treves-Rolls over units"])
+        palette = plotly.colors.qualitative.Plotly
+        lines = [("", "", "solid")]  # (column suffix, legend suffix, dash)
+        if "population_control" in self.df.columns:
+            lines.append(("_control", " rotated", "dot"))
+        for i, (site, part) in enumerate(self.df.groupby(level="site", sort=False)):
+            t = part.index.get_level_values("threshold")
+            color = palette[i % len(palette)]
+            for col, measure in enumerate(("population", "lifetime")):
+                for column, legend, dash in lines:
+                    name = html.escape(site) + legend
+                    fig.add_trace(go.Scatter(x=t, y=part[measure + column], mode="lines+markers", name=name,
+                                             line=dict(color=color, dash=dash), legendgroup=name,
+                                             showlegend=col == 0), 1, col + 1)
+        fig.add_hline(y=REFERENCE, line=dict(color="grey", dash="dash"), row=1, col=1,
+                      annotation_text="~2% (seed 003, cortex)", annotation_position="top right")
+        fig.update_yaxes(type="log", title="fraction active", row=1, col=1)
+        fig.update_yaxes(title="Treves-Rolls a (low = sparse)", row=1, col=2)
+        fig.update_xaxes(title="threshold (x site RMS)")
+        return fig.update_layout(title=f"sparsity of {html.escape(self.meta['model'])} "
+                                       f"(negative responses: {self.meta['negative']})")
 
 
-def sparsity(recording: Recording, sites: str | Sequence[str], thresholds: Sequence[float] = (0.0, 1.0, 3.0), *,
+@renamed(sites="units")
+def sparsity(recording: Recording, units: UnitsLike, thresholds: Sequence[float] = (0.0, 1.0, 3.0), *,
              negative: str = "clip", control: str | None = "rotation", include_bos: bool = False, seed: int = 0,
              progress: bool = True) -> SparsityResult:
     """Population and lifetime sparsity of each site's units, at several thresholds (see the module docstring).
@@ -226,7 +239,8 @@ def sparsity(recording: Recording, sites: str | Sequence[str], thresholds: Seque
 
     Args:
         recording: a :class:`~llmscope.Recording`.
-        sites: a recorded site or a list of them (``"mlp.0"``; a head responds with its ``hook_z`` norm).
+        units: a recorded site or a list of them (``"mlp.0"``; a head responds with its ``hook_z``
+            norm), or some of their units (``("mlp.0", [3, 7, 9])``, a unit table): one population per site.
         thresholds: multiples of the site's RMS response a unit must exceed to be active (>= 0).
         negative: how a negative value counts: ``"clip"`` (silence) or ``"abs"`` (its magnitude).
         control: ``"rotation"`` (the population in a random orthogonal basis) or None.
@@ -238,16 +252,25 @@ def sparsity(recording: Recording, sites: str | Sequence[str], thresholds: Seque
         :class:`SparsityResult` (columns and meta keys in its docstring).
 
     Raises:
-        AnalysisError: not a Recording, fewer than 2 tokens, a site with fewer than 2 units,
+        AnalysisError: not a Recording, fewer than 2 tokens, a population with fewer than 2 units,
             bad thresholds, an unknown ``negative`` or ``control``.
-        SiteError: a site not recorded.
+        SiteError: a site not recorded, a unit out of range.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import sparsity
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
+        >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+        ...                       dtype="float32", progress=False)
         >>> sp = sparsity(rec, "mlp.0", thresholds=(0.0, 3.0), progress=False)
         >>> p = sp.df.population
         >>> bool(p.loc[("mlp.0", 3.0)] < p.loc[("mlp.0", 0.0)])
         True
     """
+    import xarray as xr
+
     meta = responses.check_recording(recording, "sparsity")
     thresholds = _check_thresholds(thresholds)
     if negative not in NEGATIVE:
@@ -256,8 +279,8 @@ def sparsity(recording: Recording, sites: str | Sequence[str], thresholds: Seque
         raise AnalysisError.Unknown(f"unknown control {control!r}; choose one of {list(CONTROLS)}.")
     seed = count(seed, "seed", minimum=0)
     flag(progress, "progress")
-    names = responses.recorded_sites(recording, sites)
-    small = {n: recording.site(n).n_units for n in names if recording.site(n).n_units < 2}
+    populations = responses.resolve(recording, units)
+    small = {s.name: len(idx) for s, idx in populations if len(idx) < 2}
     if small:
         raise AnalysisError(f"sparsity is a property of a population; {small} (units per site) have fewer than 2.")
     keep = trials.rows(recording.tokens, include_bos)
@@ -266,37 +289,46 @@ def sparsity(recording: Recording, sites: str | Sequence[str], thresholds: Seque
         raise AnalysisError(f"sparsity needs at least 2 analysed tokens; the recording {recording.name!r} has {n}.")
 
     rng = np.random.default_rng(seed)
-    rotations: dict[int, np.ndarray] = {}  # one random basis per width, shared by the sites of that width
-    rows, units, tokens = [], [], recording.tokens.loc[keep, ["seq", "pos", "text"]].copy()
-    scales: dict[str, dict[str, float]] = {"scale": {}, "scale_rotated": {}}
-    labels = [f"{t:g}" for t in thresholds]
-    with progress_bar(total=2 * len(recording) * len(names), unit="tok", desc="sparsity", show=progress) as bar:
-        for name in names:
-            d = recording.site(name).n_units
+    rotations: dict[int, np.ndarray] = {}  # one random basis per width, shared by the populations of that width
+    rows, lifetime, active, population = [], [], [], []
+    scales: dict[str, dict[str, float]] = {"scale": {}, "scale_control": {}}
+    with progress_bar(total=2 * len(recording) * len(populations), unit="tok", desc="sparsity", show=progress) as bar:
+        for s, idx in populations:
+            d = len(idx)
             if control is not None and d not in rotations:
                 rotations[d] = _rotation(d, rng)
             rotation = rotations.get(d)
-            tallies = _site(recording, name, keep, thresholds, NEGATIVE[negative], rotation, bar)
+            whole = len(idx) == s.n_units  # read whole: the fast path
+            tallies = _site(recording, s.name, None if whole else idx, keep, thresholds, NEGATIVE[negative], rotation,
+                            bar)
             real = tallies[0].summary(n)
             table = {"level": tallies[0].levels, **{k: real[k] for k in ("population", "lifetime", "silent")}}
-            scales["scale"][name] = tallies[0].scale
+            scales["scale"][s.name] = tallies[0].scale
             if control is not None:
                 rotated = tallies[1].summary(n)
-                table.update({f"{k}_rotated": rotated[k] for k in ("population", "lifetime", "silent")})
-                scales["scale_rotated"][name] = tallies[1].scale
-            rows.append(pd.DataFrame(table, index=pd.MultiIndex.from_product([[name], thresholds],
+                table.update({f"{k}_control": rotated[k] for k in ("population", "lifetime", "silent")})
+                scales["scale_control"][s.name] = tallies[1].scale
+            rows.append(pd.DataFrame(table, index=pd.MultiIndex.from_product([[s.name], thresholds],
                                                                              names=["site", "threshold"])))
-            columns = {f"{key}@{t}": real[key][i] for i, t in enumerate(labels) for key in ("tr", "active")}
-            units.append(pd.DataFrame(columns, index=recording.site(name).unit_index()))
-            tokens[[f"{name}@{t}" for t in labels]] = np.concatenate(tallies[0].population)
-    order = ["level", "population", "population_rotated", "lifetime", "lifetime_rotated", "silent", "silent_rotated"]
+            lifetime.append(real["tr"].T)
+            active.append(real["active"].T)
+            population.append(np.concatenate(tallies[0].population))
+    order = ["level", "population", "population_control", "lifetime", "lifetime_control", "silent", "silent_control"]
     df = pd.concat(rows)
     df = df[[c for c in order if c in df.columns]]
-    described = "the recorded values in a Haar-random orthogonal basis (one per site width)"
-    meta.update(sites=names, thresholds=thresholds.tolist(), negative=negative,
-                control=None if control is None else described,
+    index = pd.MultiIndex.from_tuples([(s.name, int(i)) for s, idx in populations for i in idx], names=["site", "unit"])
+    tokens = recording.tokens.loc[keep]
+    names = [s.name for s, _ in populations]
+    data = unit_dataset(index, {"lifetime": np.concatenate(lifetime), "active": np.concatenate(active)}, "threshold",
+                        thresholds)
+    data["population"] = xr.DataArray(np.stack(population, axis=1), dims=("token", "sites", "threshold"), coords={
+        "token": tokens.index.to_numpy(), "seq": ("token", tokens["seq"].to_numpy()),
+        "pos": ("token", tokens["pos"].to_numpy()), "text": ("token", tokens["text"].to_numpy()), "sites": names})
+    described = "the recorded values in a Haar-random orthogonal basis (one per population width)"
+    meta.update(sites=names, units={s.name: None if len(idx) == s.n_units else idx.tolist() for s, idx in populations},
+                thresholds=thresholds.tolist(), negative=negative, control=None if control is None else described,
                 reference=REFERENCE, seed=seed, include_bos=include_bos, n_tokens=n, **scales)
-    return SparsityResult(df, kind="sparsity", meta=meta, plotter=_figure, units=pd.concat(units), tokens=tokens)
+    return SparsityResult(df, meta, data)
 
 
 __all__ = ["sparsity", "SparsityResult", "REFERENCE"]

@@ -17,11 +17,21 @@ definition, so the list wins whenever fewer than 1 cell in 5 spikes: 4x smaller 
 A canvas gets :meth:`Spikes.pairs` (int32 ``[n_spikes, 2]``, 8 bytes per spike) for the
 whole raster, or :meth:`Spikes.window` (dense uint8) for the part on screen only.
 
+Units are those of one site: ``spikes(rec, "mlp.0")`` (all), ``spikes(rec, "mlp.0", [3, 7])``,
+``spikes(rec, ("mlp.0", [3, 7]))`` or a unit table of one site (``tuning(...).top(40)``).
+
 Example:
+    >>> import llmscope
+    >>> from llmscope import psth, spikes
+    >>> from llmscope.stimuli import grammar
+    >>> model = llmscope.load("grammar-2l")
+    >>> stim = grammar(model, n_docs=4, seed=0)
+    >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+    ...                       dtype="float32", progress=False)
     >>> sp = spikes(rec, "attn.1", method="quantile", threshold=0.9, sort_by="pos_tag", progress=False)
     >>> sp.matrix.shape == (4, len(sp.tokens))
     True
-    >>> p = psth(sp, "pos_tag == 'NOUN'", window=3, n_shuffle=20)
+    >>> p = psth(sp, "pos_tag == 'NOUN'", window=3, n_controls=20)
     >>> sorted(p.df.offset.unique().tolist())
     [-3, -2, -1, 0, 1, 2, 3]
 """
@@ -31,7 +41,6 @@ from __future__ import annotations
 import html
 import math
 import warnings
-from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
@@ -40,13 +49,14 @@ from scipy import sparse
 from tqdm.auto import tqdm
 
 from llmscope.analysis import events, responses
-from llmscope.stimuli import trials
 from llmscope.checks import choice, count, draws, flag, fraction
 from llmscope.errors import AnalysisError, SiteError
 from llmscope.progress import progress_bar
 from llmscope.recording import Recording
 from llmscope.result import Result
-from llmscope.sites import Site, parse_units, unit_labels
+from llmscope.sites import Site, UnitsLike, parse_units, unit_labels
+from llmscope.stimuli import trials
+from llmscope.vocabulary import renamed
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -59,15 +69,34 @@ CONTROLS = ("shuffle", None)
 
 
 def _site_units(units: Any, name: str) -> Any:
-    """The unit indices of a ``(site, unit)`` table / index / Result, which must hold units of
-    site ``name`` only; any other form (ints, None) is returned as given."""
-    if not isinstance(units, (pd.Index, pd.DataFrame, pd.Series, Result)):
+    """The unit indices of units that must all be of site ``name``: a ``(site, indices)`` pair, a
+    ``(site, unit)`` table / index / Result; indices (ints) and None (all) are returned as given."""
+    if units is None or isinstance(units, (int, np.integer)) or (
+            isinstance(units, (list, tuple, np.ndarray)) and all(isinstance(i, (int, np.integer)) for i in units)):
         return units
     pairs = parse_units(units)
-    other = [spec for spec, _ in pairs if spec != name]
+    other = [site for site in (spec.name if isinstance(spec, Site) else spec for spec, _ in pairs) if site != name]
     if other:
         raise SiteError(f"these units belong to {other}, not to {name}; pass units of {name} only.")
     return pairs[0][1]
+
+
+def _one_site(recording: Recording, units: Any, indices: Any, analysis: str) -> tuple[str, np.ndarray]:
+    """The one recorded site of ``units`` (a site with ``indices``, a ``(site, indices)`` pair, or a
+    unit table of one site) and its unit indices, in the order given (None: all)."""
+    if isinstance(units, (str, Site)):
+        name = responses.check_site(recording, units.name if isinstance(units, Site) else units)
+        given = _site_units(indices, name)
+        units = (name, given) if given is indices else indices  # a unit table stays one: its model is checked
+    elif indices is not None:
+        raise SiteError.Type(f"indices follow a site name, as in {analysis}(rec, 'mlp.0', [3, 7]); got "
+                             f"units={str(units)[:80]} and indices={indices!r}.")
+    resolved = responses.resolve(recording, units)  # the sites, the indices and a unit table's model
+    if len(resolved) != 1:
+        raise SiteError(f"{analysis} reads the units of one site; these are of {[s.name for s, _ in resolved]}: "
+                        "call it once per site.")
+    s = resolved[0][0]
+    return s.name, s.check_units(parse_units(units)[0][1])  # in the order given
 
 
 def _kept_blocks(recording: Recording, site: str, units: np.ndarray, keep: np.ndarray,
@@ -121,34 +150,44 @@ def _quantile_thresholds(blocks: Iterator[tuple[int, np.ndarray]], n_units: int,
 # ---------------------------------------------------------------- Spikes
 
 
-@dataclass(repr=False, eq=False)
 class Spikes(Result):
     """Spikes of a site's units over the analysed tokens: a unit table plus a sparse raster.
 
+    ``.df``: one row per unit, indexed by ``(site, unit)`` in raster order: ``threshold`` (the
+    response level a spike must exceed), ``n_spikes``, ``rate`` (spikes per analysed token; what
+    :meth:`top` ranks by); with ``sort_by``, also ``preferred`` and ``auc`` from
+    :func:`~llmscope.analysis.tuning.tuning`.
+
+    ``.meta``: ``site``, ``method``, ``threshold`` (the argument), ``include_bos``, ``sort_by``,
+    ``n_tokens``, ``n_spikes``, ``model``, ``fingerprint``, ``stimuli``, ``complete`` (False: an
+    interrupted recording, analysed as far as it goes; a warning says so), ``recorded_seqs``,
+    ``stimuli_seqs``.
+
     Attributes:
-        df: one row per unit, indexed by ``(site, unit)`` in raster order: ``threshold`` (the
-            response level a spike must exceed), ``n_spikes``, ``rate`` (spikes per analysed
-            token); with ``sort_by``, also ``preferred`` and ``auc`` from
-            :func:`~llmscope.analysis.tuning.tuning`.
         matrix: scipy CSR ``[n_units, n_tokens]`` uint8, 1 where a unit spikes; row i is
-            ``df.index[i]``, column j is ``tokens.iloc[j]``.
+            ``df.index[i]``, column j is ``tokens.iloc[j]`` (sparse: it stays an attribute).
         tokens: the analysed rows of the trial table, one per raster column; its index is
             the row number in the recording.
-        meta: ``site``, ``method``, ``threshold`` (the argument), ``include_bos``,
-            ``sort_by``, ``n_tokens``, ``n_spikes``, ``recording`` (stimuli name), ``model``,
-            ``model``, ``stimuli``, ``complete`` (False: an interrupted recording, analysed as far as
-            it goes; a warning says so), ``recorded_seqs``, ``stimuli_seqs``.
 
     ``.plot(units=slice, tokens=slice)`` draws the raster (or a window of it) with plotly.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import spikes
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
+        >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+        ...                       dtype="float32", progress=False)
         >>> sp = spikes(rec, "attn.1", progress=False)
         >>> sp.window(slice(0, 2), slice(0, 5)).shape, sp.pairs().dtype
         ((2, 5), dtype('int32'))
     """
 
-    matrix: sparse.csr_matrix = field(default=None, repr=False)
-    tokens: pd.DataFrame = field(default=None, repr=False)
+    kind = "spikes"
+    rank_by = "rate"
+    matrix: sparse.csr_matrix
+    tokens: pd.DataFrame
 
     def pairs(self) -> np.ndarray:
         """All spikes as int32 ``[n_spikes, 2]`` ``(unit_row, token_col)`` pairs, row-major."""
@@ -166,7 +205,33 @@ class Spikes(Result):
         a unit table such as a sorted tuning ``.df``, or a list of unit indices of this site)."""
         name = self.meta["site"]
         rows = _rows_of(self.df.index, _site_units(units, name), name)
-        return replace(self, df=self.df.iloc[rows], matrix=self.matrix[rows])
+        return _spikes(self.df.iloc[rows], self.meta, self.matrix[rows], self.tokens)
+
+    def plot(self, units: slice = slice(None), tokens: slice = slice(None)) -> "go.Figure":
+        """Scattergl raster of a window (unit rows, token columns as slices): one marker per spike,
+        a categorical unit axis in raster order."""
+        import plotly.graph_objects as go
+
+        labels = np.array(unit_labels(self.df.index))[units]
+        part = self.matrix[units, tokens].tocoo()
+        first = range(len(self.tokens))[tokens]
+        cols = np.asarray(first)[part.col]
+        text = np.array([html.escape(str(t)) for t in self.tokens["text"].to_numpy()[cols]], dtype=object)
+        fig = go.Figure(go.Scattergl(
+            x=cols, y=labels[part.row], mode="markers", marker=dict(symbol="line-ns-open", size=8),
+            customdata=text, hovertemplate="%{y} at token %{x}: %{customdata}<extra></extra>"))
+        m = self.meta
+        fig.update_yaxes(type="category", categoryorder="array", categoryarray=list(labels), autorange="reversed",
+                         title="unit")
+        fig.update_xaxes(title="token (analysed rows)")
+        return fig.update_layout(title=f"spikes of {m['site']} ({m['method']} > {m['threshold']:g})"
+                                       + (f", sorted by {m['sort_by']}" if m["sort_by"] else ""))
+
+
+def _spikes(df: pd.DataFrame, meta: dict[str, Any], matrix: sparse.csr_matrix, tokens: pd.DataFrame) -> Spikes:
+    sp = Spikes(df, meta)
+    sp.matrix, sp.tokens = matrix, tokens
+    return sp
 
 
 def _rows_of(index: pd.MultiIndex, units: Any, name: str) -> np.ndarray:
@@ -178,28 +243,8 @@ def _rows_of(index: pd.MultiIndex, units: Any, name: str) -> np.ndarray:
     pos = pd.Index(have).get_indexer(want)
     if (pos < 0).any():
         raise SiteError.Range(f"units {want[pos < 0].tolist()} of {name} are not in these spikes "
-                        f"(they hold {len(have)} units: {have.tolist()[:10]}...).")
+                              f"(they hold {len(have)} units: {have.tolist()[:10]}...).")
     return pos
-
-
-def _raster_figure(sp: Spikes, units: slice = slice(None), tokens: slice = slice(None)) -> "go.Figure":
-    """Scattergl raster: one marker per spike, a categorical unit axis in raster order."""
-    import plotly.graph_objects as go
-
-    labels = np.array(unit_labels(sp.df.index))[units]
-    part = sp.matrix[units, tokens].tocoo()
-    first = range(len(sp.tokens))[tokens]
-    cols = np.asarray(first)[part.col]
-    text = np.array([html.escape(str(t)) for t in sp.tokens["text"].to_numpy()[cols]], dtype=object)
-    fig = go.Figure(go.Scattergl(
-        x=cols, y=labels[part.row], mode="markers", marker=dict(symbol="line-ns-open", size=8),
-        customdata=text, hovertemplate="%{y} at token %{x}: %{customdata}<extra></extra>"))
-    m = sp.meta
-    fig.update_yaxes(type="category", categoryorder="array", categoryarray=list(labels), autorange="reversed",
-                     title="unit")
-    fig.update_xaxes(title="token (analysed rows)")
-    return fig.update_layout(title=f"spikes of {m['site']} ({m['method']} > {m['threshold']:g})"
-                                   + (f", sorted by {m['sort_by']}" if m["sort_by"] else ""))
 
 
 def _selectivity(recording: Recording, s: Site, index: pd.MultiIndex, label: str,
@@ -213,18 +258,20 @@ def _selectivity(recording: Recording, s: Site, index: pd.MultiIndex, label: str
     return sel.sort_values(["preferred", "auc"], ascending=[True, False], kind="mergesort")
 
 
-def spikes(recording: Recording, site: str, units: Any = None, *, threshold: float = 3.0,
+@renamed(site="units", units="indices")
+def spikes(recording: Recording, units: UnitsLike, indices: Any = None, *, threshold: float = 3.0,
            method: str = "zscore", include_bos: bool = False, sort_by: str | None = None,
            progress: bool = True) -> Spikes:
-    """Where each unit of ``site`` spikes: its response strictly above a per-unit threshold.
+    """Where each unit spikes: its response strictly above a per-unit threshold.
 
     Streams the recording twice (thresholds, then crossings), one block at a time; memory is
     one block plus the spikes (and, for a quantile, about as many floats as spikes).
 
     Args:
         recording: a :class:`~llmscope.Recording`.
-        site: a recorded site (``"attn.1"``).
-        units: unit indices of ``site``, or a ``(site, unit)`` table; None for all.
+        units: units of one recorded site: the site (``"attn.1"``, with ``indices``), a
+            ``(site, indices)`` pair or a unit table of one site; raster rows keep their order.
+        indices: unit indices of the site named by ``units`` (or a unit table of it); None for all.
         threshold: for ``"zscore"`` standard deviations above the mean (> 0); for
             ``"quantile"`` the quantile in (0, 1).
         method: ``"zscore"`` or ``"quantile"`` (see the module docstring).
@@ -238,19 +285,25 @@ def spikes(recording: Recording, site: str, units: Any = None, *, threshold: flo
 
     Raises:
         AnalysisError: an unknown method, a threshold outside its range, fewer than 2 tokens.
-        SiteError: a site the recording lacks, a unit index out of range.
+        SiteError: a site the recording lacks, a unit index out of range, units of several sites.
         ColumnError: a ``sort_by`` column the trial table lacks.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import spikes
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
+        >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+        ...                       dtype="float32", progress=False)
         >>> sp = spikes(rec, "mlp.0", method="quantile", threshold=0.99, progress=False)
         >>> bool((sp.df.rate < 0.02).all())
         True
     """
     provenance = responses.check_recording(recording, "spikes")
     threshold = _check_threshold(method, threshold)
-    name = responses.check_site(recording, site)
+    name, idx = _one_site(recording, units, indices, "spikes")
     s = recording.site(name)
-    idx = s.check_units(_site_units(units, name))
     keep = trials.rows(recording.tokens, include_bos)
     if sort_by is not None:
         trials.labels(recording.tokens, sort_by, keep)
@@ -271,68 +324,91 @@ def spikes(recording: Recording, site: str, units: Any = None, *, threshold: flo
     n_spikes = np.asarray(matrix.sum(1)).ravel()
     df = pd.DataFrame({"threshold": thr, "n_spikes": n_spikes, "rate": n_spikes / n}, index=s.unit_index(idx))
     meta = {"site": name, "method": method, "threshold": threshold, "include_bos": include_bos,
-            "sort_by": sort_by, "n_tokens": n, "n_spikes": int(n_spikes.sum()),
-            **provenance}
-    sp = Spikes(df, kind="spikes", meta=meta, plotter=_raster_figure, matrix=matrix,
-                tokens=recording.tokens[keep])
-    if sort_by is None:
-        return sp
-    sel = _selectivity(recording, s, df.index, sort_by, include_bos)
-    sp = sp.reorder(sel.index)
-    sp.df = sp.df.join(sel)
-    return sp
+            "sort_by": sort_by, "n_tokens": n, "n_spikes": int(n_spikes.sum()), **provenance}
+    if sort_by is not None:
+        sel = _selectivity(recording, s, df.index, sort_by, include_bos)
+        order = df.index.get_indexer(sel.index)
+        df, matrix = df.iloc[order].join(sel), matrix[order]
+    return _spikes(df, meta, matrix, recording.tokens[keep])
 
 
 # ---------------------------------------------------------------- PSTH
 
 
-def _psth_figure(result: Result, max_units: int = 8) -> "go.Figure":
-    """Lines of the rate per unit against offset, with the shuffled mean (dotted) and 95% band."""
-    import plotly.colors
-    import plotly.graph_objects as go
+class PSTHResult(Result):
+    """What :func:`psth` returns.
 
-    df = result.df
-    units = list(dict.fromkeys(zip(df.site, df.unit)))[:max_units]
-    palette = plotly.colors.qualitative.Plotly
-    fig = go.Figure()
-    for i, (s, u) in enumerate(units):
-        d, color, label = df[(df.site == s) & (df.unit == u)], palette[i % len(palette)], f"{s}:{u}"
-        if d.rate_shuffled.notna().any():
-            fig.add_scatter(x=np.concatenate([d.offset, d.offset[::-1]]),
-                            y=np.concatenate([d.shuffled_high, d.shuffled_low[::-1]]), fill="toself",
-                            fillcolor=color, opacity=0.2, line=dict(width=0), hoverinfo="skip",
-                            legendgroup=label, showlegend=False)
-            fig.add_scatter(x=d.offset, y=d.rate_shuffled, mode="lines", line=dict(color=color, dash="dot"),
-                            legendgroup=label, name=f"{label} shuffled")
-        fig.add_scatter(x=d.offset, y=d.rate, mode="lines+markers", line=dict(color=color),
-                        legendgroup=label, name=label)
-    fig.add_vline(x=0, line=dict(color="grey", dash="dash"))
-    m = result.meta
-    return fig.update_layout(title=f"PSTH of {m['site']} on {html.escape(m['event'])} ({m['n_events']} events)",
-                             xaxis_title="offset from event (tokens)", yaxis_title=m["measure"])
+    ``.df``: long form, one row per unit and offset: ``site``, ``unit``, ``offset``, ``rate``,
+    ``rate_control`` (mean over the shuffled events), ``rate_control_low`` and
+    ``rate_control_high`` (its 2.5 and 97.5 percentiles; NaN without a control), ``n_events``
+    (events counted at that offset).
+
+    ``.meta``: ``site``, ``where``, ``window`` (``[before, after]``), ``measure`` (``"spike
+    rate"`` or ``"mean response"``), ``spikes`` (the method and threshold of Spikes, else None),
+    ``control``, ``n_controls``, ``seed``, ``n_events``, ``include_bos``, and the recording's
+    provenance (``model``, ``fingerprint``, ``stimuli``, ``complete``...).
+
+    ``.plot(n=8)``: the rate of the first ``n`` units against offset, each with its control.
+    """
+
+    kind = "psth"
+
+    @renamed(max_units="n")
+    def plot(self, n: int = 8) -> "go.Figure":
+        """Lines of the rate of the first ``n`` units against offset, with the shuffled mean
+        (dotted) and its 95% band."""
+        import plotly.colors
+        import plotly.graph_objects as go
+
+        df = self.df
+        units = list(dict.fromkeys(zip(df.site, df.unit)))[:count(n, "n")]
+        palette = plotly.colors.qualitative.Plotly
+        fig = go.Figure()
+        for i, (s, u) in enumerate(units):
+            d, color, label = df[(df.site == s) & (df.unit == u)], palette[i % len(palette)], f"{s}:{u}"
+            if d.rate_control.notna().any():
+                fig.add_scatter(x=np.concatenate([d.offset, d.offset[::-1]]),
+                                y=np.concatenate([d.rate_control_high, d.rate_control_low[::-1]]), fill="toself",
+                                fillcolor=color, opacity=0.2, line=dict(width=0), hoverinfo="skip",
+                                legendgroup=label, showlegend=False)
+                fig.add_scatter(x=d.offset, y=d.rate_control, mode="lines", line=dict(color=color, dash="dot"),
+                                legendgroup=label, name=f"{label} shuffled")
+            fig.add_scatter(x=d.offset, y=d.rate, mode="lines+markers", line=dict(color=color),
+                            legendgroup=label, name=label)
+        fig.add_vline(x=0, line=dict(color="grey", dash="dash"))
+        m = self.meta
+        return fig.update_layout(title=f"PSTH of {m['site']} on {html.escape(m['where'])} ({m['n_events']} events)",
+                                 xaxis_title="offset from event (tokens)", yaxis_title=m["measure"])
 
 
-def _psth_source(source: Any, site: str | None, units: Any, include_bos: bool | None,
-                 progress: bool) -> tuple[str, pd.MultiIndex, pd.DataFrame, bool, Any]:
-    """Check a PSTH's source; return its site, units, analysed rows, BOS choice and
+def _psth_source(source: Any, units: Any, indices: Any, include_bos: bool | None,
+                 progress: bool) -> tuple[str, pd.MultiIndex, pd.DataFrame, bool, dict[str, Any], Any]:
+    """Check a PSTH's source; return its site, units, analysed rows, BOS choice, provenance and
     ``summed(w) -> [n_rows of w, n_units]``: the spikes or responses summed under weights ``w``."""
     if include_bos is not None:
         flag(include_bos, "include_bos")
     if isinstance(source, Spikes):
         name = source.meta["site"]
-        if site is not None and site != name:
-            raise SiteError(f"these spikes are of {name}, not of {site!r}; leave site out.")
         if include_bos is not None:
             raise AnalysisError("include_bos applies to a Recording; Spikes keep the rows they were found on.")
+        if isinstance(units, (str, Site)):
+            given = units.name if isinstance(units, Site) else units
+            if given != name:
+                raise SiteError(f"these spikes are of {name}, not of {given!r}; leave units out, or pass units of {name}.")
+            units = indices
+        elif indices is not None:
+            raise SiteError.Type(f"indices follow a site name; got units={str(units)[:80]} and indices={indices!r}.")
         rows = slice(None) if units is None else _rows_of(source.df.index, _site_units(units, name), name)
-        return (name, source.df.index[rows], source.tokens, source.meta["include_bos"],
+        provenance = {key: source.meta[key] for key in PROVENANCE if key in source.meta}
+        return (name, source.df.index[rows], source.tokens, source.meta["include_bos"], provenance,
                 lambda w: (source.matrix[rows] @ w.T).toarray().T)
     if not isinstance(source, Recording):
         raise AnalysisError.Type(f"psth takes Spikes or a Recording, got {type(source).__name__}.")
-    if site is None:
-        raise SiteError(f"psth of a Recording needs site=, one of {source.sites}.")
-    name = responses.check_site(source, site)
-    idx = source.site(name).check_units(_site_units(units, name))
+    if units is None:
+        raise SiteError(f"psth of a Recording needs units= (a site such as {source.sites[0]!r}, with indices=, or "
+                        f"a (site, indices) pair); it holds {source.sites}.")
+    provenance = responses.check_recording(source, "psth")
+    name, idx = _one_site(source, units, indices, "psth")
     include_bos = False if include_bos is None else include_bos
     keep = trials.rows(source.tokens, include_bos)
 
@@ -343,11 +419,14 @@ def _psth_source(source: Any, site: str | None, units: Any, include_bos: bool | 
                 out += (w if len(x) == w.shape[1] else w[:, c0:c0 + len(x)]) @ x
         return out
 
-    return name, source.site(name).unit_index(idx), source.tokens[keep], include_bos, summed
+    return name, source.site(name).unit_index(idx), source.tokens[keep], include_bos, provenance, summed
 
 
-def _psth_table(index: pd.MultiIndex, rate: np.ndarray, n_events: np.ndarray, window: int) -> pd.DataFrame:
-    """The long-form PSTH table from ``rate [1 + n_shuffle, n_offsets, n_units]`` (set 0 = real events)."""
+PROVENANCE = ("model", "fingerprint", "stimuli", "complete", "recorded_seqs", "stimuli_seqs")
+
+
+def _psth_table(index: pd.MultiIndex, rate: np.ndarray, n_events: np.ndarray, before: int) -> pd.DataFrame:
+    """The long-form PSTH table from ``rate [1 + n_controls, n_offsets, n_units]`` (set 0 = real events)."""
     real, shuf = rate[0].T, rate[1:].transpose(2, 1, 0)  # [unit, offset], [unit, offset, shuffle]
     k = real.shape[1]
     if len(shuf[0, 0]):
@@ -359,71 +438,76 @@ def _psth_table(index: pd.MultiIndex, rate: np.ndarray, n_events: np.ndarray, wi
     return pd.DataFrame({
         "site": np.repeat(index.get_level_values("site"), k),
         "unit": np.repeat(index.get_level_values("unit"), k),
-        "offset": np.tile(np.arange(-window, window + 1), len(index)),
-        "rate": real.ravel(), "rate_shuffled": mean.ravel(),
-        "shuffled_low": low.ravel(), "shuffled_high": high.ravel(),
+        "offset": np.tile(np.arange(-before, k - before), len(index)),
+        "rate": real.ravel(), "rate_control": mean.ravel(),
+        "rate_control_low": low.ravel(), "rate_control_high": high.ravel(),
         "n_events": np.tile(n_events.astype(np.int64), len(index)),
     })
 
 
-def psth(source: "Spikes | Recording", event: str, window: int = 5, *, site: str | None = None,
-         units: Any = None, include_bos: bool | None = None, control: str | None = "shuffle",
-         n_shuffle: int = 100, seed: int = 0, progress: bool = True) -> Result:
-    """Peri-stimulus time histogram: each unit's activity at offsets ``-window..+window`` tokens
+@renamed(event="where", site="units", units="indices", n_shuffle="n_controls")
+def psth(source: "Spikes | Recording", where: str, window: int | tuple[int, int] = 5, *,
+         units: UnitsLike | None = None, indices: Any = None, include_bos: bool | None = None,
+         control: str | None = "shuffle", n_controls: int = 100, seed: int = 0, progress: bool = True) -> PSTHResult:
+    """Peri-stimulus time histogram: each unit's activity at offsets ``-before..+after`` tokens
     around the events, within the event's own sequence.
 
     From :class:`Spikes` the measure is the spike rate (the fraction of events whose token at
     that offset spikes); from a Recording it is the mean scalar response there. An offset that
     falls outside the sequence (or on a row not analysed, such as BOS) is not counted, so
     ``n_events`` can shrink near the edges. The control moves the events of each sequence to
-    as many random distinct positions of that sequence, ``n_shuffle`` times, and measures them
-    the same way. Memory: one block of responses, plus ``(1 + n_shuffle) x (2 window + 1)``
+    as many random distinct positions of that sequence, ``n_controls`` times, and measures them
+    the same way. Memory: one block of responses, plus ``(1 + n_controls) x (before + after + 1)``
     event weights per event and as many sums per unit.
 
     Args:
         source: :class:`Spikes` (from :func:`spikes`) or a Recording.
-        event: a boolean trial-table column (``"is_onset"``) or a query (``"pos_tag == 'NOUN'"``).
-        window: offsets ``-window..+window`` (>= 1).
-        site: the site, for a Recording (Spikes know theirs).
-        units: a subset of the units (indices of the site, or a ``(site, unit)`` table).
+        where: the events: a boolean trial-table column (``"is_onset"``) or a query (``"pos_tag == 'NOUN'"``).
+        window: an int n for offsets ``-n..+n`` (>= 1), or ``(before, after)`` (each >= 0).
+        units: for a Recording, units of one site (``"attn.1"`` with ``indices``, ``("attn.1", [0])``,
+            a unit table of one site); for Spikes, some of their units (indices, or a unit table),
+            None for all.
+        indices: unit indices of the site named by ``units``.
         include_bos: for a Recording, analyse BOS rows too (default False); Spikes keep the
             rows they were found on.
         control: ``"shuffle"`` or None (no control).
-        n_shuffle: shuffles of the control (>= 1).
+        n_controls: shuffles of the control (>= 1).
         seed: seeds the shuffles.
         progress: show a progress bar (Recording only: it streams the responses once).
 
     Returns:
-        A Result whose ``.df`` is long form, one row per unit and offset: ``site``, ``unit``,
-        ``offset``, ``rate``, ``rate_shuffled`` (mean over shuffles), ``shuffled_low`` and
-        ``shuffled_high`` (its 2.5 and 97.5 percentiles), ``n_events`` (events counted at that
-        offset). ``.meta``: ``site``, ``event``, ``window``, ``measure`` (``"spike rate"`` or
-        ``"mean response"``), ``spikes`` (the method and threshold of Spikes, else None),
-        ``control``, ``n_shuffle``, ``seed``, ``n_events``, ``include_bos``, ``complete``.
+        :class:`PSTHResult` (columns and meta keys in its docstring).
 
     Example:
-        >>> p = psth(rec, "is_repeat", window=3, site="attn.1", n_shuffle=20, progress=False)
+        >>> import llmscope
+        >>> from llmscope import psth
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
+        >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+        ...                       dtype="float32", progress=False)
+        >>> p = psth(rec, "is_repeat", window=3, units="attn.1", n_controls=20, progress=False)
         >>> p.df.columns[:4].tolist()
         ['site', 'unit', 'offset', 'rate']
     """
-    window = count(window, "window")
+    before, after = events.span(window)
     if control not in CONTROLS:
         raise AnalysisError(f"unknown control {control!r}; choose one of {list(CONTROLS)}.")
-    n_shuffle = draws(n_shuffle, "n_shuffle", "resample") if control else 0
+    n_controls = draws(n_controls, "n_controls", "resample") if control else 0
     seed = count(seed, "seed", minimum=0)
-    name, index, tokens, include_bos, summed = _psth_source(source, site, units, include_bos, progress)
-    is_event = events.rows(tokens, event)
-    w, counts = events.weights(tokens, is_event, window, n_shuffle, seed)
+    name, index, tokens, include_bos, provenance, summed = _psth_source(source, units, indices, include_bos, progress)
+    is_event = events.rows(tokens, where)
+    w, counts = events.weights(tokens, is_event, (before, after), n_controls, seed)
     with np.errstate(invalid="ignore", divide="ignore"):
         rate = summed(w).reshape(*counts.shape, len(index)) / counts[:, :, None]  # [set, offset, unit]
-    df = _psth_table(index, rate, counts[0], window)
+    df = _psth_table(index, rate, counts[0], before)
     from_spikes = isinstance(source, Spikes)
-    meta = {"site": name, "event": event, "window": window,
+    meta = {"site": name, "where": where, "window": [before, after],
             "measure": "spike rate" if from_spikes else "mean response",
             "spikes": {key: source.meta[key] for key in ("method", "threshold")} if from_spikes else None,
-            "complete": source.meta["complete"] if from_spikes else source.complete, "control": control,
-            "n_shuffle": n_shuffle, "seed": seed, "n_events": int(is_event.sum()), "include_bos": include_bos}
-    return Result(df, kind="psth", meta=meta, plotter=_psth_figure)
+            "control": control, "n_controls": n_controls, "seed": seed, "n_events": int(is_event.sum()),
+            "include_bos": include_bos, **provenance}
+    return PSTHResult(df, meta)
 
 
-__all__ = ["spikes", "Spikes", "psth", "METHODS"]
+__all__ = ["spikes", "Spikes", "psth", "PSTHResult", "METHODS"]

@@ -9,6 +9,7 @@ the percentile interval, so for every ``level`` the interval excludes zero exact
 ``p < 1 - level`` (while ``1 - level`` is above ``1 / n_boot``, p's resolution).
 
 Example:
+    >>> from llmscope.analysis.stats import cluster_bootstrap, fdr, interval, p_value
     >>> import numpy as np
     >>> fdr(np.array([0.001, 0.02, 0.5])).round(3).tolist()
     [0.003, 0.03, 0.5]
@@ -57,6 +58,8 @@ def cluster_bootstrap(sums: np.ndarray, counts: np.ndarray, n_boot: int = 2000,
     and :func:`p_value` leave it out). With fewer than two clusters every draw is NaN.
 
     Example:
+        >>> import numpy as np
+        >>> from llmscope.analysis.stats import cluster_bootstrap
         >>> cluster_bootstrap(np.array([[1.0, 3.0], [2.0, 2.0]]), np.array([1, 1]), 4).shape
         (2, 4)
     """
@@ -85,6 +88,8 @@ def interval(draws: np.ndarray, level: float = LEVEL) -> np.ndarray:
     one reversed. NaN and infinite draws are left out; NaN where none is finite.
 
     Example:
+        >>> import numpy as np
+        >>> from llmscope.analysis.stats import interval
         >>> interval(np.arange(1.0, 41.0)).tolist()
         [1.0, 40.0]
     """
@@ -105,6 +110,8 @@ def p_value(draws: np.ndarray) -> np.ndarray:
     NaN where no draw is finite.
 
     Example:
+        >>> import numpy as np
+        >>> from llmscope.analysis.stats import p_value
         >>> float(p_value(np.array([-1.0, 1, 2, 3])))
         0.5
     """

@@ -30,10 +30,17 @@ Caveat: tokens of one document are not independent, so real p-values can be opti
 shuffle control breaks label-response pairing only, not that dependence.
 
 Example:
+    >>> import llmscope
+    >>> from llmscope import tuning
+    >>> from llmscope.stimuli import grammar
+    >>> model = llmscope.load("grammar-2l")
+    >>> stim = grammar(model, n_docs=4, seed=0)
+    >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+    ...                       dtype="float32", progress=False)
     >>> res = tuning(rec, "mlp.0", "pos_tag", progress=False)
     >>> res.df.columns[:3].tolist()
     ['preferred', 'mean_preferred', 'mean_rest']
-    >>> res.meta["n_significant"] > res.meta["n_significant_shuffled"][0]
+    >>> res.meta["n_significant"] > res.meta["n_significant_control"][0]
     True
 """
 
@@ -45,26 +52,27 @@ import multiprocessing
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
-from llmscope.analysis.responses import check_finite, check_recording, recorded_sites, scalar
-from llmscope.checks import count, draws, flag
+from llmscope.analysis.responses import check_finite, check_recording, resolve, scalar
+from llmscope.checks import choice, count, draws, flag
 from llmscope.analysis.stats import fdr
 from llmscope.stimuli.trials import labels as label_values
 from llmscope.stimuli.trials import rows
 from llmscope.errors import AnalysisError, SiteError
 from llmscope.progress import progress_bar
 from llmscope.recording import Recording
-from llmscope.result import Result
-from llmscope.sites import parse_units, unit_labels
+from llmscope.result import Result, unit_dataset
+from llmscope.sites import Site, UnitsLike, parse_units, unit_labels
+from llmscope.vocabulary import renamed
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
+    from tqdm import tqdm
 
 ALPHA = 0.05  # FDR level of the ``significant`` columns and the meta counts
 MAX_CATEGORIES = 256  # category tables [units, categories] stay small
@@ -93,21 +101,21 @@ class _Group:
 
 @dataclass(frozen=True)
 class _Labelings:
-    """The real category codes (row 0) and ``n_perm`` shuffles of them, over the analysed tokens.
+    """The real category codes (row 0) and ``n_controls`` shuffles of them, over the analysed tokens.
 
     The statistics read the tokens in ``order``, which sorts them by the joint code of the first
     group of labelings (the real one and the first shuffles): its category sums are segment sums
     as the tokens stand; a later group re-orders them once more."""
 
-    codes: np.ndarray  # [1 + n_perm, n_tokens] uint32, tokens in their own order
+    codes: np.ndarray  # [1 + n_controls, n_tokens] uint32, tokens in their own order
     counts: np.ndarray  # [n_categories] float64, tokens per category (the same in every labeling)
     order: np.ndarray  # [n_tokens] the order the statistics read the tokens in
     groups: tuple[_Group, ...]
 
 
-def _labelings(codes: np.ndarray, n_categories: int, n_perm: int, seed: int) -> _Labelings:
+def _labelings(codes: np.ndarray, n_categories: int, n_controls: int, seed: int) -> _Labelings:
     rng = np.random.default_rng(seed)
-    all_codes = np.stack([codes, *(rng.permutation(codes) for _ in range(n_perm))]).astype(np.uint32)
+    all_codes = np.stack([codes, *(rng.permutation(codes) for _ in range(n_controls))]).astype(np.uint32)
     m = 1
     while n_categories ** (m + 1) <= JOINT_BINS:
         m += 1
@@ -392,36 +400,8 @@ def _stream(recording: Recording, names: list[str], rows: np.ndarray, lab: _Labe
 # ---------------------------------------------------------------- the result
 
 
-def _plot(result: "TuningResult", n: int = 30, kind: str = "heatmap") -> "go.Figure":
-    import plotly.graph_objects as go
-
-    if kind not in ("heatmap", "curves"):
-        raise AnalysisError.Unknown(f"kind must be 'heatmap' or 'curves', got {kind!r}.")
-    top = result.top(count(n, "n")).index
-    names = unit_labels(top)
-    cats = [html.escape(str(c)) for c in result.counts.index]
-    label = html.escape(str(result.meta["label"]))
-    if kind == "heatmap":
-        z = result.means.loc[top].to_numpy()
-        with np.errstate(divide="ignore", invalid="ignore"):
-            z = (z - z.mean(1, keepdims=True)) / z.std(1, keepdims=True)
-        fig = go.Figure(go.Heatmap(z=z, x=cats, y=names, colorscale="RdBu_r", zmid=0,
-                                   colorbar=dict(title="z (per unit)"),
-                                   hovertemplate="%{y} · %{x}<br>z %{z:.2f}<extra></extra>"))
-        fig.update_yaxes(type="category", autorange="reversed", title="unit")
-        return fig.update_layout(title=f"tuning to {label}: the {len(top)} most selective units (by AUC)",
-                                 xaxis=dict(type="category", title=label))
-    fig = go.Figure()
-    for unit, name in zip(top, names):
-        fig.add_trace(go.Scatter(x=cats, y=result.means.loc[unit], name=name, mode="lines+markers",
-                                 error_y=dict(type="data", array=result.sems.loc[unit])))
-    return fig.update_layout(title=f"tuning curves (mean ± s.e.m.) over {label}",
-                             xaxis=dict(type="category", title=label), yaxis_title="response", legend_title="unit")
-
-
-@dataclass(repr=False, eq=False)
 class TuningResult(Result):
-    """What :func:`tuning` returns: a :class:`~llmscope.Result` with the per-category curves.
+    """What :func:`tuning` returns: one row per unit, and the tuning curves on ``.data``.
 
     ``.df``, one row per unit, indexed by ``(site, unit)``:
 
@@ -434,85 +414,106 @@ class TuningResult(Result):
     H, p                 Kruskal-Wallis statistic (tie-corrected) and p-value over all categories
     q                    Benjamini-Hochberg adjusted p over every unit of the table
     significant          q < ALPHA (0.05)
-    preferred_shuffled,  the same with the label shuffled across tokens (the first shuffle when
-    auc_shuffled, ...    ``n_perm > 1``): ``auc_shuffled``, ``dprime_shuffled``, ``p_shuffled``,
-                         ``q_shuffled``
+    preferred_control,   the same with the label shuffled across tokens (the first shuffle when
+    auc_control, ...     ``n_controls > 1``): ``auc_control``, ``dprime_control``, ``p_control``,
+                         ``q_control``
     ===================  ==========================================================================
 
-    Attributes:
-        means, sems: DataFrames ``[units, categories]`` (same index as ``.df``): tuning curves.
-        counts: tokens per category (a Series indexed by category).
+    ``.data``: ``mean`` and ``sem`` ``[unit, <label>]`` (the tuning curves; ``unit`` labelled
+    ``"mlp.0:12"``, with coordinates ``site`` and ``index``) and ``count`` ``[<label>]`` (tokens per
+    category).
 
     ``.meta``: ``sites``, ``label``, ``categories``, ``n_tokens``, ``n_seqs``, ``include_bos``,
-    ``n_perm``, ``seed``, ``shuffle`` (how labels were shuffled), ``alpha``, ``n_significant``,
-    ``n_significant_shuffled`` (a list, one count per shuffle), ``test`` (``"kruskal-wallis"``),
-    ``model``, ``stimuli``,
+    ``n_controls``, ``seed``, ``control`` (how labels were shuffled), ``alpha``, ``n_significant``,
+    ``n_significant_control`` (a list, one count per shuffle), ``test`` (``"kruskal-wallis"``),
+    ``model``, ``fingerprint``, ``stimuli``,
     ``complete`` (False: the recording was incomplete and only its recorded part was analysed),
     ``recorded_seqs`` and ``stimuli_seqs`` (sequences recorded, of how many).
     """
 
-    means: pd.DataFrame = field(default_factory=pd.DataFrame)
-    sems: pd.DataFrame = field(default_factory=pd.DataFrame)
-    counts: pd.Series = field(default_factory=lambda: pd.Series(dtype=float))
+    kind = "tuning"
+    rank_by = "auc"
 
-    def top(self, n: int = 10, category: Any = None) -> pd.DataFrame:
-        """The ``n`` most selective units by AUC (rows of ``.df``, same index: pass it to
-        ``lesion``, ``gain``, a decoder or a widget); with ``category``, only units that prefer it
-        (fewer than ``n`` if fewer do).
-
-        Example:
-            >>> res = tuning(rec, "mlp.0", "pos_tag", progress=False)
-            >>> res.top(4, category="NOUN").preferred.unique().tolist()
-            ['NOUN']
-        """
-        n = count(n, "n")
-        df = self.df
-        if category is not None:
-            if category not in self.counts.index:
-                raise AnalysisError.Unknown(f"category {category!r} is not a value of {self.meta['label']!r}; "
-                                    f"its categories are {self.meta['categories']}.")
-            df = df[df["preferred"] == category]
-        return df.sort_values("auc", ascending=False, kind="stable").head(n)
-
-    def curve(self, unit: Any) -> pd.DataFrame:
+    def curve(self, units: Any) -> pd.DataFrame:
         """The tuning curve of one unit: a DataFrame with columns ``category``, ``mean``, ``sem``,
-        ``n`` (one row per category). ``unit`` is an index (when the result has one site), a
+        ``n`` (one row per category). ``units`` is an index (when the result has one site), a
         ``(site, unit)`` pair or a one-row unit table such as ``res.top(1)``.
 
         Example:
+            >>> import llmscope
+            >>> from llmscope import tuning
+            >>> from llmscope.stimuli import grammar
+            >>> model = llmscope.load("grammar-2l")
+            >>> stim = grammar(model, n_docs=4, seed=0)
+            >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+            ...                       dtype="float32", progress=False)
             >>> res = tuning(rec, "mlp.0", "pos_tag", progress=False)
             >>> res.curve(12).columns.tolist()
             ['category', 'mean', 'sem', 'n']
         """
-        if isinstance(unit, (int, np.integer)) and not isinstance(unit, bool):
+        if isinstance(units, (int, np.integer)) and not isinstance(units, bool):
             if len(self.meta["sites"]) != 1:
                 raise SiteError(f"this result holds sites {self.meta['sites']}: name the unit as (site, unit).")
-            unit = (self.meta["sites"][0], unit)
-        pairs = [(s, i) for s, idx in parse_units(unit) for i in np.atleast_1d(np.asarray(idx, dtype=object))]
-        if len(pairs) != 1 or pairs[0] not in self.means.index:
+            units = (self.meta["sites"][0], units)
+        pairs = [(s, i) for s, idx in parse_units(units) for i in np.atleast_1d(np.asarray(idx, dtype=object))]
+        if len(pairs) != 1 or pairs[0] not in self.df.index:
             raise SiteError.Type(f"curve() takes one unit of this result (sites {self.meta['sites']}, units "
-                            f"0..n_units-1 of each); got {unit!r}.")
-        key = pairs[0]
-        return pd.DataFrame({"category": self.counts.index, "mean": self.means.loc[key].to_numpy(),
-                             "sem": self.sems.loc[key].to_numpy(), "n": self.counts.to_numpy().astype(int)})
+                                 f"0..n_units-1 of each); got {units!r}.")
+        label = unit_labels([pairs[0]])[0]
+        curve = self.data.sel(unit=label)
+        return pd.DataFrame({"category": curve[self.meta["label"]].to_numpy(), "mean": curve["mean"].to_numpy(),
+                             "sem": curve["sem"].to_numpy(), "n": self.data["count"].to_numpy().astype(int)})
+
+    @renamed(kind="style")
+    def plot(self, n: int = 30, style: str = "heatmap") -> "go.Figure":
+        """The ``n`` most selective units' tuning: a heatmap of z-scored means per category
+        (``style="heatmap"``) or their curves with ± s.e.m. (``style="curves"``)."""
+        import plotly.graph_objects as go
+
+        choice(style, "style", ("heatmap", "curves"))
+        top = self.top(count(n, "n")).index
+        names = unit_labels(top)
+        label = self.meta["label"]
+        curves = self.data.sel(unit=names)
+        cats = [html.escape(str(c)) for c in curves[label].to_numpy()]
+        title = html.escape(str(label))
+        if style == "heatmap":
+            z = curves["mean"].to_numpy()
+            with np.errstate(divide="ignore", invalid="ignore"):
+                z = (z - z.mean(1, keepdims=True)) / z.std(1, keepdims=True)
+            fig = go.Figure(go.Heatmap(z=z, x=cats, y=names, colorscale="RdBu_r", zmid=0,
+                                       colorbar=dict(title="z (per unit)"),
+                                       hovertemplate="%{y} · %{x}<br>z %{z:.2f}<extra></extra>"))
+            fig.update_yaxes(type="category", autorange="reversed", title="unit")
+            return fig.update_layout(title=f"tuning to {title}: the {len(top)} most selective units (by AUC)",
+                                     xaxis=dict(type="category", title=title))
+        fig = go.Figure()
+        for name in names:
+            one = curves.sel(unit=name)
+            fig.add_trace(go.Scatter(x=cats, y=one["mean"].to_numpy(), name=name, mode="lines+markers",
+                                     error_y=dict(type="data", array=one["sem"].to_numpy())))
+        return fig.update_layout(title=f"tuning curves (mean ± s.e.m.) over {title}",
+                                 xaxis=dict(type="category", title=title), yaxis_title="response",
+                                 legend_title="unit")
 
 
 # ---------------------------------------------------------------- the analysis
 
 
-def tuning(recording: Recording, site: str | Sequence[str], label: str, *, include_bos: bool = False,
-           n_perm: int = 1, seed: int = 0, progress: bool = True) -> TuningResult:
-    """Tuning curves, selectivity and significance of every unit of ``site`` over ``label``.
+@renamed(site="units", n_perm="n_controls")
+def tuning(recording: Recording, units: UnitsLike, label: str, *, include_bos: bool = False,
+           n_controls: int = 1, seed: int = 0, progress: bool = True) -> TuningResult:
+    """Tuning curves, selectivity and significance of every unit of ``units`` over ``label``.
 
     Args:
         recording: a :class:`~llmscope.Recording` (or a ``select``-ed view of one).
-        site: a recorded site (``"mlp.0"``, ``"attn.1"``: a head responds with the L2 norm of its
-            ``hook_z``), or a list of them: one table, FDR over all their units.
+        units: recorded units: a site (``"mlp.0"``, ``"attn.1"``: a head responds with the L2 norm
+            of its ``hook_z``), a list of sites, or any unit table: one table, FDR over all of them.
         label: a categorical trial-table column (``"pos_tag"``, ``"number"``, ``"is_repeat"``...);
             rows where it is missing (NaN, None, ``""``) are left out.
         include_bos: keep BOS rows (left out by default).
-        n_perm: how many label shuffles the control runs (1..100); the ``*_shuffled`` columns
-            come from the first, ``meta["n_significant_shuffled"]`` counts each.
+        n_controls: how many label shuffles the control runs (1..100); the ``*_control`` columns
+            come from the first, ``meta["n_significant_control"]`` counts each.
         seed: seeds the shuffles.
         progress: show a tqdm bar (units).
 
@@ -521,20 +522,28 @@ def tuning(recording: Recording, site: str | Sequence[str], label: str, *, inclu
 
     Raises:
         AnalysisError: not a Recording, no rows to analyse, a label with one category (or more
-            than ``MAX_CATEGORIES``), a bad ``n_perm``/``seed``/``include_bos``/``progress``.
+            than ``MAX_CATEGORIES``), a bad ``n_controls``/``seed``/``include_bos``/``progress``.
         ColumnError: ``label`` is not a trial-table column (the message lists them).
-        SiteError: a site the recording does not hold (the message lists those it does).
+        SiteError: a site the recording does not hold (the message lists those it does), a unit
+            out of range.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import tuning
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
+        >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+        ...                       dtype="float32", progress=False)
         >>> res = tuning(rec, ["mlp.0", "mlp.1"], "pos_tag", progress=False)
         >>> list(res.top(3).index.names), len(res.df)
         (['site', 'unit'], 1024)
     """
     meta = check_recording(recording, "tuning")
-    n_perm = draws(n_perm, "n_perm", "pass")
+    n_controls = draws(n_controls, "n_controls", "pass")
     seed = count(seed, "seed", minimum=0)
     flag(progress, "progress")
-    names = recorded_sites(recording, site)
+    resolved = resolve(recording, units)
     keep = rows(recording.tokens, include_bos)
     if not keep.any():
         raise AnalysisError(f"the recording {recording.name!r} has no rows to analyse ({len(recording)} rows"
@@ -546,36 +555,44 @@ def tuning(recording: Recording, site: str | Sequence[str], label: str, *, inclu
 
     codes, categories = pd.factorize(values, sort=True)
     analysed = values.index.to_numpy()
-    lab = _labelings(codes, len(categories), n_perm, seed)
+    lab = _labelings(codes, len(categories), n_controls, seed)
+    names = [site.name for site, _ in resolved]
     sizes = [recording.site(s).n_units for s in names]
     with progress_bar(total=sum(sizes), unit="unit", desc=f"tuning {label}", show=progress) as bar:
         parts = _stream(recording, names, analysed, lab, bar)
-    return _result(parts, names, sizes, categories, lab, label, values, recording,
-                   dict(meta, include_bos=include_bos, n_perm=n_perm, seed=seed))
+    return _result(parts, resolved, sizes, categories, lab, label, values, recording,
+                   dict(meta, include_bos=include_bos, n_controls=n_controls, seed=seed))
 
 
-def _result(parts: dict[str, list[np.ndarray]], names: list[str], sizes: list[int], categories: pd.Index,
-            lab: _Labelings, label: str, values: pd.Series, recording: Recording, meta: dict) -> TuningResult:
+def _result(parts: dict[str, list[np.ndarray]], resolved: list[tuple[Site, np.ndarray]], sizes: list[int],
+            categories: pd.Index, lab: _Labelings, label: str, values: pd.Series, recording: Recording,
+            meta: dict) -> TuningResult:
+    """The table of the units asked for (whole sites are analysed: a part reads whole chunks),
+    FDR over those units only."""
+    names = [site.name for site, _ in resolved]
     index = pd.MultiIndex.from_arrays([np.repeat(names, sizes), np.concatenate([np.arange(n) for n in sizes])],
                                       names=["site", "unit"])
-    curves = {k: pd.DataFrame(np.concatenate(parts.pop(k)), index=index, columns=categories) for k in ("means", "sems")}
-    stat = {k: np.concatenate(v, axis=-1) for k, v in parts.items()}  # each [n_labelings, units]
+    wanted = pd.MultiIndex.from_tuples([(s.name, int(i)) for s, idx in resolved for i in idx], names=["site", "unit"])
+    keep = index.get_indexer(wanted)
+    index = index[keep]
+    means, sems = (np.concatenate(parts.pop(k))[keep] for k in ("means", "sems"))
+    stat = {k: np.concatenate(v, axis=-1)[..., keep] for k, v in parts.items()}  # each [n_labelings, units]
     q = np.stack([fdr(p) for p in stat["p"]])
     cats = np.asarray(categories, dtype=object)
     df = pd.DataFrame({
         "preferred": cats[stat["preferred"][0]], "mean_preferred": stat["mean_preferred"][0],
         "mean_rest": stat["mean_rest"][0], "auc": stat["auc"][0], "dprime": stat["dprime"][0],
         "H": stat["H"][0], "p": stat["p"][0], "q": q[0], "significant": q[0] < ALPHA,
-        "preferred_shuffled": cats[stat["preferred"][1]], "auc_shuffled": stat["auc"][1],
-        "dprime_shuffled": stat["dprime"][1], "p_shuffled": stat["p"][1], "q_shuffled": q[1],
+        "preferred_control": cats[stat["preferred"][1]], "auc_control": stat["auc"][1],
+        "dprime_control": stat["dprime"][1], "p_control": stat["p"][1], "q_control": q[1],
     }, index=index)
-    counts = pd.Series(lab.counts, index=categories, name="n")
     seqs = recording.tokens.loc[values.index, "seq"].nunique()
     meta = dict(meta, sites=names, label=label, categories=categories.tolist(), n_tokens=len(values), n_seqs=int(seqs),
-                shuffle="labels permuted across the analysed tokens, one permutation for all units",
+                control="labels permuted across the analysed tokens, one permutation for all units",
                 alpha=ALPHA, n_significant=int((q[0] < ALPHA).sum()),
-                n_significant_shuffled=[int((qs < ALPHA).sum()) for qs in q[1:]], test="kruskal-wallis")
-    return TuningResult(df, kind="tuning", meta=meta, plotter=_plot, counts=counts, **curves)
+                n_significant_control=[int((qs < ALPHA).sum()) for qs in q[1:]], test="kruskal-wallis")
+    return TuningResult(df, meta, unit_dataset(index, {"mean": means, "sem": sems}, label, categories,
+                                               count=lab.counts))
 
 
 __all__ = ["tuning", "TuningResult"]

@@ -10,7 +10,7 @@ Example:
     'BOS'
 """
 
-from llmscope.organisms.grammar import Grammar
+from llmscope.stimuli.toy_grammar import Grammar
 
 _FACTS = ("verify", "failures", "read_card", "THRESHOLDS")
 

@@ -1,11 +1,25 @@
-"""The measured facts of an organism, recomputed from its weights on held-out text.
+"""The measured facts of an organism, recomputed from its weights on held-out text with the lab's
+own tools, so that the card also tests them.
 
-Facts: held-out loss per part of speech and the in-context copying ratio; agreement accuracy
-on minimal pairs; previous-token and induction heads by attention scores, confirmed by a
-lesion; part of speech decoded from MLP neurons, against a word-identity baseline and a
-shuffled-label control. `failures` lists the facts that miss their `THRESHOLDS`.
+Facts: held-out loss per part of speech and the in-context copying ratio (the per-token loss of
+:func:`llmscope.behaviour.loss`); agreement accuracy on minimal pairs
+(:func:`llmscope.stimuli.agreement`, :func:`llmscope.behaviour.logit_diff`); previous-token and
+induction heads by attention scores (:func:`llmscope.analysis.heads.localize_heads`), the
+induction head confirmed by a lesion (the engine's :func:`llmscope.engine.lesions.run`); part of
+speech decoded from MLP neurons (a :func:`llmscope.record` recording), against a word-identity
+baseline and a shuffled-label control. `failures` lists the facts that miss their `THRESHOLDS`.
+
+Two measures stay independent of the lab's, deliberately:
+
+* the induction score reads the grammar's gold copy sources (``repeat_of``: attention from a
+  copied token to the token after its source), which ``localize_heads``, working from token
+  ids, cannot see (its induction score counts every earlier copy of a token);
+* the POS decoders are one fixed split by document (the first 70% fit, the rest test), fit
+  once per layer, as the card defines them: ``decode``'s grouped cross-validation costs about
+  eight times as much here, and reproduces these figures within the card's tolerance.
 
 Example:
+    >>> from llmscope.organisms import failures, verify
     >>> facts = verify("grammar-2l", write=False)          # doctest: +SKIP
     >>> failures(facts)                                    # doctest: +SKIP
     []
@@ -26,11 +40,17 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
-from llmscope.progress import progress_bar
 
+from llmscope.analysis.heads import localize_heads
+from llmscope.behaviour import logit_diff, loss
+from llmscope.engine import lesions
 from llmscope.errors import ModelNotAvailable
-from llmscope.behaviour import next_token_loss
-from llmscope.organisms.grammar import PAD_ID, Grammar, predictable_repeats
+from llmscope.progress import progress_bar
+from llmscope.recording import record
+from llmscope.sites import resolve_units
+from llmscope.stimuli import agreement as agreement_pairs, grammar as grammar_docs
+from llmscope.stimuli.core import Stimuli
+from llmscope.stimuli.toy_grammar import PAD_ID, Grammar, Rates, predictable_repeats
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -67,6 +87,7 @@ def read_card(name: str | Path) -> dict:
     wall time, losses, the induction onset and the training curve), `facts`, `thresholds`.
 
     Example:
+        >>> from llmscope.organisms import read_card
         >>> read_card("grammar-2l")["training"]["config"]["n_layer"]
         2
     """
@@ -79,6 +100,7 @@ def verify(name: str | Path, write: bool = True, n_docs: int = N_DOCS,
     so the result is reproducible); with `write`, store them and `THRESHOLDS` in its card.
 
     Example:
+        >>> from llmscope.organisms import THRESHOLDS, verify
         >>> facts = verify("grammar-2l", write=False)                # doctest: +SKIP
         >>> facts["agreement"]["accuracy"] >= THRESHOLDS["agreement_accuracy"]  # doctest: +SKIP
         True
@@ -99,6 +121,7 @@ def failures(facts: dict) -> list[str]:
     """The facts that miss their thresholds, one line each; empty when all pass.
 
     Example:
+        >>> from llmscope.organisms import failures, read_card
         >>> failures(read_card("grammar-2l")["facts"])
         []
     """
@@ -129,17 +152,33 @@ def measure(model: TransformerBridge, grammar: Grammar, n_docs: int = N_DOCS,
             n_pairs: int = N_PAIRS) -> dict:
     """All facts for a `model` trained on `grammar`: `loss`, `agreement`, `heads`, `lesion`,
     `pos_decoding` (see the module docstring), and the `held_out` set they were measured on."""
-    tokens = grammar.sample(n_docs, seed=HELD_OUT_SEED, max_tokens=model.cfg.n_ctx)
-    run = _Run(model, tokens)
-    heads = run.head_scores()
+    if grammar.rates != Rates():
+        raise ModelNotAvailable("facts are measured on llmscope.stimuli.grammar's documents, which the toy grammar "
+                                f"writes with its default rates; this organism's grammar has rates {grammar.rates}.")
+    docs = grammar_docs(model, n_docs=n_docs, seed=HELD_OUT_SEED, max_tokens=model.cfg.n_ctx,
+                        grammar_seed=grammar.seed)
+    pairs = agreement_pairs(model, n=n_pairs, seed=PAIRS_SEED, grammar_seed=grammar.seed)
+    heads = _heads(model, docs)
+    t = docs.tokens
     return {
-        "held_out": {"n_docs": n_docs, "n_tokens": int((tokens.pos > 0).sum()), "seed": HELD_OUT_SEED},
-        "loss": _losses(tokens, run.loss),
-        "agreement": agreement(model, grammar.minimal_pairs(n_pairs, seed=PAIRS_SEED)),
+        "held_out": {"n_docs": n_docs, "n_tokens": int((t["pos"] > 0).sum()), "seed": HELD_OUT_SEED},
+        "loss": _losses(t, _per_row(model, docs, loss)),
+        "agreement": _agreement(pairs, _per_row(model, pairs, logit_diff)),
         "heads": heads,
-        "lesion": run.lesion(heads["induction_head"]),
-        "pos_decoding": _pos_decoding(tokens, run.neurons),
+        "lesion": _lesion(model, docs, heads["induction_head"]),
+        "pos_decoding": _pos_decoding(t, record(model, docs, [f"mlp.{L}" for L in range(model.cfg.n_layers)],
+                                                dtype="float32", progress=False)),
     }
+
+
+def _per_row(model: TransformerBridge, stimuli: Stimuli, metric) -> np.ndarray:
+    """A behaviour metric (``loss``, ``logit_diff``) per trial row of ``stimuli``, in batches."""
+    out = []
+    with torch.no_grad():
+        for lo, _ in progress_bar(list(stimuli.batches(BATCH)), desc=metric.__name__, leave=False):
+            part = stimuli.select_seqs(np.arange(lo, min(lo + BATCH, stimuli.n_seqs)))
+            out.append(metric(model(part.ids), part))
+    return np.concatenate(out)
 
 
 def attention_scores(pattern: torch.Tensor, ids: torch.Tensor, repeat_of: np.ndarray
@@ -163,121 +202,91 @@ def attention_scores(pattern: torch.Tensor, ids: torch.Tensor, repeat_of: np.nda
     return sums.float().numpy(), np.array([len(b), len(bi)])
 
 
-class _Run:
-    """One pass over held-out documents: per-token loss, head scores, MLP neurons.
-
-    Per-token arrays (`loss`, `neurons[layer]`) are aligned with the rows of `tokens`."""
-
-    def __init__(self, model: TransformerBridge, tokens: pd.DataFrame):
-        self.model, self.tokens = model, tokens
-        n_docs, n_ctx = int(tokens.doc.max()) + 1, model.cfg.n_ctx
-        self.doc, self.pos = tokens.doc.to_numpy(copy=True), tokens.pos.to_numpy(copy=True)
-        self.ids = torch.full((n_docs, n_ctx), PAD_ID, dtype=torch.long)
-        self.ids[self.doc, self.pos] = torch.from_numpy(tokens.token.to_numpy(copy=True))
-        self.repeat_of = np.full((n_docs, n_ctx), -1)
-        self.repeat_of[self.doc, self.pos] = tokens.repeat_of.values
-        self._record()
-
-    def _batches(self, desc: str):
-        return progress_bar([slice(i, i + BATCH) for i in range(0, len(self.ids), BATCH)], desc=desc, leave=False)
-
-    def _rows(self, matrix: torch.Tensor) -> np.ndarray:
-        """`[doc, pos, ...]` values at the rows of `tokens`."""
-        return matrix[self.doc, self.pos].numpy()
-
-    @torch.no_grad()
-    def _record(self) -> None:
-        cfg = self.model.cfg
-        loss = torch.zeros(self.ids.shape)
-        neurons = torch.zeros((cfg.n_layers, *self.ids.shape, cfg.d_mlp))
-        sums, counts = np.zeros((2, cfg.n_layers, cfg.n_heads)), np.zeros(2)
-        names = lambda n: n.endswith("attn.hook_pattern") or n.endswith("mlp.hook_post")
-        for sl in self._batches("record"):
-            logits, cache = self.model.run_with_cache(self.ids[sl], names_filter=names)
-            loss[sl] = next_token_loss(logits, self.ids[sl])
+def _induction(model: TransformerBridge, docs: Stimuli) -> np.ndarray:
+    """Each head's induction score ``[layer, head]`` on the grammar's gold copies (see the module
+    docstring: deliberately not ``localize_heads``'s)."""
+    t, cfg = docs.tokens, model.cfg
+    repeat_of = np.full(docs.ids.shape, -1)
+    repeat_of[t["seq"].to_numpy(), t["pos"].to_numpy()] = t["repeat_of"].to_numpy()
+    sums, n = np.zeros((cfg.n_layers, cfg.n_heads)), 0
+    with torch.no_grad():
+        for lo, ids in progress_bar(list(docs.batches(BATCH)), desc="induction", leave=False):
+            _, cache = model.run_with_cache(ids, names_filter=lambda name: name.endswith("attn.hook_pattern"))
             for layer in range(cfg.n_layers):
-                neurons[layer, sl] = cache[f"blocks.{layer}.mlp.hook_post"]
-                s, c = attention_scores(cache[f"blocks.{layer}.attn.hook_pattern"], self.ids[sl],
-                                        self.repeat_of[sl])
-                sums[:, layer] += s
-            counts += c
-        self.loss = self._rows(loss)
-        self.neurons = {layer: self._rows(neurons[layer]) for layer in range(cfg.n_layers)}
-        self.scores = sums / counts[:, None, None]  # [previous-token / induction, layer, head]
+                s, c = attention_scores(cache[f"blocks.{layer}.attn.hook_pattern"], ids,
+                                        repeat_of[lo:lo + len(ids), : ids.shape[1]])
+                sums[layer] += s[1]
+            n += c[1]
+    return sums / n
 
-    def head_scores(self) -> dict:
-        """Per-head previous-token and induction scores, and the best head of each kind."""
-        out = {}
-        for kind, scores in zip(("previous_token", "induction"), self.scores):
-            best = np.unravel_index(scores.argmax(), scores.shape)
-            out[kind] = {f"{l}.{h}": round(float(x), 4) for (l, h), x in np.ndenumerate(scores)}
-            out[f"{kind}_head"] = [int(best[0]), int(best[1])]
-            out[f"{kind}_score"] = round(float(scores[best]), 4)
-        return out
 
-    @torch.no_grad()
-    def lesion(self, head: list[int]) -> dict:
-        """Zero-ablate `head` ([layer, head]) and compare loss rises on repeats and fresh text."""
-        layer, h = head
+def _heads(model: TransformerBridge, docs: Stimuli) -> dict:
+    """Per-head previous-token scores (``localize_heads``, BOS as a key counted, as the card
+    defines them) and induction scores, and the best head of each kind."""
+    scores = localize_heads(model, docs, include_bos=True, progress=False).df
+    previous = scores["previous_token"].to_numpy().reshape(model.cfg.n_layers, model.cfg.n_heads)
+    out = {}
+    for kind, grid in (("previous_token", previous), ("induction", _induction(model, docs))):
+        best = np.unravel_index(grid.argmax(), grid.shape)
+        out[kind] = {f"{l}.{h}": round(float(x), 4) for (l, h), x in np.ndenumerate(grid)}
+        out[f"{kind}_head"] = [int(best[0]), int(best[1])]
+        out[f"{kind}_score"] = round(float(grid[best]), 4)
+    return out
 
-        def zero(z, hook):  # z: [batch, pos, head, d_head]
-            z[:, :, h, :] = 0
-            return z
 
-        loss = torch.zeros(self.ids.shape)
-        for sl in self._batches("lesion"):
-            logits = self.model.run_with_hooks(self.ids[sl], fwd_hooks=[(f"blocks.{layer}.attn.hook_z", zero)])
-            loss[sl] = next_token_loss(logits, self.ids[sl])
-        rise = self._rows(loss) - self.loss
-        repeat = predictable_repeats(self.tokens.repeat_of.values)
-        fresh = ~self.tokens.is_repeat.values & (self.pos > 0)
-        return {"head": head, "repeat_loss_rise": round(float(rise[repeat].mean()), 4),
-                "fresh_loss_rise": round(float(rise[fresh].mean()), 4)}
+def _lesion(model: TransformerBridge, docs: Stimuli, head: list[int]) -> dict:
+    """Zero-lesion ``head`` ([layer, head]) on the engine and compare the loss rises on
+    predictable repeats and on fresh tokens."""
+    t = docs.tokens
+    repeat = predictable_repeats(t["repeat_of"].to_numpy())
+    fresh = ~t["is_repeat"].to_numpy(dtype=bool) & (t["pos"].to_numpy() > 0)
+    battery = lesions.Battery([lesions.Behaviour("repeat", docs, "loss", repeat),
+                               lesions.Behaviour("fresh", docs, "loss", fresh)])
+    harm = lesions.run(model, battery, [resolve_units(model, (f"attn.{head[0]}", [head[1]]))],
+                       progress=False).harm().iloc[1]
+    return {"head": head, "repeat_loss_rise": round(float(harm["repeat"]), 4),
+            "fresh_loss_rise": round(float(harm["fresh"]), 4)}
 
 
 def _losses(tokens: pd.DataFrame, loss: np.ndarray) -> dict:
     """Held-out loss overall, per POS class (the predicted token's, as in TransformerLens), and
     on repeats against their first occurrence. `loss` is aligned with the rows of `tokens`."""
-    real = tokens.pos.values > 0
-    repeat = predictable_repeats(tokens.repeat_of.values)
-    first = loss[tokens.index.values[repeat] - tokens.pos.values[repeat] + tokens.repeat_of.values[repeat]]
-    by_pos = pd.Series(loss[real]).groupby(tokens.pos_tag.values[real]).mean()
+    pos, repeat_of = tokens["pos"].to_numpy(), tokens["repeat_of"].to_numpy()
+    real = pos > 0
+    repeat = predictable_repeats(repeat_of)
+    rows = np.flatnonzero(repeat)
+    first = loss[rows - pos[rows] + repeat_of[rows]]  # the copied token's own row, earlier in its document
+    fresh = real & ~tokens["is_repeat"].to_numpy(dtype=bool)
+    by_pos = pd.Series(loss[real]).groupby(tokens["pos_tag"].to_numpy()[real]).mean()
     return {"held_out": round(float(loss[real].mean()), 4),
             "by_pos": {k: round(float(v), 4) for k, v in by_pos.items()},
-            "fresh": round(float(loss[real & ~tokens.is_repeat.values].mean()), 4),
+            "fresh": round(float(loss[fresh].mean()), 4),
             "repeat": round(float(loss[repeat].mean()), 4),
             "repeat_first_occurrence": round(float(first.mean()), 4),
             "copying_ratio": round(float(loss[repeat].mean() / first.mean()), 4)}
 
 
-def agreement(model: TransformerBridge, pairs: pd.DataFrame) -> dict:
-    """Accuracy (P(good) > P(bad)) and mean P(good | good or bad) on minimal pairs."""
-    tok = model.tokenizer
-    good = torch.tensor(tok.convert_tokens_to_ids(list(pairs.good)))
-    bad = torch.tensor(tok.convert_tokens_to_ids(list(pairs.bad)))
-    diff = torch.zeros(len(pairs))
-    with torch.no_grad():
-        for start in range(0, len(pairs), 4 * BATCH):
-            ids = model.to_tokens(list(pairs.prefix[start:start + 4 * BATCH]))
-            last = (ids != tok.pad_token_id).sum(1) - 1
-            logits = model(ids)[torch.arange(len(ids)), last]
-            sl = slice(start, start + len(ids))
-            diff[sl] = logits[torch.arange(len(ids)), good[sl]] - logits[torch.arange(len(ids)), bad[sl]]
-    correct = (diff > 0).numpy()
-    att = pairs.attractor.values
-    return {"n_pairs": len(pairs), "accuracy": round(float(correct.mean()), 4),
+def _agreement(pairs: Stimuli, diff: np.ndarray) -> dict:
+    """Accuracy (logit of the agreeing verb above the other's) and mean P(good | good or bad) on
+    minimal pairs, from each pair's logit difference at its target row."""
+    target = pairs.tokens["is_target"].to_numpy(dtype=bool)
+    diff, att = diff[target], pairs.tokens["attractor"].to_numpy(dtype=bool)[target]
+    correct = diff > 0
+    return {"n_pairs": int(target.sum()), "accuracy": round(float(correct.mean()), 4),
             "accuracy_attractor": round(float(correct[att].mean()), 4),
             "accuracy_no_attractor": round(float(correct[~att].mean()), 4),
-            "p_correct": round(float(torch.sigmoid(diff).mean()), 4)}
+            "p_correct": round(float((1 / (1 + np.exp(-diff))).mean()), 4)}
 
 
-def _pos_decoding(tokens: pd.DataFrame, neurons: dict[int, np.ndarray]) -> dict:
-    """Logistic regression from each MLP layer's neurons to POS, fit and tested on different
-    documents; the best layer is compared with the word-identity baseline and shuffled labels."""
-    real = tokens.pos.values > 0
-    train = real & (tokens.doc.values < TRAIN_SHARE * (tokens.doc.max() + 1))
+def _pos_decoding(tokens: pd.DataFrame, rec) -> dict:
+    """Logistic regression from each MLP layer's neurons (recorded) to POS, fit and tested on
+    different documents; the best layer is compared with the word-identity baseline and shuffled
+    labels."""
+    real = tokens["pos"].to_numpy() > 0
+    seq = tokens["seq"].to_numpy()
+    train = real & (seq < TRAIN_SHARE * (seq.max() + 1))
     test = real & ~train
-    y, amb = tokens.pos_tag.values, tokens.ambiguous.values
+    y, amb = tokens["pos_tag"].to_numpy(), tokens["ambiguous"].to_numpy(dtype=bool)
 
     def fit(x: np.ndarray, labels: np.ndarray):
         clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=MAX_ITER))
@@ -286,6 +295,7 @@ def _pos_decoding(tokens: pd.DataFrame, neurons: dict[int, np.ndarray]) -> dict:
             warnings.simplefilter("ignore", ConvergenceWarning)  # shuffled labels never converge
             return clf.fit(x[train], labels[train]).predict(x[test])
 
+    neurons = {int(site.split(".")[1]): rec.responses(site) for site in rec.sites}
     layers = {}
     for layer, x in progress_bar(neurons.items(), desc="decode POS", leave=False):
         pred = fit(x, y)
@@ -295,7 +305,7 @@ def _pos_decoding(tokens: pd.DataFrame, neurons: dict[int, np.ndarray]) -> dict:
     shuffled_y = y.copy()
     shuffled_y[train] = np.random.default_rng(SHUFFLE_SEED).permutation(y[train])
     shuffled = fit(neurons[best], shuffled_y)
-    words = tokens.word.values
+    words = tokens["word"].to_numpy()
     most = pd.Series(y[train]).groupby(words[train]).agg(lambda s: s.value_counts().index[0])
     fallback = pd.Series(y[train]).value_counts().index[0]
     test_amb = test & amb

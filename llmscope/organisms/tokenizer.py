@@ -1,7 +1,8 @@
 """A word-level tokenizer for the toy English: one token per word, ids as in `Grammar.vocab`.
 
 Example:
-    >>> from llmscope.organisms.grammar import Grammar
+    >>> from llmscope.organisms.tokenizer import word_tokenizer
+    >>> from llmscope.stimuli.toy_grammar import Grammar
     >>> tok = word_tokenizer(Grammar(0).vocab)
     >>> tok.convert_ids_to_tokens(tok("The dog runs.")["input_ids"])
     ['the', 'dog', 'runs', '.']

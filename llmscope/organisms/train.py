@@ -5,6 +5,7 @@ Run ``python -m llmscope.organisms.train grammar-2l``. It writes the HF folder
 ``llmscope/organisms/<name>/``, then measures the card's facts with `verify`.
 
 Example:
+    >>> from llmscope.organisms.train import ORGANISMS
     >>> ORGANISMS["grammar-2l"].n_layer
     2
 """
@@ -27,7 +28,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from llmscope.behaviour import next_token_loss
 from llmscope.organisms.facts import attention_scores, failures, verify
-from llmscope.organisms.grammar import BOS_ID, PAD_ID, Grammar, predictable_repeats
+from llmscope.stimuli.toy_grammar import BOS_ID, PAD_ID, Grammar, predictable_repeats
 from llmscope.organisms.tokenizer import word_tokenizer
 
 HERE = Path(__file__).parent

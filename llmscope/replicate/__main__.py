@@ -26,7 +26,8 @@ def _parser(studies: list[str]) -> argparse.ArgumentParser:
     parser.add_argument("--n-docs", type=int, default=40, help="documents / template sentences per train and test set")
     parser.add_argument("--layers", type=int, nargs="*", help="layers to decode (default all)")
     parser.add_argument("--ks", type=int, nargs="*", help="set sizes of the accuracy-against-k curve (default 1 2 5 10 20 50 100)")
-    parser.add_argument("--n-random", type=int, default=5, help="random draws of every control (default 5)")
+    parser.add_argument("--n-controls", "--n-random", dest="n_controls", type=int, default=5,
+                        help="random draws of every control (default 5; --n-random is the old name)")
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds, whole sequences (default 5)")
     parser.add_argument("--lesion-layers", type=int, nargs="*", help="layers of the lesion test, among --layers (default: --layers)")
     return parser
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = llmscope.load(args.model)
         result = STUDIES[args.study](model, n_docs=args.n_docs, method=args.method, steps=args.steps,
-                                     layers=args.layers, lesion_layers=args.lesion_layers, n_random=args.n_random,
+                                     layers=args.layers, lesion_layers=args.lesion_layers, n_controls=args.n_controls,
                                      folds=args.folds, **options)
     except LLMScopeError as exc:  # a bad argument, found before any work: one line, as argparse does
         parser.exit(2, f"{parser.prog}: error: {exc}\n")

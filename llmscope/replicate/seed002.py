@@ -11,21 +11,27 @@ most often, and trains a classifier on those key neurons that predicts the POS o
 2. **Classifiers per layer** — :func:`~llmscope.decode` / :func:`~llmscope.decode_curve` on a
    recording of *other* stimuli (folds grouped by sequence): the key neurons of every class
    together (the union of each class's k), as many random neurons of the same layer
-   (``n_random`` draws), and all neurons; decoding the POS of the next token (the word being
+   (``n_controls`` draws: decode_curve's ``n_controls``), and all neurons; decoding the POS of the next token (the word being
    predicted, as in the paper) and of the current token; and accuracy against k.
 3. **Lesion test** — for each layer and each of the ``n_classes`` commonest classes C, zero the
    k key neurons of C and measure the loss on predicted tokens of class C, on predicted tokens
    of other classes, and on class C after zeroing as many random neurons of the same layer.
-   ``specificity = class_effect / random_effect`` (the class-specific harm over the random
-   harm; >= 2 is the issue's criterion) with a 95% cluster-bootstrap interval over sequences. A
-   random lesion whose mean effect is not above zero counts as harmless (specificity ``inf``).
+   Specificity is two differences, each with a 95% cluster-bootstrap interval over sequences
+   (one bootstrap for the three effects, so the differences are resampled together): the class
+   effect minus the random effect, and minus the other-class effect. A lesion is *specific*
+   when both intervals lie above zero. The ratio ``class_effect / random_effect`` is kept only
+   where its denominator is bounded away from zero (the random effect's interval lies above
+   zero); a harmless random lesion leaves it NaN, not infinite.
 
 Choices where the paper is silent: decoding is scored on stimuli the key neurons were not
 chosen on; a small model's layer has few neurons, so the headline k is ``k`` (default 10) per
 class and the curve runs k = 1..100; the lesion is a zero-ablation (``lesion(mode="zero")``).
 
 Example:
-    >>> r = seed002(model, n_docs=12, method="grad_x_act", ks=(1, 5), n_random=2, folds=2, progress=False)
+    >>> import llmscope
+    >>> from llmscope.replicate import seed002
+    >>> model = llmscope.load("grammar-2l")
+    >>> r = seed002(model, n_docs=12, method="grad_x_act", ks=(1, 5), n_controls=2, folds=2, progress=False)
     >>> r.table.columns[:4].tolist()
     ['stimuli', 'layer', 'key_next', 'random_next']
 """
@@ -40,13 +46,15 @@ import numpy as np
 import pandas as pd
 
 from llmscope.analysis.decoding import decode, decode_curve
+from llmscope.analysis.stats import cluster_bootstrap, interval
 from llmscope.analysis.key_neurons import METHODS, KeyNeurons, key_neurons
 from llmscope import checks
-from llmscope.checks import count
+from llmscope.checks import count, draws
 from llmscope.behaviour import scored_rows
 from llmscope.errors import AnalysisError, SiteError
 from llmscope.interventions import intervene, lesion
 from llmscope.progress import progress_bar
+from llmscope.vocabulary import renamed
 from llmscope.recording import record
 from llmscope.stimuli.core import Stimuli
 
@@ -62,8 +70,10 @@ N_BOOT = 2000
 @dataclass
 class Seed002:
     """The replication's tables: ``table`` (one row per stimulus set and layer), ``curve``
-    (accuracy against k), ``lesions`` (one row per stimulus set, layer and class), ``key``
-    (the :class:`~llmscope.analysis.key_neurons.KeyNeurons` of each stimulus set) and ``meta``."""
+    (accuracy against k: :func:`~llmscope.decode_curve`'s table, one row per stimulus set,
+    layer, target and k, the key neurons' ``accuracy`` beside ``accuracy_control_units``),
+    ``lesions`` (one row per stimulus set, layer and class), ``key`` (the
+    :class:`~llmscope.analysis.key_neurons.KeyNeurons` of each stimulus set) and ``meta``."""
 
     table: pd.DataFrame
     curve: pd.DataFrame
@@ -84,8 +94,10 @@ class Seed002:
             out[f"accuracy_{name}"] = px.line(long, x="layer", y="accuracy", color="probe", markers=True,
                                               title=f"POS decoding per layer ({name})", range_y=[0, 1]).update_xaxes(dtick=1)
         for name, part in self.curve.groupby("stimuli", sort=False):
-            agg = part.groupby(["layer", "target", "condition", "k"], as_index=False)["accuracy"].mean()
-            out[f"curve_{name}"] = px.line(agg, x="k", y="accuracy", color="condition", line_dash="target",
+            agg = (part[["layer", "target", "k", "accuracy", "accuracy_control_units"]]
+                   .rename(columns={"accuracy": "key", "accuracy_control_units": "random"})
+                   .melt(id_vars=["layer", "target", "k"], var_name="neurons", value_name="accuracy"))
+            out[f"curve_{name}"] = px.line(agg, x="k", y="accuracy", color="neurons", line_dash="target",
                                            facet_col="layer", log_x=True, markers=True, range_y=[0, 1],
                                            title=f"accuracy against k: key vs random neurons ({name})"
                                            ).update_xaxes(tickvals=sorted(agg["k"].unique()))  # else a log axis labels 1, 2, 5, 10, 2, 5
@@ -125,36 +137,49 @@ def _key_set(key: KeyNeurons, site: str, k: int) -> pd.MultiIndex:
     return pd.concat([key.units(c, site=site, k=k) for c in key.meta["classes"]]).index.unique().sort_values()
 
 
-def _specificity(key: np.ndarray, rand: np.ndarray) -> np.ndarray:
-    """``key / rand`` with a random lesion that does not raise the loss (``rand <= 0``, sampling
-    noise around a harmless lesion) counted as harmless: ``key / 0`` is then ``+inf`` for a
-    harmful key lesion. A plain ratio flips sign, and explodes, as ``rand`` crosses zero.
-
-    Example:
-        >>> _specificity(np.array([1.0, 1.0, -0.5]), np.array([0.5, -0.01, 0.5])).tolist()
-        [2.0, inf, -1.0]
+def _specificity(d: pd.DataFrame, n_boot: int, rng: np.random.Generator) -> dict:
+    """The lesion test's numbers for one class from per-token loss changes ``d`` (columns ``seq``,
+    ``is_c``: a row of the class, ``key``: the key lesion's change, ``rand``: the random
+    lesions'): the three effects, the two differences and the bounded ratio, with 95% intervals
+    from one cluster bootstrap over sequences.
     """
+    parts = pd.DataFrame({"seq": d["seq"], "key_c": d["key"].where(d["is_c"], 0.0),
+                          "rand_c": d["rand"].where(d["is_c"], 0.0), "key_o": d["key"].where(~d["is_c"], 0.0),
+                          "n_c": d["is_c"].astype(float), "n_o": (~d["is_c"]).astype(float)}).groupby("seq").sum()
+    sums = parts[["key_c", "rand_c", "key_o"]].to_numpy().T
+    counts = parts[["n_c", "n_c", "n_o"]].to_numpy().T
+    (cls, rand, other), boot = sums.sum(1) / counts.sum(1), cluster_bootstrap(sums, counts, n_boot, rng)
+    (rand_low, rand_high), (mr_low, mr_high), (mo_low, mo_high) = interval(
+        np.stack([boot[1], boot[0] - boot[1], boot[0] - boot[2]]))
+    bounded = rand_low > 0
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.asarray(key, float) / np.clip(rand, 0, None)
+        ratio_low, ratio_high = interval(boot[0] / boot[1]) if bounded else (np.nan, np.nan)
+    return dict(class_effect=cls, other_effect=other, random_effect=rand, random_low=rand_low, random_high=rand_high,
+                class_minus_random=cls - rand, class_minus_random_low=mr_low, class_minus_random_high=mr_high,
+                class_minus_other=cls - other, class_minus_other_low=mo_low, class_minus_other_high=mo_high,
+                specific=bool(mr_low > 0 and mo_low > 0), specificity=cls / rand if bounded else np.nan,
+                specificity_low=ratio_low, specificity_high=ratio_high)
 
 
-def _cluster_ci(per_seq: pd.DataFrame, rng: np.random.Generator) -> np.ndarray:
-    """95% bootstrap interval over sequences of the specificity (per-sequence sums ``key`` and
-    ``rand`` on the class's rows); the upper end is ``inf`` when resampled random effects reach
-    zero (the random lesion cannot be told from harmless)."""
-    if len(per_seq) < 2:
-        return np.array([np.nan, np.nan])
-    w = rng.multinomial(len(per_seq), np.full(len(per_seq), 1 / len(per_seq)), size=N_BOOT).T
-    ratio = _specificity(per_seq["key"].to_numpy() @ w, per_seq["rand"].to_numpy() @ w)
-    return np.nanpercentile(ratio, [2.5, 97.5], method="nearest")  # nearest: no inf - inf between draws
-
-
+@renamed(n_random="n_controls")
 def lesion_test(model: "TransformerBridge", stimuli: Stimuli, key: KeyNeurons, site: str, k: int,
-                n_classes: int = 4, n_random: int = 3, seed: int = 0, batch_size: int = 16) -> pd.DataFrame:
+                n_classes: int = 4, n_controls: int = 3, seed: int = 0, batch_size: int = 16,
+                n_boot: int = N_BOOT) -> pd.DataFrame:
     """Zero the ``k`` key neurons of each of the ``n_classes`` commonest classes in ``site`` (runs
     the model): loss change on predicted tokens of the class, of other classes, and of the class
-    after zeroing ``k`` random neurons of the site (mean of ``n_random`` draws). One row per class."""
+    after zeroing ``k`` random neurons of the site (mean of ``n_controls`` draws). One row per class.
+
+    Columns: ``site``, ``cls``, ``k``, ``n_class`` (predicted tokens of the class),
+    ``class_effect``, ``other_effect``, ``random_effect`` (mean loss changes, nats) with the
+    random effect's 95% interval (``random_low``, ``random_high``); ``class_minus_random`` and
+    ``class_minus_other`` with theirs (``_low``, ``_high``); ``specific`` (both difference
+    intervals above zero); ``specificity`` (``class_effect / random_effect``, NaN unless the
+    random effect's interval lies above zero) with its interval (``specificity_low``,
+    ``specificity_high``). Every interval comes from one cluster bootstrap over sequences
+    (``n_boot`` draws); the random units' draw is not resampled.
+    """
     label = key.meta["label"]
+    n_boot = draws(n_boot, "n_boot", "resample")
     base = scored_rows(model, stimuli, "loss", batch_size=batch_size)
     classes = [c for c in key.n_samples.sort_values(ascending=False).index if c in set(base[label])][:n_classes]
     rng = np.random.default_rng(seed)
@@ -165,20 +190,13 @@ def lesion_test(model: "TransformerBridge", stimuli: Stimuli, key: KeyNeurons, s
         with intervene(model, lesion(units)):
             hit = scored_rows(model, stimuli, "loss", batch_size=batch_size)["value"]
         rand = []
-        for _ in range(n_random):
+        for _ in range(n_controls):
             with intervene(model, lesion(site, rng.choice(n_units, len(units), replace=False))):
                 rand.append(scored_rows(model, stimuli, "loss", batch_size=batch_size)["value"])
         rows_c = base[label] == cls
         d = pd.DataFrame({"seq": base["seq"], "is_c": rows_c, "key": hit - base["value"],
                           "rand": pd.concat(rand, axis=1).mean(1) - base["value"]})
-        per_seq = d[d.is_c].groupby("seq")[["key", "rand"]].sum()
-        class_effect, other_effect = d.loc[d.is_c, "key"].mean(), d.loc[~d.is_c, "key"].mean()
-        random_effect = d.loc[d.is_c, "rand"].mean()
-        low, high = _cluster_ci(per_seq, rng)
-        rows.append(dict(site=site, cls=cls, k=len(units), n_class=int(rows_c.sum()), class_effect=class_effect,
-                         other_effect=other_effect, random_effect=random_effect,
-                         specificity=float(_specificity(class_effect, random_effect)),
-                         ci_low=low, ci_high=high))
+        rows.append(dict(site=site, cls=cls, k=len(units), n_class=int(rows_c.sum()), **_specificity(d, n_boot, rng)))
     return pd.DataFrame(rows)
 
 
@@ -191,12 +209,12 @@ def _layers(model: "TransformerBridge", layers: Any, name: str) -> list[int]:
 
 
 def _check_args(model: "TransformerBridge", layers: Any, lesion_layers: Any, ks: Any, k: Any, method: Any,
-                steps: Any, top_frac: Any, n_classes: Any, n_random: Any, folds: Any, n_docs: Any, seed: Any,
+                steps: Any, top_frac: Any, n_classes: Any, n_controls: Any, folds: Any, n_docs: Any, seed: Any,
                 progress: Any) -> tuple[list[int], list[int], list[int]]:
     """Every argument of :func:`seed002` checked before any work: ``(layers, lesion_layers, ks)``."""
     d_mlp = model.cfg.d_mlp
     count(k, "k", 1, d_mlp), count(steps, "steps"), count(n_classes, "n_classes"), count(n_docs, "n_docs", 2)
-    count(n_random, "n_random"), count(folds, "folds", 2), checks.seed(seed), checks.flag(progress, "progress")
+    count(n_controls, "n_controls"), count(folds, "folds", 2), checks.seed(seed), checks.flag(progress, "progress")
     checks.fraction(top_frac, "top_frac")
     checks.choice(method, "method", METHODS)
     layers = list(range(model.cfg.n_layers)) if layers is None else _layers(model, layers, "layers")
@@ -211,10 +229,11 @@ def _check_args(model: "TransformerBridge", layers: Any, lesion_layers: Any, ks:
     return layers, lesion_layers, ks
 
 
+@renamed(n_random="n_controls")
 def seed002(model: "TransformerBridge", *, stimuli: dict[str, tuple[Stimuli, Stimuli]] | None = None,
             n_docs: int = 40, label: str = "pos_tag", method: str = "ig", k: int = 10, ks: Sequence[int] = KS,
             top_frac: float = 0.05, steps: int = 64, layers: Sequence[int] | None = None,
-            lesion_layers: Sequence[int] | None = None, n_classes: int = 4, n_random: int = 5, folds: int = 5,
+            lesion_layers: Sequence[int] | None = None, n_classes: int = 4, n_controls: int = 5, folds: int = 5,
             seed: int = 0, progress: bool = True) -> Seed002:
     """Run the seed-002 replication on ``model`` (runs the model: attributions, recordings, lesions).
 
@@ -230,7 +249,7 @@ def seed002(model: "TransformerBridge", *, stimuli: dict[str, tuple[Stimuli, Sti
         steps: IG integration points (64 make the organism's layers add up within 5%; 32 miss mlp.0 by ~14%).
         layers: layers to decode (default all); ``lesion_layers``: layers of the lesion test
             (default all ``layers``).
-        n_classes: commonest classes in the lesion test; ``n_random``: random draws of every control.
+        n_classes: commonest classes in the lesion test; ``n_controls``: random draws of every control.
         folds: cross-validation folds (whole sequences).
         seed: seeds the random controls.
         progress: show a tqdm bar over the steps.
@@ -240,48 +259,51 @@ def seed002(model: "TransformerBridge", *, stimuli: dict[str, tuple[Stimuli, Sti
         ``random_next`` (mean over draws), ``random_next_sd``, ``all_next``, the same ``_current``,
         ``n_key`` (the union's size), ``ambiguous_key_next`` / ``ambiguous_all_next`` and the same
         ``_current`` (accuracy on the tokens whose label is decoded that are ``ambiguous`` word
-        forms, when the stimuli mark them), ``lesion_specificity`` (median over classes).
+        forms, when the stimuli mark them), ``lesion_specific`` (classes whose key lesion is
+        specific, of ``lesion_classes`` tested: see :func:`lesion_test`).
     """
     layers, lesion_layers, ks = _check_args(model, layers, lesion_layers, ks, k, method, steps, top_frac,
-                                            n_classes, n_random, folds, n_docs, seed, progress)
+                                            n_classes, n_controls, folds, n_docs, seed, progress)
     stimuli = default_stimuli(model, n_docs) if stimuli is None else stimuli
     sites = [f"mlp.{L}" for L in layers]
     table, curves, lesions, keys = [], [], [], {}
     steps_total = len(stimuli) * (2 + len(layers) * 2 + len(lesion_layers))
     with progress_bar(total=steps_total, desc="seed002", show=progress) as bar:
         for name, (train, test) in stimuli.items():
-            key = keys[name] = key_neurons(model, train, label, method, sites=sites, top_frac=top_frac,
+            key = keys[name] = key_neurons(model, train, label, method, units=sites, top_frac=top_frac,
                                            k=max([k, *ks]), steps=steps, progress=False)
             bar.update()
             rec = record(model, test, sites, dtype="float32", progress=False)
-            subset = "ambiguous" if "ambiguous" in test.tokens.columns and test.tokens["ambiguous"].any() else None
+            where = "ambiguous" if "ambiguous" in test.tokens.columns and test.tokens["ambiguous"].any() else None
             bar.update()
             for L, site in zip(layers, sites):
                 row: dict[str, Any] = dict(stimuli=name, layer=L)
                 for target in ("next", "current"):
-                    sets = {kk: _key_set(key, site, kk) for kk in ks}
-                    curve = decode_curve(rec, sets, label, target=target, folds=folds, n_random=n_random,
-                                         subset=subset, seed=seed, progress=False).df
+                    options = dict(target=target, folds=folds, where=where, seed=seed, progress=False)
+                    curve = decode_curve(rec, {kk: _key_set(key, site, kk) for kk in ks}, label, n_controls=n_controls,
+                                         **options).df
                     curves.append(curve.assign(stimuli=name, layer=L, target=target))
-                    head = decode(rec, _key_set(key, site, k), label, target=target, folds=folds,
-                                  n_random=n_random, n_permutations=0, subset=subset, seed=seed, progress=False)
-                    every = decode(rec, site, label, target=target, folds=folds, n_random=0, n_permutations=0,
-                                   subset=subset, seed=seed, progress=False)
-                    row.update({f"key_{target}": head.meta["accuracy"], f"random_{target}": head.meta["random_accuracy"],
-                                f"random_{target}_sd": head.meta["random_sd"], f"all_{target}": every.meta["accuracy"]})
-                    if subset:
-                        row[f"ambiguous_key_{target}"] = head.meta["subset_accuracy"]
-                        row[f"ambiguous_all_{target}"] = every.meta["subset_accuracy"]
+                    # the headline k: its row of the curve (each probe tunes its C, so none is fitted twice)
+                    at_k = (curve if k in ks else decode_curve(rec, {k: _key_set(key, site, k)}, label,
+                                                               n_controls=n_controls, **options).df)
+                    head = at_k[at_k.k == k].iloc[0]
+                    every = decode(rec, site, label, n_controls=0, **options).df.iloc[0]
+                    row.update({f"key_{target}": head["accuracy"], f"random_{target}": head["accuracy_control_units"],
+                                f"random_{target}_sd": head["accuracy_control_units_sd"],
+                                f"all_{target}": every["accuracy"]})
+                    if where:
+                        row[f"ambiguous_key_{target}"] = head["accuracy_where"]
+                        row[f"ambiguous_all_{target}"] = every["accuracy_where"]
                     bar.update()
                 row["n_key"] = len(_key_set(key, site, k))
                 if L in lesion_layers:
-                    part = lesion_test(model, test, key, site, k, n_classes, n_random=min(n_random, 3), seed=seed)
+                    part = lesion_test(model, test, key, site, k, n_classes, n_controls=min(n_controls, 3), seed=seed)
                     lesions.append(part.assign(stimuli=name, layer=L))
-                    row["lesion_specificity"] = float(part["specificity"].median())
+                    row["lesion_specific"], row["lesion_classes"] = int(part["specific"].sum()), len(part)
                     bar.update()
                 table.append(row)
     meta = dict(model=str(model.cfg.model_name), method=method, k=k, ks=ks, top_frac=top_frac, steps=steps,
-                folds=folds, n_random=n_random, label=label, paper=PAPER,
+                folds=folds, n_controls=n_controls, label=label, paper=PAPER,
                 completeness_error={n: kn.meta.get("completeness_error") for n, kn in keys.items()})
     lesion_df = pd.concat(lesions, ignore_index=True) if lesions else pd.DataFrame()
     return Seed002(pd.DataFrame(table), pd.concat(curves, ignore_index=True), lesion_df, keys, meta)

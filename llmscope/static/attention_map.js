@@ -588,6 +588,18 @@ function stallMs(nTokens) {
 function formatScore(x) {
   return Number.isFinite(x) ? x.toFixed(2).replace(/^0\./, ".") : "–";
 }
+function formatShare(x) {
+  return (x < 0 ? "−" : "") + formatScore(Math.abs(x));
+}
+function attributionMarks(values) {
+  let largest = 0;
+  for (const row of values) for (const v of row) if (v !== null && Number.isFinite(v)) largest = Math.max(largest, Math.abs(v));
+  return values.map((row) => row.map((v) => {
+    if (v === null || !Number.isFinite(v)) return null;
+    const share = largest > 0 ? v / largest : 0;
+    return { share, colour: css(share < 0 ? MAPS.blues : MAPS.oranges, 0.35 + 0.65 * Math.abs(share)) };
+  }));
+}
 function tokenShades(pattern, n, i) {
   const attends = new Float32Array(n);
   const attendedBy = new Float32Array(n);
@@ -659,6 +671,8 @@ var AttentionView = class extends View {
       role: "grid",
       "aria-label": "attention heads, a row per layer and a column per head: click one, or move with the arrow keys"
     });
+    this.attributionLegend = h("div", { class: "llmscope-legend llmscope-attribution" });
+    this.attributionLegend.hidden = true;
     this.title = h("div", { class: "llmscope-title" });
     this.canvas = /** @type {HTMLCanvasElement} */
     h("canvas", { class: "llmscope-heatmap", role: "img" });
@@ -680,7 +694,15 @@ var AttentionView = class extends View {
       h(
         "div",
         { class: "llmscope-columns" },
-        h("div", { class: "llmscope-column llmscope-overview" }, this.promptBox, this.status, this.runBox, this.grid),
+        h(
+          "div",
+          { class: "llmscope-column llmscope-overview" },
+          this.promptBox,
+          this.status,
+          this.runBox,
+          this.grid,
+          this.attributionLegend
+        ),
         h(
           "div",
           { class: "llmscope-column llmscope-focus" },
@@ -724,6 +746,7 @@ var AttentionView = class extends View {
     });
     this.on("change:prompt", () => this.syncPrompt());
     this.on("change:_progress", () => this.followRun());
+    this.on("change:_attribution", () => this.markAttribution());
     this.syncPrompt();
     this.followRun();
     this.refresh();
@@ -785,9 +808,11 @@ var AttentionView = class extends View {
       const [thumbs, scores] = await Promise.all([decodeArray(data.thumbs), decodeArray(data.scores)]);
       const [nLayers, nHeads] = thumbs.shape;
       if (data.run !== this.shown.run || nLayers !== this.shown.nLayers || nHeads !== this.shown.nHeads) {
-        if (nLayers !== this.shown.nLayers || nHeads !== this.shown.nHeads) this.buildGrid(nLayers, nHeads);
+        const rebuild = nLayers !== this.shown.nLayers || nHeads !== this.shown.nHeads;
+        if (rebuild) this.buildGrid(nLayers, nHeads);
         this.clearShown(data.run);
         this.shown = { ...this.shown, nLayers, nHeads };
+        if (rebuild) this.markAttribution();
       }
       if (this.shown.tokens.length === 0 && data.tokens.length) {
         this.shown.tokens = data.tokens;
@@ -831,6 +856,7 @@ var AttentionView = class extends View {
         "aria-selected": "false"
       },
       h("canvas", { "aria-hidden": "true" }),
+      h("span", { class: "llmscope-cell-bar", hidden: true }, h("i")),
       h("span", { class: "llmscope-cell-label" })
     )));
     this.grid.replaceChildren(header, ...this.cells.map((row, layer) => h(
@@ -860,16 +886,56 @@ var AttentionView = class extends View {
     this.shown.painted = Math.max(this.shown.painted, done);
     this.grid.dataset.done = String(this.shown.painted);
   }
-  /** Label each cell with its scores (once the run is complete). */
+  /** Label each cell with its scores (once the run is complete) and its attribution (once set). */
   labelCells() {
-    const { nHeads, scores, scoreNames } = this.shown;
+    const { nHeads, scores, scoreNames, complete } = this.shown;
     const [previous, induction] = ["previous_token", "induction"].map((name) => scoreNames.indexOf(name));
+    const { marks, what } = this.attribution();
     this.cells.forEach((row, layer) => row.forEach((cell, head) => {
-      const at = (layer * nHeads + head) * scoreNames.length;
-      const [p, i] = [scores[at + previous], scores[at + induction]];
-      cell.lastChild.textContent = `P ${formatScore(p)} I ${formatScore(i)}`;
-      cell.setAttribute("aria-label", `layer ${layer}, head ${head}: previous-token score ${formatScore(p)}, induction score ${formatScore(i)}`);
+      const parts = [];
+      if (complete) {
+        const at = (layer * nHeads + head) * scoreNames.length;
+        const [p, i] = [scores[at + previous], scores[at + induction]];
+        cell.lastChild.textContent = `P ${formatScore(p)} I ${formatScore(i)}`;
+        parts.push(`previous-token score ${formatScore(p)}, induction score ${formatScore(i)}`);
+      }
+      if (marks) {
+        const mark = marks[layer]?.[head] ?? null;
+        parts.push(mark ? `${what} ${formatShare(mark.share)} of the largest` : `${what}: not screened`);
+      }
+      cell.setAttribute("aria-label", `layer ${layer}, head ${head}${parts.length ? ": " : ""}${parts.join("; ")}`);
     }));
+  }
+  /** The attribution `colour_by` set: each head's mark (null: none set) and what it is of, in words. */
+  attribution() {
+    const attribution = this.model.get("_attribution") ?? {};
+    return {
+      marks: attribution.values ? attributionMarks(attribution.values) : null,
+      signed: Boolean(attribution.signed),
+      what: `${attribution.label}${attribution.behaviour ? ` for ${attribution.behaviour}` : ""}`
+    };
+  }
+  /** Mark each head by the attribution `colour_by` set (a bar under its thumbnail), or take the marks off. */
+  markAttribution() {
+    const { marks, signed, what } = this.attribution();
+    this.cells.forEach((row, layer) => row.forEach((cell, head) => {
+      const bar = (
+        /** @type {HTMLElement} */
+        cell.children[1]
+      );
+      const mark = marks?.[layer]?.[head] ?? null;
+      bar.hidden = marks === null;
+      bar.classList.toggle("is-unscreened", marks !== null && mark === null);
+      const fill = (
+        /** @type {HTMLElement} */
+        bar.firstChild
+      );
+      fill.style.width = mark ? `${Math.round(Math.abs(mark.share) * 100)}%` : "0";
+      fill.style.background = mark ? mark.colour : "";
+    }));
+    this.attributionLegend.hidden = marks === null;
+    this.attributionLegend.textContent = marks === null ? "" : `bars: ${what}, each head's share of the largest (${signed ? "orange: a lesion of the head harms the behaviour; blue: it helps; " : ""}dashed: not screened)`;
+    this.labelCells();
   }
   /** Show which head is focused in the grid (a roving tab stop: the focused cell takes Tab). */
   markFocus() {
@@ -985,8 +1051,10 @@ var AttentionView = class extends View {
 };
 var attention_map_default = mount(AttentionView);
 export {
+  attributionMarks,
   attention_map_default as default,
   formatScore,
+  formatShare,
   moveFocus,
   shadeColours,
   stallMs,

@@ -12,6 +12,9 @@ padded position has no row in the table. Right padding never changes a real toke
 activations in a causal model.
 
 Example:
+    >>> import llmscope
+    >>> from llmscope import Stimuli
+    >>> model = llmscope.load("grammar-2l")
     >>> stim = Stimuli.from_ids(model, [[1, 5, 6], [1, 7]], labels={"kind": list("aaabb")}, n_bos=1)
     >>> stim.tokens.columns.tolist()
     ['seq', 'pos', 'token', 'text', 'is_bos', 'kind']
@@ -44,6 +47,9 @@ def token_table(model: "TransformerBridge", ids: Sequence[int] | torch.Tensor, *
     """A small table of token ids, their text, and any extra per-token columns.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope.stimuli import token_table
+        >>> model = llmscope.load("grammar-2l")
         >>> top = model(model.to_tokens("the dog"))[0, -1].softmax(-1).topk(3)
         >>> token_table(model, top.indices, probability=top.values).columns.tolist()
         ['token', 'text', 'probability']
@@ -57,6 +63,7 @@ def onsets(flags: Sequence[bool] | np.ndarray, seq: Sequence[int] | np.ndarray) 
     """True where ``flags`` turns on within a sequence (the first token of each flagged span).
 
     Example:
+        >>> from llmscope.stimuli.core import onsets
         >>> onsets([False, True, True, False, True], [0, 0, 0, 0, 1]).tolist()
         [False, True, False, False, True]
     """
@@ -70,6 +77,9 @@ def as_stimuli(model: "TransformerBridge", source: Any, what: str = "stimuli") -
     strings as free text (one sequence each, untagged, BOS as the model prepends it).
 
     Example:
+        >>> import llmscope
+        >>> from llmscope.stimuli.core import as_stimuli
+        >>> model = llmscope.load("grammar-2l")
         >>> as_stimuli(model, "the dog runs .").n_seqs
         1
     """
@@ -94,10 +104,14 @@ class Stimuli:
         name: the paradigm that made these stimuli.
         model: the :class:`~llmscope.identity.Fingerprint` of the model whose tokenizer made the
             ids (None when unknown); a model with another vocabulary refuses them.
+        corrupt: the corrupted twin of these stimuli (same lengths and labels, the answer-giving
+            token changed), as paradigms build it with ``corrupt=True`` for
+            :func:`llmscope.patching`; None otherwise.
     """
 
     def __init__(self, ids: torch.Tensor, lengths: Sequence[int], tokens: pd.DataFrame,
-                 name: str = "stimuli", pad_id: int = 0, model: Fingerprint | None = None):
+                 name: str = "stimuli", pad_id: int = 0, model: Fingerprint | None = None,
+                 corrupt: "Stimuli | None" = None):
         if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or not isinstance(tokens, pd.DataFrame):
             raise PromptError.Type("Stimuli take ids as a [n_seqs, max_len] LongTensor and a trial table as a "
                                    "DataFrame; build them with a paradigm (llmscope.stimuli) or Stimuli.from_ids.")
@@ -110,6 +124,9 @@ class Stimuli:
         self.name = name
         self.pad_id = pad_id
         self.model = model
+        if corrupt is not None and (not isinstance(corrupt, Stimuli) or not np.array_equal(corrupt.lengths, self.lengths)):
+            raise PromptError("a corrupted twin is Stimuli with the same sequence lengths as the clean ones.")
+        self.corrupt = corrupt
 
     @classmethod
     def from_ids(
@@ -215,13 +232,18 @@ class Stimuli:
         table = self.tokens.iloc[rows].reset_index(drop=True)
         table["seq"] = np.repeat(np.arange(seqs.size), lengths)
         ids = self.ids[torch.as_tensor(seqs)][:, : int(lengths.max())]
-        return Stimuli(ids, lengths, table, name=self.name, pad_id=self.pad_id, model=self.model)
+        twin = None if self.corrupt is None else self.corrupt.select_seqs(seqs)
+        return Stimuli(ids, lengths, table, name=self.name, pad_id=self.pad_id, model=self.model, corrupt=twin)
 
     def check(self, model: "TransformerBridge") -> "Stimuli":
         """These stimuli, checked for ``model``: made with its vocabulary, consistent, ids valid, no
         sequence longer than its context (a :class:`PromptError` says what to do).
 
         Example:
+            >>> import llmscope
+            >>> from llmscope.stimuli import grammar
+            >>> model = llmscope.load("grammar-2l")
+            >>> stim = grammar(model, n_docs=4, seed=0)
             >>> stim.check(model) is stim
             True
         """

@@ -13,6 +13,9 @@ Which word a subword token belongs to follows :mod:`llmscope.stimuli.subwords`: 
 characters overlap most, the first on a tie.
 
 Example:
+    >>> import llmscope
+    >>> from llmscope.stimuli import from_texts
+    >>> smol = llmscope.load("smollm2-135m")
     >>> stim = from_texts(smol, ["The quick brown fox jumped."])
     >>> stim.tokens[["text", "pos_tag", "word_start"]].head(3)
                text pos_tag  word_start
@@ -91,6 +94,9 @@ def from_texts(model: "TransformerBridge", texts: str | Sequence[str], tag: bool
         PromptError: no texts, a blank text, or a text longer than the model's context.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope.stimuli import from_texts
+        >>> smol = llmscope.load("smollm2-135m")
         >>> stim = from_texts(smol, ["The cat sat on the mat.", "Dogs bark."])
         >>> stim.tokens.query("pos_tag == 'NOUN'").text.tolist()
         [' cat', ' mat', ' bark']
@@ -122,6 +128,9 @@ def sentences(model: "TransformerBridge", n: int | None = None, seed: int = 0, b
     labels, with its errors.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope.stimuli import sentences
+        >>> smol = llmscope.load("smollm2-135m")
         >>> stim = sentences(smol, n=3)
         >>> stim.n_seqs, "NOUN" in set(stim.tokens["pos_tag"])
         (3, True)

@@ -12,6 +12,9 @@ Trial-table columns added by :func:`induction`:
 * ``repeat_of``: for a repeated token, the position of its first occurrence (-1 otherwise).
 
 Example:
+    >>> import llmscope
+    >>> from llmscope.stimuli import induction
+    >>> model = llmscope.load("grammar-2l")
     >>> stim = induction(model, n_seqs=8, half_len=10, seed=0)
     >>> stim.tokens.groupby("half").size().tolist()
     [8, 80, 80]
@@ -56,6 +59,9 @@ def induction(model: "TransformerBridge", n_seqs: int = 32, half_len: int = 20, 
             has, or sequences longer than the context.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope.stimuli import induction
+        >>> model = llmscope.load("grammar-2l")
         >>> stim = induction(model, n_seqs=4, half_len=5, seed=1)
         >>> stim.ids.shape
         torch.Size([4, 11])

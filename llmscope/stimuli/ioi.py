@@ -15,6 +15,9 @@ Trial-table columns added by :func:`ioi`:
   ``logits[io_id] - logits[s_id]`` there measures the behaviour.
 
 Example:
+    >>> import llmscope
+    >>> from llmscope.stimuli import ioi
+    >>> smol = llmscope.load("smollm2-135m")
     >>> stim = ioi(smol, n=16, seed=0)
     >>> stim.tokens.query("is_target")[["text", "io", "s"]].head(2).values.tolist()
     [[' to', 'Amy', 'Daniel'], [' to', 'Mary', 'Tom']]
@@ -74,15 +77,15 @@ def _fill(template: str, names: dict[str, str], place: str, obj: str) -> tuple[s
 
 
 def ioi(model: "TransformerBridge", n: int = 32, seed: int = 0,
-        corrupt: bool = False) -> "Stimuli | tuple[Stimuli, Stimuli]":
+        corrupt: bool = False) -> Stimuli:
     """``n`` IOI prompts, alternating the IO named first ("ABB") and second ("BAB").
 
     Args:
         model: an English model; at least two of :data:`NAMES` must be single tokens in it.
         n: number of prompts (sequences).
         seed: seeds names, places, objects and templates.
-        corrupt: also return the corrupted twin, ``(clean, corrupt)``: each prompt with the
-            second mention of S replaced by the IO's name, so the answer is no longer given by
+        corrupt: also build the corrupted twin, as ``.corrupt`` of the returned Stimuli: each
+            prompt with the second mention of S replaced by the IO's name, so the answer is no longer given by
             who was named twice. Same lengths and labels (``io_id``, ``s_id`` of the clean
             prompt), ready for :func:`llmscope.patching`.
 
@@ -90,6 +93,9 @@ def ioi(model: "TransformerBridge", n: int = 32, seed: int = 0,
         PromptError: fewer than two names are single tokens in this model's vocabulary.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope.stimuli import ioi
+        >>> smol = llmscope.load("smollm2-135m")
         >>> stim = ioi(smol, n=4, seed=0)
         >>> stim.tokens.query("role != ''").role.tolist()[:3]
         ['IO', 'S1', 'S2']
@@ -125,8 +131,8 @@ def ioi(model: "TransformerBridge", n: int = 32, seed: int = 0,
         }))
     table = pd.concat(tables, ignore_index=True)
     clean = Stimuli.from_ids(model, seqs, table, name="ioi", n_bos=n_bos)
-    if not corrupt:
-        return clean
-    flat = table["io_id"].where(table["role"] == "S2", np.concatenate(seqs)).to_numpy()
-    twins = np.split(flat, np.cumsum([len(q) for q in seqs])[:-1])
-    return clean, Stimuli.from_ids(model, twins, table, name="ioi (S2 -> IO)", n_bos=n_bos)
+    if corrupt:
+        flat = table["io_id"].where(table["role"] == "S2", np.concatenate(seqs)).to_numpy()
+        twins = np.split(flat, np.cumsum([len(q) for q in seqs])[:-1])
+        clean.corrupt = Stimuli.from_ids(model, twins, table, name="ioi (S2 -> IO)", n_bos=n_bos)
+    return clean

@@ -16,6 +16,8 @@ Both need a model whose tokenizer has one token per word of the grammar (an orga
 ``"grammar-2l"``).
 
 Example:
+    >>> import llmscope
+    >>> from llmscope.stimuli import grammar
     >>> model = llmscope.load("grammar-2l")
     >>> grammar(model, n_docs=4, seed=0).tokens.pos_tag.value_counts().index[:3].tolist()
     ['NOUN', 'DET', 'VERB']
@@ -32,19 +34,16 @@ from llmscope import checks
 from llmscope.checks import count
 from llmscope.stimuli.core import Stimuli, onsets
 from llmscope.stimuli.subwords import prefix_ids, single_token_id
+from llmscope.stimuli.toy_grammar import Grammar
 from llmscope.errors import PromptError
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
-    from llmscope.organisms.grammar import Grammar
-
 
 @lru_cache(maxsize=4)
-def _grammar(seed: int) -> "Grammar":
+def _grammar(seed: int) -> Grammar:
     """The grammar (built once per seed: its lexicon takes a few seconds)."""
-    from llmscope.organisms.grammar import Grammar
-
     return Grammar(seed=seed)
 
 
@@ -64,6 +63,10 @@ def speaks_grammar(model: "TransformerBridge", grammar_seed: int = 0) -> bool:
     """True when ``model``'s tokenizer has one token for every word of the toy grammar (an organism).
 
     Example:
+        >>> import llmscope
+        >>> from llmscope.stimuli.organism import speaks_grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> smol = llmscope.load("smollm2-135m")
         >>> speaks_grammar(model), speaks_grammar(smol)
         (True, False)
     """
@@ -83,6 +86,9 @@ def grammar(model: "TransformerBridge", n_docs: int = 16, seed: int = 0,
         grammar_seed: the lexicon's seed; organisms are trained on ``Grammar(seed=0)``.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
         >>> stim = grammar(model, n_docs=2, seed=0)
         >>> stim.tokens.loc[0, ["text", "pos_tag"]].tolist()
         ['<bos>', 'BOS']
@@ -108,17 +114,20 @@ def _other_noun(grammar_seed: int) -> dict[str, str]:
 
 
 def agreement(model: "TransformerBridge", n: int = 64, seed: int = 0, grammar_seed: int = 0,
-              corrupt: bool = False) -> "Stimuli | tuple[Stimuli, Stimuli]":
+              corrupt: bool = False) -> Stimuli:
     """Subject-verb agreement minimal pairs: the prefix up to the verb, one sequence per pair.
 
     Half the pairs have an attractor (a noun of the other number between subject and verb).
-    With ``corrupt=True`` the result is ``(clean, corrupt)``: in the corrupted twin the subject
-    noun takes the other number ("the dog" -> "the dogs"), so the agreeing verb changes, while
-    lengths and labels (``good_id``/``bad_id`` of the clean pair) stay, as
+    With ``corrupt=True`` the clean stimuli carry their corrupted twin as ``.corrupt``: there the
+    subject noun takes the other number ("the dog" -> "the dogs"), so the agreeing verb changes,
+    while lengths and labels (``good_id``/``bad_id`` of the clean pair) stay, as
     :func:`llmscope.patching` needs. Only pairs whose subject is a common noun are drawn then
     (names and pronouns have no other-number form here), so the attractor split may be uneven.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope.stimuli import agreement
+        >>> model = llmscope.load("grammar-2l")
         >>> stim = agreement(model, n=8, seed=0)
         >>> t = stim.tokens[stim.tokens.is_target]
         >>> len(t), int(t.attractor.sum())
@@ -144,7 +153,8 @@ def agreement(model: "TransformerBridge", n: int = 64, seed: int = 0, grammar_se
     labels = per_seq.loc[np.repeat(per_seq.index, lengths)].reset_index(drop=True)
     labels["is_target"] = np.isin(np.arange(lengths.sum()), np.cumsum(lengths) - 1)
     clean = Stimuli.from_ids(model, seqs, labels, name="agreement", n_bos=len(bos))
-    if not corrupt:
-        return clean
-    twin_ids = [bos + [lookup[w] for w in p] for p in twins]
-    return clean, Stimuli.from_ids(model, twin_ids, labels, name="agreement (subject number flipped)", n_bos=len(bos))
+    if corrupt:
+        twin_ids = [bos + [lookup[w] for w in p] for p in twins]
+        clean.corrupt = Stimuli.from_ids(model, twin_ids, labels, name="agreement (subject number flipped)",
+                                         n_bos=len(bos))
+    return clean

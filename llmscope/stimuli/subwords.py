@@ -13,6 +13,9 @@ tags, IOI names):
 * the first token of each word is its ``word_start``.
 
 Example:
+    >>> import llmscope
+    >>> from llmscope.stimuli.subwords import encode_words
+    >>> smol = llmscope.load("smollm2-135m")
     >>> ids, n_pre, word_of = encode_words(smol, "The cat sat", [(0, 3), (4, 7), (8, 11)])
     >>> word_of
     array([-1,  0,  1,  2])

@@ -10,6 +10,9 @@ tokens), ``word``, ``word_index``, ``word_start`` (as in ``from_texts``) and ``t
 (which of :data:`TEMPLATES` made the sentence).
 
 Example:
+    >>> import llmscope
+    >>> from llmscope.stimuli import templates
+    >>> smol = llmscope.load("smollm2-135m")
     >>> stim = templates(smol, n=4, seed=0)
     >>> stim.tokens.query("word_start")[["word", "pos_tag"]].head(4).values.tolist()
     [['Every', 'DET'], ['green', 'ADJ'], ['car', 'NOUN'], ['chased', 'VERB']]
@@ -84,6 +87,9 @@ def templates(model: "TransformerBridge", n: int = 64, seed: int = 0, bos: bool 
         bos: start each sentence with what the model prepends (marked ``is_bos``); see ``from_texts``.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope.stimuli import templates
+        >>> smol = llmscope.load("smollm2-135m")
         >>> stim = templates(smol, n=7, seed=0)
         >>> sorted(stim.tokens.pos_tag.unique())
         ['ADJ', 'ADP', 'ADV', 'AUX', 'BOS', 'CCONJ', 'DET', 'NOUN', 'PRON', 'PUNCT', 'VERB']

@@ -8,6 +8,7 @@ Rules every analysis shares (so one written on the organism runs unchanged on Sm
   missing labels (NaN / None / ``""``) are left out.
 
 Example:
+    >>> from llmscope.stimuli.trials import labels, rows
     >>> import pandas as pd
     >>> t = pd.DataFrame({"seq": [0, 0, 0], "pos": [0, 1, 2], "is_bos": [True, False, False],
     ...                   "pos_tag": ["BOS", "DET", "NOUN"]})

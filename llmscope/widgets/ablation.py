@@ -20,12 +20,14 @@ selected in a :class:`~llmscope.widgets.raster.Raster`, or the head focused in a
 (a unit that stays keeps its gain; a new one starts at 1).
 
 Example:
+    >>> import llmscope
+    >>> from llmscope import AblationPanel
+    >>> model = llmscope.load("grammar-2l")
     >>> panel = AblationPanel(model, "the dog runs . the dog", units=[("attn.1", 0), ("attn.0", 2)])
     >>> panel.gains
     {('attn.1', 0): 1.0, ('attn.0', 2): 1.0}
-    >>> reply, _ = panel._move({"seq": 1, "factors": [0.0, 1.0], "mode": "zero"}, [])
-    >>> panel.gains[("attn.1", 0)]
-    0.0
+    >>> panel.value == panel.baseline   # every slider at 1: the intact model
+    True
 """
 
 from __future__ import annotations
@@ -122,7 +124,7 @@ class AblationPanel(LiveWidget):
             sequence ``seq`` (at its first ``is_target`` row, for minimal pairs). The mean of
             ``"mean"`` mode is taken over it.
         units: one slider per row of a unit table (``tuning(...).top(8)``,
-            ``localize_heads(...).top("induction", 2)``, a ``(site, unit)`` MultiIndex), per
+            ``localize_heads(...).top(2, by="induction")``, a ``(site, unit)`` MultiIndex), per
             unit of ``("mlp.0", [3, 7])`` or a list of pairs; or a dict ``{name: units}``, one
             slider per named group; or a Raster or an AttentionMap, whose selected units or
             focused head the sliders then follow (:meth:`link`).
@@ -148,7 +150,12 @@ class AblationPanel(LiveWidget):
         ``metric="logit_diff"`` on stimuli without its columns.
 
     Example:
-        >>> heads = localize_heads(model, stim, progress=False).top("induction", 2)
+        >>> import llmscope
+        >>> from llmscope import AblationPanel, localize_heads
+        >>> from llmscope.stimuli import agreement, grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
+        >>> heads = localize_heads(model, stim, progress=False).top(2, by="induction")
         >>> panel = AblationPanel(model, agreement(model, n=16), units=heads)
         >>> panel.metric_name, list(panel.gains)[0]
         ('logit_diff', ('attn.1', 0))
@@ -268,7 +275,7 @@ class AblationPanel(LiveWidget):
             slider.mean = {}
             for s, idx in slider.units:
                 vector = torch.zeros(s.shape)
-                vector[idx] = torch.from_numpy(rec.responses(s.name, units=idx).mean(0))
+                vector[idx] = torch.from_numpy(rec.responses(s.name, indices=idx).mean(0))
                 slider.mean[s.name] = vector
         return slider.mean
 
@@ -326,6 +333,13 @@ class AblationPanel(LiveWidget):
         no slider. The units ``source`` may ever give are checked against the model first.
 
         Example:
+            >>> import llmscope
+            >>> from llmscope import AblationPanel, Raster
+            >>> from llmscope.stimuli import grammar
+            >>> model = llmscope.load("grammar-2l")
+            >>> stim = grammar(model, n_docs=4, seed=0)
+            >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+            ...                       dtype="float32", progress=False)
             >>> raster = Raster(rec, "mlp.1")
             >>> panel = AblationPanel(model, "the dog runs .", units=raster)
             >>> raster.selected = [3, 7]

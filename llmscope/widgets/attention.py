@@ -29,6 +29,9 @@ What crosses the wire (see :mod:`llmscope.widgets.wire`): the overview sends the
 max-pools it to its canvas's pixels when it has more cells than that.
 
 Example:
+    >>> import llmscope
+    >>> from llmscope import AttentionMap
+    >>> model = llmscope.load("grammar-2l")
     >>> amap = AttentionMap(model, "the dog runs . the dog runs .")
     >>> amap.focus, amap.unit
     ((1, 0), ('attn.1', 0))
@@ -51,6 +54,8 @@ import traitlets
 from numba import njit
 
 from llmscope.analysis.heads import localize_heads
+from llmscope import identity
+from llmscope.checks import choice
 from llmscope.errors import AnalysisError, PromptError, SiteError, WidgetError
 from llmscope.stimuli.core import Stimuli
 from llmscope.stimuli.english import from_texts
@@ -64,6 +69,7 @@ if TYPE_CHECKING:
 
 THUMB = 24
 SHOWN_SCORES = ("previous_token", "induction")
+METHOD_NAMES = {"atp": "AtP", "atp*": "AtP*"}  # as the paper writes them, for the page's legend
 
 
 @njit(cache=True, nogil=True)
@@ -158,8 +164,12 @@ class AttentionMap(LiveWidget):
         version: bumped each time a new prompt has been run.
         _progress: the run of a prompt, for the page: ``{run, state, done, total, n_tokens}``
             (``state`` running, done, cancelled or failed; ``error`` when failed).
+        _attribution: what :meth:`colour_by` set, for the page: ``{behaviour, label, signed,
+            values}`` (``values`` ``[layers][heads]``, None where a head has no number; ``signed``
+            for an estimate, whose sign the bars' colour shows), or ``{}``.
 
-    ``.figure()`` is the current view as a static plotly figure.
+    ``.figure()`` is the current view as a static plotly figure. ``.colour_by(screen, behaviour)``
+    marks each head by its attribution to a behaviour (:func:`llmscope.analysis.attribution.screen`).
 
     Raises:
         AnalysisError: ``model`` is not a TransformerBridge, ``source`` is neither a string nor
@@ -167,6 +177,9 @@ class AttentionMap(LiveWidget):
         PromptError: an empty prompt, or one longer than the model's context.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import AttentionMap
+        >>> model = llmscope.load("grammar-2l")
         >>> amap = AttentionMap(model, llmscope.stimuli.grammar(model, n_docs=2, seed=0), seq=1)
         >>> amap.focus
         (1, 0)
@@ -177,6 +190,7 @@ class AttentionMap(LiveWidget):
     prompt = traitlets.Unicode("").tag(sync=True)
     focus = traitlets.Tuple(traitlets.Int(), traitlets.Int(), default_value=(0, 0)).tag(sync=True)
     _progress = traitlets.Dict().tag(sync=True)
+    _attribution = traitlets.Dict().tag(sync=True)
 
     def __init__(self, model: "TransformerBridge", source: str | Stimuli, seq: int = 0, **kwargs: Any):
         from transformer_lens.model_bridge import TransformerBridge
@@ -349,6 +363,73 @@ class AttentionMap(LiveWidget):
         """The focused head as a unit, ``("attn.L", head)``: ``lesion(amap.unit)``."""
         return f"attn.{self.focus[0]}", self.focus[1]
 
+    def colour_by(self, source: Any, behaviour: str | None = None, measure: str = "score") -> "AttentionMap":
+        """Mark each head's thumbnail by its attribution to ``behaviour``: a bar under it, as
+        long and as dark as the head's share of the grid's largest absolute value (orange where
+        lesioning the head harms the behaviour, blue where it helps, none where the head has no
+        number), and the share in the cell's accessible label. A score (``|estimate|`` for AtP,
+        GradDrop's for AtP*) has no sign: its bars are all orange.
+
+        ``source`` is a :class:`~llmscope.analysis.attribution.ScreenResult` made with this
+        model (its fingerprint is checked; ``measure`` picks its ``"score"`` or its signed
+        ``"estimate"``, ``behaviour`` one of its behaviours), or a ``[layers x heads]`` grid of
+        numbers with NaN where a head was not screened (``screen.heads(behaviour)``, an array;
+        ``measure`` then says which of the two it holds, and no model check is possible);
+        ``None`` takes the marks off. A screen ran on its battery, not on the prompt on show:
+        the marks stay when the prompt changes. Returns the widget.
+
+        Raises:
+            WidgetError: a screen made with another model, or with no attention heads; a grid
+                that is not ``[layers x heads]`` of this model, or holds an infinite value or no
+                number at all (``.Type`` when it is not numbers).
+            AnalysisError: ``behaviour`` is not one of the screen's (``.Unknown``).
+
+        Example:
+            >>> import llmscope
+            >>> from llmscope import AttentionMap, battery
+            >>> model = llmscope.load("grammar-2l")
+            >>> from llmscope.analysis.attribution import screen
+            >>> s = screen(model, battery(model, n_docs=2, n_pairs=8), ["attn.0", "attn.1"], progress=False)
+            >>> amap = AttentionMap(model, "the dog runs . the dog runs .").colour_by(s, "copying")
+            >>> amap.figure().layout.annotations[-1].text
+            'AtP score copying / largest'
+        """
+        from llmscope.analysis.attribution import ScreenResult
+
+        measure = choice(measure, "measure", ("score", "estimate"), error=WidgetError)
+        cfg = self._model.cfg
+        if source is None:
+            self._attribution = {}
+            return self
+        if isinstance(source, ScreenResult):
+            identity.check(identity.Fingerprint.from_dict(source.meta.get("fingerprint")), self._model, "the screen",
+                           "weights", WidgetError, "Screen this model, or show the model the screen was made with.")
+            behaviour = source._behaviour(behaviour)
+            grid = source.heads(behaviour, measure).to_numpy(dtype=np.float64)
+            label = f"{METHOD_NAMES.get(source.meta.get('method'), 'attribution')} {measure}"
+            if np.isnan(grid).all():
+                raise WidgetError(f"the screen has no attention heads (it screened {source.meta.get('sites')}): "
+                                  f"screen attn.L sites to colour the heads.")
+        else:
+            try:
+                grid = np.asarray(source, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise WidgetError.Type(f"colour_by takes a ScreenResult or a [layers x heads] grid of numbers; got "
+                                       f"{type(source).__name__}.") from None
+            if grid.shape != (cfg.n_layers, cfg.n_heads):
+                raise WidgetError(f"the grid is {list(grid.shape)} but {cfg.model_name} has {cfg.n_layers} layers x "
+                                  f"{cfg.n_heads} heads: pass one number per head (NaN where there is none).")
+            if np.isinf(grid).any() or np.isnan(grid).all():
+                raise WidgetError("the grid holds an infinite value or no number at all: pass finite numbers, NaN "
+                                  "only where a head has none.")
+            label = measure
+        if behaviour is not None and not isinstance(behaviour, str):
+            raise WidgetError.Type(f"behaviour is a behaviour's name (str); got {type(behaviour).__name__}.")
+        values = [[None if np.isnan(v) else float(v) for v in row] for row in grid]
+        self._attribution = {"behaviour": behaviour or "", "label": label, "signed": measure == "estimate",
+                             "values": values}
+        return self
+
     # ------------------------------------------------------------------ commands of the page
 
     def _shown(self) -> _Pass:
@@ -411,19 +492,26 @@ class AttentionMap(LiveWidget):
 
     def figure(self) -> "go.Figure":
         """The current view as a plotly figure: the focused head's pattern (query x key) beside
-        the layers x heads grids of the previous-token and induction scores, focus marked."""
+        the layers x heads grids of the previous-token and induction scores, and of the
+        attribution set by :meth:`colour_by` (each head's share of the largest), focus marked."""
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
         view, (layer, head) = self._view, self.focus
-        codes = wire.decode(view.heads[layer][head])
+        codes = wire.unpack(view.heads[layer][head])
         n = codes.shape[0]
         z = np.where(np.tril(np.ones((n, n), dtype=bool)), codes / 255, np.nan)
         labels = [f"{i} {html.escape(t)}" for i, t in enumerate(view.tokens)]
         ticks = list(range(0, n, max(1, n // 24)))
-        names = [s.replace("_", "-") for s in SHOWN_SCORES]
-        fig = make_subplots(rows=1, cols=1 + len(SHOWN_SCORES), column_widths=[0.5] + [0.25] * len(SHOWN_SCORES),
-                            subplot_titles=["pattern (query x key)", *names], horizontal_spacing=0.1)
+        grids = [(name.replace("_", "-"), view.scores[..., k], "Viridis", 0.0)
+                 for k, name in enumerate(SHOWN_SCORES)]
+        if self._attribution:
+            values = np.array(self._attribution["values"], dtype=np.float64)  # None -> NaN
+            largest = np.nanmax(np.abs(values))
+            name = " ".join(filter(None, [self._attribution["label"], html.escape(self._attribution["behaviour"])]))
+            grids.append((f"{name} / largest", values / largest if largest > 0 else values * 0, "RdBu_r", -1.0))
+        fig = make_subplots(rows=1, cols=1 + len(grids), column_widths=[0.5] + [0.5 / len(grids)] * len(grids),
+                            subplot_titles=["pattern (query x key)", *[g[0] for g in grids]], horizontal_spacing=0.1)
         fig.add_trace(go.Heatmap(z=z, colorscale="Blues", zmin=0, zmax=1, colorbar=dict(title="attention", x=0.46),
                                  hovertemplate="query %{y}, key %{x}: %{z:.3f}<extra></extra>"), row=1, col=1)
         fig.update_xaxes(title_text="key", tickvals=ticks, ticktext=[labels[i] for i in ticks], row=1, col=1)
@@ -431,9 +519,9 @@ class AttentionMap(LiveWidget):
                          row=1, col=1)
         sites = [f"attn.{L}" for L in range(view.scores.shape[0])]
         heads = [str(h) for h in range(view.scores.shape[1])]
-        for k, name in enumerate(names, start=2):
-            fig.add_trace(go.Heatmap(z=view.scores[..., k - 2], x=heads, y=sites, colorscale="Viridis", zmin=0, zmax=1,
-                                     showscale=False, hovertemplate=f"%{{y}} head %{{x}}<br>{name} %{{z:.3f}}<extra></extra>"),
+        for k, (name, grid, colours, low) in enumerate(grids, start=2):
+            fig.add_trace(go.Heatmap(z=grid, x=heads, y=sites, colorscale=colours, zmin=low, zmax=1, showscale=False,
+                                     hovertemplate=f"%{{y}} head %{{x}}<br>{name} %{{z:.3f}}<extra></extra>"),
                           row=1, col=k)
             fig.add_trace(go.Scatter(x=[str(head)], y=[sites[layer]], mode="markers", showlegend=False, hoverinfo="skip",
                                      marker=dict(symbol="square-open", size=14, color="red", line=dict(width=2))),

@@ -86,16 +86,17 @@ def command(**fields: type) -> Callable[[Handler], Command]:
     ``bool``, ``list``, ``dict``); ``seq`` is added. See the module docstring for the reply.
 
     Example:
+        >>> from llmscope.widgets.base import LiveWidget, command
         >>> class Echo(LiveWidget):
         ...     _esm = "export default { render() {} }"
         ...     @command(text=str)
-        ...     def _shout(self, text):
+        ...     def shout(self, text):
         ...         return {"text": text.upper()}
-        >>> Echo()._shout({"seq": 3, "text": "hi"}, [])
+        >>> Echo().shout({"seq": 3, "text": "hi"}, [])
         ({'seq': 3, 'ok': True, 'data': {'text': 'HI'}, 'buffer_paths': []}, [])
-        >>> reply, _ = Echo()._shout({"seq": 4, "text": 5}, [])
+        >>> reply, _ = Echo().shout({"seq": 4, "text": 5}, [])
         >>> reply["error"]["message"]
-        "malformed message: field 'text' of a message to _shout must be str, got 5."
+        "malformed message: field 'text' of a message to shout must be str, got 5."
     """
     def wrap(method: Handler) -> Command:
         @functools.wraps(method)

@@ -27,6 +27,13 @@ Memory: building reads the units' responses once (float32, up to 8 bytes a cell 
 works) and keeps the codes, 1 byte a cell (512 units x 20,000 tokens: 10 MB).
 
 Example:
+    >>> import llmscope
+    >>> from llmscope import Raster
+    >>> from llmscope.stimuli import grammar
+    >>> model = llmscope.load("grammar-2l")
+    >>> stim = grammar(model, n_docs=4, seed=0)
+    >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+    ...                       dtype="float32", progress=False)
     >>> r = Raster(rec, "mlp.0", sort_by="pos_tag")
     >>> r.selected = [12]
     >>> r.selected.tolist()
@@ -52,7 +59,8 @@ from llmscope.stimuli.trials import rows
 from llmscope.analysis.tuning import TuningResult, tuning
 from llmscope.errors import SiteError, WidgetError
 from llmscope.recording import Recording
-from llmscope.sites import parse_units, unit_labels
+from llmscope.vocabulary import renamed
+from llmscope.sites import UnitsLike, parse_units, unit_labels
 from llmscope.widgets import wire
 from llmscope.widgets.base import LiveWidget, command, static
 
@@ -133,6 +141,13 @@ class Raster(LiveWidget):
             for a rung or view out of range.
 
     Example:
+        >>> import llmscope
+        >>> from llmscope import Raster
+        >>> from llmscope.stimuli import grammar
+        >>> model = llmscope.load("grammar-2l")
+        >>> stim = grammar(model, n_docs=4, seed=0)
+        >>> rec = llmscope.record(model, stim, ["mlp.0", "mlp.1", "attn.0", "attn.1"],
+        ...                       dtype="float32", progress=False)
         >>> Raster(rec, "attn.1", method="quantile", threshold=0.9).threshold
         0.9
     """
@@ -147,9 +162,10 @@ class Raster(LiveWidget):
     _meta = traitlets.Dict().tag(sync=True)
     _first_window = traitlets.Dict().tag(sync=True)
 
-    def __init__(self, recording: Recording, site: str, units: Any = None, *, sort_by: str | None = None,
+    @renamed(site="units", units="indices")
+    def __init__(self, recording: Recording, units: UnitsLike, indices: Any = None, *, sort_by: str | None = None,
                  threshold: float = 3.0, method: str = "zscore", include_bos: bool = False, **kwargs: Any):
-        sp = spikes(recording, site, units, threshold=threshold, method=method, include_bos=include_bos,
+        sp = spikes(recording, units, indices, threshold=threshold, method=method, include_bos=include_bos,
                     sort_by=sort_by, progress=False)
         self._recording, self._spikes, self._sort_by = recording, sp, sort_by
         self._site = sp.meta["site"]

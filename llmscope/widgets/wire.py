@@ -7,14 +7,16 @@ little-endian, C order), optionally packed to the lower triangle of its last two
 (``layout="tril"``: a causal attention pattern is half zeros) and zlib-compressed
 (``compression="deflate"``: the browser inflates it natively, with no library). A reply is
 JSON plus buffers: :func:`split_buffers` lifts every buffer out of a nested reply and records
-its path, and the page puts each back where it was. :func:`decode` reads a payload back in
+its path, and the page puts each back where it was. :func:`unpack` reads a payload back in
 Python (for static figures and tests).
 
 Example:
+    >>> import numpy as np
+    >>> from llmscope.widgets.wire import array, split_buffers, unpack
     >>> a = array(np.array([[255, 0], [128, 64]], dtype=np.uint8), tril=True)
     >>> a["dtype"], a["shape"], a["layout"], bytes(a["buffer"])
     ('uint8', [2, 2], 'tril', b'\\xff\\x80@')
-    >>> decode(a).tolist()
+    >>> unpack(a).tolist()
     [[255, 0], [128, 64]]
     >>> data, paths, buffers = split_buffers({"pattern": a, "layer": 1})
     >>> data["pattern"]["buffer"], paths, len(buffers)
@@ -80,7 +82,7 @@ def packed(values: np.ndarray, shape: tuple[int, ...], *, tril: bool = False, co
     return out
 
 
-def decode(payload: dict[str, Any]) -> np.ndarray:
+def unpack(payload: dict[str, Any]) -> np.ndarray:
     """The array an :func:`array` payload describes (what the page decodes, done in Python)."""
     raw = bytes(payload["buffer"])
     if payload.get("compression") == "deflate":
@@ -117,4 +119,4 @@ def reply_bytes(reply: Any, buffers: list[memoryview]) -> int:
     return len(json.dumps(reply, separators=(",", ":")).encode()) + sum(b.nbytes for b in buffers)
 
 
-__all__ = ["array", "packed", "decode", "split_buffers", "reply_bytes", "DTYPES"]
+__all__ = ["array", "packed", "unpack", "split_buffers", "reply_bytes", "DTYPES"]

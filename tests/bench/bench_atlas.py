@@ -30,7 +30,7 @@ import llmscope
 from llmscope.analysis.atlas import battery, lesion_atlas
 
 ORGANISM_UNITS = [("mlp.0", None), ("mlp.1", None), ("attn.0", None), ("attn.1", None)]
-N_RANDOM = 20
+N_CONTROLS = 20
 PLAIN_SAMPLE = 40
 
 
@@ -73,11 +73,11 @@ def rows(name: str, stacked: dict, plain: dict, total: int, goal: str, ratio_goa
 def organism() -> list[dict]:
     model = llmscope.load("grammar-2l")
     bat = battery(model)
-    half = dict(n_sample=PLAIN_SAMPLE // 2, n_random=1, stack=False)
+    half = dict(n_sample=PLAIN_SAMPLE // 2, n_controls=1, stack=False)
     before = timed(model, bat, ORGANISM_UNITS, seed=0, **half)
-    stacked = timed(model, bat, ORGANISM_UNITS, n_random=N_RANDOM)
+    stacked = timed(model, bat, ORGANISM_UNITS, n_controls=N_CONTROLS)
     plain = combined(before, timed(model, bat, ORGANISM_UNITS, seed=1, **half))
-    return rows("grammar-2l, 1032 units + 20 controls", stacked, plain, stacked["lesions"], "<= 120 s", ">= 8")
+    return rows("grammar-2l, 1032 units + 20 controls", stacked, plain, stacked["lesions"], "<= 120 s", ">= 3")
 
 
 def smollm2() -> list[dict]:
@@ -85,11 +85,11 @@ def smollm2() -> list[dict]:
     bat = battery(model, n_docs=32)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     sample = [(f"attn.{L}", [L % n_heads]) for L in range(0, n_layers, 3)]
-    before = timed(model, bat, sample[::2], n_random=1, stack=False)
-    stacked = timed(model, bat, [(f"attn.{L}", None) for L in range(n_layers)], n_random=N_RANDOM)
-    plain = combined(before, timed(model, bat, sample[1::2], n_random=1, stack=False))
-    total = n_layers * n_heads + N_RANDOM + 1
-    return rows(f"smollm2-135m, {n_layers * n_heads} heads + {N_RANDOM} controls, {torch.get_num_threads()} threads",
+    before = timed(model, bat, sample[::2], n_controls=1, stack=False)
+    stacked = timed(model, bat, [(f"attn.{L}", None) for L in range(n_layers)], n_controls=N_CONTROLS)
+    plain = combined(before, timed(model, bat, sample[1::2], n_controls=1, stack=False))
+    total = n_layers * n_heads + N_CONTROLS + 1
+    return rows(f"smollm2-135m, {n_layers * n_heads} heads + {N_CONTROLS} controls, {torch.get_num_threads()} threads",
                 stacked, plain, total, "<= 600 s", "")
 
 

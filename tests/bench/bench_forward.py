@@ -29,10 +29,20 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int = REP
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def organism_load() -> dict:
+    """Loading the committed organism (goal: under 1 s; was a timed assert in test_organism)."""
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        llmscope.load("grammar-2l")
+        times.append(time.perf_counter() - t)
+    return dict(benchmark="load grammar-2l", case="best of 3", value=min(times), unit="s", goal="< 1")
+
+
 def run() -> list[dict]:
+    rows = [organism_load()]
     model = llmscope.load("smollm2-135m")
     hook = llmscope.site(model, "mlp.15").hook
-    rows = []
     for batch, length in SHAPES:
         ids = torch.randint(100, model.cfg.d_vocab, (batch, length), generator=torch.Generator().manual_seed(0))
         with torch.no_grad():

@@ -56,7 +56,8 @@ def ioi_diff(logits, stim: Stimuli):
 
 def patching_speed() -> list[dict]:
     model = llmscope.load("smollm2-135m")
-    clean, corrupt = ioi(model, n=1, seed=0, corrupt=True)
+    clean = ioi(model, n=1, seed=0, corrupt=True)
+    corrupt = clean.corrupt
     width = int(clean.lengths.max())
 
     def plain() -> None:  # the definition: one intervened forward per site x position

@@ -56,13 +56,13 @@ def measure(model, stim: Stimuli, ig_sites: list[str] | None) -> tuple[dict[str,
         "plain forward+backward": lambda: plain_pass(model, stim),
         "activation": lambda: key_neurons(model, stim, method="activation", batch_size=BATCH, progress=False),
         "grad_x_act": lambda: key_neurons(model, stim, method="grad_x_act", batch_size=BATCH, progress=False),
-        "ig": lambda: key_neurons(model, stim, method="ig", sites=ig_sites, steps=IG_STEPS, batch_size=BATCH,
+        "ig": lambda: key_neurons(model, stim, method="ig", units=ig_sites, steps=IG_STEPS, batch_size=BATCH,
                                   progress=False),
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # IG's completeness warning at few steps is not the point here
         med = interleaved_medians(runs, REPEATS)
-    n = key_neurons(model, stim, method="activation", sites=["mlp.0"], k=1, progress=False).meta["n_samples"]
+    n = key_neurons(model, stim, method="activation", units=["mlp.0"], k=1, progress=False).meta["n_samples"]
     return med, n, n_layers
 
 
@@ -92,7 +92,7 @@ def sizing(model, ig_cost: float) -> list[dict]:
     med = interleaved_medians({
         "plain": lambda: plain_pass(model, stim),
         "grad_x_act": lambda: key_neurons(model, stim, method="grad_x_act", batch_size=BATCH, progress=False)}, 1)
-    n = key_neurons(model, stim, method="activation", sites=["mlp.0"], k=1, progress=False).meta["n_samples"]
+    n = key_neurons(model, stim, method="activation", units=["mlp.0"], k=1, progress=False).meta["n_samples"]
     case = f"templates(n={SIZING_SENTENCES}): {n} samples, 30 layers, load {load:.1f}"
     rows = [dict(benchmark="smollm2 plain forward+backward over them", case=case, value=med["plain"], unit="s",
                  goal=""),

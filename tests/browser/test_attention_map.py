@@ -108,6 +108,49 @@ def test_attention_map_is_live(page: Page, jupyter: "Jupyter", offsite_requests:
     assert_no_trouble(trouble, offsite_requests)
 
 
+COLOURED_CELL = f"""\
+from llmscope.analysis.attribution import screen
+bat = llmscope.battery(model, n_docs=2, n_pairs=8, behaviours=["copying", "agreement"])
+s = screen(model, bat, ["attn.0", "attn.1"], progress=False)
+amap = AttentionMap(model, "the dog runs . the dog runs .").colour_by(s, "copying")
+amap.observe(lambda change: amap.colour_by(s.heads("agreement", "estimate"), {HOSTILE_PROMPT!r}, "estimate"), "focus")
+""" + SEEN
+
+
+def test_heads_are_coloured_by_a_screen_and_follow_python(page: Page, jupyter: "Jupyter",
+                                                           offsite_requests: list[str]) -> None:
+    """colour_by(screen, "copying"): a bar under every thumbnail, the induction head's full, the
+    share in each cell's label; a new colouring set from Python (here on a click) redraws the
+    bars, and its behaviour's name, hostile, stays text."""
+    trouble = run_notebook(page, jupyter, "attention_colour.ipynb", ORGANISM, COLOURED_CELL)
+    widget = page.locator(".llmscope-attention")
+    seen = seen_by_kernel(page)
+    expect(widget.locator(".llmscope-cell")).to_have_count(8, timeout=RENDER_TIMEOUT_MS)
+    induction = widget.locator('.llmscope-cell[data-layer="1"][data-head="0"]')
+    expect(induction).to_have_attribute("aria-label", re.compile(r"induction score \.90; AtP score for copying "
+                                                                 r"1\.00 of the largest$"), timeout=RENDER_TIMEOUT_MS)
+    bars = widget.locator(".llmscope-cell-bar")
+    expect(bars).to_have_count(8)
+    assert all(bars.evaluate_all("bs => bs.map(b => !b.hidden && b.getBoundingClientRect().height > 0)"))
+    fills = bars.evaluate_all("bs => bs.map(b => b.firstChild.style.width)")
+    assert fills[4] == "100%" and all(0 <= int(w.rstrip("%")) < 100 for k, w in enumerate(fills) if k != 4), fills
+    legend = widget.locator(".llmscope-attribution")
+    expect(legend).to_have_text("bars: AtP score for copying, each head's share of the largest (dashed: not screened)")
+    save_shot(widget, "attention_map_coloured")
+
+    widget.locator('.llmscope-cell[data-layer="0"][data-head="2"]').click()  # Python recolours on a focus change
+    expect(seen).to_contain_text("focus=(0, 2)", timeout=KERNEL_TIMEOUT_MS)
+    expect(legend).to_contain_text(f"bars: estimate for {HOSTILE_PROMPT}, each head's share of the largest (orange: "
+                                   "a lesion of the head harms the behaviour; blue: it helps;", timeout=KERNEL_TIMEOUT_MS)
+    expect(induction).to_have_attribute("aria-label", re.compile(f"estimate for {re.escape(HOSTILE_PROMPT)} "
+                                                                 r"[−.0-9]+ of the largest$"))
+    assert bars.evaluate_all("bs => bs.map(b => b.firstChild.style.width)") != fills, "the bars were not redrawn"
+    expect(widget.locator("img, script")).to_have_count(0)
+    assert page.evaluate("() => window.__pwned") is None, "text ran as code in the page"
+    save_shot(widget, "attention_map_coloured_estimate")
+    assert_no_trouble(trouble, offsite_requests)
+
+
 @FRONTENDS
 def test_attention_map_keys_and_hostile_text(page: Page, jupyter: "Jupyter", offsite_requests: list[str]) -> None:
     """On SmolLM2's 30 x 9 heads: the first focused head is scrolled into view; the arrow keys

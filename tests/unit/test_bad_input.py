@@ -45,13 +45,13 @@ def check(env, call, builtin, needle) -> None:
 # ---------------------------------------------------------------- flags: a bool takes a bool
 
 FLAGS = {
-    "tokenize.truncate": lambda e, v: ls.tokenize(e["m"], "the dog", truncate=v),
+    "tokenize.truncate": lambda e, v: ls.tokens.tokenize(e["m"], "the dog", truncate=v),
     "record.progress": lambda e, v: ls.record(e["m"], e["stim"], "mlp.0", progress=v),
     "metric.include_bos": lambda e, v: ls.metric(e["m"], e["stim"], include_bos=v),
     "effect.include_bos": lambda e, v: ls.effect(e["m"], e["stim"], ls.lesion("mlp.0", [1]), include_bos=v),
-    "patching.per_head": lambda e, v: ls.patching(e["m"], *agreement(e["m"], n=4, corrupt=True), "logit_diff",
+    "patching.per_head": lambda e, v: ls.patching(e["m"], agreement(e["m"], n=4, corrupt=True), metric="logit_diff",
                                                   sites=["attn.0"], per_head=v),
-    "patching.progress": lambda e, v: ls.patching(e["m"], *agreement(e["m"], n=4, corrupt=True), "logit_diff",
+    "patching.progress": lambda e, v: ls.patching(e["m"], agreement(e["m"], n=4, corrupt=True), metric="logit_diff",
                                                   sites=["attn.0"], progress=v),
     "lesion_atlas.stack": lambda e, v: ls.lesion_atlas(e["m"], ls.battery(e["m"], n_docs=2, n_pairs=4), "attn.0", stack=v),
     "localize_heads.include_bos": lambda e, v: ls.localize_heads(e["m"], e["stim"], include_bos=v),
@@ -90,8 +90,8 @@ def test_a_flag_takes_only_true_or_false(env, name, value):
 
 TYPES = {
     "site(123)": (lambda e: ls.site(e["m"], 123), "int"),
-    "tokenize(123)": (lambda e: ls.tokenize(e["m"], 123), "int"),
-    "tokenize(float ids)": (lambda e: ls.tokenize(e["m"], torch.tensor([[1.0, 2.0]])), "float"),
+    "tokenize(123)": (lambda e: ls.tokens.tokenize(e["m"], 123), "int"),
+    "tokenize(float ids)": (lambda e: ls.tokens.tokenize(e["m"], torch.tensor([[1.0, 2.0]])), "float"),
     "from_ids('abc')": (lambda e: ls.Stimuli.from_ids(e["m"], "abc"), "str"),
     "from_ids(float ids)": (lambda e: ls.Stimuli.from_ids(e["m"], [[1.5, 2.0]]), "float"),
     "from_texts(123)": (lambda e: ls.stimuli.from_texts(e["m"], 123, tag=False), "int"),
@@ -99,13 +99,13 @@ TYPES = {
     "record(stimuli=3)": (lambda e: ls.record(e["m"], 3, "mlp.0"), "int"),
     "record(batch_size='8')": (lambda e: ls.record(e["m"], e["stim"], "mlp.0", batch_size="8"), "'8'"),
     "metric(stimuli=3.5)": (lambda e: ls.metric(e["m"], 3.5), "float"),
-    "units=('mlp.0', ['a'])": (lambda e: ls.unit_index(e["m"], ("mlp.0", ["a"])), "mlp.0"),
+    "units=('mlp.0', ['a'])": (lambda e: ls.sites.unit_index(e["m"], ("mlp.0", ["a"])), "mlp.0"),
     "lesion(units=3)": (lambda e: ls.lesion(3), "3"),
     "lesion(mode=3)": (lambda e: ls.lesion("mlp.0", [1], mode=3), "3"),
     "gain(factor='2')": (lambda e: ls.gain("mlp.0", [1], factor="2"), "'2'"),
     "steer(vector='x')": (lambda e: ls.steer("resid.1", "x"), "str"),
     "intervene(3)": (lambda e: ls.intervene(e["m"], 3).__enter__(), "int"),
-    "tuning(n_perm=1.5)": (lambda e: ls.tuning(e["rec"], "mlp.0", "pos_tag", n_perm=1.5), "1.5"),
+    "tuning(n_controls=1.5)": (lambda e: ls.tuning(e["rec"], "mlp.0", "pos_tag", n_controls=1.5), "1.5"),
     "tuning(recording=stim)": (lambda e: ls.tuning(e["stim"], "mlp.0", "pos_tag"), "Stimuli"),
     "spikes(threshold='3')": (lambda e: ls.spikes(e["rec"], "mlp.0", threshold="3"), "'3'"),
     "psth(window=2.5)": (lambda e: ls.psth(e["spk"], "is_repeat", window=2.5), "2.5"),
@@ -131,8 +131,8 @@ def test_a_wrong_type_is_a_type_error(env, name):
 
 RANGES = {
     "site mlp.9": (lambda e: ls.site(e["m"], "mlp.9"), "9"),
-    "unit 600": (lambda e: ls.unit_index(e["m"], ("mlp.0", [600])), "600"),
-    "unit -1": (lambda e: ls.unit_index(e["m"], ("mlp.0", [-1])), "-1"),
+    "unit 600": (lambda e: ls.sites.unit_index(e["m"], ("mlp.0", [600])), "600"),
+    "unit -1": (lambda e: ls.sites.unit_index(e["m"], ("mlp.0", [-1])), "-1"),
     "head 4": (lambda e: ls.lesion("attn.0", [4]).fwd_hooks(e["m"]), "4"),
     "token id 99999": (lambda e: ls.Stimuli.from_ids(e["m"], [[1, 99999]]), "99999"),
     "longer than the context": (lambda e: ls.Stimuli.from_ids(e["m"], [[1] * 200]), "200"),
@@ -140,14 +140,14 @@ RANGES = {
     "grammar(max_tokens=10**6)": (lambda e: grammar(e["m"], max_tokens=10 ** 6), "1000000"),
     "grammar(n_docs=0)": (lambda e: grammar(e["m"], n_docs=0), "0"),
     "record(batch_size=0)": (lambda e: ls.record(e["m"], e["stim"], "mlp.0", batch_size=0), "0"),
-    "responses units 600": (lambda e: e["rec"].responses("mlp.0", units=[600]), "600"),
+    "responses units 600": (lambda e: e["rec"].responses("mlp.0", indices=[600]), "600"),
     "gain(factor=nan)": (lambda e: ls.gain("mlp.0", [1], factor=float("nan")), "nan"),
     "steer(alpha=inf)": (lambda e: ls.steer("resid.1", torch.ones(128), alpha=float("inf")), "inf"),
-    "tuning(n_perm=0)": (lambda e: ls.tuning(e["rec"], "mlp.0", "pos_tag", n_perm=0), "0"),
-    "tuning(n_perm=10**6)": (lambda e: ls.tuning(e["rec"], "mlp.0", "pos_tag", n_perm=10 ** 6), "1000000"),
-    "rsa(n_perm=10**6)": (lambda e: ls.rsa(ls.rdm(e["rec"], ["mlp.0", "mlp.1"]), n_perm=10 ** 6), "1000000"),
-    "decode(n_permutations=10**6)": (lambda e: ls.decode(e["rec"], "mlp.0", "pos_tag", n_permutations=10 ** 6), "1000000"),
-    "cka(n_shuffle=-1)": (lambda e: ls.cka(e["rec"], ["mlp.0", "mlp.1"], n_shuffle=-1), "-1"),
+    "tuning(n_controls=0)": (lambda e: ls.tuning(e["rec"], "mlp.0", "pos_tag", n_controls=0), "0"),
+    "tuning(n_controls=10**6)": (lambda e: ls.tuning(e["rec"], "mlp.0", "pos_tag", n_controls=10 ** 6), "1000000"),
+    "rsa(n_controls=10**6)": (lambda e: ls.rsa(ls.rdm(e["rec"], ["mlp.0", "mlp.1"]), n_controls=10 ** 6), "1000000"),
+    "decode(n_controls=10**6)": (lambda e: ls.decode(e["rec"], "mlp.0", "pos_tag", n_controls=10 ** 6), "1000000"),
+    "cka(n_controls=-1)": (lambda e: ls.cka(e["rec"], ["mlp.0", "mlp.1"], n_controls=-1), "-1"),
     "psth(window=-1)": (lambda e: ls.psth(e["spk"], "is_repeat", window=-1), "-1"),
     "top_examples(unit=600)": (lambda e: ls.top_examples(e["rec"], "mlp.0", 600), "600"),
     "top_examples(k=0)": (lambda e: ls.top_examples(e["rec"], "mlp.0", 3, k=0), "0"),
@@ -229,7 +229,7 @@ NONFINITE = {
 
 @pytest.mark.parametrize("name", list(NONFINITE))
 def test_non_finite_responses_are_refused_naming_site_row_and_unit(nan_rec, name):
-    with pytest.raises(ls.AnalysisError) as info:
+    with pytest.raises(ls.errors.AnalysisError) as info:
         NONFINITE[name](nan_rec)
     text = str(info.value)
     site, unit = ("attn.1", "unit 2") if "inf" in name else ("mlp.0", "unit 7")
@@ -240,14 +240,14 @@ def test_interventions_refuse_non_finite_vectors_caches_and_references(env, nan_
     m = env["m"]
     bad = torch.ones(128)
     bad[5] = float("nan")
-    with pytest.raises(ls.InterventionError, match="non-finite"):
+    with pytest.raises(ls.errors.InterventionError, match="non-finite"):
         ls.steer("resid.1", bad)
     _, cache = m.run_with_cache(env["stim"].ids[:1], names_filter=["blocks.1.hook_resid_pre"])
     cache.cache_dict["blocks.1.hook_resid_pre"] = cache["blocks.1.hook_resid_pre"].clone()
     cache.cache_dict["blocks.1.hook_resid_pre"][0, 2, 3] = float("inf")
-    with pytest.raises(ls.InterventionError, match="non-finite"):
+    with pytest.raises(ls.errors.InterventionError, match="non-finite"):
         ls.intervene(m, ls.patch(cache, "resid.1")).__enter__()
-    with pytest.raises(ls.InterventionError, match="non-finite"):
+    with pytest.raises(ls.errors.InterventionError, match="non-finite"):
         ls.intervene(m, ls.lesion("mlp.0", [7], mode="mean", reference=nan_rec)).__enter__()
     pristine(env)
 
@@ -259,15 +259,15 @@ def test_objects_from_another_model_are_refused_naming_both(env, smol):
     m = env["m"]
     smol_stim = ls.stimuli.from_texts(smol, "The cat sat on the mat.", tag=False)
     cases = [
-        (lambda: ls.intervene(smol, ls.steer(ls.site(m, "resid.1"), torch.ones(128))).__enter__(), ls.SiteError),
-        (lambda: ls.record(m, smol_stim, "mlp.0", progress=False), ls.PromptError),
-        (lambda: ls.metric(m, smol_stim), ls.PromptError),
-        (lambda: ls.localize_heads(m, smol_stim), ls.PromptError),
-        (lambda: ls.lesion_atlas(smol, ls.battery(m, n_docs=2, n_pairs=4), "attn.0"), ls.PromptError),
+        (lambda: ls.intervene(smol, ls.steer(ls.site(m, "resid.1"), torch.ones(128))).__enter__(), ls.errors.SiteError),
+        (lambda: ls.record(m, smol_stim, "mlp.0", progress=False), ls.errors.PromptError),
+        (lambda: ls.metric(m, smol_stim), ls.errors.PromptError),
+        (lambda: ls.localize_heads(m, smol_stim), ls.errors.PromptError),
+        (lambda: ls.lesion_atlas(smol, ls.battery(m, n_docs=2, n_pairs=4), "attn.0"), ls.errors.PromptError),
         (lambda: ls.intervene(m, ls.patch(smol.run_with_cache(smol_stim.ids)[1], "resid.1")).__enter__(),
-         ls.InterventionError),
+         ls.errors.InterventionError),
         (lambda: ls.AblationPanel(smol, smol_stim, units=ls.tuning(env["rec"], "mlp.0", "pos_tag",
-                                                                     progress=False).top(4)), ls.SiteError),
+                                                                     progress=False).top(4)), ls.errors.SiteError),
     ]
     for call, error in cases:
         with pytest.raises(error) as info:
@@ -282,7 +282,7 @@ def test_a_changed_copy_of_the_model_refuses_its_recordings_as_references(env):
     with torch.no_grad():
         twin.blocks[0].mlp.out.weight.neg_() if hasattr(twin.blocks[0].mlp, "out") else None
         next(twin.blocks[0].mlp.parameters()).neg_()
-    with pytest.raises(ls.InterventionError, match="weights"):
+    with pytest.raises(ls.errors.InterventionError, match="weights"):
         ls.intervene(twin, ls.lesion("mlp.0", [1], mode="mean", reference=env["rec"])).__enter__()
 
 
@@ -323,13 +323,13 @@ def test_strings_are_stimuli_where_stimuli_are_taken(env):
     m = env["m"]
     one = ls.metric(m, "the dog runs .")
     many = ls.metric(m, ["the dog runs .", "a cat sleeps ."])
-    assert one["n"].item() > 0 and many["n"].item() > one["n"].item()
+    assert one.df["n"].item() > 0 and many.df["n"].item() > one.df["n"].item()
 
 
 def test_the_error_kinds_are_picklable_and_print_plainly():
     import pickle
 
-    err = ls.SiteError.Unknown("unknown site 'x'")
+    err = ls.errors.SiteError.Unknown("unknown site 'x'")
     back = pickle.loads(pickle.dumps(err))
-    assert type(back) is ls.SiteError.Unknown and str(back) == "unknown site 'x'"
+    assert type(back) is ls.errors.SiteError.Unknown and str(back) == "unknown site 'x'"
     assert isinstance(back, KeyError) and isinstance(back, ValueError) and isinstance(back, ls.LLMScopeError)

@@ -3,6 +3,8 @@ effect that must hurt on SmolLM2); Result's table, figure and reprs."""
 
 from __future__ import annotations
 
+import html
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -46,16 +48,16 @@ def logits_of(model, seq) -> torch.Tensor:
 
 def assert_pristine(model, stimuli: Stimuli, baseline: pd.DataFrame) -> None:
     assert model.list_hooks() == {}
-    pd.testing.assert_frame_equal(token_loss(model, stimuli), baseline)
+    pd.testing.assert_frame_equal(token_loss(model, stimuli).df, baseline)
 
 
 # ---------------------------------------------------------------- per-token behaviour
 
 
 def test_token_loss_matches_a_manual_cross_entropy(tiny, stim):
-    table = token_loss(tiny, stim, batch_size=3)
+    table = token_loss(tiny, stim, batch_size=3).df
     assert list(table.columns) == [*stim.tokens.columns, "loss", "correct"] and len(table) == len(stim)
-    after = token_loss(tiny, stim, batch_size=3, align="context")
+    after = token_loss(tiny, stim, batch_size=3, align="context").df
     for q, seq in enumerate(SEQS):
         rows, ctx = table[table["seq"] == q], after[after["seq"] == q]
         logits = logits_of(tiny, seq)
@@ -70,7 +72,7 @@ def test_token_loss_matches_a_manual_cross_entropy(tiny, stim):
 
 
 def test_logit_diff_reads_good_minus_bad_at_targets(tiny, stim):
-    table = evaluate(tiny, stim, "logit_diff")
+    table = evaluate(tiny, stim, "logit_diff").df
     rows = table.dropna(subset=["logit_diff"])
     assert len(rows) == len(SEQS) and rows["is_target"].all()
     for (_, row), seq in zip(rows.iterrows(), SEQS):
@@ -79,24 +81,24 @@ def test_logit_diff_reads_good_minus_bad_at_targets(tiny, stim):
 
 
 def test_metric_groups_by_any_trial_table_column(tiny, stim):
-    table = token_loss(tiny, stim)
-    by_kind = metric(tiny, stim, "loss", by="kind")
+    table = token_loss(tiny, stim).df
+    by_kind = metric(tiny, stim, "loss", by="kind").df
     expected = table.groupby("kind")["loss"].agg(["mean", "count"])
     assert by_kind["kind"].tolist() == expected.index.tolist()
     np.testing.assert_allclose(by_kind["mean"], expected["mean"])
     assert by_kind["n"].tolist() == expected["count"].tolist()
-    overall = metric(tiny, stim, "correct")
+    overall = metric(tiny, stim, "correct").df
     assert overall["n"].item() == len(stim) - len(SEQS)
-    two = metric(tiny, stim, partial(logit_diff, good="good_id"), by=["kind", "seq"])
+    two = metric(tiny, stim, partial(logit_diff, good="good_id"), by=["kind", "seq"]).df
     assert two["n"].sum() == len(SEQS)
 
 
 def test_loss_on_nouns_is_not_loss_after_nouns(organism):
     """The default groups a loss under the predicted token's tag; the other alignment differs."""
     stim = grammar(organism, n_docs=24, seed=3)
-    on = metric(organism, stim, "loss", by="pos_tag").set_index("pos_tag")
-    after = metric(organism, stim, "loss", by="pos_tag", align="context").set_index("pos_tag")
-    table = token_loss(organism, stim)
+    on = metric(organism, stim, "loss", by="pos_tag").df.set_index("pos_tag")
+    after = metric(organism, stim, "loss", by="pos_tag", align="context").df.set_index("pos_tag")
+    table = token_loss(organism, stim).df
     nouns = table[table.pos_tag == "NOUN"]
     assert on.loc["NOUN", "mean"] == pytest.approx(nouns["loss"].mean())
     assert abs(on.loc["NOUN", "mean"] - after.loc["NOUN", "mean"]) > 0.5
@@ -106,8 +108,8 @@ def test_loss_on_nouns_is_not_loss_after_nouns(organism):
 
 def test_bos_rows_stay_out_unless_asked(tiny):
     bos = Stimuli.from_ids(tiny, SEQS, n_bos=1)
-    ctx = metric(tiny, bos, "loss", align="context")
-    with_bos = metric(tiny, bos, "loss", align="context", include_bos=True)
+    ctx = metric(tiny, bos, "loss", align="context").df
+    with_bos = metric(tiny, bos, "loss", align="context", include_bos=True).df
     assert ctx["n"].item() == len(bos) - 2 * len(SEQS) and with_bos["n"].item() == len(bos) - len(SEQS)
 
 
@@ -204,7 +206,7 @@ def test_patching_map_over_layers_and_positions(tiny, pair):
     fig = r.plot()
     heat = fig.data[0]
     assert heat.type == "heatmap" and np.asarray(heat.z).shape == (3, 6)
-    assert list(heat.x) == [f"{p}: {t}" for p, t in zip(range(6), clean.tokens["text"][:6])]
+    assert list(heat.x) == [f"{p}: {html.escape(t)}" for p, t in zip(range(6), clean.tokens["text"][:6])]
     assert tiny.list_hooks() == {}
 
 
@@ -224,7 +226,7 @@ def test_head_level_patching_patches_one_head_at_a_time(tiny, pair):
         mixed = base["blocks.1.attn.hook_z"].clone()
         mixed[:, 4, row.head] = source["blocks.1.attn.hook_z"][:, 4, row.head]
         with intervene(tiny, patch({"blocks.1.attn.hook_z": mixed}, "attn.1")):
-            expected = evaluate(tiny, target, "logit_diff")["logit_diff"].mean()
+            expected = evaluate(tiny, target, "logit_diff").df["logit_diff"].mean()
         assert row.metric == pytest.approx(expected, abs=1e-4)
     assert r.df["value"].std() > 0  # heads differ: the cells are not one patch repeated
 
@@ -240,7 +242,7 @@ def test_stacked_patching_equals_one_pass_per_position(tiny):
     _, source = tiny.run_with_cache(clean.ids)
     for row in r.df.itertuples():
         with intervene(tiny, patch(source, row.site, positions=[row.pos])):
-            expected = evaluate(tiny, target, "logit_diff")["logit_diff"].mean()
+            expected = evaluate(tiny, target, "logit_diff").df["logit_diff"].mean()
         assert row.metric == pytest.approx(expected, abs=1e-4), (row.site, row.pos)
     assert r.df["value"].abs().max() > 0.1  # the map is not flat: the comparison means something
 
@@ -249,7 +251,7 @@ def test_stacked_patching_equals_one_pass_per_position(tiny):
 
 
 def test_bad_behaviour_input_raises_and_leaves_the_model_pristine(tiny, stim, pair):
-    baseline = token_loss(tiny, stim)
+    baseline = token_loss(tiny, stim).df
     empty = Stimuli(torch.zeros((0, 0), dtype=torch.long), [], pd.DataFrame(columns=["seq", "pos", "token", "text"]))
     too_long = Stimuli(torch.ones((1, 40), dtype=torch.long), [40],
                        pd.DataFrame({"seq": 0, "pos": range(40), "token": 1, "text": "<bos>"}))
@@ -287,9 +289,10 @@ def test_bad_behaviour_input_raises_and_leaves_the_model_pristine(tiny, stim, pa
 # ---------------------------------------------------------------- Result
 
 
-def test_result_without_a_plotter_shows_its_table():
-    r = Result(pd.DataFrame({"unit": [3, 7], "score": [0.5, 0.25]}), kind="demo", meta={"site": "mlp.1"})
+def test_the_base_result_shows_its_table():
+    r = Result(pd.DataFrame({"unit": [3, 7], "score": [0.5, 0.25]}), meta={"site": "mlp.1"})
     fig = r.plot()
     assert fig.data[0].type == "table" and list(fig.data[0].header.values) == ["unit", "score"]
-    assert repr(r).startswith("Result('demo': 2 rows x 2 columns; site='mlp.1')")
+    assert list(fig.data[0].cells.values[1]) == ["0.5", "0.25"]
+    assert repr(r).startswith("Result(result: 2 rows x 2 columns; site='mlp.1')")
     assert "<b>" in r._repr_html_() and "<script" not in Result(pd.DataFrame({"t": ["<script>"]}))._repr_html_()

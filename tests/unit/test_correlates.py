@@ -9,12 +9,13 @@ import torch
 from scipy import stats
 
 import llmscope
-from llmscope.analysis.correlates import behaviour_correlates, circular_shifts, confidence, entropy
+from llmscope.analysis.correlates import CorrelatesResult, behaviour_correlates, circular_shifts, confidence, entropy
 from llmscope.analysis.responses import scalar
 from llmscope.behaviour import evaluate, loss
 from llmscope.errors import AnalysisError, RecordingError, SiteError
 from llmscope.sites import resolve_units
 from llmscope.stimuli import Stimuli, grammar
+from tests.unit.renames import assert_renamed
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +26,11 @@ def rec(organism):
 
 @pytest.fixture(scope="module")
 def by_loss(organism, rec):
-    return behaviour_correlates(organism, rec, "loss", n_null=100, progress=False)
+    return behaviour_correlates(organism, rec, "loss", n_controls=100, progress=False)
 
 
 def test_rho_is_scipys_spearman_on_context_aligned_behaviour(organism, rec, by_loss):
-    table = evaluate(organism, rec.stimuli, {"next": "loss"}, align="context")
+    table = evaluate(organism, rec.stimuli, {"next": "loss"}, align="context").df
     keep = ~table["is_bos"].to_numpy() & np.isfinite(table["next"].to_numpy())
     for s, u in by_loss.df.index[[0, 7, 300]]:
         x = scalar(rec, s, [u])[keep, 0]
@@ -52,13 +53,21 @@ def test_correlates_exist_beyond_the_shifted_control(organism, by_loss):
     assert meta["n_significant_control_iid"] > meta["n_significant_control"]
     assert np.all(np.diff(by_loss.df["rho"].abs().to_numpy()) <= 0)
     assert resolve_units(organism, by_loss.df.head(3))  # passes straight to lesion()
+    assert isinstance(by_loss, CorrelatesResult) and by_loss.kind == "behaviour_correlates"
+    assert by_loss.top(5).index.tolist() == by_loss.df.index[:5].tolist()  # the strongest, of either sign
+    np.testing.assert_array_equal(by_loss.df.abs_rho, by_loss.df.rho.abs())
 
 
 @pytest.mark.parametrize("behaviour, sign", [("confidence", 1), ("entropy", -1), ("correct", 1)])
 def test_other_behaviours_agree_on_the_induction_head(organism, rec, behaviour, sign):
-    r = behaviour_correlates(organism, rec, behaviour, "attn.1", n_null=30, progress=False)
+    r = behaviour_correlates(organism, rec, behaviour, "attn.1", n_controls=30, progress=False)
     assert r.df.index[0] == ("attn.1", 0) and sign * r.df["rho"].iloc[0] > 0.2
-    assert r.plot().data[0].name == "units"
+    units, control = r.plot().data
+    assert units.name == "units" and control.name == "shifted behaviour (control)"
+    np.testing.assert_array_equal(units.x, r.df.rho)  # rho against -log10 p, for the units and for the control
+    np.testing.assert_allclose(units.y, -np.log10(r.df.p))
+    np.testing.assert_array_equal(control.x, r.df.rho_control)
+    assert list(units.text) == [f"attn.1:{u}" for u in r.df.index.get_level_values("unit")]
 
 
 def test_confidence_and_entropy_align_as_loss_does(organism):
@@ -93,11 +102,16 @@ def test_correlates_bad_input(organism, tiny, rec):
         behaviour_correlates(organism, rec, "accuracy", progress=False)
     with pytest.raises(AnalysisError, match="reads a Recording"):
         behaviour_correlates(organism, rec.stimuli, progress=False)
-    with pytest.raises(AnalysisError, match="n_null"):
-        behaviour_correlates(organism, rec, n_null=1, progress=False)
+    with pytest.raises(AnalysisError, match="n_controls"):
+        behaviour_correlates(organism, rec, n_controls=1, progress=False)
     with pytest.raises(AnalysisError, match="was made for .*; this model is"):
         behaviour_correlates(tiny, rec, progress=False)
     with pytest.raises(RecordingError, match="whole recording"):
         behaviour_correlates(organism, rec.select("pos > 3"), progress=False)
     with pytest.raises(SiteError, match="not recorded"):
         behaviour_correlates(organism, rec, units="attn.0", progress=False)
+
+
+def test_the_old_name_warns_and_gives_the_same_result(organism, rec):
+    assert_renamed(lambda: behaviour_correlates(organism, rec, "entropy", "attn.1", n_null=10, progress=False),
+                   lambda: behaviour_correlates(organism, rec, "entropy", "attn.1", n_controls=10, progress=False))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import shutil
 
@@ -9,13 +10,14 @@ import numpy as np
 import pytest
 
 import llmscope
-from llmscope.analysis.examples import top_examples
+from llmscope.analysis.examples import ExamplesResult, top_examples
 from llmscope.analysis.responses import scalar
 from llmscope.stimuli.trials import rows
 from llmscope.analysis.tuning import tuning
 from llmscope.errors import AnalysisError, SiteError
 from llmscope.recording import IncompleteRecordingWarning, Recording
 from llmscope.stimuli import from_texts, grammar
+from tests.unit.renames import assert_renamed
 
 TEXTS = ["w1 w2 w3 w4 w5 w6", "w7 w8", "w9 w10 w11 w12 w13 w14 w15 w16 w17 w18", "w19 w20 w21"]
 EVIL = "<img src=x onerror=alert(1)>"
@@ -52,6 +54,7 @@ def test_the_k_strongest_responses_in_context(rec):
         assert row.left == " ".join(before.text) and row.right == " ".join(after.text)  # word-level: joined by spaces
     assert not df.text.isin(t.text[~keep]).any()  # no BOS row among the examples
     assert ex.meta["site"] == "mlp.0" and ex.meta["unit"] == 5 and ex.meta["joiner"] == " "
+    assert isinstance(ex, ExamplesResult) and ex.kind == "top_examples" and not ex.has_units
 
 
 def test_bos_rows_only_when_asked(rec):
@@ -68,6 +71,7 @@ def test_unit_given_as_pair_or_one_row_table(rec):
     one = res.df.loc[[("attn.1", 2)]]
     assert a.equals(top_examples(rec, one, k=3).df)
     assert a.equals(top_examples(rec, rec.site("attn.1"), 2, k=3).df)
+    assert a.equals(top_examples(rec, "attn.1", indices=2, k=3).df)
 
 
 def test_html_escapes_every_token_text(rec):
@@ -80,6 +84,8 @@ def test_html_escapes_every_token_text(rec):
     fig = ex.plot()
     assert all("<img" not in str(v) for v in [*fig.data[0].y, *fig.data[0].hovertext])
     assert fig.layout.yaxis.type == "category"
+    np.testing.assert_array_equal(fig.data[0].x, ex.df.activation)  # a bar per example, best first
+    assert list(fig.data[0].y) == [f"{r}. {html.escape(t)}" for r, t in zip(ex.df["rank"], ex.df.text)]
 
 
 def test_strongly_selective_units_fire_on_their_category(organism):
@@ -117,6 +123,16 @@ def test_one_unit_only(rec):
         top_examples(rec, "mlp.0", [1, 2])
 
 
+def test_a_unit_table_of_another_model(rec, organism):
+    from llmscope.identity import fingerprint
+
+    table = tuning(rec, "attn.1", "kind", progress=False).top(1)
+    top_examples(rec, table)  # made on this recording's model: fine
+    table.attrs["fingerprint"] = fingerprint(organism).to_dict()
+    with pytest.raises(SiteError, match="these units were made for grammar-2l"):
+        top_examples(rec, table)
+
+
 @pytest.mark.parametrize("k", [0, -3, 2.5, "5"])
 def test_k_must_be_at_least_one(rec, k):
     with pytest.raises(AnalysisError, match=f"k must be an integer >= 1, got {k!r}"):
@@ -144,3 +160,9 @@ def test_incomplete_recording_warns(tiny, stim, tmp_path):
         ex = top_examples(part, "mlp.0", 3, k=50)
     assert ex.meta["complete"] is False and set(ex.df.seq) <= {0, 1} and len(ex.df) == rows(part.tokens).sum()
     shutil.rmtree(path)
+
+
+@pytest.mark.parametrize("old", [lambda r: top_examples(r, site="mlp.0", unit=4, k=3),
+                                 lambda r: top_examples(r, "mlp.0", unit=4, k=3)])
+def test_old_names_warn_and_give_the_same_result(rec, old):
+    assert_renamed(lambda: old(rec), lambda: top_examples(rec, ("mlp.0", 4), k=3))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from llmscope.organisms import lexicon as lx
-from llmscope.organisms.grammar import SPECIALS, TAGS, Grammar, predictable_repeats
+from llmscope.stimuli import lexicon as lx
+from llmscope.stimuli.toy_grammar import SPECIALS, TAGS, Grammar, predictable_repeats
 from llmscope.organisms.tokenizer import word_tokenizer
 from llmscope.stimuli.templates import LEXICON
 

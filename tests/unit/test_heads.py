@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-import llmscope
 from llmscope.stimuli import trials
 from llmscope.analysis.heads import SCORES, confirm_by_lesion, localize_heads
+from llmscope.behaviour import correct, loss
 from llmscope.errors import AnalysisError, ColumnError, SiteError, LLMScopeError
 from llmscope.interventions import intervene, lesion
 from llmscope.organisms.facts import organism_folder
@@ -57,8 +57,8 @@ def assert_pristine(model, stim, logits):
 
 def test_localizer_finds_the_cards_heads_on_documents(scores):
     df = scores.df
-    assert scores.top("previous_token", 1).index.tolist() == [("attn.0", 2)]
-    assert scores.top("induction", 1).index.tolist() == [("attn.1", 0)]
+    assert scores.top(1, by="previous_token").index.tolist() == [("attn.0", 2)]
+    assert scores.top(1).index.tolist() == [("attn.1", 0)]  # induction ranks by default
     for name, best in (("previous_token", ("attn.0", 2)), ("induction", ("attn.1", 0))):
         runner_up = df[name].drop(best).max()
         assert df.loc[best, name] > 2 * runner_up, name
@@ -70,8 +70,8 @@ def test_localizer_finds_the_cards_heads_on_documents(scores):
 def test_localizer_finds_the_same_heads_on_random_repeats(organism, salad):
     # the organism predicts word salad badly, but its attention still copies: the same two heads
     r = localize_heads(organism, salad, progress=False)
-    assert r.top("previous_token", 1).index.tolist() == [("attn.0", 2)]
-    assert r.top("induction", 1).index.tolist() == [("attn.1", 0)]
+    assert r.top(1, by="previous_token").index.tolist() == [("attn.0", 2)]
+    assert r.top(1, by="induction").index.tolist() == [("attn.1", 0)]
     assert r.meta["n_queries"]["induction"] == 16 * 20  # every token of the second copy
 
 
@@ -117,7 +117,7 @@ def test_plot_is_a_categorical_heatmap_per_score(scores):
     assert [t.type for t in fig.data] == ["heatmap"] * 3
     assert list(fig.data[0].y) == ["attn.0", "attn.1"] and list(fig.data[0].x) == ["0", "1", "2", "3"]
     assert all(ax.type == "category" for ax in (fig.layout.xaxis, fig.layout.yaxis, fig.layout.xaxis3))
-    one = scores.plot(score="induction")
+    one = scores.plot(by="induction")
     assert len(one.data) == 1 and one.data[0].z[1][0] == pytest.approx(scores.df.loc[("attn.1", 0), "induction"])
 
 
@@ -130,9 +130,9 @@ def test_no_repeats_gives_nan_with_a_warning(organism, docs):
         r = localize_heads(organism, stim, progress=False)
     assert r.df["induction"].isna().all() and r.df["duplicate_token"].isna().all()
     assert r.df["previous_token"].notna().all()
-    assert r.top("previous_token", 1).index.tolist() == [("attn.0", 2)]
+    assert r.top(1, by="previous_token").index.tolist() == [("attn.0", 2)]
     with pytest.raises(AnalysisError, match="induction"):
-        r.top("induction", 1)
+        r.top(1)
     assert_pristine(organism, stim, before)
 
 
@@ -153,10 +153,12 @@ def test_localize_refuses_what_it_cannot_score(organism, docs, scores, baseline)
     bos = int(docs.ids[0, 0])
     with pytest.raises(AnalysisError, match="no query token"):
         localize_heads(organism, Stimuli.from_ids(organism, [[bos], [bos]]), progress=False)
-    with pytest.raises(AnalysisError, match="unknown head score 'copying'"):
-        scores.top("copying", 1)
+    with pytest.raises(ColumnError, match="by='copying'"):
+        scores.top(1, by="copying")
     with pytest.raises(AnalysisError, match="n must be"):
-        scores.top("induction", 0)
+        scores.top(0)
+    with pytest.warns(FutureWarning, match=r"top\(2, by='induction'\)"):
+        assert scores.top("induction", 2).index.tolist() == scores.top(2).index.tolist()
     assert_pristine(organism, docs, baseline)
 
 
@@ -165,37 +167,44 @@ def test_localize_refuses_what_it_cannot_score(organism, docs, scores, baseline)
 
 @pytest.fixture(scope="module")
 def confirmed(organism, docs, scores):
-    return confirm_by_lesion(organism, docs, scores.top("induction", 1), n_random=20, progress=False)
+    return confirm_by_lesion(organism, docs, scores.top(1), n_controls=20, progress=False)
 
 
 def test_lesion_of_the_induction_head_beats_every_other_head(confirmed, scores):
     df, meta = confirmed.df, confirmed.meta
     assert df.index.tolist() == [("attn.1", 0)]
     # 20 draws asked, 7 heads left: the null is every other head, so percentile 100 = ranked first of 8
-    assert meta["n_null"] == 7 and "attn.1:0" not in meta["null_heads"]
+    assert meta["n_controls"] == 7 and "attn.1:0" not in list(confirmed.data["unit"].values)
     row = df.iloc[0]
     assert row["percentile"] == 100.0 and row["p"] == pytest.approx(1 / 8)
-    assert row["delta_loss"] > row["null_p95"] > row["null_mean"]
-    assert row["delta_loss"] > 2.0  # the card measured a 4.4-nat rise on repeats
-    assert row["null_mean"] == pytest.approx(np.mean(meta["null_deltas"]))
+    assert row["harm"] > row["harm_control_p95"] > row["harm_control"]
+    assert row["delta_loss"] == row["harm"] > 2.0  # the card measured a 4.4-nat rise on repeats
+    assert row["harm_control"] == pytest.approx(float(confirmed.data["delta"].mean()))
+
+
+def per_row(model, stim, metric, *interventions):
+    """``metric`` (behaviour.loss or .correct) per trial row, with ``interventions`` on."""
+    with intervene(model, *interventions), torch.no_grad():
+        return metric(model(stim.ids), stim)
 
 
 def test_delta_is_the_loss_on_repeated_tokens(organism, docs, confirmed):
-    t = llmscope.token_loss(organism, docs)
-    rows = t["is_repeat"].astype(bool) & trials.rows(t)
-    assert t.loc[t["pos"] == 0, "loss"].isna().all()  # the loss belongs to the predicted token
-    assert confirmed.meta["baseline"] == pytest.approx(t.loc[rows, "loss"].mean())
-    with intervene(organism, lesion("attn.1", [0])):
-        hit = llmscope.token_loss(organism, docs)
-    delta = hit.loc[rows, "loss"].mean() - t.loc[rows, "loss"].mean()
-    assert confirmed.df["delta_loss"].iloc[0] == pytest.approx(delta)
+    t = docs.tokens
+    rows = t["is_repeat"].astype(bool).to_numpy() & trials.rows(t)
+    intact = per_row(organism, docs, loss)
+    assert np.isnan(intact[t["pos"] == 0]).all()  # the loss belongs to the predicted token
+    assert confirmed.meta["baseline"] == pytest.approx(np.nanmean(intact[rows]), rel=1e-6)
+    hit = per_row(organism, docs, loss, lesion("attn.1", [0]))
+    delta = np.nanmean(hit[rows]) - np.nanmean(intact[rows])
+    assert confirmed.df["delta_loss"].iloc[0] == pytest.approx(delta, rel=1e-5)  # stacked: exact to float rounding
 
 
 def test_lesion_ranks_the_induction_head_first(organism, docs, scores, baseline):
-    r = confirm_by_lesion(organism, docs, scores.df.nlargest(3, "induction"), n_random=5, seed=1, progress=False)
+    r = confirm_by_lesion(organism, docs, scores.df.nlargest(3, "induction"), n_controls=5, seed=1, progress=False)
     assert r.df.index[0] == ("attn.1", 0)
     assert r.df["delta_loss"].is_monotonic_decreasing and len(r.df) == 3
-    assert r.meta["n_null"] == 5 and not set(r.meta["null_heads"]) & {f"{s}:{u}" for s, u in r.df.index}
+    assert r.meta["n_controls"] == 5 and not set(r.data["unit"].values) & {f"{s}:{u}" for s, u in r.df.index}
+    assert r.top(1).index.tolist() == [("attn.1", 0)]
     fig = r.plot()
     assert [t.type for t in fig.data] == ["bar", "box"] and fig.layout.xaxis.type == "category"
     assert list(fig.data[0].x) == [f"{s}:{u}" for s, u in r.df.index]
@@ -203,19 +212,24 @@ def test_lesion_ranks_the_induction_head_first(organism, docs, scores, baseline)
 
 
 def test_correct_metric_counts_a_fall_as_harm(organism, docs, baseline):
-    r = confirm_by_lesion(organism, docs, [("attn.1", 0)], metric="correct", n_random=7, progress=False)
+    r = confirm_by_lesion(organism, docs, [("attn.1", 0)], metric="correct", n_controls=7, progress=False)
     row = r.df.iloc[0]
-    assert row["delta_correct"] < row["null_p95"] < 0  # accuracy on repeats falls the most
+    assert row["delta_correct"] < -row["harm_control_p95"] < 0  # accuracy on repeats falls the most
+    assert row["harm"] == -row["delta_correct"]
+    t = docs.tokens
+    rows = t["is_repeat"].astype(bool).to_numpy() & trials.rows(t) & (t["pos"] > 0).to_numpy()
+    expected = per_row(organism, docs, correct, lesion("attn.1", [0]))[rows].mean() - per_row(organism, docs, correct)[rows].mean()
+    assert row["delta_correct"] == pytest.approx(expected, abs=1e-9)
     assert row["percentile"] == 100.0
     assert_pristine(organism, docs, baseline)
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    (dict(heads=[("attn.1", 4)]), SiteError, r"\[4\] out of range for attn.1.*0\.\.3"),
-    (dict(heads=[("attn.2", 0)]), SiteError, "layer 2 out of range"),
-    (dict(heads=[("mlp.0", 1)]), SiteError, r"\['mlp.0'\] are not attention sites"),
-    (dict(n_random=0), AnalysisError, "n_random must be an integer >= 1 and <= 100, got 0"),
-    (dict(n_random=2.5), AnalysisError, "n_random"),
+    (dict(units=[("attn.1", 4)]), SiteError, r"\[4\] out of range for attn.1.*0\.\.3"),
+    (dict(units=[("attn.2", 0)]), SiteError, "layer 2 out of range"),
+    (dict(units=[("mlp.0", 1)]), SiteError, r"\['mlp.0'\] are not attention sites"),
+    (dict(n_controls=0), AnalysisError, "n_controls must be an integer >= 1 and <= 100, got 0"),
+    (dict(n_controls=2.5), AnalysisError, "n_controls"),
     (dict(metric="perplexity"), AnalysisError, r"unknown metric 'perplexity'.*'loss', 'correct'"),
     (dict(where="is_copy"), ColumnError, "no where column 'is_copy'.*is_repeat"),
     (dict(where="pos_tag"), AnalysisError, "where='pos_tag' must name a boolean column"),
@@ -223,9 +237,9 @@ def test_correct_metric_counts_a_fall_as_harm(organism, docs, baseline):
     (dict(stimuli=3), LLMScopeError, "Stimuli"),
 ])
 def test_confirm_bad_arguments(organism, docs, baseline, kwargs, error, match):
-    args = dict(stimuli=docs, heads=[("attn.1", 0)], progress=False) | kwargs
+    args = dict(stimuli=docs, units=[("attn.1", 0)], progress=False) | kwargs
     with pytest.raises(error, match=match):
-        confirm_by_lesion(organism, args.pop("stimuli"), args.pop("heads"), **args)
+        confirm_by_lesion(organism, args.pop("stimuli"), args.pop("units"), **args)
     assert_pristine(organism, docs, baseline)
 
 
@@ -254,12 +268,12 @@ def test_smollm2_has_an_induction_head_whose_lesion_beats_random_heads(smol):
         before = smol(stim.ids)
     scores = localize_heads(smol, stim, progress=False)
     assert len(scores.df) == 30 * 9  # grouped-query attention still has 9 query heads per layer
-    top = scores.top("induction", 3)
+    top = scores.top(3)
     assert (top["induction"] > 5 * top["induction_control"]).all()
-    r = confirm_by_lesion(smol, stim, top, n_random=30, progress=False)
+    r = confirm_by_lesion(smol, stim, top, n_controls=30, progress=False)
     elapsed = time.perf_counter() - start
-    found = r.df[r.df["delta_loss"] > r.df["null_p95"]]
+    found = r.df[r.df["harm"] > r.df["harm_control_p95"]]
     print(f"\nSmolLM2 induction heads ({elapsed:.0f} s):\n"
-          f"{top[['induction', 'induction_control']].join(r.df[['delta_loss', 'null_p95', 'p']]).to_string()}")
+          f"{top[['induction', 'induction_control']].join(r.df[['delta_loss', 'harm_control_p95', 'p']]).to_string()}")
     assert len(found) >= 1
     assert_pristine(smol, stim, before)

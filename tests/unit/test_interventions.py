@@ -29,8 +29,8 @@ class FakeRecording:
         self.sites = list(arrays)
         self._arrays = arrays
 
-    def responses(self, site: str, units=None) -> np.ndarray:
-        return self._arrays[site] if units is None else self._arrays[site][:, units]
+    def responses(self, site: str, indices=None) -> np.ndarray:
+        return self._arrays[site] if indices is None else self._arrays[site][:, indices]
 
 
 @pytest.fixture(scope="module")

@@ -7,18 +7,21 @@ plain autograd one prediction at a time (gradient x activation).
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
 
 import llmscope
-from llmscope.analysis import key_neurons as kn
-from llmscope.analysis.effect import effect
 from llmscope.analysis.key_neurons import attributions, check_separation, key_neurons
-from llmscope.behaviour import next_token_loss
+from llmscope.behaviour import loss, next_token_loss
+from llmscope.engine import cache, passes, routes
 from llmscope.errors import AnalysisError, ColumnError, SiteError
-from llmscope.interventions import lesion
+from llmscope.interventions import intervene, lesion
 from llmscope.stimuli import Stimuli, grammar
+
+kn = importlib.import_module("llmscope.analysis.key_neurons")  # the module (the package's attribute is the function)
 
 
 @pytest.fixture(scope="module")
@@ -93,42 +96,47 @@ def test_grad_x_act_is_each_predictions_own_gradient(organism, one_doc):
 
     with organism.hooks(fwd_hooks=[(hook, hold)]):
         logp = -next_token_loss(organism(stim.ids), stim.ids)[0]
+    values = res.data["score"].values
     for row, (_, sample) in enumerate(res.df.iterrows()):
         grad, = torch.autograd.grad(logp[sample["pos"]], held["act"], retain_graph=True)
         expected = (held["act"] * grad)[0, sample["context_pos"]].detach().numpy()
-        np.testing.assert_allclose(res.values[row], expected, rtol=1e-3, atol=1e-6)
+        np.testing.assert_allclose(values[row], expected, rtol=1e-3, atol=1e-6)
     organism.zero_grad(set_to_none=True)
 
 
 def test_short_passes_give_the_full_passes_scores_and_a_wrong_route_is_left_out(organism, one_doc, monkeypatch):
     """IG's passes start at the site's block and every pass unembeds only the samples' rows; with
-    both probe checks made to fail, the passes run whole and the scores stay the same."""
+    both route checks made to fail, the passes run whole and the scores stay the same."""
     def scores():
         return {m: attributions(organism, one_doc, "mlp.1", m, steps=8, progress=False) for m in ("ig", "grad_x_act")}
 
     short = scores()
-    assert kn._start(organism, 1) == 1 and kn._rows_readout(organism) is not None  # the short cuts were taken
-    monkeypatch.setitem(organism.__dict__, "_llmscope_separation", {})  # a fresh memo, put back after the test
-    monkeypatch.setattr(kn, "readout", lambda model: model.unembed)  # leaves ln_final out: not the logits
-    monkeypatch.setattr(kn, "_entry", lambda layer: f"blocks.{layer}.hook_resid_mid")  # not what enters the block
-    full = scores()
-    assert kn._start(organism, 1) == 0 and kn._rows_readout(organism) is None
+    assert routes.resumes(organism, 1) and routes.readout(organism) is not None  # the short cuts were taken
+    cache.forget(organism)  # worked out again below, and again after the test
+    monkeypatch.setattr(passes, "readout", lambda model: model.unembed)  # leaves ln_final out: not the logits
+    real_run_from = passes.run_from
+    monkeypatch.setattr(passes, "run_from", lambda model, x, layer, *a: real_run_from(model, x.flip(-1) if layer else x,
+                                                                                     layer, *a))  # a wrong resumption
+    with pytest.warns(UserWarning, match="does not reproduce"):
+        full = scores()
+    assert not routes.resumes(organism, 1) and routes.readout(organism) is None
+    monkeypatch.undo()
+    cache.forget(organism)
     for m in full:
-        np.testing.assert_allclose(full[m].values, short[m].values, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(full[m].data["score"].values, short[m].data["score"].values, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(full["ig"].df["change"], short["ig"].df["change"], atol=1e-5)
 
 
 def test_separation_is_checked_and_a_mismatch_refused(organism, tiny, docs, baseline, monkeypatch):
-    tiny.__dict__.pop("_llmscope_separation", None)
+    cache.forget(tiny)
     assert set(check_separation(tiny)) == {0, 1}  # a random GPT-2 passes the probe too
-    memo = organism.__dict__.pop("_llmscope_separation", None)
+    assert "scales" in cache.memo(tiny, "separation")
+    cache.forget(organism)
     monkeypatch.setattr(kn, "_scale", lambda *args: 0.0)  # a wrong score correction must be caught
     with pytest.raises(AnalysisError, match="does not reproduce one-position runs"):
         key_neurons(organism, docs, method="grad_x_act", progress=False)
-    assert "scales" not in organism.__dict__.get("_llmscope_separation", {})  # a failed check is not remembered
+    assert "scales" not in cache.memo(organism, "separation")  # a failed check is not remembered
     assert_pristine(organism, docs, baseline)
-    if memo is not None:
-        organism.__dict__["_llmscope_separation"] = memo
 
 
 # ---------------------------------------------------------------- key neurons
@@ -137,9 +145,10 @@ def test_separation_is_checked_and_a_mismatch_refused(organism, tiny, docs, base
 def test_every_sample_keeps_top_frac_of_every_layer(keys):
     n_top = keys.meta["n_top"]
     assert n_top == int(np.ceil(0.05 * 512))
+    counts = keys.data["count"]
     for site in keys.meta["sites"]:
-        per_class = keys.counts.xs(site, level="site").sum()
-        assert (per_class == keys.n_samples * n_top).all()
+        per_class = counts[counts["site"] == site].sum("unit")
+        assert (per_class.values == keys.n_samples.values * n_top).all()
     assert keys.n_samples.sum() == keys.meta["n_samples"]
 
 
@@ -155,22 +164,44 @@ def test_samples_leave_bos_out_and_take_the_asked_tokens_label(organism, docs, k
     assert "BOS" not in keys.meta["classes"] and "BOS" not in current.meta["classes"]
 
 
-def test_key_neurons_are_class_specific_beyond_the_shuffled_control(keys):
-    df = keys.df
-    assert len(df) == len(keys.meta["classes"]) * 2 * 10
-    for (cls, site), part in df.reset_index().groupby(["class", "site"]):
-        assert part["rank"].tolist() == list(range(1, 11))
-        assert (np.diff(part["count"].to_numpy()) <= 0).all()
-    by_site = df.groupby(level="site")[["specificity", "specificity_shuffled"]].mean()
-    assert (by_site["specificity"] > 2 * by_site["specificity_shuffled"]).all()
+def test_the_table_has_one_row_per_neuron_and_its_key_neurons_are_specific_beyond_the_control(keys):
+    df, d = keys.df, keys.data
+    assert len(df) == 2 * 512 and df.index.is_unique and list(df.index.names) == ["site", "unit"]
+    classes = keys.meta["classes"]
+    n = keys.n_samples.to_numpy()
+    counts = d["count"].values
+    frequency = counts / n
+    specificity = frequency - (counts.sum(1, keepdims=True) - counts) / (n.sum() - n)
+    best = specificity.argmax(1)
+    assert (df["preferred"].to_numpy() == np.asarray(classes)[best]).all()
+    np.testing.assert_allclose(df["specificity"], specificity.max(1))
+    for site in keys.meta["sites"]:  # ranks 1..d_mlp within each class and site, by count first
+        part = d["rank"].values[d["site"].values == site]
+        assert (np.sort(part, axis=0) == np.arange(1, 513)[:, None]).all()
+        first = part.argmin(0)
+        assert (counts[d["site"].values == site][first, range(len(classes))] ==
+                counts[d["site"].values == site].max(0)).all()
+    for c in classes:  # key_for lists the classes a neuron is among the k most recurrent of, in its site
+        assert (df["key_for"].str.split(", ").map(lambda hit: c in hit).to_numpy() ==
+                (d["rank"].sel({"class": c}).values <= keys.meta["k"])).all()
+    key = df[df["key_for"] != ""]
+    by_site = key.groupby(level="site")[["specificity", "specificity_control"]].mean()
+    assert (by_site["specificity"] > 2 * by_site["specificity_control"]).all()
 
 
-def test_unit_table_passes_to_lesion(organism, docs, keys, baseline):
+def test_key_neurons_of_a_class_pass_to_lesion(organism, docs, keys, baseline):
     nouns = keys.units("NOUN", site="mlp.1")
     assert list(nouns.index.names) == ["site", "unit"] and len(nouns) == 10
-    assert set(nouns.index.get_level_values("site")) == {"mlp.1"}
-    hurt = effect(organism, docs, lesion(nouns), by="pos_tag", n_boot=100).df.set_index("pos_tag")["difference"]
-    assert hurt["NOUN"] > 0
+    assert set(nouns.index.get_level_values("site")) == {"mlp.1"} and nouns["rank"].tolist() == list(range(1, 11))
+    ranks = keys.data["rank"].sel({"class": "NOUN"})
+    assert sorted(ranks.values[(ranks["site"] == "mlp.1").values].argsort()[:10]) == sorted(nouns.index.get_level_values(1))
+    rows = docs.tokens["pos"].to_numpy() > 0
+    nouns_rows = rows & (docs.tokens["pos_tag"] == "NOUN").to_numpy()
+    with torch.no_grad():
+        intact = loss(organism(docs.ids), docs)
+        with intervene(organism, lesion(nouns)):
+            hit = loss(organism(docs.ids), docs)
+    assert np.nanmean(hit[nouns_rows]) > np.nanmean(intact[nouns_rows])
     assert_pristine(organism, docs, baseline)
 
 
@@ -178,15 +209,28 @@ def test_units_over_all_layers_top_and_plot(keys):
     both = keys.units("VERB", k=30)
     assert len(both) == 30 and (np.diff(both["count"].to_numpy()) <= 0).all()
     assert set(both.index.get_level_values("site")) <= {"mlp.0", "mlp.1"}
-    control = keys.units("VERB", site="mlp.1", shuffled=True)
+    control = keys.units("VERB", site="mlp.1", control=True)
     assert control["specificity"].mean() < keys.units("VERB", site="mlp.1")["specificity"].mean()
-    top = keys.top(5, cls="DET", site="mlp.0")
-    assert top["class"].eq("DET").all() and (np.diff(top["specificity"].to_numpy()) <= 0).all()
+    with pytest.warns(FutureWarning, match="shuffled"):
+        assert keys.units("VERB", site="mlp.1", shuffled=True).equals(control)
+    top = keys.top(5, where="preferred == 'DET' and site == 'mlp.0'")
+    assert top["preferred"].eq("DET").all() and (np.diff(top["specificity"].to_numpy()) <= 0).all()
+    assert set(top.index.get_level_values("site")) == {"mlp.0"}
     with pytest.raises(AnalysisError, match="not a value of 'pos_tag'"):
         keys.units("BOS")
     with pytest.raises(SiteError, match="was not scored"):
         keys.units("NOUN", site="mlp.7")
-    assert keys.plot().data[0].type == "heatmap"
+    fig = keys.plot()
+    assert fig.data[0].type == "heatmap" and list(fig.data[0].x) == keys.meta["sites"]
+    z = np.asarray(fig.data[0].z, float)
+    nouns = keys.units("NOUN", site="mlp.1")
+    assert z[keys.meta["classes"].index("NOUN"), 1] == pytest.approx(nouns["specificity"].mean())
+
+
+def test_old_names_still_work_with_a_warning(organism, one_doc):
+    with pytest.warns(FutureWarning, match="sites"):
+        old = key_neurons(organism, one_doc, method="activation", sites=["mlp.1"], k=3, progress=False)
+    assert old.meta["sites"] == ["mlp.1"]
 
 
 # ---------------------------------------------------------------- bad input, model left pristine
@@ -204,8 +248,9 @@ def test_bad_input_raises_before_any_work(organism, docs, baseline, monkeypatch)
         (dict(steps=0), AnalysisError, "steps"),
         (dict(label_of="previous"), AnalysisError, "label_of"),
         (dict(label="tag"), ColumnError, "no label column 'tag'"),
-        (dict(sites=["attn.0"]), SiteError, "MLP neurons"),
-        (dict(sites=["mlp.5"]), SiteError, "out of range"),
+        (dict(units=["attn.0"]), SiteError, "MLP neurons"),
+        (dict(units=["mlp.5"]), SiteError, "out of range"),
+        (dict(units=("mlp.0", [1, 2])), SiteError, "whole MLP sites"),
     ]
     for kwargs, error, message in cases:
         with pytest.raises(error, match=message):

@@ -70,7 +70,7 @@ def test_lens_beats_its_shuffled_residual_control_beyond_the_embedding(lens):
 
 def test_final_lens_loss_is_the_model_loss(organism, stim, lens):
     final = lens.df.set_index("site").loc["resid.2"]
-    model_loss = metric(organism, stim, "loss")
+    model_loss = metric(organism, stim, "loss").df
     assert final["loss"] == pytest.approx(float(model_loss["mean"].iloc[0]), abs=1e-5)
     assert final["n"] == int(model_loss["n"].iloc[0])
 
@@ -98,34 +98,35 @@ def test_lens_refuses_a_site_that_is_not_the_residual_stream(organism, stim, pai
 
 
 def test_violation_raises_surprisal_and_the_shuffled_pair_control_does_not(response):
-    crit = response.df[response.df.offset == 0].set_index("site")
+    crit = response.data.sel(offset=0).to_dataframe()
     final = crit.loc["resid.2"]
     assert final["violation"] > final["grammatical"] and final["ci_low"] > 3.0 and final["p"] < 1e-10
-    assert abs(final["control_effect"]) < 0.1 * final["effect"]
-    assert final["control_ci_low"] < 0 < final["control_ci_high"]
+    assert abs(final["effect_control"]) < 0.1 * final["effect"]
+    assert final["ci_low_control"] < 0 < final["ci_high_control"]
     # the violation shows up where layer 0's output meets the lens, and grows through layer 1
     assert 0 < crit.loc["resid.1", "ci_low"] and crit.loc["resid.1", "effect"] < final["effect"]
 
 
 def test_surprise_after_the_critical_token(response, organism):
-    df = response.df
-    assert df.groupby("site")["offset"].apply(list).tolist() == [[0, 1, 2]] * 3
-    assert df.loc[df.offset > 0, "word"].unique().tolist() == [".", "the"]
+    data = response.data
+    assert data["site"].values.tolist() == ["resid.0", "resid.1", "resid.2"]
+    assert data["offset"].values.tolist() == [0, 1, 2] and data["word"].values.tolist()[1:] == [".", "the"]
     # resid.0 at a tail token is that token's embedding: identical in every condition
-    tail0 = df[(df.site == "resid.0") & (df.offset == 2)].iloc[0]
-    assert tail0["effect"] == 0 and tail0["control_effect"] == 0
+    tail0 = data.sel(site="resid.0", offset=2)
+    assert tail0["effect"] == 0 and tail0["effect_control"] == 0
 
 
 def test_violation_responsive_units_beyond_the_control(organism, response):
-    units = response.units
+    units = response.df
     assert len(units) == 2 * organism.cfg.d_mlp
     assert response.meta["n_responsive"] >= 5
     assert response.meta["n_responsive_control"] <= 0.05 * len(units)
     assert response.meta["n_responsive"] > response.meta["n_responsive_control"]
     assert units["q"].iloc[0] < 0.05 and np.all(np.diff(units["t"].abs().to_numpy()) <= 0)
     top = response.top(5)
-    assert resolve_units(organism, top)[0][0].kind == "mlp"
-    assert sum(response.meta["groups"].values()) == response.df["n"].iloc[0] == 128
+    assert resolve_units(organism, top)[0][0].kind == "mlp" and top["t"].is_monotonic_decreasing
+    assert top["t"].iloc[0] == units["t"].max()
+    assert sum(response.meta["groups"].values()) == response.data.attrs["n"] == 128
 
 
 def test_contrast_is_the_paired_t_test_with_one_group():
@@ -155,7 +156,7 @@ def test_surprise_bad_input(organism, stim, pairs):
     with pytest.raises(ColumnError, match="good_id"):
         surprise(organism, stim, progress=False)
     with pytest.raises(AnalysisError, match="must end at"):
-        surprise(organism, pairs, at="is_bos", progress=False)
+        surprise(organism, pairs, where="is_bos", progress=False)
     numbers = pairs.tokens[pairs.tokens.is_target].number.to_numpy()
     lonely = np.r_[np.flatnonzero(numbers == "sg")[:1], np.flatnonzero(numbers == "pl")[:3]]
     with pytest.raises(AnalysisError, match="one pair"):

@@ -14,10 +14,11 @@ from scipy.signal import welch
 import llmscope
 from llmscope.analysis import lfp, responses
 from llmscope.stimuli import trials
-from llmscope.analysis.lfp import (VERDICTS, FieldPotential, event_average, field_potential, granger, lfp_spectrum,
-                                   wired)
+from llmscope.analysis.lfp import (VERDICTS, EventAverageResult, FieldPotential, GrangerResult, SpectrumResult,
+                                   event_average, field_potential, granger, lfp_spectrum, wired)
 from llmscope.errors import AnalysisError, ColumnError, SiteError
 from llmscope.sites import Site, site
+from tests.unit.renames import assert_renamed
 
 SITES = ["mlp.0", "attn.0", "attn.1", "mlp.1", "resid.1"]
 LAYERS = ["mlp.0", "attn.0", "attn.1", "mlp.1"]
@@ -61,6 +62,9 @@ def test_field_potential_is_the_documented_population_number(rec, fp, monkeypatc
         expected = np.sqrt(np.square(x).mean(1)) if name.startswith("resid") else x.mean(1)
         np.testing.assert_allclose(fp.signal[:, j], expected, rtol=1e-6)
     assert list(fp.df.columns) == ["seq", "pos", "site", "value"] and len(fp.df) == keep.sum() * len(SITES)
+    assert fp.data["signal"].dims == ("token", "site") and fp.data.site.values.tolist() == SITES
+    assert fp.data.token.values.tolist() == np.flatnonzero(keep).tolist()  # rows of the recording
+    assert np.array_equal(fp.data.pos.values, rec.tokens.pos[keep]) and fp.meta["units"] == dict.fromkeys(SITES)
     one = fp.df[fp.df.site == "attn.1"]
     assert np.array_equal(one.value, fp.signal[:, 2]) and np.array_equal(one.pos, rec.tokens.pos[keep])
     with_bos = field_potential(rec, "mlp.0", include_bos=True, progress=False)
@@ -70,10 +74,26 @@ def test_field_potential_is_the_documented_population_number(rec, fp, monkeypatc
     np.testing.assert_array_equal(field_potential(rec, progress=False).signal, fp.signal)
 
 
+def test_the_field_potential_of_some_units_is_their_mean(rec):
+    part = field_potential(rec, [("mlp.0", [7, 3]), ("resid.1", [0, 5, 9])], progress=False)
+    x = responses.scalar(rec, "mlp.0", [3, 7])[trials.rows(rec.tokens)].astype(np.float64)
+    r = responses.scalar(rec, "resid.1", [0, 5, 9])[trials.rows(rec.tokens)].astype(np.float64)
+    np.testing.assert_allclose(part.signal, np.column_stack([x.mean(1), np.sqrt(np.square(r).mean(1))]), rtol=1e-6)
+    assert part.meta["units"] == {"mlp.0": [3, 7], "resid.1": [0, 5, 9]}
+    with pytest.raises(SiteError, match=r"one signal per site.*field_potential\(recording, units\)"):
+        field_potential(rec, progress=False).subset(("mlp.0", [1]))
+
+
 def test_subset_and_figures(fp):
     part = fp.subset(["attn.1", "blocks.0.mlp.hook_post"])
     assert part.sites == ["attn.1", "mlp.0"] and np.array_equal(part.signal, fp.signal[:, [2, 0]])
-    assert len(fp.plot().data) == len(SITES) and len(fp.plot(seq=3).data[0].x) == (fp.tokens.seq == 3).sum()
+    assert part.meta["definition"] == {"attn.1": "mean", "mlp.0": "mean"} and list(part.meta["units"]) == part.sites
+    fig = fp.plot(seq=3)
+    rows = (fp.tokens.seq == 3).to_numpy()
+    assert len(fig.data) == len(SITES) and [t.name for t in fig.data] == SITES
+    for j, trace in enumerate(fig.data):  # each panel draws its site's signal over the sequence's positions
+        np.testing.assert_array_equal(trace.x, fp.tokens.pos[rows])
+        np.testing.assert_array_equal(trace.y, fp.signal[rows, j])
     with pytest.raises(SiteError, match=r"'mlp.7'.*\['mlp.0'"):
         fp.subset("mlp.7")
 
@@ -82,7 +102,8 @@ def test_subset_and_figures(fp):
 
 
 def test_spectrum_is_welch_per_sequence_averaged(fp):
-    spec = lfp_spectrum(fp, "mlp.1", nperseg=16, n_shuffle=5, progress=False)
+    spec = lfp_spectrum(fp, "mlp.1", nperseg=16, n_controls=5, progress=False)
+    assert isinstance(spec, SpectrumResult) and spec.kind == "lfp_spectrum"
     per_seq = [welch(g.to_numpy(), fs=1.0, nperseg=16)[1] for _, g in
                pd.Series(fp.signal[:, 3]).groupby(fp.tokens.seq.to_numpy())]
     np.testing.assert_allclose(spec.df.power, np.mean(per_seq, axis=0)[1:], rtol=1e-10)
@@ -91,14 +112,23 @@ def test_spectrum_is_welch_per_sequence_averaged(fp):
 
 
 def test_spectrum_differs_from_shuffled_tokens_on_the_organism(fp):
-    spec = lfp_spectrum(fp, n_shuffle=100, progress=False)
+    spec = lfp_spectrum(fp, n_controls=100, progress=False)
     for name in SITES:  # every site's field potential has temporal structure a shuffle destroys
         assert spec.meta["distance_p"][name] < 0.02
-        assert spec.meta["distance"][name] > 2 * spec.meta["distance_shuffled"][name]
+        assert spec.meta["distance"][name] > 2 * spec.meta["distance_control"][name]
     # the induction head's field potential swings slowly (copied spans): excess power at the lowest frequency
     low = spec.df[spec.df.site == "attn.1"].iloc[0]
-    assert low.log_ratio > 0.5 and low.p_fdr < 0.05 and low.power > low.shuffled_high
-    assert spec.plot().data
+    assert low.log_ratio > 0.5 and low.p_fdr < 0.05 and low.power > low.power_control_high
+    fig = spec.plot()
+    assert len(fig.data) == 3 * len(SITES)  # per site: the control's band, its mean, the spectrum
+    for i, name in enumerate(SITES):
+        d = spec.df[spec.df.site == name]
+        band, control, power = fig.data[3 * i: 3 * i + 3]
+        np.testing.assert_array_equal(power.y, d.power)
+        np.testing.assert_array_equal(power.x, d.frequency)
+        np.testing.assert_array_equal(control.y, d.power_control)
+        np.testing.assert_array_equal(band.y, np.r_[d.power_control_high, d.power_control_low[::-1]])
+        assert power.name.startswith(f"{name} (d={spec.meta['distance'][name]:.2f}")
 
 
 def test_spectrum_of_a_shuffled_signal_is_not_flagged(fp):
@@ -106,7 +136,7 @@ def test_spectrum_of_a_shuffled_signal_is_not_flagged(fp):
     seq = fp.tokens.seq.to_numpy()
     order = np.concatenate([rng.permutation(np.flatnonzero(seq == s)) for s in np.unique(seq)])
     white = lfp._field_potential(fp.signal[order], fp.tokens, fp.site_info, fp.meta)
-    spec = lfp_spectrum(white, n_shuffle=100, seed=1, progress=False)
+    spec = lfp_spectrum(white, n_controls=100, seed=1, progress=False)
     assert sum(p < 0.05 for p in spec.meta["distance_p"].values()) <= 1
     assert (spec.df.p_fdr < 0.05).mean() < 0.1
 
@@ -115,7 +145,8 @@ def test_spectrum_of_a_shuffled_signal_is_not_flagged(fp):
 
 
 def test_event_average_is_the_mean_around_events(fp):
-    ea = event_average(fp, "sent_pos == 0", before=2, after=3, n_shuffle=10, progress=False)
+    ea = event_average(fp, "sent_pos == 0", window=(2, 3), n_controls=10, progress=False)
+    assert isinstance(ea, EventAverageResult) and ea.meta["window"] == [2, 3]
     value = pd.Series(fp.signal[:, 1], index=pd.MultiIndex.from_arrays([fp.tokens.seq, fp.tokens.pos]))
     events = fp.tokens[fp.tokens.sent_pos == 0]
     for offset in range(-2, 4):
@@ -128,18 +159,27 @@ def test_event_average_is_the_mean_around_events(fp):
 
 
 def test_event_average_rises_at_repeat_onsets_in_the_induction_head(fp):
-    ea = event_average(fp, "repeat_onset", before=5, after=10, n_shuffle=100, progress=False)
+    ea = event_average(fp, "repeat_onset", window=(5, 10), n_controls=100, progress=False)
     assert ea.meta["change"]["attn.1"] > 0.3 and ea.meta["change_p"]["attn.1"] < 0.02
     after = ea.df[(ea.df.site == "attn.1") & ea.df.offset.between(1, 5)]
-    assert (after.value > after.shuffled_high).all()
-    assert ea.plot().data
+    assert (after.value > after.value_control_high).all()
+    fig = ea.plot()
+    events = [t for t in fig.data if t.name == "events"]
+    controls = [t for t in fig.data if t.name == "shuffled events"]
+    assert len(events) == len(controls) == len(SITES)
+    for name, line, control in zip(SITES, events, controls):  # a panel per site, in order
+        d = ea.df[ea.df.site == name]
+        np.testing.assert_array_equal(line.x, d.offset)
+        np.testing.assert_array_equal(line.y, d.value)
+        np.testing.assert_array_equal(control.y, d.value_control)
+    assert fig.layout.annotations[SITES.index("attn.1")].text.startswith(f"attn.1: change {ea.meta['change']['attn.1']:.3g}")
 
 
 def test_event_average_of_random_events_is_not_flagged(fp):
     rng = np.random.default_rng(0)
     tokens = fp.tokens.assign(random_event=rng.random(len(fp.tokens)) < 0.05)
     noise = lfp._field_potential(fp.signal, tokens, fp.site_info, fp.meta)
-    ea = event_average(noise, "random_event", n_shuffle=100, progress=False)
+    ea = event_average(noise, "random_event", n_controls=100, progress=False)
     assert sum(p < 0.05 for p in ea.meta["change_p"].values()) <= 1
 
 
@@ -187,7 +227,13 @@ def test_granger_on_the_organism_against_its_wiring(layers_granger):
     # what Granger finds: layer 0 -> layer 1, as wired, and layer 1 -> layer 0, which the model does not have
     assert g.loc[("mlp.0", "mlp.1"), "verdict"] == "true positive"
     assert g.loc[("mlp.1", "mlp.0"), "verdict"] == "false positive"
-    assert layers_granger.plot().data
+    assert isinstance(layers_granger, GrangerResult) and g.p_fdr_control.between(0, 1).all()
+    fig = layers_granger.plot()
+    for trace, column in zip(fig.data, ("p_fdr", "p_fdr_control")):  # real beside control, target x source
+        assert list(trace.x) == LAYERS and list(trace.y) == LAYERS
+        expected = -np.log10(layers_granger.df.pivot(index="target", columns="source", values=column)
+                             .reindex(index=LAYERS, columns=LAYERS).to_numpy(dtype=float))
+        np.testing.assert_allclose(np.array(trace.z, dtype=float), expected)
 
 
 # ---------------------------------------------------------------- bad input
@@ -203,9 +249,11 @@ def test_bad_input_is_refused_before_any_work(rec, fp):
     with pytest.raises(AnalysisError, match="nperseg must be an integer >= 4"):
         lfp_spectrum(fp, nperseg=2, progress=False)
     with pytest.raises(AnalysisError, match=r"window of 100 \+ 1 \+ 100 tokens.*longest has \d+"):
-        event_average(fp, "repeat_onset", before=100, after=100, progress=False)
-    with pytest.raises(AnalysisError, match="before must be an integer >= 1"):
-        event_average(fp, "repeat_onset", before=0, progress=False)
+        event_average(fp, "repeat_onset", window=100, progress=False)
+    with pytest.raises(AnalysisError, match=r"window's before \(tokens before the event\) must be an integer >= 1"):
+        event_average(fp, "repeat_onset", window=(0, 4), progress=False)
+    with pytest.raises(AnalysisError, match="window must be an integer >= 1"):
+        event_average(fp, "repeat_onset", window=2.5, progress=False)
     with pytest.raises(ColumnError, match="no_such_column"):
         event_average(fp, "no_such_column > 0", progress=False)
     with pytest.raises(AnalysisError, match="matches none"):
@@ -224,3 +272,28 @@ def test_bad_input_is_refused_before_any_work(rec, fp):
         event_average(fp.df, "repeat_onset")
     with pytest.raises(AnalysisError, match="reads a Recording"):
         field_potential(fp)
+
+
+# ---------------------------------------------------------------- the old names, for one release
+
+
+@pytest.mark.parametrize("old, new", [
+    (lambda r, fp: field_potential(r, sites=["mlp.0", "attn.1"], progress=False),
+     lambda r, fp: field_potential(r, ["mlp.0", "attn.1"], progress=False)),
+    (lambda r, fp: fp.subset(sites="attn.1"), lambda r, fp: fp.subset("attn.1")),
+    (lambda r, fp: lfp_spectrum(fp, sites="mlp.0", nperseg=16, n_shuffle=5, progress=False),
+     lambda r, fp: lfp_spectrum(fp, "mlp.0", nperseg=16, n_controls=5, progress=False)),
+    (lambda r, fp: event_average(fp, event="repeat_onset", before=2, after=3, sites="attn.1", n_shuffle=5),
+     lambda r, fp: event_average(fp, "repeat_onset", (2, 3), units="attn.1", n_controls=5)),
+    (lambda r, fp: event_average(fp, "repeat_onset", after=3, n_controls=5),
+     lambda r, fp: event_average(fp, "repeat_onset", (5, 3), n_controls=5)),
+    (lambda r, fp: granger(fp, sites=["mlp.0", "mlp.1"], progress=False),
+     lambda r, fp: granger(fp, ["mlp.0", "mlp.1"], progress=False)),
+])
+def test_old_names_warn_and_give_the_same_result(rec, fp, old, new):
+    assert_renamed(lambda: old(rec, fp), lambda: new(rec, fp))
+
+
+def test_window_and_its_old_form_together_is_an_error(fp):
+    with pytest.raises(AnalysisError, match=r"window= and before=; these are the old form"):
+        event_average(fp, "repeat_onset", window=3, before=2)

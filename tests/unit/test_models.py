@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -51,7 +50,7 @@ def test_unknown_name_offline_fails_fast_naming_offline_models(offline_env, tmp_
         t = time.perf_counter()
         try:
             llmscope.load("someone/not-a-model-here")
-        except llmscope.ModelNotAvailable as e:
+        except llmscope.errors.ModelNotAvailable as e:
             print(f"{time.perf_counter() - t:.2f}|{e}")
     """)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)

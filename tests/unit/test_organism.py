@@ -7,7 +7,6 @@ accuracies and scores, LOSS_TOL (relative) for losses, and every threshold must 
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ import torch
 
 import llmscope
 from llmscope.organisms import THRESHOLDS, Grammar, failures, read_card, verify
-from llmscope.organisms.grammar import TAGS
+from llmscope.stimuli.toy_grammar import TAGS
 
 NAME = "grammar-2l"
 FOLDER = Path(llmscope.organisms.__file__).parent / NAME
@@ -58,18 +57,10 @@ def test_card_records_training(card):
     assert card["thresholds"] == THRESHOLDS and failures(card["facts"]) == []
 
 
-def test_loads_fast_and_tokenizes_words(model):
-    seconds = min(_timed_load() for _ in range(2))
-    assert seconds < 1.0
+def test_tokenizes_words(model):
     g = Grammar.from_config(read_card(NAME)["grammar"])
     text = "near the trees , the dog that chases the cats runs ."
     assert model.to_tokens(text)[0].tolist() == [g.vocab.index(w) for w in ["<bos>", *text.split()]]
-
-
-def _timed_load() -> float:
-    start = time.perf_counter()
-    llmscope.load(NAME)
-    return time.perf_counter() - start
 
 
 def test_facts_pass_their_thresholds(facts):

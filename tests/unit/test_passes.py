@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmscope.passes import fused_activations, rank_one_readout, readout
+from llmscope.engine.passes import fused_activations, rank_one_readout, readout
 
 
 def check_rank_one(model, n_copies: int = 3) -> None:

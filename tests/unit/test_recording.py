@@ -105,10 +105,10 @@ def test_store_equals_memory_and_reopens(tiny, stim, saved):
 def test_units_and_select(tiny, stim, saved):
     rec = Recording.open(saved)
     full = rec.responses("attn.1")
-    assert np.array_equal(rec.responses("attn.1", units=[3, 1]), full[:, [3, 1]])
-    assert rec.responses("mlp.0", units=5).shape == (21, 1)
+    assert np.array_equal(rec.responses("attn.1", indices=[3, 1]), full[:, [3, 1]])
+    assert rec.responses("mlp.0", indices=5).shape == (21, 1)
     with pytest.raises(SiteError, match="out of range"):
-        rec.responses("mlp.0", units=[64])
+        rec.responses("mlp.0", indices=[64])
     mask = (rec.tokens.pos.to_numpy() % 2) == 1
     sub = rec.select(mask)
     assert len(sub) == mask.sum()
@@ -128,7 +128,7 @@ def test_units_and_select(tiny, stim, saved):
 
 def test_labelled_responses_are_a_unit_table(saved):
     rec = Recording.open(saved)
-    table = rec.responses("mlp.0", units=[3, 1], labelled=True)
+    table = rec.responses("mlp.0", indices=[3, 1], labelled=True)
     assert isinstance(table, pd.DataFrame) and table.columns.names == ["site", "unit"]
     assert table.columns.tolist() == [("mlp.0", 3), ("mlp.0", 1)]
     assert table.index.equals(rec.tokens.index)
@@ -155,7 +155,7 @@ def test_select_errors_name_the_columns(saved):
         rec.select("pos + 1")
     with pytest.raises(RecordingError, match="boolean mask of 21 rows; got bool of shape \\(20,\\)"):
         rec.select(np.ones(20, bool))
-    first = 2
+    first = 2  # noqa: F841 (read by the query string)
     assert len(rec.select("pos >= @first")) == int((rec.tokens.pos >= 2).sum()) > 0  # @name: the caller's variable
 
 
@@ -388,7 +388,7 @@ def test_flipped_bytes_are_named_on_read(saved, tmp_path):
     with pytest.raises(RecordingError, match=message):
         rec.to_xarray()["mlp.0"].values
     with pytest.raises(RecordingError, match=message):
-        Recording.open(rec.path).select("seq == 4").responses("mlp.0", units=[2])
+        Recording.open(rec.path).select("seq == 4").responses("mlp.0", indices=[2])
     assert np.array_equal(rec.responses("resid.2"), Recording.open(saved).responses("resid.2"))  # others read
     assert not np.isnan(clean).any()
     _flip(Path(rec.path) / "pos" / "c" / "0", 3)

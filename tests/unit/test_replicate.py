@@ -12,7 +12,7 @@ from llmscope.replicate.__main__ import main
 
 def test_seed002_command_prints_a_row_per_layer_and_writes_tables(tmp_path, capsys):
     assert main(["seed002", "--model", "grammar-2l", "--method", "grad_x_act", "--n-docs", "8",
-                 "--ks", "1", "5", "--n-random", "2", "--folds", "2", "--out", str(tmp_path)]) == 0
+                 "--ks", "1", "5", "--n-controls", "2", "--folds", "2", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "key_next" in printed and "lesion test" in printed
     table = pd.read_csv(tmp_path / "table.csv")
@@ -25,10 +25,31 @@ def test_seed002_command_prints_a_row_per_layer_and_writes_tables(tmp_path, caps
     assert "<script" in html and not re.search(r"<script[^>]*\bsrc=", html)  # plotly.js inlined, nothing fetched
 
 
-def test_specificity_counts_a_harmless_random_lesion_as_harmless():
+def test_lesion_specificity_is_two_differences_with_intervals(organism):
+    """Key lesions of mlp.0: specificity as class - random and class - other effects, each with a
+    cluster-bootstrap interval; a ratio only where the random effect is bounded above zero; no
+    inf. The DET key neurons harm every class alike while a random lesion is harmless (a ratio
+    to it was inf): not specific."""
     import numpy as np
 
-    from llmscope.replicate.seed002 import _specificity
+    from llmscope.analysis.key_neurons import key_neurons
+    from llmscope.replicate.seed002 import lesion_test
+    from llmscope.stimuli import grammar
 
-    out = _specificity(np.array([1.0, 1.0, 1.0, -0.5]), np.array([0.5, 0.0, -0.2, 0.5]))
-    assert out[0] == 2.0 and np.isinf(out[1]) and np.isinf(out[2]) and out[3] == -1.0
+    key = key_neurons(organism, grammar(organism, n_docs=16, seed=0), "pos_tag", "grad_x_act", units=["mlp.0"], k=10,
+                      progress=False)
+    out = lesion_test(organism, grammar(organism, n_docs=16, seed=1), key, "mlp.0", 10).set_index("cls")
+    assert list(out.index) == ["NOUN", "DET", "VERB", "PUNCT"]
+    assert np.isfinite(out.drop(columns=["site", "specific"]).fillna(0).to_numpy(float)).all()
+    for name, est in (("class_minus_random", out.class_effect - out.random_effect),
+                      ("class_minus_other", out.class_effect - out.other_effect), ("random", out.random_effect)):
+        np.testing.assert_allclose(out[name if name != "random" else "random_effect"], est)
+        assert ((out[f"{name}_low"] <= est) & (est <= out[f"{name}_high"])).all(), name
+    assert out.specific.equals((out.class_minus_random_low > 0) & (out.class_minus_other_low > 0))
+    assert out.specificity.notna().equals(out.random_low > 0)  # the ratio only where its denominator is above zero
+    ratio = out.dropna(subset=["specificity"])
+    assert len(ratio) and ((ratio.specificity_low <= ratio.specificity) & (ratio.specificity <= ratio.specificity_high)).all()
+    det = out.loc["DET"]
+    assert det.random_low <= 0 <= det.random_high and np.isnan(det.specificity)  # a harmless random lesion
+    assert det.class_minus_other_low < 0 < det.class_minus_other_high and not det.specific
+    assert out.loc["NOUN"].specific and out.loc["VERB"].specific

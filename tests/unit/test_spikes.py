@@ -13,8 +13,9 @@ import llmscope
 from llmscope.analysis import events, responses
 from llmscope.stimuli import trials
 from llmscope.analysis.responses import scalar
-from llmscope.analysis.spikes import Spikes, psth, spikes
+from llmscope.analysis.spikes import PSTHResult, Spikes, psth, spikes
 from llmscope.errors import AnalysisError, ColumnError, SiteError
+from tests.unit.renames import assert_renamed
 
 
 def _onsets(tokens: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -90,9 +91,13 @@ def test_bos_rows_are_columns_only_when_asked(rec):
 
 def test_units_from_a_unit_table_and_the_canvas_arrays(rec):
     sp = spikes(rec, "attn.1", method="quantile", threshold=0.8, progress=False)
-    sub = spikes(rec, "attn.1", units=sp.df.iloc[[3, 1]], method="quantile", threshold=0.8, progress=False)
-    assert sub.df.index.tolist() == [("attn.1", 3), ("attn.1", 1)]
-    assert (sub.matrix != sp.matrix[[3, 1]]).nnz == 0
+    for units in (sp.df.iloc[[3, 1]], ("attn.1", [3, 1])):  # any units of one site, in their order
+        sub = spikes(rec, units, method="quantile", threshold=0.8, progress=False)
+        assert sub.df.index.tolist() == [("attn.1", 3), ("attn.1", 1)]
+        assert (sub.matrix != sp.matrix[[3, 1]]).nnz == 0
+    assert spikes(rec, "attn.1", sp.df.iloc[[2]], method="quantile", threshold=0.8,
+                  progress=False).df.index.tolist() == [("attn.1", 2)]  # a site, and a table of it as its indices
+    assert sp.top(1).index[0] == sp.df.rate.idxmax()  # top() ranks by rate
     pairs = sp.pairs()
     assert pairs.dtype == np.int32 and pairs.shape == (sp.meta["n_spikes"], 2)
     dense = sp.window()
@@ -125,6 +130,11 @@ def test_raster_figure_has_a_categorical_unit_axis_and_escaped_text(rec):
     sp.tokens = sp.tokens.assign(text="<b>x</b>")
     fig = sp.plot()
     assert fig.data[0].type == "scattergl" and len(fig.data[0].x) == sp.meta["n_spikes"]
+    pairs = sp.pairs()  # one marker per spike, at its token column and unit row
+    assert sorted(zip(fig.data[0].x, fig.data[0].y)) == sorted((c, f"attn.1:{r}") for r, c in pairs)
+    part = sp.plot(units=slice(1, 3), tokens=slice(10, 60)).data[0]
+    inside = pairs[(pairs[:, 0] >= 1) & (pairs[:, 0] < 3) & (pairs[:, 1] >= 10) & (pairs[:, 1] < 60)]
+    assert sorted(zip(part.x, part.y)) == sorted((c, f"attn.1:{r}") for r, c in inside)
     assert fig.layout.yaxis.type == "category"
     assert list(fig.layout.yaxis.categoryarray) == ["attn.1:0", "attn.1:1", "attn.1:2", "attn.1:3"]
     assert set(fig.data[0].customdata) == {"&lt;b&gt;x&lt;/b&gt;"}
@@ -146,19 +156,25 @@ def test_psth_of_a_recording_and_of_spikes_match_a_count_by_hand(rec):
     tokens = rec.tokens[keep]
     nouns = (tokens.pos_tag == "NOUN").to_numpy()
     x = scalar(rec, "attn.1")[keep][:, 2]
-    p = psth(rec, "pos_tag == 'NOUN'", window=3, site="attn.1", units=[2], control=None, progress=False)
+    p = psth(rec, "pos_tag == 'NOUN'", window=3, units=("attn.1", [2]), control=None, progress=False)
     sp = spikes(rec, "attn.1", method="quantile", threshold=0.9, progress=False)
     q = psth(sp, "pos_tag == 'NOUN'", window=3, units=[2], control=None)
+    assert isinstance(p, PSTHResult) and p.kind == "psth" and p.meta["window"] == [3, 3]
     for offset in (-3, 0, 2):
         rate, n = _by_hand(x, tokens, nouns, offset)
         row = p.df[p.df.offset == offset].iloc[0]
         assert row.n_events == n and row.rate == pytest.approx(rate, rel=1e-5)
         spike_rate, _ = _by_hand(sp.window()[2], tokens, nouns, offset)
         assert q.df[q.df.offset == offset].rate.iloc[0] == pytest.approx(spike_rate)
-    assert p.df.rate_shuffled.isna().all() and p.meta["measure"] == "mean response"
-    assert q.meta["measure"] == "spike rate"
-    assert p.df.columns.tolist() == ["site", "unit", "offset", "rate", "rate_shuffled", "shuffled_low",
-                                     "shuffled_high", "n_events"]
+    assert p.df.rate_control.isna().all() and p.meta["measure"] == "mean response"
+    assert q.meta["measure"] == "spike rate" and q.meta["fingerprint"] == p.meta["fingerprint"]
+    assert p.df.columns.tolist() == ["site", "unit", "offset", "rate", "rate_control", "rate_control_low",
+                                     "rate_control_high", "n_events"]
+    # a window (before, after) gives the same rows at its offsets
+    lopsided = psth(rec, "pos_tag == 'NOUN'", window=(1, 3), units="attn.1", indices=[2], control=None,
+                    progress=False).df
+    assert lopsided.offset.tolist() == [-1, 0, 1, 2, 3]
+    pd.testing.assert_frame_equal(lopsided, p.df[p.df.offset >= -1].reset_index(drop=True))
 
 
 def test_shuffles_keep_each_sequences_event_count_at_distinct_positions():
@@ -183,12 +199,20 @@ def test_event_weights_need_the_rows_in_recording_order():
 
 
 def test_psth_plot_draws_a_line_and_a_control_band_per_unit(rec):
-    p = psth(rec, "repeat_onset", window=2, site="attn.1", n_shuffle=20, progress=False)
-    fig = p.plot(max_units=2)
+    p = psth(rec, "repeat_onset", window=2, units="attn.1", n_controls=20, progress=False)
+    fig = p.plot(n=2)
     names = [t.name for t in fig.data if t.showlegend is not False]
     assert names == ["attn.1:0 shuffled", "attn.1:0", "attn.1:1 shuffled", "attn.1:1"]
     assert sum(t.fill == "toself" for t in fig.data) == 2
-    title = psth(rec, "pos < 3", window=1, site="attn.1", control=None, progress=False).plot().layout.title.text
+    for unit in (0, 1):  # each unit's line is its rate, its dotted line the control's mean, the band its 95%
+        d = p.df[p.df.unit == unit]
+        band, control, line = fig.data[3 * unit: 3 * unit + 3]
+        np.testing.assert_array_equal(line.y, d.rate)
+        np.testing.assert_array_equal(control.y, d.rate_control)
+        np.testing.assert_array_equal(band.y, np.r_[d.rate_control_high, d.rate_control_low[::-1]])
+    with pytest.warns(FutureWarning, match="max_units"):
+        assert len(p.plot(max_units=1).data) == 3
+    title = psth(rec, "pos < 3", window=1, units="attn.1", control=None, progress=False).plot().layout.title.text
     assert "pos &lt; 3" in title
 
 
@@ -205,15 +229,15 @@ def test_induction_head_psth_rises_after_repeat_onsets_against_a_flat_shuffle(re
     8.5 there and stay at 3.5-5.1 after. So the rise belongs to the repeat from offset 0 on,
     and offset -1 is checked against that matched control rather than against the shuffle.
     """
-    rep = psth(rec, "repeat_onset", window=5, site="attn.1", progress=False).df
-    fresh = psth(rec, "fresh_onset", window=5, site="attn.1", units=[0], progress=False).df
+    rep = psth(rec, "repeat_onset", window=5, units="attn.1", progress=False).df
+    fresh = psth(rec, "fresh_onset", window=5, units=("attn.1", [0]), progress=False).df
     head = rep[rep.unit == 0].set_index("offset")
     before, after = head.loc[-5:-2], head.loc[0:5]
-    assert (after.rate > after.shuffled_high).all()
-    assert (before.rate < before.shuffled_low).all()
+    assert (after.rate > after.rate_control_high).all()
+    assert (before.rate < before.rate_control_low).all()
     rise = after.rate.mean() - before.rate.mean()
     assert rise > 3.0
-    shuffled = head.rate_shuffled
+    shuffled = head.rate_control
     assert shuffled.max() - shuffled.min() < 0.05 * rise  # the control is flat
     fresh = fresh.set_index("offset")
     assert abs(head.rate[-1] - fresh.rate[-1]) < 0.1 * (after.rate.mean() - fresh.rate.loc[0:5].mean())
@@ -223,12 +247,12 @@ def test_induction_head_psth_rises_after_repeat_onsets_against_a_flat_shuffle(re
 
 
 def test_induction_head_spikes_by_quantile_show_the_same(rec):
-    sp = spikes(rec, "attn.1", units=[0], method="quantile", threshold=0.9, progress=False)
+    sp = spikes(rec, ("attn.1", [0]), method="quantile", threshold=0.9, progress=False)
     head = psth(sp, "repeat_onset", window=5).df.set_index("offset")
-    assert head.rate.loc[0:5].mean() > head.shuffled_high.loc[0:5].mean()
-    assert head.rate.loc[-5:-2].mean() < head.shuffled_low.loc[-5:-2].mean()
-    assert head.rate_shuffled.max() - head.rate_shuffled.min() < 0.03
-    assert head.rate_shuffled.mean() == pytest.approx(0.1, abs=0.01)  # a shuffled event is any token
+    assert head.rate.loc[0:5].mean() > head.rate_control_high.loc[0:5].mean()
+    assert head.rate.loc[-5:-2].mean() < head.rate_control_low.loc[-5:-2].mean()
+    assert head.rate_control.max() - head.rate_control.min() < 0.03
+    assert head.rate_control.mean() == pytest.approx(0.1, abs=0.01)  # a shuffled event is any token
 
 
 # ---------------------------------------------------------------- bad input
@@ -252,47 +276,69 @@ def test_unknown_method(rec):
 
 def test_event_naming_a_missing_column(rec):
     with pytest.raises(ColumnError, match=r"colour == 'red'.*columns are \['seq'"):
-        psth(rec, "colour == 'red'", site="attn.1", progress=False)
+        psth(rec, "colour == 'red'", units="attn.1", progress=False)
     with pytest.raises(ColumnError, match="onset"):
-        psth(rec, "onset", site="attn.1", progress=False)
+        psth(rec, "onset", units="attn.1", progress=False)
 
 
 def test_event_that_is_not_a_condition(rec):
     with pytest.raises(AnalysisError, match=r"'pos_tag' must select rows"):
-        psth(rec, "pos_tag", site="attn.1", progress=False)
+        psth(rec, "pos_tag", units="attn.1", progress=False)
     with pytest.raises(AnalysisError, match="not a valid query"):
-        psth(rec, "pos_tag ==", site="attn.1", progress=False)
+        psth(rec, "pos_tag ==", units="attn.1", progress=False)
 
 
 def test_event_that_matches_no_rows(rec):
     with pytest.raises(AnalysisError, match=r"pos_tag == 'XYZ'.* matches none of the \d+ tokens analysed"):
-        psth(rec, "pos_tag == 'XYZ'", site="attn.1", progress=False)
+        psth(rec, "pos_tag == 'XYZ'", units="attn.1", progress=False)
 
 
 @pytest.mark.parametrize("window", [0, -2, 1.5, True])
 def test_window_below_one(rec, window):
     with pytest.raises(AnalysisError, match=rf"window must be an integer >= 1, got {window!r}"):
-        psth(rec, "repeat_onset", window=window, site="attn.1", progress=False)
+        psth(rec, "repeat_onset", window=window, units="attn.1", progress=False)
+
+
+@pytest.mark.parametrize("window, match", [((0, 0), "holds only the event"), ((-1, 2), "window's before"),
+                                           ((2, 1.5), "window's after")])
+def test_window_pair_out_of_range(rec, window, match):
+    with pytest.raises(AnalysisError, match=match):
+        psth(rec, "repeat_onset", window=window, units="attn.1", progress=False)
 
 
 def test_site_the_recording_lacks(rec):
     with pytest.raises(SiteError, match=r"'mlp\.1' was not recorded.*mlp\.0, attn\.1"):
         spikes(rec, "mlp.1", progress=False)
     with pytest.raises(SiteError, match=r"'mlp\.1' was not recorded"):
-        psth(rec, "repeat_onset", site="mlp.1", progress=False)
-    with pytest.raises(SiteError, match="needs site="):
+        psth(rec, "repeat_onset", units="mlp.1", progress=False)
+    with pytest.raises(SiteError, match="needs units="):
         psth(rec, "repeat_onset", progress=False)
     sp = spikes(rec, "attn.1", progress=False)
     with pytest.raises(SiteError, match=r"spikes are of attn\.1, not of 'mlp\.0'"):
-        psth(sp, "repeat_onset", site="mlp.0")
+        psth(sp, "repeat_onset", units="mlp.0")
+    with pytest.raises(SiteError, match=r"reads the units of one site; these are of \['mlp\.0', 'attn\.1'\]"):
+        spikes(rec, [("mlp.0", [1]), ("attn.1", [0])], progress=False)
+    with pytest.raises(SiteError, match="indices follow a site name"):
+        spikes(rec, ("attn.1", [0]), [1], progress=False)
 
 
 @pytest.mark.parametrize("units", [[4], [-1], [0, 9]])
 def test_unit_index_out_of_range(rec, units):
     with pytest.raises(SiteError, match=r"out of range for attn\.1.*0\.\.3"):
-        spikes(rec, "attn.1", units=units, progress=False)
+        spikes(rec, "attn.1", units, progress=False)
     with pytest.raises(SiteError, match=r"out of range for attn\.1"):
-        psth(rec, "repeat_onset", site="attn.1", units=units, progress=False)
+        psth(rec, "repeat_onset", units=("attn.1", units), progress=False)
+
+
+def test_a_unit_table_of_another_model(rec, tiny):
+    from llmscope.identity import fingerprint
+
+    table = pd.DataFrame(index=pd.MultiIndex.from_tuples([("attn.1", 0)], names=["site", "unit"]))
+    table.attrs["fingerprint"] = fingerprint(tiny).to_dict()
+    for call in (lambda: spikes(rec, table, progress=False), lambda: spikes(rec, "attn.1", table, progress=False),
+                 lambda: psth(rec, "repeat_onset", units=table, progress=False)):
+        with pytest.raises(SiteError, match="these units were made for .*; this model is grammar-2l"):
+            call()
 
 
 def test_an_empty_selection(rec):
@@ -306,7 +352,7 @@ def test_sort_by_a_missing_column(rec):
 
 
 def test_units_the_spikes_do_not_hold(rec):
-    sp = spikes(rec, "attn.1", units=[0, 1], progress=False)
+    sp = spikes(rec, "attn.1", [0, 1], progress=False)
     with pytest.raises(SiteError, match=r"units \[3\] of attn\.1 are not in these spikes"):
         psth(sp, "repeat_onset", units=[3])
     with pytest.raises(SiteError, match=r"belong to \['mlp\.0'\], not to attn\.1"):
@@ -315,16 +361,33 @@ def test_units_the_spikes_do_not_hold(rec):
 
 def test_bad_shuffle_arguments(rec):
     with pytest.raises(AnalysisError, match=r"unknown control 'circular'"):
-        psth(rec, "repeat_onset", site="attn.1", control="circular", progress=False)
-    with pytest.raises(AnalysisError, match=r"n_shuffle must be an integer >= 1 and <= 100000, got 0"):
-        psth(rec, "repeat_onset", site="attn.1", n_shuffle=0, progress=False)
+        psth(rec, "repeat_onset", units="attn.1", control="circular", progress=False)
+    with pytest.raises(AnalysisError, match=r"n_controls must be an integer >= 1 and <= 100000, got 0"):
+        psth(rec, "repeat_onset", units="attn.1", n_controls=0, progress=False)
     with pytest.raises(AnalysisError, match="include_bos applies to a Recording"):
         psth(spikes(rec, "attn.1", progress=False), "repeat_onset", include_bos=True)
     with pytest.raises(AnalysisError, match="include_bos must be True or False, got 'yes'"):
-        psth(rec, "repeat_onset", site="attn.1", include_bos="yes", progress=False)
+        psth(rec, "repeat_onset", units="attn.1", include_bos="yes", progress=False)
 
 
 def test_spikes_result_is_a_result(rec):
     sp = spikes(rec, "attn.1", progress=False)
     assert isinstance(sp, Spikes) and isinstance(sp, llmscope.Result)
     assert "spikes" in repr(sp) and "<b>" in sp._repr_html_()
+
+
+# ---------------------------------------------------------------- the old names, for one release
+
+
+@pytest.mark.parametrize("old, new", [
+    (lambda r: spikes(r, site="attn.1", units=[2, 0], progress=False),
+     lambda r: spikes(r, "attn.1", [2, 0], progress=False)),
+    (lambda r: spikes(r, "attn.1", units=[2, 0], progress=False),  # positional site, old units=
+     lambda r: spikes(r, ("attn.1", [2, 0]), progress=False)),
+    (lambda r: psth(r, event="repeat_onset", window=2, site="attn.1", units=[1], n_shuffle=5, progress=False),
+     lambda r: psth(r, "repeat_onset", 2, units=("attn.1", [1]), n_controls=5, progress=False)),
+    (lambda r: psth(spikes(r, "attn.1", progress=False), "repeat_onset", window=2, n_shuffle=5),
+     lambda r: psth(spikes(r, "attn.1", progress=False), "repeat_onset", window=2, n_controls=5)),
+])
+def test_old_names_warn_and_give_the_same_result(rec, old, new):
+    assert_renamed(lambda: old(rec), lambda: new(rec))

@@ -177,7 +177,7 @@ def grammar_model(tmp_path_factory):
     """A random GPT-2 with the organisms' word-level tokenizer (the trained one may not exist)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from llmscope.organisms.grammar import Grammar
+    from llmscope.stimuli.toy_grammar import Grammar
     from llmscope.organisms.tokenizer import word_tokenizer
 
     folder = tmp_path_factory.mktemp("grammar-random")
@@ -191,7 +191,7 @@ def grammar_model(tmp_path_factory):
 
 
 def test_grammar_labels_line_up(grammar_model):
-    from llmscope.organisms.grammar import Grammar
+    from llmscope.stimuli.toy_grammar import Grammar
 
     stim = grammar(grammar_model, n_docs=3, seed=5, max_tokens=64)
     gold = Grammar(0).sample(3, 5, max_tokens=64)
@@ -261,7 +261,8 @@ def test_every_paradigm_marks_bos(tiny, organism):
 
 @pytest.mark.smollm2
 def test_ioi_corrupted_twin(smol):
-    clean, corrupt = ioi(smol, n=6, seed=1, corrupt=True)
+    clean = ioi(smol, n=6, seed=1, corrupt=True)
+    corrupt = clean.corrupt
     assert np.array_equal(clean.lengths, corrupt.lengths)
     changed = clean.tokens["token"].to_numpy() != corrupt.tokens["token"].to_numpy()
     s2 = (clean.tokens["role"] == "S2").to_numpy()
@@ -283,15 +284,16 @@ def test_counts_are_checked(tiny, call, match):
 def test_agreement_corrupted_twin_flips_the_subject(organism):
     from llmscope.behaviour import evaluate
 
-    clean, corrupt = agreement(organism, n=16, seed=2, corrupt=True)
+    clean = agreement(organism, n=16, seed=2, corrupt=True)
+    corrupt = clean.corrupt
     assert clean.n_seqs == 16 and np.array_equal(clean.lengths, corrupt.lengths)
     changed = clean.tokens["token"].to_numpy() != corrupt.tokens["token"].to_numpy()
     per_seq = clean.tokens.assign(changed=changed).groupby("seq")["changed"].sum()
     assert (per_seq == 1).all()  # exactly the subject noun differs
     at = clean.tokens.assign(changed=changed).query("changed")
     assert (at["pos"].to_numpy() == clean.lengths - at["distance"].to_numpy()).all()  # the controller
-    good = evaluate(organism, clean, "logit_diff")["logit_diff"].dropna()
-    flipped = evaluate(organism, corrupt, "logit_diff")["logit_diff"].dropna()
+    good = evaluate(organism, clean, "logit_diff").df["logit_diff"].dropna()
+    flipped = evaluate(organism, corrupt, "logit_diff").df["logit_diff"].dropna()
     assert (good > 0).mean() > 0.9 and (flipped < 0).mean() > 0.7  # the twin wants the other verb
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -49,7 +50,7 @@ def words(rec) -> Recording:
 
 @pytest.fixture(scope="module")
 def res(words) -> TuningResult:
-    return tuning(words, ["mlp.0", "attn.1"], "pos_tag", n_perm=20, progress=False)
+    return tuning(words, ["mlp.0", "attn.1"], "pos_tag", n_controls=20, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ def check_units(result: TuningResult, recording: Recording, site: str, units: li
         x, row = x_all[:, u], result.df.loc[(site, u)]
         groups = pd.Series(x).groupby(y)
         assert row.preferred == groups.mean().idxmax()
-        h, p = stats.kruskal(*[x[y == c] for c in result.counts.index])
+        h, p = stats.kruskal(*[x[y == c] for c in result.data[result.meta["label"]].to_numpy()])
         assert row.H == pytest.approx(h, rel=1e-9) and row.p == pytest.approx(p, rel=1e-6, abs=1e-300)
         assert row.auc == pytest.approx(roc_auc_score(y == row.preferred, x), abs=1e-12)
         pref, rest = x[y == row.preferred], x[y != row.preferred]
@@ -195,24 +196,24 @@ def test_worker_processes_give_what_one_process_gives(store16, monkeypatch):
     """A site read in column parts (a small ``READ_BYTES``), so forked workers, each reading its
     own: the same table as in-process; a NaN in a later part still raises, in the caller, naming
     the site."""
-    from llmscope.analysis import tuning as module
+    module = importlib.import_module("llmscope.analysis.tuning")  # the module, not the function
 
     rec = Recording.open(store16)
     monkeypatch.setattr(module, "READ_BYTES", 100 * 2 * len(rec))  # 100 float16 units a part
     tasks = module._tasks(rec, ["mlp.0"])
     assert len(tasks) == 6 and module._workers(len(tasks)) == min(2, len(os.sched_getaffinity(0)))
-    forked = tuning(rec, "mlp.0", "pos_tag", n_perm=3, progress=False)
+    forked = tuning(rec, "mlp.0", "pos_tag", n_controls=3, progress=False)
     monkeypatch.setattr(module, "_workers", lambda n_tasks: 0)
-    here = tuning(rec, "mlp.0", "pos_tag", n_perm=3, progress=False)
+    here = tuning(rec, "mlp.0", "pos_tag", n_controls=3, progress=False)
     monkeypatch.setattr(module, "READ_BYTES", 1 << 30)
-    whole = tuning(rec, "mlp.0", "pos_tag", n_perm=3, progress=False)
+    whole = tuning(rec, "mlp.0", "pos_tag", n_controls=3, progress=False)
     pd.testing.assert_frame_equal(forked.df, here.df)
     pd.testing.assert_frame_equal(forked.df, whole.df)
-    pd.testing.assert_frame_equal(forked.means, whole.means)
+    assert forked.data.identical(whole.data)
 
 
 def test_a_nan_in_a_worker_is_named_in_the_caller(store16, tmp_path, monkeypatch):
-    from llmscope.analysis import tuning as module
+    module = importlib.import_module("llmscope.analysis.tuning")  # the module, not the function
 
     path = copy_of(store16, tmp_path)
     zarr.open_group(str(path), mode="r+", use_consolidated=False)["mlp.0"][7, 450] = np.nan  # the 5th part of 6
@@ -228,7 +229,7 @@ def test_a_float16_recording_is_read_as_stored(store16):
     raw = rec.responses("mlp.0", dtype=None)
     assert raw.dtype == np.float16 and np.array_equal(raw.astype(np.float32), rec.responses("mlp.0"))
     assert [_read(rec, *task).dtype for task in _tasks(rec, ["mlp.0"])] == [np.float16]
-    with pytest.raises(llmscope.RecordingError, match="dtype must be 'float32' or None .*got 'float16'"):
+    with pytest.raises(llmscope.errors.RecordingError, match="dtype must be 'float32' or None .*got 'float16'"):
         rec.responses("mlp.0", dtype="float16")
 
 
@@ -247,8 +248,9 @@ def test_one_table_over_sites_with_fdr_over_all(res, words):
     np.testing.assert_allclose(df.q, fdr(df.p.to_numpy()))
     assert df.significant.tolist() == (df.q < ALPHA).tolist()
     assert res.meta["n_significant"] == df.significant.sum()
-    assert res.means.shape == (516, len(res.counts)) and list(res.means.columns) == res.meta["categories"]
-    assert res.meta["n_tokens"] == res.counts.sum() == res.curve(("mlp.0", 0))["n"].sum() == len(words)
+    assert res.data["mean"].shape == (516, len(res.meta["categories"]))
+    assert res.data["pos_tag"].to_numpy().tolist() == res.meta["categories"]
+    assert res.meta["n_tokens"] == res.data["count"].sum() == res.curve(("mlp.0", 0))["n"].sum() == len(words)
 
 
 # ---------------------------------------------------------------- ground truth on the organism
@@ -277,7 +279,7 @@ def test_pos_selective_units_decode_pos_on_held_out_documents(words):
         mask = np.zeros(len(words), dtype=bool)
         mask[train] = True
         found = tuning(words.select(mask), "mlp.0", "pos_tag", progress=False)
-        units = sorted({u for c in found.meta["categories"] for _, u in found.top(3, category=c).index})
+        units = sorted({u for c in found.meta["categories"] for _, u in found.top(3, where=f"preferred == {c!r}").index})
         assert len(units) == 3 * len(found.meta["categories"])
         chosen.append(decode(x[:, units], y, train, test))
         random.append(max(decode(x[:, rng.choice(512, len(units), replace=False)], y, train, test) for _ in range(2)))
@@ -289,15 +291,15 @@ def test_pos_selective_units_decode_pos_on_held_out_documents(words):
 def test_shuffle_control_sits_at_chance(res):
     """With labels shuffled, every discovery is false: BH at 5% allows (about) none per shuffle,
     in at most a few of the 20 shuffles, while the real labels make most units significant."""
-    counts = res.meta["n_significant_shuffled"]
+    counts = res.meta["n_significant_control"]
     assert len(counts) == 20 and res.meta["n_significant"] > 400
     assert max(counts) <= ALPHA * res.meta["n_significant"]  # below 5% of the real discoveries
     assert sum(c > 0 for c in counts) <= 4  # P(>= 5 of 20 | 5% each) = 0.003
     df = res.df
-    assert abs(df.auc_shuffled.median() - 0.5) < 0.03 and df.auc_shuffled.max() < 0.6 < df.auc.median()
-    assert (df.auc > df.auc_shuffled.max()).mean() > 0.6  # most units beat the best chance AUC
-    assert (df.q_shuffled >= ALPHA).mean() > 0.99
-    assert df.preferred_shuffled.nunique() > 1  # chance picks its "preferred" category at random
+    assert abs(df.auc_control.median() - 0.5) < 0.03 and df.auc_control.max() < 0.6 < df.auc.median()
+    assert (df.auc > df.auc_control.max()).mean() > 0.6  # most units beat the best chance AUC
+    assert (df.q_control >= ALPHA).mean() > 0.99
+    assert df.preferred_control.nunique() > 1  # chance picks its "preferred" category at random
 
 
 def test_pure_noise_units_pass_fdr_at_most_5_percent(store16, tmp_path):
@@ -324,12 +326,14 @@ def test_top_is_a_unit_table_ready_for_lesion(res, organism):
     assert len(top) == 5 and top.index.names == ["site", "unit"]
     assert top.auc.is_monotonic_decreasing and top.auc.iloc[0] == res.df.auc.max()
     assert sorted(unit_index(organism, top).tolist()) == sorted(top.index.tolist())
-    nouns = res.top(4, category="NOUN")
+    nouns = res.top(4, where="preferred == 'NOUN'")
     assert (nouns.preferred == "NOUN").all() and len(nouns) == 4
     assert nouns.auc.iloc[0] == res.df[res.df.preferred == "NOUN"].auc.max()
     llmscope.lesion(nouns)  # accepted as units as it stands
-    with pytest.raises(AnalysisError, match=r"'NOUNS' is not a value of 'pos_tag'.*'NOUN'"):
-        res.top(3, category="NOUNS")
+    with pytest.raises(llmscope.errors.ColumnError, match=r"by='aucs'.*'auc'"):
+        res.top(3, by="aucs")
+    with pytest.raises(llmscope.errors.ColumnError, match=r"top\(where=\"prefered == 'NOUN'\"\)"):
+        res.top(3, where="prefered == 'NOUN'")
     with pytest.raises(AnalysisError, match="n must be an integer >= 1, got 0"):
         res.top(0)
 
@@ -353,8 +357,8 @@ def test_plots_have_categorical_unit_axes(res):
     assert list(fig.data[0].x) == res.meta["categories"]
     curves = res.plot(n=3, kind="curves")
     assert [t.name for t in curves.data] == [f"{s}:{u}" for s, u in res.top(3).index]
-    with pytest.raises(AnalysisError, match="kind must be 'heatmap' or 'curves', got 'bars'"):
-        res.plot(kind="bars")
+    with pytest.raises(AnalysisError, match="unknown style 'bars'; choose one of \\['heatmap', 'curves'\\]"):
+        res.plot(style="bars")
 
 
 # ---------------------------------------------------------------- bad input
@@ -380,7 +384,7 @@ def test_label_with_too_many_categories(words):
 def test_site_not_recorded_lists_the_recorded_sites(words):
     with pytest.raises(SiteError, match="'mlp.1' was not recorded; this recording holds mlp.0, attn.1"):
         tuning(words, "mlp.1", "pos_tag", progress=False)
-    with pytest.raises(SiteError, match="non-empty list"):
+    with pytest.raises(SiteError, match="no units given; this recording holds"):
         tuning(words, [], "pos_tag", progress=False)
 
 
@@ -389,10 +393,25 @@ def test_empty_selection(words):
         tuning(words.select(np.zeros(len(words), dtype=bool)), "mlp.0", "pos_tag", progress=False)
 
 
-@pytest.mark.parametrize("n_perm", [1.5, "2", 0, True, None, 101])
-def test_n_perm_must_be_an_integer_in_range(words, n_perm):
-    with pytest.raises(AnalysisError, match=f"n_perm must be an integer .*got {n_perm!r}"):
-        tuning(words, "mlp.0", "pos_tag", n_perm=n_perm, progress=False)
+@pytest.mark.parametrize("n_controls", [1.5, "2", 0, True, None, 101])
+def test_n_controls_must_be_an_integer_in_range(words, n_controls):
+    with pytest.raises(AnalysisError, match=f"n_controls must be an integer .*got {n_controls!r}"):
+        tuning(words, "mlp.0", "pos_tag", n_controls=n_controls, progress=False)
+
+
+def test_the_old_names_warn_and_mean_the_same(words):
+    with pytest.warns(FutureWarning, match="n_perm"):
+        old = tuning(words, site="mlp.0", label="pos_tag", n_perm=2, progress=False)
+    pd.testing.assert_frame_equal(old.df, tuning(words, "mlp.0", "pos_tag", n_controls=2, progress=False).df)
+
+
+def test_a_subset_of_units_is_its_own_table(words):
+    whole = tuning(words, "mlp.0", "pos_tag", progress=False)
+    part = tuning(words, ("mlp.0", [40, 3, 7]), "pos_tag", progress=False)
+    assert part.df.index.tolist() == [("mlp.0", 3), ("mlp.0", 7), ("mlp.0", 40)]
+    pd.testing.assert_series_equal(part.df.auc, whole.df.auc.loc[part.df.index])
+    assert part.data.sizes["unit"] == 3  # FDR over the units asked for
+    np.testing.assert_allclose(part.df.q, fdr(part.df.p.to_numpy()))
 
 
 @pytest.mark.parametrize("kw,message", [(dict(seed=-1), "seed must be an integer >= 0, got -1"),

@@ -13,7 +13,6 @@ import llmscope
 from llmscope.behaviour import evaluate, metric
 from llmscope.errors import AnalysisError, InterventionError, PromptError, SiteError
 from llmscope.interventions import gain, intervene, lesion
-from llmscope.widgets import wire
 from llmscope.widgets.ablation import GAIN_RANGE, GAIN_STEP, AblationPanel
 from llmscope.widgets.attention import AttentionMap
 from llmscope.widgets.raster import Raster
@@ -72,10 +71,10 @@ def test_a_slider_at_zero_lesions_its_head_and_the_page_gets_both_distributions(
     assert set(base.topk(10).indices.tolist()) <= set(ids.tolist())  # the baseline's top 10 ...
     assert set(probs.topk(10).indices.tolist()) <= set(ids.tolist())  # ... beside the intervened top 10
     assert data["texts"] == [organism.tokenizer.decode([i]) for i in ids.tolist()]
-    expected = evaluate(organism, stim, "loss")["loss"]
+    expected = evaluate(organism, stim, "loss").df["loss"]
     assert data["metric"] == {"name": "loss", "base": pytest.approx(expected.mean()), "now": pytest.approx(panel.value)}
     with intervene(organism, lesion("attn.1", [0])):
-        assert panel.value == pytest.approx(evaluate(organism, stim, "loss")["loss"].mean())
+        assert panel.value == pytest.approx(evaluate(organism, stim, "loss").df["loss"].mean())
     assert panel.value > panel.baseline + 0.5  # the induction head matters on a repeat
     assert data["labels"] == ["attn.1:0", "attn.0:2"] and data["factors"] == [0.0, 1.0]
     assert data["context"] == stim.tokens["text"].tolist() and data["n_bos"] == 1
@@ -131,7 +130,7 @@ def test_units_straight_from_analysis_results(organism, stim, pristine) -> None:
     top = llmscope.tuning(rec, "mlp.0", "pos_tag", progress=False).top(8)
     panel = AblationPanel(organism, grammar.select_seqs([0]), units=top)
     assert list(panel.gains) == list(top.index)  # one slider per row, keyed (site, unit)
-    heads = llmscope.localize_heads(organism, grammar, progress=False).top("induction", 2)
+    heads = llmscope.localize_heads(organism, grammar, progress=False).top(2, by="induction")
     panel = AblationPanel(organism, PROMPT, units=heads)
     assert list(panel.gains)[0] == ("attn.1", 0) and len(panel.gains) == 2
     data = opened(*move(panel, [0.0, 1.0]))
@@ -143,10 +142,10 @@ def test_named_groups_and_paired_stimuli_use_the_logit_difference(organism) -> N
     pairs = llmscope.stimuli.agreement(organism, n=8)
     panel = AblationPanel(organism, pairs, units={"heads": [("attn.1", [0]), ("attn.0", [2])], "mlp": ("mlp.0", range(64))})
     assert panel.metric_name == "logit_diff" and list(panel.gains) == ["heads", "mlp"]
-    assert panel.baseline == pytest.approx(metric(organism, pairs, "logit_diff")["mean"].item())
+    assert panel.baseline == pytest.approx(metric(organism, pairs, "logit_diff").df["mean"].item())
     move(panel, [0.0, 1.0])
     with intervene(organism, lesion("attn.1", [0]), lesion("attn.0", [2])):
-        assert panel.value == pytest.approx(metric(organism, pairs, "logit_diff")["mean"].item())
+        assert panel.value == pytest.approx(metric(organism, pairs, "logit_diff").df["mean"].item())
     assert AblationPanel(organism, pairs, units=UNITS, metric="loss").metric_name == "loss"
 
 
@@ -204,7 +203,7 @@ def test_bad_arguments_are_refused_before_any_work(organism) -> None:
         AblationPanel(organism, PROMPT, units=UNITS, mode="half")
     with pytest.raises(AnalysisError, match="unknown metric 'acc'"):
         AblationPanel(organism, PROMPT, units=UNITS, metric="acc")
-    with pytest.raises(llmscope.ColumnError, match="good_id"):
+    with pytest.raises(llmscope.errors.ColumnError, match="good_id"):
         AblationPanel(organism, PROMPT, units=UNITS, metric="logit_diff")
     with pytest.raises(AnalysisError, match="1..50; got 0"):
         AblationPanel(organism, PROMPT, units=UNITS, k=0)
@@ -245,7 +244,7 @@ def test_sliders_follow_a_rasters_selection_live(organism, stim, pristine) -> No
     data = opened(*move(panel, [0.0, 1.0]))
     assert data["labels"] == ["mlp.1:3", "mlp.1:7"]
     with intervene(organism, lesion("mlp.1", [3])):
-        by_hand = metric(organism, stim, "loss")["mean"].item()
+        by_hand = metric(organism, stim, "loss").df["mean"].item()
     assert panel.value == pytest.approx(by_hand, rel=1e-5)
     raster.selected = [3, 9]  # unit 3 stays and keeps its gain (the model still runs it lesioned)
     assert panel.gains == {("mlp.1", 3): 0.0, ("mlp.1", 9): 1.0} and panel.version == version + 1

@@ -64,7 +64,7 @@ def test_a_prompt_is_shown_with_its_best_induction_head_in_focus(amap: Attention
     assert amap.prompt == REPEATED
     assert amap.focus == (1, 0)  # the organism's induction head (card.json)
     assert amap.unit == ("attn.1", 0)
-    assert llmscope.unit_index(amap._model, amap.unit).tolist() == [("attn.1", 0)]  # ready for lesion()
+    assert llmscope.sites.unit_index(amap._model, amap.unit).tolist() == [("attn.1", 0)]  # ready for lesion()
 
 
 def test_the_overview_sends_thumbnails_scores_and_tokens(amap: AttentionMap, organism) -> None:
@@ -162,7 +162,7 @@ def test_an_empty_or_too_long_prompt_is_refused_and_nothing_changes(organism, pr
     assert message in reply["error"]["message"]
     assert (amap.prompt, amap.version, amap._view, amap.focus) == before
     assert amap.last_error.startswith("PromptError: ")
-    with pytest.raises(llmscope.PromptError, match="empty prompt"):
+    with pytest.raises(llmscope.errors.PromptError, match="empty prompt"):
         amap.prompt = ""  # the same rule from Python
 
 
@@ -214,6 +214,62 @@ def test_the_figure_is_the_current_view(amap: AttentionMap) -> None:
     amap.focus = (1, 0)
 
 
+@pytest.fixture(scope="module")
+def head_screen(organism):
+    from llmscope.analysis.attribution import screen
+
+    bat = llmscope.battery(organism, n_docs=2, n_pairs=8, behaviours=["copying", "agreement"])
+    return screen(organism, bat, ["attn.0", "attn.1"], progress=False)
+
+
+def test_heads_are_coloured_by_a_screen_s_attribution_in_the_widget_state(organism, head_screen) -> None:
+    amap = AttentionMap(organism, REPEATED)
+    assert amap._attribution == {}
+    assert amap.colour_by(head_screen, "copying") is amap
+    state = json.loads(json.dumps(amap._attribution, allow_nan=False))  # what the page gets: plain JSON
+    grid = head_screen.heads("copying").to_numpy()
+    assert state == {"behaviour": "copying", "label": "AtP score", "signed": False, "values": grid.tolist()}
+    assert np.nanargmax(grid) == 4  # attn.1:0, the induction head, first for copying
+    signed = amap.colour_by(head_screen, "agreement", measure="estimate")._attribution
+    np.testing.assert_array_equal(signed["values"], head_screen.heads("agreement", "estimate").to_numpy())
+    assert signed["signed"] and signed["label"] == "AtP estimate"
+    partial = head_screen.heads("copying")
+    partial.loc["attn.0"] = np.nan  # a head not screened travels as null
+    amap.colour_by(partial, "copying")
+    assert amap._attribution["values"][0] == [None] * 4 and amap._attribution["label"] == "score"
+    assert amap._attribution["values"][1] == grid[1].tolist()
+    amap.prompt = "the cat runs . the cat runs ."  # the screen ran on its battery: the marks stay
+    assert amap._attribution["values"][1] == grid[1].tolist()
+    fig = amap.figure()  # the static view shows the grid too, as each head's share of the largest
+    assert fig.layout.annotations[-1].text == "score copying / largest"
+    np.testing.assert_allclose(np.array(fig.data[-2].z, dtype=float), partial.to_numpy() / np.nanmax(grid[1]))
+    assert amap.colour_by(None)._attribution == {} and len(amap.figure().data) == 5
+
+
+def test_colouring_by_another_model_s_screen_or_a_grid_of_another_shape_is_refused(organism, tiny, head_screen) -> None:
+    from llmscope.analysis.attribution import screen
+
+    amap = AttentionMap(tiny, "w1 w2 w3 w1 w2 w3")  # 2 layers x 4 heads, as the organism
+    with pytest.raises(WidgetError, match="the screen was made for grammar-2l; this model is"):
+        amap.colour_by(head_screen, "copying")
+    for bad, match in [(np.zeros((2, 3)), r"is \[2, 3\] but .* has 2 layers x 4 heads"),
+                       (np.full((2, 4), np.inf), "infinite value"), (np.full((2, 4), np.nan), "no number")]:
+        with pytest.raises(WidgetError, match=match):
+            amap.colour_by(bad)
+    with pytest.raises(WidgetError.Type, match="ScreenResult or a .layers x heads. grid of numbers; got str"):
+        amap.colour_by("copying")
+    own = AttentionMap(organism, REPEATED)
+    with pytest.raises(KeyError, match="no behaviour 'loss_NOUN'"):
+        own.colour_by(head_screen, "loss_NOUN")
+    with pytest.raises(WidgetError.Unknown, match="unknown measure 'rank'"):
+        own.colour_by(head_screen, "copying", measure="rank")
+    neurons = screen(organism, llmscope.battery(organism, n_docs=2, behaviours=["copying"]), ("mlp.1", [0, 1]),
+                     progress=False)
+    with pytest.raises(WidgetError, match="no attention heads"):
+        own.colour_by(neurons)
+    assert amap._attribution == {} and own._attribution == {}  # a refusal changes nothing
+
+
 def test_a_focus_change_costs_no_model_run(organism, monkeypatch) -> None:
     amap = AttentionMap(organism, llmscope.stimuli.grammar(organism, n_docs=1, seed=0))
     monkeypatch.setattr(organism, "run_with_hooks", lambda *a, **k: pytest.fail("the model ran for a focus change"))
@@ -260,9 +316,9 @@ def test_bad_arguments_are_refused_before_any_work(organism, tiny) -> None:
         AttentionMap(organism, REPEATED, seq=1)
     with pytest.raises(AnalysisError, match="an int; got True"):
         AttentionMap(organism, stim, seq=True)
-    with pytest.raises(llmscope.PromptError, match="empty prompt"):
+    with pytest.raises(llmscope.errors.PromptError, match="empty prompt"):
         AttentionMap(organism, "")
-    with pytest.raises(llmscope.PromptError, match="made for grammar-2l; this model is .*another vocabulary"):
+    with pytest.raises(llmscope.errors.PromptError, match="made for grammar-2l; this model is .*another vocabulary"):
         AttentionMap(tiny, stim)  # the organism's stimuli, shown to another model
 
 

@@ -78,7 +78,7 @@ def test_decode_reads_back_every_kind_of_payload() -> None:
     for values, options in [(square, dict(tril=True, compress=True)), (square, dict(tril=True)),
                             (rng.random((2, 3)).astype(np.float16), dict(compress=True)),
                             (np.arange(-3, 3, dtype=np.int32), {}), (np.zeros((0, 0), dtype=np.uint8), dict(tril=True))]:
-        out = wire.decode(wire.array(values, **options))
+        out = wire.unpack(wire.array(values, **options))
         assert out.dtype == values.dtype and out.shape == values.shape
         np.testing.assert_array_equal(out, values)
 
@@ -106,7 +106,7 @@ def test_packed_codes_read_back_as_the_full_array() -> None:
     full = np.tril(np.arange(1, 17, dtype=np.uint8).reshape(4, 4))
     rows = np.concatenate([full[i, : i + 1] for i in range(4)])
     for compress in (False, True):
-        np.testing.assert_array_equal(wire.decode(wire.packed(rows, (4, 4), tril=True, compress=compress)), full)
+        np.testing.assert_array_equal(wire.unpack(wire.packed(rows, (4, 4), tril=True, compress=compress)), full)
 
 
 def test_split_buffers_lifts_every_buffer_and_records_its_path() -> None:

@@ -156,7 +156,7 @@ def test_selected_is_a_unit_table_ready_for_lesion(raster: Raster, organism) -> 
     top = tuning(raster._recording, "mlp.0", "pos_tag", progress=False).top(3)
     raster.selected = top
     assert raster.selected.tolist() == top.index.tolist() and raster.selection == top.index.get_level_values(1).tolist()
-    assert sorted(llmscope.unit_index(organism, raster.selected).tolist()) == sorted(top.index.tolist())
+    assert sorted(llmscope.sites.unit_index(organism, raster.selected).tolist()) == sorted(top.index.tolist())
     ids = torch.tensor([[1, 973, 4, 973, 4]])
     base = organism(ids)
     with llmscope.intervene(organism, llmscope.lesion(raster.selected)):

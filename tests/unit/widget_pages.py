@@ -20,5 +20,5 @@ def opened(reply: dict, buffers: list) -> dict:
         node = data
         for key in path[:-2]:
             node = node[key]
-        node[path[-2]] = wire.decode({**node[path[-2]], "buffer": buffer})
+        node[path[-2]] = wire.unpack({**node[path[-2]], "buffer": buffer})
     return data

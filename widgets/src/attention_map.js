@@ -13,7 +13,9 @@
 // what is shown: the running prompt's layers so far, else the finished one), `_head` (one
 // head's pattern), `_run` (start a new prompt), `_cancel` (stop it). Traits: `prompt`, `focus`
 // ([layer, head], set here when a head is picked), `version` (bumped by the kernel when a new
-// prompt is in), `_progress` ({run, state, done, total, n_tokens, error}: a run's layers).
+// prompt is in), `_progress` ({run, state, done, total, n_tokens, error}: a run's layers),
+// `_attribution` ({behaviour, label, signed, values: [layers][heads], null = no number} from
+// `colour_by`, or {}: a bar under each thumbnail).
 
 import { MAPS, css, lut } from "./colormap.js";
 import { h } from "./dom.js";
@@ -59,6 +61,29 @@ export function stallMs(nTokens) {
 /** A score in 0..1 as ".92" (NaN, no score on this prompt, as "–"). */
 export function formatScore(/** @type {number} */ x) {
   return Number.isFinite(x) ? x.toFixed(2).replace(/^0\./, ".") : "–";
+}
+
+/** A share in -1..1 as ".83" or "−.42" (the sign kept: a negative estimate helps). */
+export function formatShare(/** @type {number} */ x) {
+  return (x < 0 ? "−" : "") + formatScore(Math.abs(x));
+}
+
+/**
+ * Each head's mark for an attribution grid `[layers][heads]` (null where a head has no
+ * number): its share of the grid's largest absolute value, and its bar's colour, orange where
+ * the value is positive (a lesion of the head harms the behaviour), blue where negative, darker
+ * with the share. A grid of zeros gives shares of 0.
+ * @param {Array<Array<number | null>>} values
+ * @returns {Array<Array<{share: number, colour: string} | null>>}
+ */
+export function attributionMarks(values) {
+  let largest = 0;
+  for (const row of values) for (const v of row) if (v !== null && Number.isFinite(v)) largest = Math.max(largest, Math.abs(v));
+  return values.map((row) => row.map((v) => {
+    if (v === null || !Number.isFinite(v)) return null;
+    const share = largest > 0 ? v / largest : 0;
+    return { share, colour: css(share < 0 ? MAPS.blues : MAPS.oranges, 0.35 + 0.65 * Math.abs(share)) };
+  }));
 }
 
 /**
@@ -119,6 +144,8 @@ class AttentionView extends View {
       class: "llmscope-grid", role: "grid",
       "aria-label": "attention heads, a row per layer and a column per head: click one, or move with the arrow keys",
     });
+    this.attributionLegend = h("div", { class: "llmscope-legend llmscope-attribution" });
+    this.attributionLegend.hidden = true;
     this.title = h("div", { class: "llmscope-title" });
     this.canvas = /** @type {HTMLCanvasElement} */ (h("canvas", { class: "llmscope-heatmap", role: "img" }));
     this.readout = h("div", { class: "llmscope-readout", "aria-live": "polite" });
@@ -131,7 +158,8 @@ class AttentionView extends View {
     el.replaceChildren(h("div", { class: "llmscope llmscope-attention" },
       this.errors.el,
       h("div", { class: "llmscope-columns" },
-        h("div", { class: "llmscope-column llmscope-overview" }, this.promptBox, this.status, this.runBox, this.grid),
+        h("div", { class: "llmscope-column llmscope-overview" }, this.promptBox, this.status, this.runBox, this.grid,
+          this.attributionLegend),
         h("div", { class: "llmscope-column llmscope-focus" }, this.title,
           h("div", { class: "llmscope-axes" }, "rows: query token · columns: key token it attends to"),
           this.canvas, this.readout,
@@ -161,6 +189,7 @@ class AttentionView extends View {
     this.on("change:focus", () => { this.markFocus(); this.scrollToFocus(); this.fetchHeadSoon(); });
     this.on("change:prompt", () => this.syncPrompt());
     this.on("change:_progress", () => this.followRun());
+    this.on("change:_attribution", () => this.markAttribution());
     this.syncPrompt();
     this.followRun();
     this.refresh();
@@ -226,9 +255,11 @@ class AttentionView extends View {
       const [thumbs, scores] = await Promise.all([decodeArray(data.thumbs), decodeArray(data.scores)]);
       const [nLayers, nHeads] = thumbs.shape;
       if (data.run !== this.shown.run || nLayers !== this.shown.nLayers || nHeads !== this.shown.nHeads) {
-        if (nLayers !== this.shown.nLayers || nHeads !== this.shown.nHeads) this.buildGrid(nLayers, nHeads);
+        const rebuild = nLayers !== this.shown.nLayers || nHeads !== this.shown.nHeads;
+        if (rebuild) this.buildGrid(nLayers, nHeads);
         this.clearShown(data.run);
         this.shown = { ...this.shown, nLayers, nHeads };
+        if (rebuild) this.markAttribution();
       }
       if (this.shown.tokens.length === 0 && data.tokens.length) {
         this.shown.tokens = data.tokens;
@@ -256,7 +287,8 @@ class AttentionView extends View {
     this.cells = Array.from({ length: nLayers }, (_, layer) => Array.from({ length: nHeads }, (_, head) => h(
       "div", { class: "llmscope-cell", role: "gridcell", tabindex: -1, "data-layer": layer, "data-head": head,
                "aria-selected": "false" },
-      h("canvas", { "aria-hidden": "true" }), h("span", { class: "llmscope-cell-label" }))));
+      h("canvas", { "aria-hidden": "true" }), h("span", { class: "llmscope-cell-bar", hidden: true }, h("i")),
+      h("span", { class: "llmscope-cell-label" }))));
     this.grid.replaceChildren(header, ...this.cells.map((row, layer) => h(
       "div", { class: "llmscope-grid-row", role: "row" },
       h("span", { class: "llmscope-axis", role: "rowheader" }, `attn.${layer}`), ...row)));
@@ -277,17 +309,50 @@ class AttentionView extends View {
     this.grid.dataset.done = String(this.shown.painted);
   }
 
-  /** Label each cell with its scores (once the run is complete). */
+  /** Label each cell with its scores (once the run is complete) and its attribution (once set). */
   labelCells() {
-    const { nHeads, scores, scoreNames } = this.shown;
+    const { nHeads, scores, scoreNames, complete } = this.shown;
     const [previous, induction] = ["previous_token", "induction"].map((name) => scoreNames.indexOf(name));
+    const { marks, what } = this.attribution();
     this.cells.forEach((row, layer) => row.forEach((cell, head) => {
-      const at = (layer * nHeads + head) * scoreNames.length;
-      const [p, i] = [scores[at + previous], scores[at + induction]];
-      /** @type {HTMLElement} */ (cell.lastChild).textContent = `P ${formatScore(p)} I ${formatScore(i)}`;
-      cell.setAttribute("aria-label", `layer ${layer}, head ${head}: previous-token score ${formatScore(p)}, ` +
-                                      `induction score ${formatScore(i)}`);
+      const parts = [];
+      if (complete) {
+        const at = (layer * nHeads + head) * scoreNames.length;
+        const [p, i] = [scores[at + previous], scores[at + induction]];
+        /** @type {HTMLElement} */ (cell.lastChild).textContent = `P ${formatScore(p)} I ${formatScore(i)}`;
+        parts.push(`previous-token score ${formatScore(p)}, induction score ${formatScore(i)}`);
+      }
+      if (marks) {
+        const mark = marks[layer]?.[head] ?? null;
+        parts.push(mark ? `${what} ${formatShare(mark.share)} of the largest` : `${what}: not screened`);
+      }
+      cell.setAttribute("aria-label", `layer ${layer}, head ${head}${parts.length ? ": " : ""}${parts.join("; ")}`);
     }));
+  }
+
+  /** The attribution `colour_by` set: each head's mark (null: none set) and what it is of, in words. */
+  attribution() {
+    const attribution = this.model.get("_attribution") ?? {};
+    return { marks: attribution.values ? attributionMarks(attribution.values) : null, signed: Boolean(attribution.signed),
+             what: `${attribution.label}${attribution.behaviour ? ` for ${attribution.behaviour}` : ""}` };
+  }
+
+  /** Mark each head by the attribution `colour_by` set (a bar under its thumbnail), or take the marks off. */
+  markAttribution() {
+    const { marks, signed, what } = this.attribution();
+    this.cells.forEach((row, layer) => row.forEach((cell, head) => {
+      const bar = /** @type {HTMLElement} */ (cell.children[1]);
+      const mark = marks?.[layer]?.[head] ?? null;
+      bar.hidden = marks === null;
+      bar.classList.toggle("is-unscreened", marks !== null && mark === null);
+      const fill = /** @type {HTMLElement} */ (bar.firstChild);
+      fill.style.width = mark ? `${Math.round(Math.abs(mark.share) * 100)}%` : "0";
+      fill.style.background = mark ? mark.colour : "";
+    }));
+    this.attributionLegend.hidden = marks === null;
+    this.attributionLegend.textContent = marks === null ? "" : `bars: ${what}, each head's share of the largest (` +
+      `${signed ? "orange: a lesion of the head harms the behaviour; blue: it helps; " : ""}dashed: not screened)`;
+    this.labelCells();
   }
 
   /** Show which head is focused in the grid (a roving tab stop: the focused cell takes Tab). */

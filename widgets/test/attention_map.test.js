@@ -1,7 +1,9 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { formatScore, moveFocus, shadeColours, stallMs, tokenShades } from "../src/attention_map.js";
+import {
+  attributionMarks, formatScore, formatShare, moveFocus, shadeColours, stallMs, tokenShades,
+} from "../src/attention_map.js";
 
 test("arrow keys move the focused head within the grid", () => {
   assert.deepEqual(moveFocus([1, 2], "ArrowRight", 30, 9), [1, 3]);
@@ -39,4 +41,17 @@ test("a run is called stuck only after a layer's share of the work, which grows 
   assert.equal(stallMs(1024), 60_000);
   assert.equal(stallMs(2048), 240_000);
   assert.equal(stallMs(4096), 960_000);
+});
+
+test("a head's attribution mark is its share of the grid's largest absolute value, signed by colour", () => {
+  const marks = attributionMarks([[0.5, null, -2], [1, 0, NaN]]);
+  assert.deepEqual(marks.map((row) => row.map((m) => m && m.share)), [[0.25, null, -1], [0.5, 0, null]]);
+  const [harm, help] = [marks[1][0].colour, marks[0][2].colour];
+  assert.match(harm, /^rgba\(/);
+  assert.notEqual(harm.slice(0, 18), help.slice(0, 18));  // a negative value (a lesion helps): another colour
+  assert.notEqual(marks[0][0].colour, harm);  // darker with the share
+  assert.deepEqual(attributionMarks([[0, 0]])[0].map((m) => m && m.share), [0, 0]);  // no division by zero
+  assert.equal(formatShare(0.834), ".83");
+  assert.equal(formatShare(-0.42), "−.42");
+  assert.equal(formatShare(1), "1.00");
 });

@@ -1,4 +1,5 @@
-"""A seeded probabilistic grammar of a toy English, with gold labels on every token.
+"""A seeded probabilistic grammar of a toy English, with gold labels on every token: the
+language the organisms are trained on and the stimuli :func:`llmscope.stimuli.grammar` samples.
 
 Sentences have subject-verb number agreement across prepositional phrases and relative
 clauses, fronted phrases with a noun of their own ("near the trees the dog runs"), and
@@ -7,6 +8,7 @@ Documents repeat earlier spans of whole sentences verbatim, so a repeat's contin
 only be predicted in context.
 
 Example:
+    >>> from llmscope.stimuli.toy_grammar import Grammar
     >>> g = Grammar(seed=0)
     >>> tokens = g.sample(n_docs=2, seed=1)
     >>> tokens.word[0], tokens.pos_tag[0]
@@ -26,7 +28,7 @@ from itertools import accumulate
 import numpy as np
 import pandas as pd
 
-from llmscope.organisms import lexicon as lx
+from llmscope.stimuli import lexicon as lx
 
 # Universal POS tags (https://universaldependencies.org/u/pos/, the set spaCy uses), so an
 # analysis written on the organism runs unchanged on English; "BOS" marks `<bos>`. The classes
@@ -81,6 +83,8 @@ def predictable_repeats(repeat_of: np.ndarray) -> np.ndarray:
     documents (each starts with an uncopied `<bos>`).
 
     Example:
+        >>> import numpy as np
+        >>> from llmscope.stimuli.toy_grammar import predictable_repeats
         >>> predictable_repeats(np.array([-1, -1, -1, 1, 2]))
         array([False, False, False, False,  True])
     """
@@ -113,6 +117,7 @@ class Grammar:
         ambiguous_ids: token ids of the words with two classes.
 
     Example:
+        >>> from llmscope.stimuli.toy_grammar import Grammar
         >>> g = Grammar(seed=0)
         >>> len(g.lexicon.word.unique()) >= 600
         True
@@ -370,6 +375,7 @@ class Grammar:
         pronoun it agrees with; -1 otherwise), `ambiguous` (the form has two classes).
 
         Example:
+            >>> from llmscope.stimuli.toy_grammar import Grammar
             >>> df = Grammar(0).sample(3, seed=0, max_tokens=64)
             >>> int(df.groupby("doc").size().max()) <= 64
             True
@@ -395,6 +401,7 @@ class Grammar:
         The same documents as `sample(n_docs, seed, max_tokens)`.
 
         Example:
+            >>> from llmscope.stimuli.toy_grammar import Grammar
             >>> ids, repeat_of = Grammar(0).encode(2, seed=0, max_tokens=64)
             >>> ids.shape, int(ids[0, 0])
             ((2, 64), 1)
@@ -417,6 +424,7 @@ class Grammar:
         `distance` (tokens from the controller to the verb).
 
         Example:
+            >>> from llmscope.stimuli.toy_grammar import Grammar
             >>> pairs = Grammar(0).minimal_pairs(10, seed=0)
             >>> int(pairs.attractor.sum())
             5
@@ -455,6 +463,7 @@ class Grammar:
         writes the same language (so an organism's card no longer matches its training data).
 
         Example:
+            >>> from llmscope.stimuli.toy_grammar import Grammar
             >>> g = Grammar(3)
             >>> Grammar.from_config(g.config()).vocab == g.vocab
             True

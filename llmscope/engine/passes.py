@@ -1,10 +1,10 @@
 """Partial forward passes of a TransformerLens bridge: start at a block, stop before the unembedding.
 
-Experiments that run the model many times (the lesion atlas, key-neuron attribution) spend most
-of a plain pass on work that cannot change: the blocks below the first one a lesion or an
-attribution touches, and the unembedding of rows nobody scores. These pieces let them skip
-it, exactly; each caller checks once, against a plain pass, that the shortcut reproduces it on
-its model, and falls back to plain passes where it does not.
+Experiments that run the model many times (lesions, key-neuron attribution) spend most of a
+plain pass on work that cannot change: the blocks below the first one a lesion or an attribution
+touches, and the unembedding of rows nobody scores. These pieces let them skip it, exactly;
+:mod:`llmscope.engine.routes` checks each once per model against a plain pass, and the engine
+takes the plain way where one does not reproduce it.
 
 * :func:`from_block` runs only blocks ``layer..`` (TransformerLens's ``start_at_layer`` swaps
   the given residual in, but the bridge still runs the blocks below it on the input);
@@ -17,6 +17,10 @@ its model, and falls back to plain passes where it does not.
 * :func:`fused_activations` runs HF's five-op tanh GELU (GPT-2's) as torch's fused one.
 
 Example:
+    >>> import torch
+    >>> import llmscope
+    >>> from llmscope.engine.passes import readout, run_from
+    >>> model = llmscope.load("grammar-2l")
     >>> ids = torch.tensor([[1, 5, 9, 4]])
     >>> with torch.no_grad():
     ...     logits, cache = model.run_with_cache(ids, names_filter="blocks.1.hook_resid_pre")
@@ -81,6 +85,10 @@ def fused_activations(model: "TransformerBridge") -> Iterator[int]:
     own is left alone. Always put back, even on error.
 
     Example:
+        >>> import torch
+        >>> import llmscope
+        >>> from llmscope.engine.passes import fused_activations
+        >>> model = llmscope.load("grammar-2l")
         >>> ids = torch.tensor([[1, 5, 9, 4]])
         >>> with torch.no_grad():
         ...     plain = model(ids)
@@ -143,6 +151,10 @@ def rank_one_readout(model: "TransformerBridge") -> Callable[[torch.Tensor], Cal
     every shortcut here).
 
     Example:
+        >>> import torch
+        >>> import llmscope
+        >>> from llmscope.engine.passes import rank_one_readout, readout
+        >>> model = llmscope.load("grammar-2l")
         >>> r, w, a = torch.randn(4, model.cfg.d_model), torch.randn(2, model.cfg.d_model), torch.randn(2, 4)
         >>> with torch.no_grad():
         ...     got = rank_one_readout(model)(r)(torch.arange(4), a, w)

@@ -5,6 +5,7 @@ Content words are real English stems, inflected by `plural` (nouns) and `third_p
 singular NOUN after "the" and a plural VERB after "the dogs".
 
 Example:
+    >>> from llmscope.stimuli.lexicon import plural, third_person
     >>> plural("box"), third_person("cry")
     ('boxes', 'cries')
 """
