@@ -4,9 +4,10 @@ set (``stack=False``, the plain way).
 
 * grammar-2l: every MLP neuron (2 x 512) and head (8) over the whole default battery
   (``battery(model)``: 16 documents, 64 agreement pairs), plus the 20 random-group controls, in
-  full; the plain side on a random sample of the same units, extrapolated per lesion, half of
-  it run just before the stacked atlas and half just after (the machine's speed drifts by
-  +-20% over minutes; the two halves bracket the stacked run, and their mean is compared).
+  full; the plain side on a random sample of the same units, extrapolated per lesion. The two
+  sides run interleaved in ``SLICES`` rounds (the machine's speed drifts by +-20% over
+  minutes): each round lesions a slice of the plain sample one forward at a time, then the
+  next slice of the units (and its share of the controls) stacked, so drift hits both alike.
 * smollm2-135m: all 270 heads and 20 random-group controls on a 64-sequence battery
   (``battery(model, n_docs=32)``: 32 template sentences, 32 random sequences shown twice;
   SmolLM2 has no agreement pairs), in full (6-7 minutes); the plain side on one head of every
@@ -24,14 +25,17 @@ from __future__ import annotations
 import os
 import time
 
+import numpy as np
 import torch
 
 import llmscope
 from llmscope.analysis.atlas import battery, lesion_atlas
+from llmscope.sites import unit_index
 
 ORGANISM_UNITS = [("mlp.0", None), ("mlp.1", None), ("attn.0", None), ("attn.1", None)]
 N_CONTROLS = 20
 PLAIN_SAMPLE = 40
+SLICES = 4  # rounds of (a quarter of the plain sample, a quarter of the units stacked)
 
 
 def combined(*runs: dict) -> dict:
@@ -73,11 +77,15 @@ def rows(name: str, stacked: dict, plain: dict, total: int, goal: str, ratio_goa
 def organism() -> list[dict]:
     model = llmscope.load("grammar-2l")
     bat = battery(model)
-    half = dict(n_sample=PLAIN_SAMPLE // 2, n_controls=1, stack=False)
-    before = timed(model, bat, ORGANISM_UNITS, seed=0, **half)
-    stacked = timed(model, bat, ORGANISM_UNITS, n_controls=N_CONTROLS)
-    plain = combined(before, timed(model, bat, ORGANISM_UNITS, seed=1, **half))
-    return rows("grammar-2l, 1032 units + 20 controls", stacked, plain, stacked["lesions"], "<= 120 s", ">= 3")
+    units = unit_index(model, ORGANISM_UNITS)
+    slices = np.array_split(np.arange(len(units)), SLICES)
+    plain, stacked = [], []
+    for i, part in enumerate(slices):  # plain and stacked in alternating slices
+        plain.append(timed(model, bat, ORGANISM_UNITS, seed=i, n_sample=PLAIN_SAMPLE // SLICES, n_controls=1,
+                           stack=False))
+        stacked.append(timed(model, bat, units[part], n_controls=N_CONTROLS // SLICES, seed=i))
+    return rows(f"grammar-2l, {len(units)} units + {N_CONTROLS} controls in {SLICES} interleaved slices",
+                combined(*stacked), combined(*plain), len(units) + N_CONTROLS + 1, "<= 120 s", ">= 3")
 
 
 def smollm2() -> list[dict]:
