@@ -123,13 +123,22 @@ def check_package(work: Path, env: dict[str, str]) -> list[str]:
     return problems
 
 
+def cell_errors(executed: Path) -> list[str]:
+    """``cell N: ErrorName: message`` for each code cell of an executed notebook that raised."""
+    cells = json.loads(executed.read_text())["cells"]
+    return [f"cell {i}: {o['ename']}: {o['evalue'][:80]}" for i, cell in enumerate(cells)
+            for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+
+
 def execute(notebook: Path, work: Path, env: dict[str, str]) -> dict:
     """Run one notebook into ``work/executed``; sample the kernel's RSS while it runs."""
     out, log = work / "executed", work / "logs" / f"{notebook.stem}.log"
     out.mkdir(exist_ok=True)
     log.parent.mkdir(exist_ok=True)
+    # --allow-errors: a failing cell does not stop the run, so the peak covers the whole notebook
     cmd = [str(work / "venv/bin/jupyter"), "nbconvert", "--to", "notebook", "--execute",
-           "--ExecutePreprocessor.timeout=1800", "--output-dir", str(out), notebook.name]
+           "--allow-errors", "--ExecutePreprocessor.timeout=1800", "--output-dir", str(out),
+           notebook.name]
     venv = work / "venv"
     peak, kernel_exe, children = 0, None, 0
     start = time.perf_counter()
@@ -148,15 +157,20 @@ def execute(notebook: Path, work: Path, env: dict[str, str]) -> dict:
                 pass
             time.sleep(SAMPLE_S)
     wall = time.perf_counter() - start
-    status = "ok" if proc.returncode == 0 else "error"
-    if kernel_exe is None:
+    errors = cell_errors(out / notebook.name) if proc.returncode == 0 else []
+    if proc.returncode:
+        status = "error"
+        print(log.read_text()[-3000:], flush=True)
+    elif kernel_exe is None:
         status = "error: no kernel seen"
     elif not Path(kernel_exe).is_relative_to(venv):  # argv[0], as the kernel spec names it
         status = f"error: kernel ran {kernel_exe}, not the venv's Python"
-    if status != "ok":
-        print(log.read_text()[-3000:], flush=True)
+    elif errors:
+        status = f"error in {len(errors)} cells, first {errors[0]}"
     elif peak > BUDGET_MB * 2**20:
         status = f"over {BUDGET_MB} MB"
+    else:
+        status = "ok"
     return {"notebook": notebook.name, "wall_s": wall, "peak_rss_mb": peak / 2**20,
             "children": children, "status": status}
 
@@ -185,7 +199,7 @@ def main() -> int:
                 print(rows[-1], flush=True)
         sizes = {"venv_mb": du_mb(work / "venv"), "cache_mb": du_mb(work / "cache")}
         site = next((work / "venv/lib").glob("python3.*/site-packages"))
-        biggest = sorted(((du_mb(p), p.name) for p in site.iterdir() if p.is_dir()), reverse=True)[:6]
+        biggest = sorted(((du_mb(p), p.name) for p in site.iterdir() if p.is_dir()), reverse=True)[:10]
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
