@@ -38,7 +38,7 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
-BUDGET_MB = 1536  # 1.5 GB per notebook: a Binder pod has about 2 GB
+BUDGET_MB = 1536  # 1.5 GiB per notebook: a Binder pod has about 2 GB
 INDEX_LINE = re.compile(r"^\s*--(extra-)?index-url\b")
 SAMPLE_S = 0.1
 
@@ -168,7 +168,7 @@ def execute(notebook: Path, work: Path, env: dict[str, str]) -> dict:
     elif errors:
         status = f"error in {len(errors)} cells, first {errors[0]}"
     elif peak > BUDGET_MB * 2**20:
-        status = f"over {BUDGET_MB} MB"
+        status = f"over {BUDGET_MB} MiB"
     else:
         status = "ok"
     return {"notebook": notebook.name, "wall_s": wall, "peak_rss_mb": peak / 2**20,
@@ -204,15 +204,15 @@ def main() -> int:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\n{'notebook':<40} {'wall s':>7} {'peak RSS MB':>12}  status")
+    print(f"\n{'notebook':<40} {'wall s':>7} {'peak RSS MiB':>12}  status")
     for r in rows:
         note = f" (kernel + {r['children']} children)" if r["children"] else ""
         print(f"{r['notebook']:<40} {r['wall_s']:7.1f} {r['peak_rss_mb']:12.0f}  {r['status']}{note}")
     print(f"\nbuild {timings['build_s']:.0f} s (venv + pip install -r {timings['install_s']:.0f} s, "
-          f"postBuild {timings['postbuild_s']:.0f} s); venv {sizes['venv_mb']:.0f} MB, "
-          f"LLMSCOPE_CACHE (SmolLM2 converted by postBuild) {sizes['cache_mb']:.0f} MB; "
+          f"postBuild {timings['postbuild_s']:.0f} s); venv {sizes['venv_mb']:.0f} MiB, "
+          f"LLMSCOPE_CACHE (SmolLM2 converted by postBuild) {sizes['cache_mb']:.0f} MiB; "
           f"load {os.getloadavg()[0]:.2f}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
-    print("largest in site-packages: " + ", ".join(f"{name} {mb:.0f} MB" for mb, name in biggest))
+    print("largest in site-packages: " + ", ".join(f"{name} {mb:.0f} MiB" for mb, name in biggest))
     for problem in problems:
         print("PACKAGE:", problem)
     (ROOT / "artifacts").mkdir(exist_ok=True)
