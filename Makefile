@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install lab test bench clean-cache bundle widgets-test
+.PHONY: install lab test bench clean-cache bundle widgets-test binder-check
 
 install: $(STAMP)
 
@@ -57,6 +57,12 @@ test: install $(CHROMIUM) widgets-test
 
 bench: install
 	$(BIN)/python -m tests.bench $(ONLY)
+
+# What Binder builds from binder/, rebuilt here: a fresh venv (outside the repo) from
+# binder/requirements.txt alone, postBuild run in it, every notebook executed there with its
+# kernel's peak RSS. Not part of `make test`: it takes a while (one notebook at a time).
+binder-check: install
+	$(BIN)/python binder/check.py $(if $(ONLY),--only $(ONLY))
 
 clean-cache:
 	rm -rf "$${LLMSCOPE_CACHE:-$$HOME/.cache/llmscope}"
