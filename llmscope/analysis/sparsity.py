@@ -220,7 +220,7 @@ class SparsityResult(Result):
                                              line=dict(color=color, dash=dash), legendgroup=name,
                                              showlegend=col == 0), 1, col + 1)
         fig.add_hline(y=REFERENCE, line=dict(color="grey", dash="dash"), row=1, col=1,
-                      annotation_text="~2% (seed 003, cortex)", annotation_position="top right")
+                      annotation_text="~2% (cortex, a common estimate)", annotation_position="top right")
         fig.update_yaxes(type="log", title="fraction active", row=1, col=1)
         fig.update_yaxes(title="Treves-Rolls a (low = sparse)", row=1, col=2)
         fig.update_xaxes(title="threshold (x site RMS)")

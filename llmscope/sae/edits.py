@@ -38,6 +38,7 @@ Example:
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
@@ -150,9 +151,9 @@ class _FeatureEdit(_SAEIntervention):
             raise kind(str(exc)) from None
         self.bound = bound_model(units)
 
+    @abstractmethod
     def _change(self, f: torch.Tensor) -> torch.Tensor:
-        """``f' - f`` for the selected features ``f [..., n_sel]``."""
-        raise NotImplementedError
+        """``f' - f`` for the selected features ``f [..., n_sel]`` (each edit defines it)."""
 
     def fwd_hooks(self, model):
         hook = self._hook(model)
@@ -220,6 +221,9 @@ class steer_features(_FeatureEdit):
     def __init__(self, sae: SAE, units: UnitsLike, indices: Any = None, *, alpha: float = 1.0, n_bos: int = 1):
         super().__init__(sae, units, indices, n_bos)
         self.alpha = alpha
+
+    def _change(self, f: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(f, self.alpha)
 
     def fwd_hooks(self, model):  # no encoding needed: the change does not depend on f
         hook = self._hook(model)

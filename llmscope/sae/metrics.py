@@ -126,14 +126,14 @@ class SAEMetrics(Result):
 
     def plot(self) -> "go.Figure":
         """The activation-frequency histogram: log10 of each live feature's firing frequency,
-        with seed 003's ~2% as a reference line (dead features are counted in the title)."""
+        with cortex's commonly estimated ~2% as a reference line (dead features are counted in the title)."""
         import plotly.graph_objects as go
 
         freq = self.data["frequency"].to_numpy()
         live = np.log10(freq[freq > 0])
         fig = go.Figure(go.Histogram(x=live, nbinsx=BINS, name="features", marker_color="#4c78a8"))
         fig.add_vline(x=math.log10(REFERENCE), line=dict(color="grey", dash="dash"),
-                      annotation_text="~2% (seed 003, cortex)", annotation_position="top right")
+                      annotation_text="~2% (cortex, a common estimate)", annotation_position="top right")
         dead = int((freq == 0).sum())
         fig.update_layout(
             title=(f"{html.escape(self.meta['sae'])}: activation frequency of {len(live)} live features "

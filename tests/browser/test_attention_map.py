@@ -117,11 +117,12 @@ amap.observe(lambda change: amap.colour_by(s.heads("agreement", "estimate"), {HO
 """ + SEEN
 
 
+@FRONTENDS
 def test_heads_are_coloured_by_a_screen_and_follow_python(page: Page, jupyter: "Jupyter",
                                                            offsite_requests: list[str]) -> None:
     """colour_by(screen, "copying"): a bar under every thumbnail, the induction head's full, the
-    share in each cell's label; a new colouring set from Python (here on a click) redraws the
-    bars, and its behaviour's name, hostile, stays text."""
+    share in each cell's label; a new colouring set from Python (here on a focus moved with the
+    keys) redraws the bars, and its behaviour's name, hostile, stays text."""
     trouble = run_notebook(page, jupyter, "attention_colour.ipynb", ORGANISM, COLOURED_CELL)
     widget = page.locator(".llmscope-attention")
     seen = seen_by_kernel(page)
@@ -136,9 +137,12 @@ def test_heads_are_coloured_by_a_screen_and_follow_python(page: Page, jupyter: "
     assert fills[4] == "100%" and all(0 <= int(w.rstrip("%")) < 100 for k, w in enumerate(fills) if k != 4), fills
     legend = widget.locator(".llmscope-attribution")
     expect(legend).to_have_text("bars: AtP score for copying, each head's share of the largest (dashed: not screened)")
-    save_shot(widget, "attention_map_coloured")
+    save_shot(widget, f"attention_map_coloured_{jupyter.app}")
 
-    widget.locator('.llmscope-cell[data-layer="0"][data-head="2"]').click()  # Python recolours on a focus change
+    induction.click()  # then the keys move the focus; Python recolours on a focus change
+    expect(seen).to_contain_text("focus=(1, 0)", timeout=KERNEL_TIMEOUT_MS)
+    for key in ("ArrowUp", "ArrowRight", "ArrowRight"):
+        page.keyboard.press(key)
     expect(seen).to_contain_text("focus=(0, 2)", timeout=KERNEL_TIMEOUT_MS)
     expect(legend).to_contain_text(f"bars: estimate for {HOSTILE_PROMPT}, each head's share of the largest (orange: "
                                    "a lesion of the head harms the behaviour; blue: it helps;", timeout=KERNEL_TIMEOUT_MS)
@@ -147,7 +151,7 @@ def test_heads_are_coloured_by_a_screen_and_follow_python(page: Page, jupyter: "
     assert bars.evaluate_all("bs => bs.map(b => b.firstChild.style.width)") != fills, "the bars were not redrawn"
     expect(widget.locator("img, script")).to_have_count(0)
     assert page.evaluate("() => window.__pwned") is None, "text ran as code in the page"
-    save_shot(widget, "attention_map_coloured_estimate")
+    save_shot(widget, f"attention_map_coloured_estimate_{jupyter.app}")
     assert_no_trouble(trouble, offsite_requests)
 
 
